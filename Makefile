@@ -1,0 +1,28 @@
+# Two entry points on a fresh machine:
+#   make run   set up, run the built-in analysis on the embedded defaults, open the dashboard
+#   make test  set up (with Chromium for browser tests) and run the test suite
+VENV ?= .venv
+WB = $(VENV)/bin/workbench
+HOST ?= 127.0.0.1
+PORT ?= 8050
+
+.PHONY: run test setup figures bench
+run:
+	scripts/setup.sh
+	$(WB) run residual-norms --model smollm2-135m --corpus brown
+	$(WB) dashboard --host $(HOST) --port $(PORT)
+
+test:
+	scripts/setup.sh --browser
+	$(VENV)/bin/python -m pytest -q
+
+setup:
+	scripts/setup.sh --browser
+
+figures:
+	scripts/setup.sh
+	$(WB) figures
+
+bench:
+	scripts/setup.sh
+	$(VENV)/bin/python -m benchmarks.run_all

@@ -1,0 +1,251 @@
+"""Activation streaming: run a model over corpus batches with hooks on the names a probe asks
+for, and hand each batch's activations to the probe's accumulator.
+
+Nothing of size tokens x d_model is kept beyond one batch. The run shows a progress bar with
+tokens/s and ETA, checks its memory estimate before starting, halves the micro-batch on
+out-of-memory, and checkpoints the accumulator so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import psutil
+import torch
+from transformer_lens import HookedTransformer
+
+from workbench.corpora.tokenized import TokenBatch, TokenBatches
+from workbench.errors import MemoryBudgetError
+from workbench.io import read_json, read_tensors, write_json, write_tensors
+from workbench.progress import progress_bar
+
+
+class Accumulator(Protocol):
+    """What a probe gives the streamer.
+
+    hook_names: TransformerLens hook names whose activations `update` receives.
+    needs_logits: whether `update` needs the logits (forces a full forward pass).
+    update: called once per batch (or micro-batch) with activations on the model's device.
+    state_dict / load_state_dict: tensors only, for checkpoints.
+    """
+
+    hook_names: Sequence[str]
+    needs_logits: bool
+
+    def update(self, batch: TokenBatch, acts: dict[str, torch.Tensor], logits: torch.Tensor | None) -> None: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+@dataclass
+class StreamStats:
+    tokens: int
+    batches: int
+    seconds: float
+    resumed_from_batch: int
+    micro_batch_size: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def stop_layer(model: HookedTransformer, hook_names: Sequence[str], needs_logits: bool) -> int | None:
+    """The layer after the deepest hooked block, so the forward pass can stop early; None = full pass."""
+    if needs_logits:
+        return None
+    deepest = -1
+    for name in hook_names:
+        m = _LAYER.match(name)
+        if m is None:
+            if name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+                continue
+            return None  # ln_final.*, unembed: need the whole model
+        deepest = max(deepest, int(m.group(1)))
+    if deepest + 1 >= model.cfg.n_layers:
+        return None
+    return deepest + 1
+
+
+def estimate_memory_bytes(model: HookedTransformer, batch_size: int, seq_len: int, hook_names: Sequence[str], needs_logits: bool) -> int:
+    """Rough peak memory of one streamed batch: weights + transient forward activations + captures."""
+    cfg = model.cfg
+    itemsize = torch.finfo(cfg.dtype).bits // 8
+    bt = batch_size * seq_len
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    per_layer = bt * (4 * cfg.d_model + 3 * (cfg.d_mlp or 0)) + batch_size * cfg.n_heads * seq_len * seq_len * 2
+    transient = per_layer * itemsize * 2
+    logits = bt * cfg.d_vocab * itemsize * (2 if needs_logits else 0)
+    captured = 0
+    for name in hook_names:
+        width = cfg.d_model
+        if "hook_pattern" in name or "hook_attn_scores" in name:
+            width = cfg.n_heads * seq_len
+        elif "mlp.hook" in name:
+            width = cfg.d_mlp or cfg.d_model
+        captured += bt * width * itemsize
+    return int(weights + transient + logits + captured)
+
+
+def available_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(model: HookedTransformer, batch_size: int, seq_len: int, hook_names: Sequence[str], needs_logits: bool) -> int:
+    """Raise MemoryBudgetError (with the numbers) if one batch will not fit; return the estimate."""
+    device = next(model.parameters()).device
+    need = estimate_memory_bytes(model, batch_size, seq_len, hook_names, needs_logits)
+    have = available_memory_bytes(device)
+    if need > 0.9 * have:
+        raise MemoryBudgetError(
+            f"Estimated peak {need / 2**30:.2f} GiB for batch {batch_size} x {seq_len} on {device} exceeds the "
+            f"{have / 2**30:.2f} GiB available; lower batch_size or seq_len."
+        )
+    return need
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def forward_with_hooks(
+    model: HookedTransformer, tokens: torch.Tensor, hook_names: Sequence[str], needs_logits: bool
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward pass capturing only `hook_names` (no full cache)."""
+    acts: dict[str, torch.Tensor] = {}
+
+    def capture(tensor: torch.Tensor, hook) -> None:
+        acts[hook.name] = tensor
+
+    stop = stop_layer(model, hook_names, needs_logits)
+    fwd_hooks = [(name, capture) for name in hook_names]
+    with model.hooks(fwd_hooks=fwd_hooks):
+        out = model(tokens, return_type="logits" if needs_logits else None, stop_at_layer=stop)
+    return acts, (out if needs_logits else None)
+
+
+def _slice_batch(batch: TokenBatch, start: int, end: int) -> TokenBatch:
+    return TokenBatch(batch.index, batch.tokens[start:end], batch.valid[start:end], batch.is_bos[start:end],
+                      batch.word_index[start:end], batch.doc_index[start:end])
+
+
+def stream(
+    model: HookedTransformer,
+    batches: TokenBatches,
+    accumulator: Accumulator,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 20,
+    progress: bool = True,
+    check_memory_first: bool = True,
+    desc: str = "streaming",
+) -> StreamStats:
+    """Feed every batch's hooked activations to `accumulator`.
+
+    With `checkpoint_dir`, the accumulator state and the next batch index are saved every
+    `checkpoint_every` batches; a later call with the same model, batches and hooks resumes
+    from there and yields the same final state as an uninterrupted run.
+    """
+    device = next(model.parameters()).device
+    hook_names = list(accumulator.hook_names)
+    if check_memory_first:
+        check_memory(model, batches.spec.batch_size, batches.spec.seq_len, hook_names, accumulator.needs_logits)
+
+    start = 0
+    ckpt_state = ckpt_meta = None
+    fingerprint = _fingerprint(model, batches, accumulator)
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        ckpt_state, ckpt_meta = checkpoint_dir / "stream_state.safetensors", checkpoint_dir / "stream_state.json"
+        if ckpt_state.exists() and ckpt_meta.exists():
+            meta = read_json(ckpt_meta)
+            if meta.get("fingerprint") == fingerprint:
+                accumulator.load_state_dict(read_tensors(ckpt_state, device=str(device)))
+                start = int(meta["next_batch"])
+
+    micro = batches.spec.batch_size
+    done_tokens = 0
+    t0 = time.perf_counter()
+    positions_before = _positions_before(batches, start)
+    bar = progress_bar(batches.n_positions, desc, unit="tok", enabled=progress, initial=positions_before)
+    n_batches = 0
+    try:
+        with torch.inference_mode():
+            for batch in batches.iter_from(start):
+                batch = batch.to(device)
+                i = 0
+                while i < batch.tokens.shape[0]:
+                    part = _slice_batch(batch, i, i + micro)
+                    try:
+                        acts, logits = forward_with_hooks(model, part.tokens, hook_names, accumulator.needs_logits)
+                        accumulator.update(part, acts, logits)
+                    except RuntimeError as e:
+                        if not _is_oom(e) or micro == 1:
+                            raise
+                        micro = max(1, micro // 2)
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        continue
+                    i += part.tokens.shape[0]
+                n = batch.n_tokens
+                done_tokens += n
+                n_batches += 1
+                bar.update(n)
+                if ckpt_state is not None and (batch.index + 1) % checkpoint_every == 0 and batch.index + 1 < len(batches):
+                    _save_checkpoint(accumulator, ckpt_state, ckpt_meta, fingerprint, batch.index + 1)
+    finally:
+        bar.close()
+    if ckpt_state is not None:
+        for p in (ckpt_state, ckpt_meta):
+            p.unlink(missing_ok=True)
+    return StreamStats(done_tokens, n_batches, time.perf_counter() - t0, start, micro)
+
+
+def _save_checkpoint(acc: Accumulator, state_path: Path, meta_path: Path, fingerprint: str, next_batch: int) -> None:
+    write_tensors(state_path, acc.state_dict())
+    write_json(meta_path, {"fingerprint": fingerprint, "next_batch": next_batch})
+
+
+def _positions_before(batches: TokenBatches, start: int) -> int:
+    if start == 0:
+        return 0
+    return sum(batches.batch(i).n_tokens for i in range(start))
+
+
+def _fingerprint(model: HookedTransformer, batches: TokenBatches, acc: Accumulator) -> str:
+    info = getattr(model, "workbench_info", None)
+    blob = json.dumps({
+        "model": info.key if info is not None else model.cfg.model_name,
+        "batches": batches.describe(),
+        "hooks": list(acc.hook_names),
+        "acc": type(acc).__name__,
+        "acc_id": getattr(acc, "identity", lambda: "")(),
+    }, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def bare_forward(model: HookedTransformer, batches: TokenBatches, progress: bool = False) -> StreamStats:
+    """A forward pass over the same batches with no hooks (the baseline for throughput ratios)."""
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    tokens = n = 0
+    with torch.inference_mode():
+        for batch in batches:
+            model(batch.tokens.to(device), return_type="logits")
+            tokens += batch.n_tokens
+            n += 1
+    return StreamStats(tokens, n, time.perf_counter() - t0, 0, batches.spec.batch_size)

