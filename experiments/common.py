@@ -1,0 +1,51 @@
+"""Shared plumbing for experiment scripts: output folders, figure export (PNG + HTML), the
+report section each script returns, and a record of the machine and wall time."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plotly.graph_objects as go
+import psutil
+import torch
+
+DEFAULT_OUT = Path(__file__).parent / "out"
+
+
+@dataclass
+class ReportSection:
+    """One analysis's part of experiments/REPORT.md."""
+
+    title: str
+    markdown: str
+    figures: list[str] = field(default_factory=list)  # paths relative to the output folder
+    wall_s: float = 0.0
+
+
+def hardware() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU threads, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {gpu}, torch {torch.__version__}"
+
+
+def write_figure(fig: go.Figure, out: Path, name: str, png: bool = True) -> list[str]:
+    """Write `name`.html (self-contained, offline) and `name`.png; returns the relative paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig.write_html(out / f"{name}.html", include_plotlyjs=True)
+    written.append(f"{name}.html")
+    if png:
+        fig.write_image(out / f"{name}.png", scale=2)
+        written.append(f"{name}.png")
+    return written
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
