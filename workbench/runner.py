@@ -120,8 +120,9 @@ def run_probe(
     corpus_id = corpus.id if corpus is not None else None
     if run_id is None:
         run_id = store.start_run(key, spec.name, info.id, info.numerics, corpus_id, asdict(cfg), version)
-    else:
-        store.update_run(run_id, status="running", started=time.time())
+    else:  # a queued run (registered with the request only) gets its full identity now
+        store.update_run(run_id, status="running", started=time.time(), key=key, model=info.id,
+                         numerics=info.numerics, corpus=corpus_id, config=asdict(cfg), code_version=version)
     path = store.path(spec.name, key)
     if store.has(spec.name, key) and not force:
         result = store.load(spec.name, key, spec.result_cls)

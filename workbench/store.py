@@ -105,12 +105,14 @@ class ResultStore:
             return int(cur.lastrowid)
 
     def update_run(self, run_id: int, **fields: Any) -> None:
-        allowed = {"status", "progress", "message", "started", "finished", "wall_s", "artifact", "summary", "error"}
+        allowed = {"status", "progress", "message", "started", "finished", "wall_s", "artifact", "summary", "error",
+                   "key", "model", "numerics", "corpus", "config", "code_version"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"cannot update {bad}")
-        if "summary" in fields and not isinstance(fields["summary"], str):
-            fields["summary"] = json.dumps(fields["summary"], default=_json_default)
+        for name in ("summary", "config"):
+            if name in fields and not isinstance(fields[name], str):
+                fields[name] = json.dumps(fields[name], default=_json_default, sort_keys=name == "config")
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._db() as db:
             db.execute(f"UPDATE runs SET {cols} WHERE run_id = ?", (*fields.values(), run_id))
