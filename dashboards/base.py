@@ -28,21 +28,28 @@ class AppContext:
     store: ResultStore
     default_model: str = "smollm2-135m"
     model_loader: Callable[..., Any] | None = None
+    jobs: Any = None  # dashboards.jobs.JobManager, set by the app
+    probe_pages: dict[str, str] = field(default_factory=dict)  # probe name -> page path
     _models: dict[tuple[str, str], Any] = field(default_factory=dict)
     _results: "OrderedDict[int, Result]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _model_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model(self, name: str | None = None, numerics: str = "raw"):
-        """Load (once) and return a model; names are checked by the loader, never evaluated."""
+        """Load (once) and return a model. Only registry names are accepted (see `model_names`)."""
         name = name or self.default_model
+        check_model_name(name, extra=(self.default_model,))
         key = (name, numerics)
-        with self._lock:
+        with self._model_lock:
             if key not in self._models:
                 loader = self.model_loader
                 if loader is None:
                     from workbench.models import load_model as loader
                 self._models[key] = loader(name, numerics=numerics)
             return self._models[key]
+
+    def loaded_models(self) -> list[str]:
+        return sorted({name for name, _ in self._models})
 
     def result(self, run_id: int) -> Result:
         """The stored result of a finished run (cached, at most 16 in memory)."""
@@ -64,6 +71,35 @@ class AppContext:
 
     def finished_runs(self, probe: str) -> list[dict]:
         return [r for r in self.store.runs(limit=500, probe=probe) if r["status"] in ("done", "reused")]
+
+
+def model_names() -> list[str]:
+    """Model names the dashboard offers: the embedded model and the tiny presets (no paths, no hub)."""
+    from workbench.models import list_models
+
+    return [m["name"] for m in list_models() if m["source"] in ("embedded", "tiny")]
+
+
+def check_model_name(name: Any, extra: tuple[str, ...] = ()) -> str:
+    """`name` if it is a registry model name (or one the app was started with), else a clear error."""
+    from workbench.errors import ConfigError
+
+    allowed = model_names()
+    if not isinstance(name, str) or (name not in allowed and name not in extra):
+        shown = repr(name)[:80]
+        raise ConfigError(f"unknown model {shown}; choose one of: {', '.join(allowed)}")
+    return name
+
+
+def check_prompt(prompt: Any) -> str:
+    """A non-empty prompt of at most MAX_PROMPT_CHARS characters, else a clear error."""
+    from workbench.errors import ConfigError
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError("type a prompt first")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ConfigError(f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return prompt
 
 
 @dataclass
@@ -97,12 +133,28 @@ def run_picker(component_id: str, probe: str) -> html.Div:
 
 
 def register_run_picker(app: Dash, ctx: AppContext, component_id: str, probe: str) -> None:
-    from dash import Input, Output
+    """Fill the picker when its page opens; `?run=<id>` in the address selects that run."""
+    from dash import Input, Output, State
 
-    @app.callback(Output(component_id, "options"), Output(component_id, "value"), Input("url", "pathname"))
-    def _fill(_path):
+    @app.callback(Output(component_id, "options"), Output(component_id, "value"), Input("url", "pathname"), State("url", "search"))
+    def _fill(_path, search):
         opts = run_options(ctx, probe)
-        return opts, (opts[0]["value"] if opts else None)
+        wanted = run_from_search(search)
+        if wanted is not None and wanted not in {o["value"] for o in opts}:
+            row = ctx.store.get_run(wanted)
+            if row is not None and row["probe"] == probe and row["status"] in ("done", "reused"):
+                opts.insert(0, {"label": f"#{wanted} {row['model']} [{row['numerics']}] {row['corpus'] or ''}", "value": wanted})
+            else:
+                wanted = None
+        return opts, (wanted if wanted is not None else opts[0]["value"] if opts else None)
+
+
+def run_from_search(search: str | None) -> int | None:
+    """The run id in a query string like `?run=12` (None when absent or not an integer)."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs((search or "").lstrip("?")).get("run", [])
+    return int(values[0]) if values and values[0].isdigit() else None
 
 
 GRAPH_CONFIG = {

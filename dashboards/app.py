@@ -1,0 +1,191 @@
+"""The dashboard app: a shell with navigation over every page in `dashboards/pages/`.
+
+A page module exposes `PAGE = DashPage(...)`; pages are sorted by `order`. A module that fails to
+import (or whose `register` fails) does not take the app down: it shows up in the navigation as a
+broken entry whose page explains the error.
+
+    from dashboards.app import create_app, serve
+    app = create_app()          # a Dash object (also usable in Jupyter: app.run(jupyter_mode="inline"))
+    serve(port=8050)            # http://127.0.0.1:8050
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from dash import Dash, Input, Output, dcc, html
+
+from dashboards.base import AppContext, DashPage, error_message
+from dashboards.exports import register_export_callbacks
+from dashboards.graphs import register_graph_callbacks
+from workbench.store import ResultStore
+
+log = logging.getLogger("workbench.dashboard")
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass
+class BrokenPage:
+    """A page module that could not be loaded, shown as an error entry."""
+
+    module: str
+    path: str
+    error: str
+    detail: str
+
+
+def discover_pages(package: str = "dashboards.pages") -> tuple[list[DashPage], list[BrokenPage]]:
+    """Import every module of `package` that exposes PAGE; import errors become BrokenPage entries."""
+    pkg = importlib.import_module(package)
+    pages: list[DashPage] = []
+    broken: list[BrokenPage] = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        modname = f"{package}.{info.name}"
+        try:
+            mod = importlib.import_module(modname)
+        except Exception as e:  # a broken page must not kill the app
+            broken.append(BrokenPage(modname, "/broken/" + info.name, f"{type(e).__name__}: {e}", traceback.format_exc(limit=3)))
+            log.error("page %s failed to import: %s", modname, e)
+            continue
+        page = getattr(mod, "PAGE", None)
+        if isinstance(page, DashPage):
+            pages.append(page)
+        elif page is not None:
+            broken.append(BrokenPage(modname, "/broken/" + info.name, "PAGE is not a DashPage", ""))
+    pages.sort(key=lambda p: (p.order, p.name))
+    return pages, broken
+
+
+def _nav(pages: list[DashPage], broken: list[BrokenPage], current: str) -> list[Any]:
+    def link(path: str, name: str, extra: str = "") -> dcc.Link:
+        cls = "nav-link" + (" active" if path == current else "") + extra
+        return dcc.Link(name, href=path, className=cls)
+
+    core = [p for p in pages if p.probe is None]
+    probes = [p for p in pages if p.probe is not None]
+    items: list[Any] = [link(p.path, p.name) for p in core]
+    if probes:
+        items.append(html.Div("Probes", className="nav-section"))
+        items += [link(p.path, p.name) for p in probes]
+    if broken:
+        items.append(html.Div("Not loaded", className="nav-section"))
+        items += [link(b.path, b.module.rsplit(".", 1)[-1], " broken") for b in broken]
+    return items
+
+
+def _broken_layout(b: BrokenPage) -> html.Div:
+    return html.Div(
+        [
+            html.H2(f"Page {b.module} could not be loaded"),
+            html.Div([html.Strong("error: "), html.Span(b.error)], className="error"),
+            html.Pre(b.detail, className="traceback") if b.detail else None,
+        ]
+    )
+
+
+def create_app(
+    store: ResultStore | None = None,
+    model: str = "smollm2-135m",
+    model_loader: Callable[..., Any] | None = None,
+    pages_package: str = "dashboards.pages",
+    title: str = "Interpretability workbench",
+) -> Dash:
+    """Build the Dash app over a result store (default: the workbench store).
+
+    model: the model the explorer starts with; model_loader: `(name, numerics=...) -> model`
+    (default `workbench.models.load_model`). The app's context is `app.workbench_ctx`.
+    """
+    from dashboards.jobs import JobManager
+
+    store = store or ResultStore()
+    ctx = AppContext(store=store, default_model=model, model_loader=model_loader)
+    ctx.jobs = JobManager(store)
+    pages, broken = discover_pages(pages_package)
+
+    app = Dash(
+        __name__, title=title, assets_folder=str(ASSETS), suppress_callback_exceptions=True, update_title=None,
+        serve_locally=True,
+    )
+    app.workbench_ctx = ctx
+    register_export_callbacks(app)
+    register_graph_callbacks(app)
+
+    ok: list[DashPage] = []
+    for page in pages:
+        try:
+            page.register(app, ctx)
+        except Exception as e:
+            broken.append(BrokenPage(page.layout.__module__, "/broken/" + page.path.strip("/"), f"{type(e).__name__}: {e}", traceback.format_exc(limit=3)))
+            log.error("page %s failed to register: %s", page.name, e)
+            continue
+        ok.append(page)
+        if page.probe:
+            ctx.probe_pages.setdefault(page.probe, page.path)
+    by_path = {p.path: p for p in ok}
+    broken_by_path = {b.path: b for b in broken}
+    app.workbench_pages, app.workbench_broken = ok, broken
+
+    app.layout = html.Div(
+        [
+            dcc.Location(id="url"),
+            html.Nav(
+                [
+                    html.Div([html.Span("◆", className="brand-mark"), html.Span("workbench")], className="brand"),
+                    html.Div(_nav(ok, broken, "/"), id="nav-links", className="nav-links"),
+                    html.Div([html.Div(f"store: {store.root}", title=str(store.root)), html.Div(f"explorer model: {model}")], className="nav-footer"),
+                ],
+                className="sidebar",
+            ),
+            html.Main(html.Div(id="page-content"), className="content"),
+        ],
+        className="shell",
+    )
+
+    @app.callback(Output("page-content", "children"), Output("nav-links", "children"), Input("url", "pathname"))
+    def _route(pathname: str | None):
+        path = pathname or "/"
+        nav = _nav(ok, broken, path)
+        page = by_path.get(path)
+        if page is not None:
+            try:
+                body = page.layout()
+            except Exception as e:
+                log.exception("layout of %s failed", page.name)
+                body = html.Div([html.H2(page.name), error_message(e)])
+            return html.Div(body, id="page-root", className="page", **{"data-page": page.path}), nav
+        if path in broken_by_path:
+            return html.Div(_broken_layout(broken_by_path[path]), id="page-root", className="page", **{"data-page": path}), nav
+        return html.Div(
+            [html.H2("Page not found"), html.P(["No page at ", html.Code(path), ". ", dcc.Link("Back to Home", href="/")])],
+            id="page-root", className="page", **{"data-page": "404"},
+        ), nav
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8050, model: str = "smollm2-135m", debug: bool = False) -> None:
+    """Start the dashboard; the explorer's model loads in the background right away."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(model=model)
+    ctx: AppContext = app.workbench_ctx
+
+    def preload() -> None:
+        log.info("loading %s for the model explorer (in the background; pages work meanwhile)", model)
+        try:
+            ctx.model(model)
+            log.info("model %s loaded", model)
+        except Exception as e:  # the explorer will show the error when it is used
+            log.error("could not load %s: %s", model, e)
+
+    threading.Thread(target=preload, daemon=True, name="preload-model").start()
+    log.info("dashboard on http://%s:%d (store %s)", host, port, ctx.store.root)
+    app.run(host=host, port=port, debug=debug, use_reloader=False)

@@ -1,0 +1,40 @@
+"""Plotly figure builders. Every builder returns a plain `go.Figure`, so the same function draws a
+page of the dashboard, a static export and an inline figure in a notebook.
+
+Importing this package registers the "workbench" template (white background, readable fonts, a
+colour-blind-safe palette) and makes it the default for builders that pass `template=TEMPLATE`.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+TEMPLATE = "workbench"
+
+# Okabe-Ito palette (distinguishable with the common colour-vision deficiencies).
+COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+_template = go.layout.Template(pio.templates["plotly_white"])
+_template.layout.update(
+    font=dict(family="Inter, system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=13, color="#1f2933"),
+    colorway=COLORS,
+    title=dict(font=dict(size=15), x=0.01, xanchor="left"),
+    margin=dict(l=60, r=20, t=50, b=50),
+    hoverlabel=dict(font_size=12),
+    legend=dict(bgcolor="rgba(255,255,255,0.7)"),
+)
+pio.templates[TEMPLATE] = _template
+
+
+def empty_figure(message: str = "nothing to show yet", height: int = 260) -> go.Figure:
+    """A blank figure carrying a centred message (instead of an empty set of axes)."""
+    fig = go.Figure()
+    fig.update_layout(
+        template=TEMPLATE, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
+        annotations=[dict(text=message, showarrow=False, font=dict(size=14, color="#7b8794"), x=0.5, y=0.5, xref="paper", yref="paper")],
+    )
+    return fig
+
+
+__all__ = ["TEMPLATE", "COLORS", "empty_figure"]

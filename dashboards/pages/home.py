@@ -1,0 +1,197 @@
+"""Home: the run registry (every stored run, live progress for running ones) and a form that starts
+a run of any registered probe in the background worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from dashboards.base import AppContext, DashPage, error_message, model_names
+from dashboards.jobs import ACTIVE, FieldSpec, corpus_names, form_fields, form_to_config
+from workbench.probe_api import describe_config, get_probe, list_probes
+
+MAX_ROWS = 100
+
+
+def _field_widget(f: FieldSpec) -> html.Div:
+    fid = {"type": "home-cfg", "field": f.name}
+    if f.widget == "bool":
+        w = dcc.RadioItems(id=fid, options=[{"label": "true", "value": True}, {"label": "false", "value": False}],
+                           value=f.default, inline=True, className="radio-inline")
+    elif f.widget == "choice":
+        w = dcc.Dropdown(id=fid, options=[{"label": str(c), "value": c} for c in (f.choices or [])], value=f.default, clearable=False)
+    elif f.widget == "number":
+        w = dcc.Input(id=fid, type="number", value=f.initial(), step="any" if f.type == "float" else 1, debounce=True)
+    else:
+        w = dcc.Input(id=fid, type="text", value=f.initial(), placeholder="none" if f.optional else "", debounce=True, maxLength=500)
+    return html.Div([html.Label(f.name, title=f.type), w, html.Span(f.type, className="field-type")], className="form-field")
+
+
+def _probe_options() -> list[dict]:
+    return [{"label": s.name, "value": s.name} for s in list_probes()]
+
+
+def layout() -> html.Div:
+    probes = _probe_options()
+    first = "residual-norms" if any(p["value"] == "residual-norms" for p in probes) else (probes[0]["value"] if probes else None)
+    models = model_names()
+    return html.Div(
+        [
+            html.H2("Runs"),
+            html.P("Every run in the result store, newest first. Runs started here go to a background worker; "
+                   "this table follows their progress.", className="lead"),
+            html.Div(
+                [
+                    html.H4("Start a run"),
+                    html.Div(
+                        [
+                            html.Div([html.Label("Probe", htmlFor="home-probe"),
+                                      dcc.Dropdown(id="home-probe", options=probes, value=first, clearable=False)], className="form-field wide"),
+                            html.Div([html.Label("Model", htmlFor="home-model"),
+                                      dcc.Dropdown(id="home-model", options=[{"label": m, "value": m} for m in models],
+                                                   value=models[0] if models else None, clearable=False)], className="form-field"),
+                            html.Div([html.Label("Corpus", htmlFor="home-corpus"),
+                                      dcc.Dropdown(id="home-corpus", options=[{"label": c, "value": c} for c in corpus_names()],
+                                                   value="brown", clearable=False)], className="form-field"),
+                        ],
+                        className="form-row",
+                    ),
+                    html.P(id="home-probe-desc", className="probe-desc"),
+                    html.Details([html.Summary("Config"), html.Div(id="home-config-fields", className="form-grid")], open=True, className="config-details"),
+                    html.Div([html.Button("Start run", id="home-start", className="primary-btn"),
+                              html.Div(id="home-start-msg", className="start-msg", role="status")], className="form-actions"),
+                ],
+                className="card start-card",
+            ),
+            html.Div([html.H4("Registry"), html.Div(id="home-runs", className="runs-table-wrap")], className="card"),
+            dcc.Interval(id="home-poll", interval=1000),
+            dcc.Store(id="home-sig"),
+            dcc.Store(id="home-kick"),
+        ]
+    )
+
+
+def _compact_config(probe: str, config_json: str | None) -> tuple[str, str]:
+    """(non-default fields as 'k=v, ...', full JSON) for a registry row."""
+    try:
+        cfg = json.loads(config_json or "{}")
+        defaults = {f["name"]: f["default"] for f in describe_config(get_probe(probe))}
+    except Exception:
+        return (config_json or "")[:60], config_json or ""
+    changed = [f"{k}={v}" for k, v in sorted(cfg.items()) if k in defaults and _norm(defaults[k]) != _norm(v)]
+    return (", ".join(changed) or "defaults"), json.dumps(cfg, indent=1, sort_keys=True)
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _summary_text(summary: str | None) -> str:
+    if not summary:
+        return ""
+    try:
+        d = json.loads(summary)
+    except json.JSONDecodeError:
+        return summary[:80]
+    if not isinstance(d, dict):
+        return str(d)[:80]
+    return ", ".join(f"{k} {v}" for k, v in list(d.items())[:4])
+
+
+def _status_cell(r: dict) -> html.Td:
+    s = r["status"]
+    badge = html.Span(s, className=f"status status-{s}")
+    if s in ACTIVE:
+        pct = float(r["progress"] or 0)
+        return html.Td([badge, html.Progress(value=str(pct), max="1", className="run-progress"),
+                        html.Span(f"{pct:.0%} {r['message'] or ''}", className="run-message")])
+    if s == "failed":
+        first = (r["error"] or "").strip().splitlines()[:1]
+        return html.Td([badge, html.Details([html.Summary(first[0][:120] if first else "error"), html.Pre(r["error"] or "", className="traceback")], className="run-error")])
+    return html.Td(badge)
+
+
+def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
+    if not rows:
+        return html.P("No runs yet. Start one above, or run `workbench run residual-norms`.", className="empty")
+    head = html.Thead(html.Tr([html.Th(h) for h in ("#", "probe", "status", "model", "corpus", "config", "started", "wall", "result")]))
+    body = []
+    for r in rows:
+        short, full = _compact_config(r["probe"], r["config"])
+        page = ctx.probe_pages.get(r["probe"])
+        probe_cell = dcc.Link(r["probe"], href=page) if page else r["probe"]
+        result: list[Any] = [html.Span(_summary_text(r["summary"]), className="summary")]
+        if page and r["status"] in ("done", "reused"):
+            result.append(dcc.Link("open →", href=f"{page}?run={r['run_id']}", className="open-link", id=f"open-run-{r['run_id']}"))
+        when = r["started"] or r["created"]
+        body.append(html.Tr(
+            [
+                html.Td(str(r["run_id"])),
+                html.Td(probe_cell),
+                _status_cell(r),
+                html.Td([html.Span(str(r["model"] or "")), html.Span(f" {r['numerics'] or ''}", className="muted")]),
+                html.Td(str(r["corpus"] or "—")),
+                html.Td(short, title=full, className="config-cell"),
+                html.Td(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else ""),
+                html.Td(f"{r['wall_s']:.1f} s" if r["wall_s"] else ""),
+                html.Td(result),
+            ],
+            id=f"run-row-{r['run_id']}", className=f"run-row row-{r['status']}", **{"data-status": r["status"]},
+        ))
+    return html.Table([head, html.Tbody(body)], className="runs-table")
+
+
+def register(app: Dash, ctx: AppContext) -> None:
+    @app.callback(
+        Output("home-probe-desc", "children"), Output("home-config-fields", "children"),
+        Output("home-model", "value"), Output("home-corpus", "disabled"),
+        Input("home-probe", "value"),
+    )
+    def _probe_form(probe: str | None):
+        if not probe:
+            return "", [], no_update, False
+        try:
+            spec = get_probe(probe)
+        except Exception as e:
+            return error_message(e), [], no_update, False
+        fields = [_field_widget(f) for f in form_fields(spec)]
+        model = spec.default_model if spec.default_model in model_names() else no_update
+        note = f" Defined on {spec.numerics} weights." + ("" if spec.needs_corpus else " Needs no corpus.")
+        return spec.description + note, fields, model, not spec.needs_corpus
+
+    @app.callback(
+        Output("home-start-msg", "children"), Output("home-kick", "data"),
+        Input("home-start", "n_clicks"),
+        State("home-probe", "value"), State("home-model", "value"), State("home-corpus", "value"),
+        State({"type": "home-cfg", "field": ALL}, "value"), State({"type": "home-cfg", "field": ALL}, "id"),
+        prevent_initial_call=True,
+    )
+    def _start(_n, probe, model, corpus, values, ids):
+        try:
+            spec = get_probe(probe)
+            cfg = form_to_config(spec, {i["field"]: v for i, v in zip(ids, values)})
+            run_id = ctx.jobs.submit(probe, model, corpus, cfg)
+        except Exception as e:
+            return error_message(e), no_update
+        return html.Span(f"Run #{run_id} queued.", className="ok", id="home-queued", **{"data-run": str(run_id)}), run_id
+
+    @app.callback(
+        Output("home-runs", "children"), Output("home-sig", "data"), Output("home-poll", "interval"),
+        Input("home-poll", "n_intervals"), Input("home-kick", "data"),
+        State("home-sig", "data"),
+    )
+    def _refresh(_n, _kick, sig):
+        ctx.jobs.check()
+        rows = ctx.store.runs(limit=MAX_ROWS)
+        active = any(r["status"] in ACTIVE for r in rows)
+        new_sig = [[r["run_id"], r["status"], round(float(r["progress"] or 0), 3), r["message"]] for r in rows]
+        interval = 1000 if active else 3000
+        if sig == new_sig and ctx.triggered_id == "home-poll":
+            return no_update, no_update, interval
+        return runs_table(ctx, rows), new_sig, interval
+
+
+PAGE = DashPage(path="/", name="Home", layout=layout, register=register, order=0)
