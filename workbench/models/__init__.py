@@ -105,11 +105,21 @@ def load_model(
         loader = HookedTransformer.from_pretrained if numerics == "processed" else HookedTransformer.from_pretrained_no_processing
         model = loader(name, device=device, dtype=dtype)
         model.eval()
-        tied = getattr(getattr(model.cfg, "hf_config", None), "tie_word_embeddings", None)
-        info = ModelInfo(name, "transformer-lens", numerics, tied_embeddings=tied)
+        info = ModelInfo(name, "transformer-lens", numerics, tied_embeddings=_hub_tied_embeddings(name))
     else:
         raise UnknownModelError(name, _known_names())
     return attach_info(model, info)
+
+
+def _hub_tied_embeddings(name: str) -> bool | None:
+    """Whether a hub model ties W_U to W_E, read from its (cached) HF config."""
+    import transformer_lens.loading_from_pretrained as tl_loading
+    from transformers import AutoConfig
+
+    try:
+        return bool(AutoConfig.from_pretrained(tl_loading.get_official_model_name(name)).tie_word_embeddings)
+    except Exception:  # models without an HF config (e.g. TL's own attn-only models)
+        return None
 
 
 def set_numerics(model: HookedTransformer, numerics: Numerics) -> HookedTransformer:

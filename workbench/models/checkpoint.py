@@ -74,6 +74,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[HookedTransf
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device).eval()
+    if blob.get("meta", {}).get("attention") == "relu":  # trained with ReLU attention (workbench.tasks)
+        from workbench.tasks.bigram_backcopy import install_relu_attention
+
+        install_relu_attention(model)
     return model, blob.get("meta", {})
 
 

@@ -41,6 +41,7 @@ def load_state_into(model: HookedTransformer, state_dict: dict[str, torch.Tensor
     TransformerLens's own `load_and_process_state_dict` so its folding rules apply.
     """
     if numerics == "raw":
+        state_dict = model.fill_missing_keys(dict(state_dict))  # zero biases the source has none of
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         missing = [k for k in missing if not k.endswith(("IGNORE", "mask", "rotary_cos", "rotary_sin"))]
         if missing or unexpected:
