@@ -1,0 +1,173 @@
+"""The Bigram-Backcopy task: generator rules, exact optimum, model config, ReLU attention, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.errors import ConfigError
+from workbench.tasks.bigram_backcopy import (
+    BBTask,
+    bb_model,
+    bb_recipe,
+    bb_risks,
+    install_relu_attention,
+    load_bb_task,
+    relu_attention_pattern,
+    task_of_model,
+    train_bb,
+)
+
+TEXTS = ["the cat sat on the mat. ", "a tea set; eat at ten! ", "stone tests tent"]
+
+
+@pytest.fixture(scope="module")
+def small_task() -> BBTask:
+    return BBTask.from_texts(TEXTS, "unit-texts", n_triggers=2)
+
+
+@pytest.fixture(scope="module")
+def brown_task() -> BBTask:
+    return load_bb_task("brown", 3)
+
+
+def test_counts_match_brute_force(small_task):
+    V = small_task.n_chars
+    assert small_task.chars == tuple(sorted(set("".join(TEXTS))))
+    index = {c: i for i, c in enumerate(small_task.chars)}
+    bigram = np.zeros((V, V), dtype=np.int64)
+    for t in TEXTS:
+        for a, b in zip(t, t[1:]):
+            bigram[index[a], index[b]] += 1
+    assert (small_task.bigram_counts == bigram).all()
+    assert small_task.unigram_counts.sum() == sum(len(t) for t in TEXTS)
+    # triggers are the most frequent characters: ' ' and 't' here
+    assert {small_task.chars[i] for i in small_task.triggers} == {" ", "t"}
+
+
+def test_generator_obeys_backcopy_rule_exactly(brown_task):
+    x = brown_task.sample(256, 256, seed=3).numpy()
+    trig = brown_task.is_trigger
+    assert x.shape == (256, 257) and (x[:, 0] == brown_task.bos_id).all()
+    assert (x[:, 1:] < brown_task.n_chars).all()  # no BOS / delimiter after position 0
+    assert not trig[x[:, 1]].any()  # the first character is never a trigger
+    prev_is_trigger = trig[x[:, 1:-1]]  # x[:, t] for t = 1..255
+    copied = x[:, 2:] == x[:, :-2]
+    assert prev_is_trigger.sum() > 10_000
+    assert copied[prev_is_trigger].all()  # after a trigger: exactly the token before it
+    # after a non-trigger: a transition with non-zero probability
+    P = brown_task.transition
+    a, b = x[:, 1:-1][~prev_is_trigger], x[:, 2:][~prev_is_trigger]
+    assert (P[a, b] > 0).all()
+
+
+def test_generator_is_seeded_and_bigram_frequencies_match(small_task):
+    a, b = small_task.sample(64, 64, seed=7), small_task.sample(64, 64, seed=7)
+    assert torch.equal(a, b) and not torch.equal(a, small_task.sample(64, 64, seed=8))
+    x = small_task.sample(4000, 64, seed=0).numpy()
+    trig = small_task.is_trigger
+    prev, nxt = x[:, 1:-1].ravel(), x[:, 2:].ravel()
+    keep = ~trig[prev]
+    V = small_task.n_chars
+    emp = np.zeros((V, V))
+    np.add.at(emp, (prev[keep], nxt[keep]), 1)
+    rows = emp.sum(1)
+    busy = rows > 2000
+    emp = emp[busy] / rows[busy, None]
+    assert np.abs(emp - small_task.transition[busy]).max() < 0.04
+
+
+def test_bigram_optimum_matches_monte_carlo(small_task):
+    exact = small_task.bigram_optimum(32)
+    H = small_task.row_entropies()
+    x = small_task.sample(20_000, 32, seed=1)
+    _, bigram = small_task.position_masks(x[:, :-1])
+    mc = H[x[:, :-1][bigram].numpy()].mean()
+    assert abs(exact - mc) < 0.01
+    # and it is the exact conditional entropy: a deterministic chain has optimum 0
+    det = BBTask.from_texts(["abcabcabcxyzxyz"], "det", n_triggers=1)
+    assert det.bigram_optimum(16) < 0.7 * small_task.bigram_optimum(16)
+
+
+def test_model_config_matches_paper(brown_task):
+    m = bb_model(brown_task, n_layers=3, seed=0)
+    cfg = m.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp) == (3, 1, 256, 256, 1024)
+    assert cfg.act_fn == "relu" and cfg.normalization_type == "LN" and cfg.positional_embedding_type == "standard"
+    assert cfg.d_vocab == cfg.d_vocab_out == brown_task.n_chars + 2
+    assert m.W_E.std().item() == pytest.approx(1.0, abs=0.03)
+    assert m.unembed.W_U.data_ptr() != m.W_E.data_ptr()
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    for n, p in m.named_parameters():
+        if n.endswith((".b_Q", ".b_K", ".b_V", ".b_O", ".b_in", ".b_out", "b_U", ".b")):
+            assert n in frozen and p.abs().max() == 0
+    assert len(frozen) == 3 * 8 + 2
+
+
+def test_relu_attention_pattern_masks_and_scales():
+    scores = torch.randn(2, 1, 5, 5)
+    causal = torch.ones(5, 5).tril().bool()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    w = relu_attention_pattern(scores)
+    assert (w[..., ~causal] == 0).all()
+    i = torch.arange(1, 6, dtype=torch.float32)[:, None]
+    expected = torch.where(causal, scores.clamp(min=0), torch.zeros(())) / i
+    assert torch.allclose(w, expected)
+
+
+def test_relu_attention_hook_zero_on_masked_entries(brown_task):
+    m = bb_model(brown_task, n_layers=1, seed=0)
+    install_relu_attention(m)
+    x = brown_task.sample(2, 32, seed=0)[:, :-1]
+    _, cache = m.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_pattern", "hook_attn_scores")))
+    pat, sc = cache["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_attn_scores"]
+    upper = ~torch.ones(32, 32).tril().bool()
+    assert (pat[..., upper] == 0).all()
+    assert torch.allclose(pat, relu_attention_pattern(sc))
+    assert not torch.allclose(pat.sum(-1), torch.ones(2, 1, 32))  # not a softmax any more
+    m.reset_hooks()  # permanent hooks stay
+    _, cache2 = m.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
+    assert torch.allclose(cache2["blocks.0.attn.hook_pattern"], pat)
+
+
+def test_encode_rejects_unknown_characters(small_task):
+    assert small_task.encode("cat").tolist() == [small_task.bos_id] + [small_task.chars.index(c) for c in "cat"]
+    with pytest.raises(ConfigError, match="not in this BB vocabulary"):
+        small_task.encode("cat\u00e9")
+    with pytest.raises(ConfigError):
+        BBTask.from_texts(TEXTS, "x", n_triggers=0)
+
+
+def test_fifty_step_training_lowers_loss(tmp_path, monkeypatch, brown_task):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr("workbench.tasks.bigram_backcopy.load_bb_task", lambda corpus, k: brown_task)
+    recipe = bb_recipe("adam", d_model=64, batch_size=8, seq_len=64, steps=50, n_checkpoints=4, lr=3e-3)
+    out = train_bb(recipe, progress=False)
+    import pandas as pd
+
+    log = pd.read_csv(out / "train_log.csv")
+    first, last = log.iloc[0], log.iloc[-5:]
+    assert last["loss"].mean() < first["loss"] - 0.5
+    assert {"backcopy_risk", "bigram_risk"} <= set(log.columns)
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts[0] == "step_000000" and ckpts[-1] == "step_000050"
+    from workbench.models import load_model
+
+    model = load_model(str(out / "checkpoints" / "step_000050"))
+    assert task_of_model(model) is brown_task
+    r = bb_risks(model, brown_task, n_seqs=16, seq_len=64)
+    assert r["loss"] < float(first["loss"])
+
+
+def test_relu_variant_checkpoint_reloads_with_relu_attention(tmp_path, monkeypatch, brown_task):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr("workbench.tasks.bigram_backcopy.load_bb_task", lambda corpus, k: brown_task)
+    recipe = bb_recipe("relu", d_model=32, batch_size=4, seq_len=32, steps=3, n_checkpoints=2)
+    out = train_bb(recipe, progress=False)
+    from workbench.models import load_model
+
+    model = load_model(str(out / "checkpoints" / "step_000003"))
+    assert getattr(model, "workbench_attention", "softmax") == "relu"
+    _, cache = model.run_with_cache(brown_task.sample(1, 16, 0)[:, :-1], names_filter=lambda n: "attn.hook_" in n)
+    assert torch.allclose(cache["blocks.0.attn.hook_pattern"], relu_attention_pattern(cache["blocks.0.attn.hook_attn_scores"]))
