@@ -1,0 +1,26 @@
+"""Every probe module imports, registers, and reads like every other."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import probes
+from workbench.probe_api import list_probes
+from workbench.results import Result
+
+EXPECTED = {"residual-norms"}
+
+
+def test_every_probe_module_imports():
+    assert probes.IMPORT_ERRORS == {}
+
+
+def test_every_probe_has_the_standard_shape():
+    specs = list_probes()
+    assert EXPECTED <= {s.name for s in specs}
+    for spec in specs:
+        assert dataclasses.is_dataclass(spec.config_cls), spec.name
+        assert issubclass(spec.result_cls, Result), spec.name
+        assert spec.numerics in ("raw", "processed"), spec.name
+        spec.config_cls()  # defaults construct
+        assert callable(spec.run) and spec.description
