@@ -152,15 +152,17 @@ def dashboard_cmd(
 
 @app.command("figures")
 def figures_cmd(
-    only: list[str] = typer.Option([], help="only these analyses (repeatable)"),
+    only: list[str] = typer.Option([], help="only these analyses (repeatable), e.g. --only attention_sinks"),
     out: Optional[str] = typer.Option(None, help="output directory (default experiments/out)"),
+    quick: bool = typer.Option(False, help="smoke settings: tiny models, seconds (for checking the pipeline)"),
+    preset: str = typer.Option("cpu", help="cpu (embedded defaults) or a GPU preset from experiments/presets.py"),
 ) -> None:
-    """Regenerate every analysis's figures and the side-by-side report on the embedded defaults."""
+    """Regenerate every analysis's figures and experiments/REPORT.md (resumes; reuses stored results)."""
     try:
         from experiments.run_all import main as run_all
     except ImportError as e:
         _fail(WorkbenchError(f"experiments unavailable: {e}"))
-    run_all(only=only or None, out=out)
+    run_all(only=only or None, out=out, quick=quick, preset=preset)
 
 
 def main() -> None:  # pragma: no cover
