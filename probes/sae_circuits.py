@@ -1,0 +1,327 @@
+"""Circuit discovery with discrete SAE codes (O'Neill & Bui, 2024), beside a causal baseline.
+
+1. A task gives 250 positive prompts (the model can predict the answer) and 250 paired negatives
+   (it cannot); see `workbench.tasks`.
+2. Every head's output z . W_O (processed numerics, no b_O; per query head under grouped-query
+   attention) is averaged over all positions of a prompt, BOS included: [examples, heads, d_model].
+3. One small SAE (200 features) is trained on 10 randomly drawn examples and every (example, head)
+   is discretised to its argmax feature (`probes._discrete_sae`).
+4. Node and edge scores rank heads by codes that occur on positives and never on negatives; the
+   ranking is scored by ROC AUC against a ground-truth set, over `n_seeds` trials (mean +- std).
+
+Ground truth: the published circuit when the model has one (GPT-2 small IOI and greater-than,
+attn-only-4l docstring), the backcopy head for a Bigram-Backcopy model, and otherwise the heads
+the causal baseline selects (`probes._circuit_baselines`: per-head patching of negative into
+positive runs, threshold on the share of the total effect). The baseline's runtime is recorded
+beside the SAE method's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+from transformer_lens import HookedTransformer
+
+from probes._circuit_baselines import (
+    BaselineOutcome, answers_of, final_resid, head_patching, known_circuit, last_rows, metric_from_resid,
+)
+from probes._discrete_sae import SAESettings, edge_scores, node_scores, sae_codes, train_sae, unique_cooccurrence
+from workbench.errors import ConfigError
+from workbench.probe_api import ProbeSpec, register
+from workbench.progress import progress_bar
+from workbench.results import Result
+from workbench.tasks.contrast import ContrastPrompts, pad_right
+from workbench.tasks.docstring import docstring_prompts
+from workbench.tasks.greater_than import greater_than_prompts
+from workbench.tasks.ioi import ioi_prompts
+
+TaskFn = Callable[..., ContrastPrompts]
+# task -> (generator(tokenizer, n, seed, prepend_bos), the paper's L1 coefficient)
+TASKS: dict[str, tuple[TaskFn, float]] = {
+    "ioi": (ioi_prompts, 0.02),
+    "greater-than": (greater_than_prompts, 0.02),
+    "docstring": (docstring_prompts, 0.05),
+}
+# The paper's ROC AUCs on GPT-2 small / attn-only-4l (node, edge).
+PAPER_AUC = {"ioi": (0.868, 0.840), "greater-than": (0.855, 0.873), "docstring": (0.869, 0.896)}
+
+
+@dataclass
+class SAECircuitsConfig:
+    task: str = "ioi"  # ioi | greater-than | docstring
+    n_prompts: int = 250  # positive/negative pairs (the paper: 250 + 250)
+    task_seed: int = 0
+    n_features: int = 200
+    l1: float | None = None  # None: the paper's value for the task (0.02 IOI and greater-than, 0.05 docstring)
+    lr: float = 1e-3
+    epochs: int = 500
+    n_train: int = 10  # examples the SAE is trained on
+    n_seeds: int = 10  # trials (SAE init and training examples)
+    ground_truth: Literal["auto", "known", "baseline"] = "auto"  # auto: published circuit if the model has one
+    baseline: Literal["patching", "mean-ablation", "none"] = "patching"
+    baseline_prompts: int = 64  # pairs the baseline patches (the first of the task's pairs)
+    threshold: float = 0.05  # baseline circuit: |share of the total effect| above this
+    batch_size: int = 16
+    graph_pairs: int = 30  # head pairs (by mean edge co-occurrence) in the circuit graph
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
+        for name in ("n_prompts", "n_features", "epochs", "n_train", "n_seeds", "baseline_prompts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_train > 2 * self.n_prompts:
+            raise ConfigError(f"n_train ({self.n_train}) exceeds the {2 * self.n_prompts} examples")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.l1 is not None and self.l1 < 0:
+            raise ConfigError(f"l1 must be >= 0, got {self.l1}")
+        if self.ground_truth == "baseline" and self.baseline == "none":
+            raise ConfigError("ground_truth='baseline' needs a baseline (patching or mean-ablation)")
+
+    def sae_settings(self) -> SAESettings:
+        l1 = self.l1 if self.l1 is not None else TASKS[self.task][1]
+        return SAESettings(self.n_features, l1, self.lr, self.epochs, self.n_train)
+
+
+@dataclass
+class SAECircuitsResult(Result):
+    heads: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per head
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per seed
+    codes: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # int16 [seeds, examples, heads]
+    node_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [seeds, heads]
+    edge_scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [seeds, heads]
+    cooccurrence: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [heads, heads] mean U
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # task metric per prompt
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_positive(self) -> int:
+        return int(self.stats["n_pairs"])
+
+    def summary(self) -> dict:
+        s = self.stats
+        if not s:
+            return {}
+        out = {
+            "task": s["task"], "ground_truth": s["ground_truth_source"], "circuit_size": s["circuit_size"],
+            "node_auc": f"{s['node_auc_mean']:.3f} ± {s['node_auc_std']:.3f}",
+            "edge_auc": f"{s['edge_auc_mean']:.3f} ± {s['edge_auc_std']:.3f}",
+            "accuracy": round(s["accuracy"], 3),
+            "sae_method_s": round(s["sae_method_s"], 1),
+        }
+        if s.get("baseline_s") is not None:
+            out["baseline_s"] = round(s["baseline_s"], 1)
+        return out
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def head_labels(model: HookedTransformer) -> list[str]:
+    return [f"L{l}H{h}" for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+
+
+def make_task(model: HookedTransformer, task: str, n: int, seed: int) -> ContrastPrompts:
+    if model.tokenizer is None:
+        raise ConfigError("the task generators need the model's tokenizer; this model has none")
+    fn = TASKS[task][0]
+    return fn(model.tokenizer, n=n, seed=seed, prepend_bos=bool(model.cfg.default_prepend_bos))
+
+
+@torch.no_grad()
+def head_outputs(model: HookedTransformer, prompts: ContrastPrompts, batch_size: int = 16,
+                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[2n, layers*heads, d_model] position-averaged head outputs (positives first) and each side's metric."""
+    device = next(model.parameters()).device
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    n = len(prompts)
+    out = torch.zeros(2 * n, L * H, model.cfg.d_model)
+    metric = torch.zeros(2 * n)
+    ans = answers_of(prompts, model)
+    lengths = prompts.lengths()
+    order = torch.argsort(lengths, stable=True)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None and model.tokenizer.pad_token_id is not None else 0
+    bar = progress_bar(2 * n, "head outputs", unit="prompt", enabled=progress)
+    try:
+        for side, seqs in enumerate((prompts.positive, prompts.negative)):
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                tokens = pad_right([seqs[j] for j in idx.tolist()], pad_id).to(device)
+                last = (lengths[idx] - 1).to(device)
+                valid = (torch.arange(tokens.shape[1], device=device)[None] <= last[:, None]).float()
+                valid = valid / valid.sum(1, keepdim=True)
+                means: dict[int, torch.Tensor] = {}
+
+                def save_mean(z: torch.Tensor, hook, valid=valid, means=means) -> None:
+                    means[hook.layer()] = torch.einsum("bp,bphd->bhd", valid, z)
+
+                resid = final_resid(model, tokens, hooks=[(f"blocks.{l}.attn.hook_z", save_mean) for l in range(L)])
+                per_layer = [torch.einsum("bhd,hdm->bhm", means[l], model.blocks[l].attn.W_O) for l in range(L)]
+                rows = idx + side * n
+                out[rows] = torch.cat(per_layer, dim=1).float().cpu()
+                metric[rows] = metric_from_resid(model, last_rows(resid, last), ans.select(idx).to(device)).float().cpu()
+                bar.update(len(idx))
+    finally:
+        bar.close()
+    return out, metric[:n], metric[n:]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC, or NaN when the ground truth holds only one class."""
+    truth = np.asarray(truth).astype(bool)
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(roc_auc_score(truth, np.asarray(scores, dtype=float)))
+
+
+def roc_points(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fpr, tpr, _ = roc_curve(np.asarray(truth).astype(bool), np.asarray(scores, dtype=float))
+    return fpr, tpr
+
+
+def circuit_graph(cooccurrence: torch.Tensor, heads: pd.DataFrame, n_pairs: int) -> nx.DiGraph:
+    """The `n_pairs` head pairs with the highest mean U as a graph: heads are nodes (with their
+    scores), edges point from the earlier head to the later one and carry U as `weight`."""
+    U = cooccurrence.float()
+    n = U.shape[0]
+    i, j = torch.triu_indices(n, n, offset=1)
+    vals = U[i, j]
+    top = torch.argsort(vals, descending=True, stable=True)[:n_pairs]
+    g = nx.DiGraph()
+    rows = heads.set_index("index")
+    for k in top.tolist():
+        if vals[k] <= 0:
+            break
+        a, b = int(i[k]), int(j[k])
+        for h in (a, b):
+            if h not in g:
+                r = rows.loc[h]
+                g.add_node(str(r["label"]), index=h, layer=int(r["layer"]), head=int(r["head"]),
+                           node_score=float(r["node_score"]), edge_score=float(r["edge_score"]),
+                           baseline_share=float(r["baseline_share"]), ground_truth=bool(r["ground_truth"]))
+        g.add_edge(str(rows.loc[a, "label"]), str(rows.loc[b, "label"]), weight=float(vals[k]))
+    return g
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline: BaselineOutcome | None) -> tuple[torch.Tensor, str]:
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    known = known_circuit(model, config.task)
+    if config.ground_truth == "known" and known is None:
+        raise ConfigError(f"no published circuit for task {config.task!r} on this model; use ground_truth='baseline'")
+    if known is not None and config.ground_truth in ("auto", "known"):
+        truth = torch.zeros(L, H, dtype=torch.bool)
+        for layer, head in known:
+            truth[layer, head] = True
+        return truth.flatten(), "published"
+    assert baseline is not None
+    return baseline.circuit(config.threshold).flatten(), f"baseline:{baseline.method}>{config.threshold:g}"
+
+
+def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAECircuitsResult:
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    prompts = make_task(model, config.task, config.n_prompts, config.task_seed)
+
+    t0 = time.perf_counter()
+    acts, pos_metric, neg_metric = head_outputs(model, prompts, config.batch_size)
+    activations_s = time.perf_counter() - t0
+
+    baseline = None
+    if config.baseline != "none" and not (config.ground_truth == "known"):
+        baseline = head_patching(model, prompts.subset(config.baseline_prompts), config.baseline, config.batch_size)
+    truth, truth_source = _ground_truth(model, config, baseline)
+
+    settings = config.sae_settings()
+    is_pos = torch.arange(2 * len(prompts)) < len(prompts)
+    codes, nodes, edges, Us, trials = [], [], [], [], []
+    bar = progress_bar(config.n_seeds, "SAE trials", unit="seed")
+    try:
+        for seed in range(config.n_seeds):
+            t1 = time.perf_counter()
+            sae, train_idx, losses = train_sae(acts, settings, seed)
+            c = sae_codes(sae, acts)
+            node = node_scores(c, is_pos, settings.n_features)
+            U = unique_cooccurrence(c, is_pos, settings.n_features)
+            edge = edge_scores(U, seed)
+            sae_s = time.perf_counter() - t1
+            codes.append(c.to(torch.int16))
+            nodes.append(node.float())
+            edges.append(edge.float())
+            Us.append(U.float())
+            trials.append({
+                "seed": seed, "node_auc": roc_auc(truth.numpy(), node.numpy()), "edge_auc": roc_auc(truth.numpy(), edge.numpy()),
+                "sae_s": sae_s, "final_loss": losses[-1], "distinct_codes": int(torch.unique(c).numel()),
+                "train_positives": int(is_pos[train_idx].sum()),
+            })
+            bar.update(1)
+    finally:
+        bar.close()
+    trials_df = pd.DataFrame(trials)
+    node_t, edge_t = torch.stack(nodes), torch.stack(edges)
+    share = baseline.share().flatten() if baseline is not None else torch.full((L * H,), float("nan"))
+    heads = pd.DataFrame({
+        "index": np.arange(L * H), "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+        "label": head_labels(model), "node_score": node_t.mean(0).numpy(), "node_score_std": node_t.std(0, unbiased=False).numpy(),
+        "edge_score": edge_t.mean(0).numpy(), "edge_score_std": edge_t.std(0, unbiased=False).numpy(),
+        "baseline_share": share.numpy(), "ground_truth": truth.numpy(),
+    })
+    U_mean = torch.stack(Us).mean(0)
+    metrics = {"positive": pos_metric, "negative": neg_metric}
+    if baseline is not None:
+        metrics.update(baseline_positive=baseline.positive_metric, baseline_negative=baseline.negative_metric)
+    baseline_auc = None
+    if baseline is not None and truth_source == "published":
+        baseline_auc = roc_auc(truth.numpy(), baseline.share().flatten().abs().numpy())
+    sae_mean = float(trials_df["sae_s"].mean())
+    stats = {
+        "task": config.task, "n_pairs": len(prompts), "n_heads": L * H, "n_layers": L, "heads_per_layer": H,
+        "l1": settings.l1, "ground_truth_source": truth_source, "circuit_size": int(truth.sum()),
+        "circuit": [head_labels(model)[i] for i in torch.nonzero(truth).flatten().tolist()],
+        "accuracy": float((pos_metric > 0).float().mean()),
+        "pair_accuracy": float((pos_metric > neg_metric).float().mean()),
+        "positive_metric_mean": float(pos_metric.mean()), "positive_metric_std": float(pos_metric.std()),
+        "negative_metric_mean": float(neg_metric.mean()), "negative_metric_std": float(neg_metric.std()),
+        "node_auc_mean": float(np.nanmean(trials_df["node_auc"])), "node_auc_std": float(np.nanstd(trials_df["node_auc"])),
+        "edge_auc_mean": float(np.nanmean(trials_df["edge_auc"])), "edge_auc_std": float(np.nanstd(trials_df["edge_auc"])),
+        "activations_s": activations_s, "sae_s_per_trial": sae_mean, "sae_method_s": activations_s + sae_mean,
+        "baseline_method": baseline.method if baseline is not None else None,
+        "baseline_s": baseline.seconds if baseline is not None else None,
+        "baseline_pairs": baseline.n_pairs if baseline is not None else 0,
+        "baseline_total_effect": baseline.total_effect if baseline is not None else None,
+        "baseline_auc_vs_published": baseline_auc,
+        "threshold": config.threshold,
+        "paper_auc": PAPER_AUC.get(config.task),
+        "task_meta": {k: v for k, v in prompts.meta.items() if not isinstance(v, list)},
+        "examples": {"positive": prompts.positive_text[:3], "negative": prompts.negative_text[:3]},
+    }
+    return SAECircuitsResult(
+        heads=heads, trials=trials_df, codes=torch.stack(codes), node_scores=node_t, edge_scores=edge_t,
+        cooccurrence=U_mean, metrics=metrics, graph=circuit_graph(U_mean, heads, config.graph_pairs), stats=stats,
+    )
+
+
+SPEC = register(ProbeSpec(
+    name="sae-circuits",
+    description="Circuit discovery from discrete SAE codes on head outputs (node and edge scores, ROC AUC over seeds) "
+                "beside a per-head activation-patching baseline.",
+    config_cls=SAECircuitsConfig,
+    result_cls=SAECircuitsResult,
+    run=run,
+    numerics="processed",
+    needs_corpus=False,
+    default_corpus=None,
+))
