@@ -1,0 +1,321 @@
+"""The attention-sinks probe: metrics on hand-built patterns, GQA value norms and head ablation
+against brute force, the streamed survey against a full cache, BB analysis, save/load, figures, page."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from probes.attention_sinks import (
+    AttentionSinksConfig,
+    AttentionSinksResult,
+    HeadSurveyAccumulator,
+    delta_logit,
+    domain_contrast,
+    head_ablation,
+    head_groups,
+    histogram_quantiles,
+    next_token_chunk,
+    prompt_head,
+    value_norms,
+)
+from workbench.activations import stream
+from workbench.errors import ConfigError, PromptTooLongError
+from workbench.slices import corpus_batches
+
+SMALL = dict(max_tokens=384, seq_len=48, batch_size=4, ablation_tokens=96, example_len=16)
+
+
+def test_delta_logit_closed_form():
+    s = torch.tensor([[0.0, -1e9, -1e9, -1e9], [2.0, 1.0, -1e9, -1e9], [3.0, 1.0, 2.0, -1e9], [5.0, 1.0, 2.0, 6.0]])[None, None]
+    d = delta_logit(s)[0, 0]
+    assert torch.isnan(d[:2]).all()
+    assert d[2].item() == pytest.approx(3.0 - 1.0)  # keys 1..q-1 = {1}
+    assert d[3].item() == pytest.approx(5.0 - 1.5)  # keys {1, 2}; the diagonal (6) is not an "other" key
+
+
+def test_histogram_quantiles_match_exact():
+    x = torch.randn(3, 2, 5000, dtype=torch.float64) * 4 + torch.tensor([[[0.0]], [[3.0]], [[-5.0]]])
+    n_bins, rng = 240, 30.0
+    bins = ((x + rng) / (2 * rng) * n_bins).floor().clamp(0, n_bins - 1).long()
+    hist = torch.zeros(3, 2, n_bins, dtype=torch.float64).scatter_add_(2, bins, torch.ones_like(x))
+    got = histogram_quantiles(hist, rng, (0.1, 0.5, 0.9))
+    exact = torch.quantile(x, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=-1).permute(1, 2, 0)
+    assert (got - exact).abs().max() < 2 * rng / n_bins
+
+
+def test_sink_metrics_on_hand_built_pattern(tiny, brown):
+    """Uniform causal attention (weight 1/(q+1)) and scores equal to the key index give known
+    sink mass mean(1/(q+1)) and Δlogit -q/2 over the valid positions of the slice."""
+    cfg = AttentionSinksConfig(**{**SMALL, "delta_range": 40.0})
+    batches = corpus_batches(tiny, brown, cfg)
+    acc = HeadSurveyAccumulator(tiny, cfg.seq_len, cfg.delta_range, cfg.example_len)
+    T = cfg.seq_len
+    k = torch.arange(T, dtype=torch.float32)
+    causal = torch.ones(T, T).tril().bool()
+
+    def scores(s, hook):
+        return torch.where(causal, k[None, :].expand(T, T), torch.tensor(float("-inf"))).expand_as(s).clone()
+
+    def pattern(p, hook):
+        return (causal.float() / causal.sum(-1, keepdim=True)).expand_as(p).clone()
+
+    forced = [(n, f) for l in range(tiny.cfg.n_layers)
+              for n, f in ((f"blocks.{l}.attn.hook_attn_scores", scores), (f"blocks.{l}.attn.hook_pattern", pattern))]
+    with tiny.hooks(fwd_hooks=forced + acc.sink_hooks.hooks()):
+        stream(tiny, batches, acc, progress=False)
+    q_sink, q_dl = [], []
+    for b in batches:
+        for row in b.valid:
+            n = int(row.sum())
+            q_sink += [1.0 / (q + 1) for q in range(1, n)]
+            q_dl += [-q / 2 for q in range(2, n)]
+    heads = acc.head_table("brown")
+    assert np.allclose(heads["sink_mass"], np.mean(q_sink), atol=1e-6)
+    assert np.allclose(heads["delta_logit"], np.mean(q_dl), atol=1e-4)
+    assert np.allclose(heads["delta_logit_q50"], np.quantile(q_dl, 0.5), atol=2 * 40 / 240)
+    sink_prof, _ = acc.profiles()
+    assert torch.allclose(sink_prof[0, 0, 1:10], 1.0 / torch.arange(2, 11), atol=1e-6)
+
+
+def test_gqa_value_norms_match_brute_force(tiny_llama):
+    """‖v W_O‖ per query head vs the head's actual output when it attends only to one position."""
+    model = tiny_llama
+    assert model.cfg.n_key_value_heads == 2 and model.cfg.n_heads == 4
+    assert head_groups(4, 2).tolist() == [0, 0, 1, 1]
+    tokens = torch.randint(0, 256, (2, 10))
+    layer = 1
+    _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.attn.hook_v")
+    got = value_norms(cache[f"blocks.{layer}.attn.hook_v"], model.blocks[layer].attn.W_O)  # [B, T, H]
+    model.set_use_attn_result(True)
+    try:
+        for p in (0, 3, 9):
+            def one_hot(pat, hook, p=p):
+                out = torch.zeros_like(pat)
+                out[..., p:, p] = 1.0
+                out[..., :p, 0] = 1.0
+                return out
+
+            res = {}
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", one_hot),
+                                        (f"blocks.{layer}.attn.hook_result", lambda r, hook: res.setdefault("r", r))]):
+                model(tokens)
+            brute = res["r"][:, -1].norm(dim=-1)  # [B, H]: last query, attending only to p
+            assert torch.allclose(got[:, p], brute, rtol=1e-4, atol=1e-5)
+    finally:
+        model.set_use_attn_result(False)
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+def test_head_ablation_matches_full_forward(fixture, request):
+    model = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 256, (3, 12))
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    valid[2, 9:] = False
+    chunk = next_token_chunk(tokens, valid)
+    clean, ablated, cost = head_ablation(model, [chunk], "test", progress=False)
+    mask = chunk[2]
+    logits = model(tokens)
+    ref_clean = F.cross_entropy(logits[mask], chunk[1][mask]).item()
+    assert clean == pytest.approx(ref_clean, rel=1e-5)
+    for l, h in ((0, 1), (1, 3)):
+        def zero(z, hook, h=h):
+            z = z.clone()
+            z[:, :, h] = 0
+            return z
+
+        lg = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero)])
+        ref = F.cross_entropy(lg[mask], chunk[1][mask]).item()
+        assert ablated[l, h].item() == pytest.approx(ref, rel=1e-5)
+    assert cost["forward_equivalents"] == pytest.approx(1 + 4 * (2 + 1) / 2)
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """One small stored survey of the tiny model on Brown and python-stdlib."""
+    import os
+
+    from workbench.corpora import load_corpus
+    from workbench.models import load_model
+    from workbench.runner import run_probe
+    from workbench.store import ResultStore
+
+    root = tmp_path_factory.mktemp("sinks")
+    old = os.environ.get("WORKBENCH_STORE")
+    os.environ["WORKBENCH_STORE"] = str(root / "store")
+    try:
+        model = load_model("tiny")
+        store = ResultStore(root / "store")
+        out = run_probe("attention-sinks", model, load_corpus("brown"), AttentionSinksConfig(**SMALL), store=store)
+    finally:
+        if old is None:
+            os.environ.pop("WORKBENCH_STORE", None)
+        else:
+            os.environ["WORKBENCH_STORE"] = old
+    return model, store, out
+
+
+def test_survey_matches_full_cache_and_round_trips(lm_run, brown):
+    model, store, out = lm_run
+    res = out.result
+    assert res.domains == ["brown", "python-stdlib"]
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert len(res.heads) == 2 * L * H and len(res.layers) == 2 * (L + 1)
+    assert res.heads["sink_mass"].between(0, 1).all() and res.heads["delta_loss"].notna().all()
+    # independent computation of brown's sink mass and residual peaks from a full cache
+    cfg = AttentionSinksConfig(**SMALL)
+    sink_sum = torch.zeros(L, H, dtype=torch.float64)
+    n_q = 0
+    first, rest, n_first, n_rest = torch.zeros(L + 1), torch.zeros(L + 1), 0, 0
+    for b in corpus_batches(model, brown, cfg):
+        _, cache = model.run_with_cache(b.tokens)
+        q = b.valid.clone()
+        q[:, 0] = False
+        for l in range(L):
+            sink_sum[l] += cache[f"blocks.{l}.attn.hook_pattern"][..., 0].permute(1, 0, 2)[:, q].sum(-1).double()
+        n_q += int(q.sum())
+        for i, name in enumerate(["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(L)]):
+            norms = cache[name].norm(dim=-1)
+            first[i] += norms[:, 0][b.valid[:, 0]].sum()
+            rest[i] += norms[q].sum()
+        n_first += int(b.valid[:, 0].sum())
+        n_rest += int(q.sum())
+    brown_heads = res.heads[res.heads["domain"] == "brown"]
+    assert np.allclose(brown_heads["sink_mass"], (sink_sum / n_q).flatten().numpy(), atol=1e-5)
+    brown_layers = res.layers[res.layers["domain"] == "brown"]
+    assert np.allclose(brown_layers["resid_first"], (first / n_first).numpy(), rtol=1e-4)
+    assert np.allclose(brown_layers["resid_rest"], (rest / n_rest).numpy(), rtol=1e-4)
+    # save / load round trip through the store
+    loaded = AttentionSinksResult.load(out.path)
+    pd.testing.assert_frame_equal(loaded.heads, res.heads)
+    pd.testing.assert_frame_equal(loaded.layers, res.layers)
+    assert loaded.profiles.keys() == res.profiles.keys()
+    assert all(torch.equal(loaded.profiles[k], res.profiles[k]) for k in res.profiles)
+    assert loaded.example_tokens == res.example_tokens and loaded.examples["brown"].shape == (L, H, 16, 16)
+    assert loaded.summary() == res.summary()
+
+
+def test_domain_contrast_and_errors(lm_run):
+    _, _, out = lm_run
+    t = domain_contrast(out.result.heads, "brown", "python-stdlib")
+    assert len(t) == out.result.heads.shape[0] // 2
+    assert (t["score"].diff().dropna() <= 1e-12).all()
+    row = t.iloc[0]
+    h = out.result.heads
+    a = h[(h.domain == "brown") & (h.layer == row.layer) & (h["head"] == row["head"])].sink_mass.item()
+    assert row.sink_mass_a == pytest.approx(a)
+    with pytest.raises(ConfigError, match="must both be in the result"):
+        domain_contrast(h, "brown", "nope")
+    with pytest.raises(ConfigError):
+        AttentionSinksConfig(dormant_sink=1.5).validate()
+
+
+def test_prompt_head_and_bounds(tiny):
+    r = prompt_head(tiny, "The cat sat on the mat.", layer=1, head=2)
+    T = len(r["tokens"])
+    assert r["pattern"].shape == (T, T) and torch.allclose(r["pattern"].sum(-1), torch.ones(T), atol=1e-5)
+    assert r["sink_mass"] == pytest.approx(float(r["pattern"][1:, 0].mean()), abs=1e-6)
+    assert r["resid_norms"].shape == (tiny.cfg.n_layers + 1, T)
+    with pytest.raises(PromptTooLongError):
+        prompt_head(tiny, "x" * 3000, 0, 0)
+    with pytest.raises(ConfigError, match="layer must be"):
+        prompt_head(tiny, "hi", 5, 0)
+
+
+@pytest.fixture(scope="module")
+def bb_run(tmp_path_factory):
+    """A tiny BB run (a few steps) analysed with dynamics over its checkpoints."""
+    import workbench.tasks.bigram_backcopy as bbm
+    from workbench.models import load_model
+    from workbench.runner import run_probe
+    from workbench.store import ResultStore
+
+    task = bbm.load_bb_task("brown", 3)
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("bb")
+    mp.setenv("WORKBENCH_CACHE", str(root))
+    mp.setattr(bbm, "load_bb_task", lambda corpus, k: task)
+    recipe = bbm.bb_recipe("adam", d_model=32, batch_size=4, seq_len=32, steps=4, n_checkpoints=3, lr=3e-3)
+    path = bbm.train_bb(recipe, progress=False)
+    model = load_model(str(path / "checkpoints" / "step_000004"))
+    out = run_probe("attention-sinks", model, None, AttentionSinksConfig(bb_sequences=8), store=ResultStore(root / "store"))
+    yield model, task, out, recipe
+    mp.undo()
+
+
+def test_bb_analysis_matches_direct_computation(bb_run):
+    model, task, out, recipe = bb_run
+    res = out.result
+    assert res.meta["kind"] == "bb" and res.domains == ["bb"]
+    data = task.sample(8, 256, 2024)
+    inputs = data[:, :-1]
+    _, cache = model.run_with_cache(inputs, names_filter="blocks.0.attn.hook_pattern")
+    _, bigram = task.position_masks(inputs)
+    sink = cache["blocks.0.attn.hook_pattern"][:, 0, :, 0]
+    assert res.heads.loc[0, "sink_mass"] == pytest.approx(float(sink[bigram].mean()), rel=1e-5)
+    # token-level test: [<s>, non-triggers, tok], attention on <s> at the last position
+    tok = task.triggers[0]
+    row = task.dormancy_inputs()[tok]
+    _, c2 = model.run_with_cache(row[None], names_filter="blocks.0.attn.hook_pattern")
+    t = res.tokens[(res.tokens.layer == 0) & (res.tokens.token_id == tok)].iloc[0]
+    assert t.sink_last == pytest.approx(float(c2["blocks.0.attn.hook_pattern"][0, 0, -1, 0]), rel=1e-5)
+    assert t.is_trigger and t.paper_active and len(res.tokens) == task.n_chars
+    assert set(res.dynamics["step"]) == set(recipe.checkpoint_steps())
+    for k in ("backcopy_risk", "bigram_risk", "bigram_optimum", "no_attention_backcopy_risk", "no_mlp_bigram_risk"):
+        assert np.isfinite(res.bb[k])
+    loaded = AttentionSinksResult.load(out.path)
+    pd.testing.assert_frame_equal(loaded.dynamics, res.dynamics)
+    pd.testing.assert_frame_equal(loaded.tokens, res.tokens)
+
+
+def test_figures_build_on_real_results(lm_run, bb_run):
+    import plotly.graph_objects as go
+
+    from dashboards.figures import attention_sinks as figs
+
+    lm, bb = lm_run[2].result, bb_run[2].result
+    built = [
+        figs.attention_map(lm.examples["brown"][1, 2].numpy(), lm.example_tokens["brown"], "L1H2"),
+        figs.sink_heatmap(lm.heads, "brown"),
+        figs.dormancy_difference_heatmap(lm.heads, "brown", "python-stdlib"),
+        figs.residual_norms_figure(lm.layers),
+        figs.value_norms_figure(lm.heads, "brown"),
+        figs.value_profile_figure(lm.profiles, "brown", layer=1, head=0),
+        figs.ablation_scatter(lm.heads, 0.7, 0.01),
+        figs.token_dormancy_figure(bb.tokens, 0.89),
+        figs.dynamics_figure({"adam": bb.dynamics, "sgd": bb.dynamics, "relu": bb.dynamics}),
+        figs.delta_logit_bands_figure({"adam": bb.dynamics}),
+    ]
+    assert all(isinstance(f, go.Figure) and len(f.data) > 0 for f in built)
+    hm = built[1].data[0]
+    assert np.asarray(hm.z).shape == (lm_run[0].cfg.n_layers, lm_run[0].cfg.n_heads)
+
+
+def test_page_layout_builds_and_registers(lm_run):
+    from dash import Dash
+
+    from dashboards.base import AppContext
+    from dashboards.pages.attention_sinks import PAGE
+
+    assert PAGE.probe == "attention-sinks" and PAGE.path == "/attention-sinks"
+    layout = PAGE.layout()
+    text = str(layout)
+    assert "as-run" in text and "as-prompt" in text
+    app = Dash(__name__, suppress_callback_exceptions=True)
+    app.layout = layout
+    PAGE.register(app, AppContext(store=lm_run[1]))
+    assert len(app.callback_map) >= 3
+
+
+@pytest.mark.slow
+def test_smollm2_prompt_sinks(smollm2):
+    """A few prompts on the embedded model: GQA mapping and a strong first-token sink somewhere."""
+    assert (smollm2.cfg.n_heads, smollm2.cfg.n_key_value_heads) == (9, 3)
+    r = prompt_head(smollm2, "def add(a, b):\n    return a + b\n", layer=15, head=0)
+    assert r["pattern"].shape[0] == len(r["tokens"]) and r["value_norms"].shape == (len(r["tokens"]),)
+    sinks = [prompt_head(smollm2, "The capital of France is Paris.", layer=l, head=0)["sink_mass"] for l in (2, 15, 28)]
+    assert max(sinks) > 0.5
