@@ -159,6 +159,7 @@ def run_from_search(search: str | None) -> int | None:
 
 GRAPH_CONFIG = {
     "displaylogo": False,
+    "modeBarButtonsToRemove": ["lasso2d", "select2d", "autoScale2d", "zoomIn2d", "zoomOut2d"],
     "toImageButtonOptions": {"format": "png", "scale": 2},
     "modeBarButtonsToAdd": ["toImage"],
 }

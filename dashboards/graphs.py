@@ -93,7 +93,9 @@ def nx_to_elements(
     for i, (u, v, d) in enumerate(G.edges(data=True)):
         data = {k: _clean(x) for k, x in d.items()}
         raw = float(d.get("weight", 1.0))
-        data.update(id=f"e{i}", source=str(u), target=str(v), weight=abs(raw) / wmax, directed=directed)
+        # ids from the endpoints: Cytoscape patches elements by id and cannot move an edge's ends
+        eid = f"{u}->{v}" if not G.is_multigraph() else f"{u}->{v}#{i}"
+        data.update(id=eid, source=str(u), target=str(v), weight=abs(raw) / wmax, directed=directed)
         data.setdefault("value", raw)
         data.setdefault("color", edge_color)
         elements.append({"data": data})
@@ -180,7 +182,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-_HIDDEN = {"id", "color", "size", "directed", "nx_id", "href", "source", "target", "weight", "title"}
+_HIDDEN = {"id", "label", "color", "size", "directed", "nx_id", "href", "source", "target", "weight", "title", "timeStamp"}
 
 
 def node_details(node: dict, elements: list[dict]) -> html.Div:
@@ -198,7 +200,7 @@ def node_details(node: dict, elements: list[dict]) -> html.Div:
 
     return html.Div(
         [
-            html.H5(node.get("label", nid), className="details-title"),
+            html.H5(node.get("title") or node.get("label") or nid, className="details-title"),
             html.Table(html.Tbody(rows), className="details-table"),
             lst("incoming", [d for d in edges if d["target"] == nid], "source"),
             lst("outgoing", [d for d in edges if d["source"] == nid], "target"),
@@ -209,7 +211,7 @@ def node_details(node: dict, elements: list[dict]) -> html.Div:
 
 
 def edge_details(edge: dict) -> html.Div:
-    rows = [html.Tr([html.Th(k), html.Td(_fmt(v))]) for k, v in edge.items() if k not in _HIDDEN - {"weight"} and k != "id"]
+    rows = [html.Tr([html.Th(k), html.Td(_fmt(v))]) for k, v in edge.items() if k not in _HIDDEN]
     return html.Div([html.H5(f"{edge.get('source')} → {edge.get('target')}", className="details-title"),
                      html.Table(html.Tbody(rows), className="details-table")], className="node-details")
 

@@ -20,10 +20,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def shot(dash_duo, name: str) -> Path:
+def shot(dash_duo, name: str, full: bool = False) -> Path:
+    """Save a screenshot (the whole page when `full`, else the window)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    dash_duo.driver.save_screenshot(str(path))
+    driver = dash_duo.driver
+    if full:
+        size = driver.get_window_size()
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(size["width"], min(int(height) + 20, 4000))
+        time.sleep(0.5)
+        driver.save_screenshot(str(path))
+        driver.set_window_size(size["width"], size["height"])
+    else:
+        driver.save_screenshot(str(path))
     return path
 
 
@@ -70,7 +80,132 @@ def test_every_page_loads_without_console_errors(dash_duo, app):
         wait_page(dash_duo, page.path)
         time.sleep(0.8)  # let the page's first callbacks run and render
         dash_duo.wait_for_no_elements("._dash-loading", timeout=20)
-        shot(dash_duo, "page" + (page.path.replace("/", "_") if page.path != "/" else "_home"))
+        shot(dash_duo, "page" + (page.path.replace("/", "_") if page.path != "/" else "_home"), full=True)
         logs = dash_duo.get_logs()
         assert logs == [], f"console errors on {page.path}: {logs}"
         assert not dash_duo.find_elements(".error"), f"error message on {page.path}"
+
+
+def set_textarea(dash_duo, element_id: str, text: str) -> None:
+    """Set a React-controlled textarea's value the way typing would (fast for long texts)."""
+    dash_duo.driver.execute_script(
+        """const el = document.getElementById(arguments[0]);
+           const setter = Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, 'value').set;
+           setter.call(el, arguments[1]); el.dispatchEvent(new Event('input', {bubbles: true}));""",
+        element_id, text,
+    )
+
+
+def retype(element, text: str) -> None:
+    """Select everything in an input, delete it and type `text` (real key presses)."""
+    from selenium.webdriver.common.keys import Keys
+
+    element.click()
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(Keys.DELETE)
+    element.send_keys(text)
+
+
+def test_explorer_topk_and_graph_click(dash_duo, app):
+    """A typed prompt gives its tokens and top-k; clicking a node of the flow graph shows its details."""
+    start(dash_duo, app, "/model-explorer")
+    wait_page(dash_duo, "/model-explorer")
+    dash_duo.wait_for_element(".topk-row", timeout=30)  # the default prompt runs on load
+    retype(dash_duo.find_element("#explorer-prompt"), "Hello world")
+    retype(dash_duo.find_element("#explorer-k"), "7\t")
+    dash_duo.find_element("#explorer-run").click()
+    dash_duo.wait_for_contains_text("#explorer-topk-title", "Top-7 next tokens after position 11 'd'", timeout=20)
+    assert len(dash_duo.find_elements(".topk-row")) == 7
+    toks = [e.text for e in dash_duo.find_elements("#explorer-tokens .tok")]
+    assert toks == ["<|bos|>", "H", "e", "l", "l", "o", "\u2423", "w", "o", "r", "l", "d"]
+    # click a token: the top-k follows the selected position
+    dash_duo.find_elements("#explorer-tokens .tok")[5].click()
+    dash_duo.wait_for_contains_text("#explorer-topk-title", "after position 5 'o'", timeout=10)
+    # the attention heatmap was drawn
+    dash_duo.wait_for_element(".figure-card .heatmaplayer", timeout=10)
+    shot(dash_duo, "explorer", full=True)
+
+    # the attention-flow graph: click a node (real mouse click at its rendered position)
+    graph_el = dash_duo.wait_for_element(".graph-card .graph-body > div:first-child", timeout=10)
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", graph_el)
+    deadline = time.time() + 15
+    pos = None
+    while time.time() < deadline and pos is None:
+        pos = dash_duo.driver.execute_script(
+            """const c = arguments[0].querySelector('div[id]') || arguments[0];
+               let host = c; while (host && !host._cyreg) host = host.querySelector('div');
+               const reg = (c._cyreg || (host && host._cyreg)); if (!reg) return null;
+               const n = reg.cy.getElementById('L1P5'); if (!n || n.empty()) return null;
+               const r = reg.cy.container().getBoundingClientRect(), p = n.renderedPosition();
+               return [r.left + p.x, r.top + p.y];""",
+            graph_el,
+        )
+        if pos is None:
+            time.sleep(0.3)
+    assert pos is not None, "the flow graph did not render its nodes"
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(dash_duo.driver).move_to_location(int(pos[0]), int(pos[1])).click().perform()
+    dash_duo.wait_for_contains_text(".graph-details", "layer", timeout=10)
+    details = dash_duo.find_element(".graph-details").text
+    assert "layer 1" in details and "position 5" in details and "incoming" in details
+    shot(dash_duo, "explorer_graph_click")
+    assert dash_duo.get_logs() == []
+
+
+def test_start_run_from_ui_shows_result(dash_duo, app):
+    """Home's form queues a run; the worker finishes it; its result opens on the probe page."""
+    start(dash_duo, app)
+    wait_page(dash_duo, "/")
+    dash_duo.wait_for_element('input[id*="max_tokens"]', timeout=10)
+    dash_duo.select_dcc_dropdown("#home-model", value="tiny-llama")
+    retype(dash_duo.find_element('input[id*="max_tokens"]'), "768\t")
+    retype(dash_duo.find_element('input[id*="seq_len"]'), "64\t")
+    dash_duo.find_element("#home-start").click()
+    queued = dash_duo.wait_for_element("#home-queued", timeout=10)
+    run_id = queued.get_attribute("data-run")
+    row = f"#run-row-{run_id}"
+    dash_duo.wait_for_element(row, timeout=10)
+    shot(dash_duo, "home_running")
+    deadline = time.time() + 120  # the worker imports torch and loads the model first
+    status = None
+    read = "const r = document.querySelector(arguments[0]); return r ? [r.dataset.status, r.innerText] : [null, ''];"
+    text = ""
+    while time.time() < deadline:
+        status, text = dash_duo.driver.execute_script(read, row)  # the table re-renders: no stale handles
+        if status in ("done", "reused", "failed"):
+            break
+        time.sleep(0.5)
+    assert status == "done", text
+    assert "tiny-llama" in text and "max_tokens=768" in text
+    shot(dash_duo, "home_done")
+    dash_duo.find_element(f"#open-run-{run_id}").click()
+    wait_page(dash_duo, "/residual-norms")
+    dash_duo.wait_for_contains_text("#rn-summary", f"Run #{run_id}", timeout=15)
+    assert "tiny-llama" in dash_duo.find_element("#rn-summary").text
+    dash_duo.wait_for_element(".figure-card .scatterlayer .trace", timeout=10)
+    shot(dash_duo, "residual_norms_from_ui", full=True)
+    assert dash_duo.get_logs() == []
+
+
+def test_bad_input_shows_errors_not_a_dead_app(dash_duo, app):
+    """An over-long prompt and an unknown model name give messages; the app keeps working."""
+    from dashboards.base import MAX_PROMPT_CHARS
+
+    start(dash_duo, app, "/model-explorer?model=../../etc/passwd")
+    wait_page(dash_duo, "/model-explorer")
+    dash_duo.wait_for_contains_text("#explorer-error", "unknown model", timeout=15)
+    set_textarea(dash_duo, "explorer-prompt", "x" * (MAX_PROMPT_CHARS + 1))
+    dash_duo.wait_for_contains_text("#explorer-count", "too long", timeout=5)
+    dash_duo.select_dcc_dropdown("#explorer-model", value="tiny")
+    dash_duo.find_element("#explorer-run").click()
+    dash_duo.wait_for_contains_text("#explorer-error", f"the limit is {MAX_PROMPT_CHARS}", timeout=15)
+    shot(dash_duo, "explorer_error")
+    # still alive: a short prompt works again, and other pages load
+    set_textarea(dash_duo, "explorer-prompt", "ok then")
+    dash_duo.find_element("#explorer-run").click()
+    dash_duo.wait_for_contains_text("#explorer-topk-title", "after position 7", timeout=15)
+    assert dash_duo.find_element("#explorer-error").text == ""
+    dash_duo.wait_for_page(url=dash_duo.server_url + "/no-such-page")
+    dash_duo.wait_for_contains_text("#page-root", "Page not found", timeout=10)
+    assert dash_duo.get_logs() == []

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
+from dash import ALL, Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from dashboards.base import AppContext, DashPage, error_message, model_names
 from dashboards.jobs import ACTIVE, FieldSpec, corpus_names, form_fields, form_to_config
@@ -117,7 +117,7 @@ def _status_cell(r: dict) -> html.Td:
 def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
     if not rows:
         return html.P("No runs yet. Start one above, or run `workbench run residual-norms`.", className="empty")
-    head = html.Thead(html.Tr([html.Th(h) for h in ("#", "probe", "status", "model", "corpus", "config", "started", "wall", "result")]))
+    head = html.Thead(html.Tr([html.Th(h) for h in ("#", "probe", "status", "model", "corpus", "config", "time", "wall", "result")]))
     body = []
     for r in rows:
         short, full = _compact_config(r["probe"], r["config"])
@@ -189,7 +189,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         active = any(r["status"] in ACTIVE for r in rows)
         new_sig = [[r["run_id"], r["status"], round(float(r["progress"] or 0), 3), r["message"]] for r in rows]
         interval = 1000 if active else 3000
-        if sig == new_sig and ctx.triggered_id == "home-poll":
+        if sig == new_sig and callback_context.triggered_id == "home-poll":
             return no_update, no_update, interval
         return runs_table(ctx, rows), new_sig, interval
 

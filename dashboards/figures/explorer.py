@@ -1,0 +1,89 @@
+"""Figures of one prompt's forward pass (see `dashboards.explorer.analyse_prompt`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from dashboards.figures import COLORS, TEMPLATE
+
+
+def _ticks(tokens: list[str], max_labels: int = 48) -> dict:
+    """Axis ticks labelled with tokens (every n-th one for long prompts)."""
+    step = max(1, int(np.ceil(len(tokens) / max_labels)))
+    idx = list(range(0, len(tokens), step))
+    return dict(tickmode="array", tickvals=idx, ticktext=[f"{tokens[i]}" for i in idx], tickfont=dict(size=10))
+
+
+def topk_figure(tokens: list[str], probs: list[float], position_label: str = "") -> go.Figure:
+    """Horizontal bars: the most likely next tokens and their probabilities."""
+    fig = go.Figure(go.Bar(
+        x=probs[::-1], y=[f"{t!r}" for t in tokens][::-1], orientation="h", marker_color=COLORS[0],
+        text=[f"{p:.1%}" for p in probs[::-1]], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+    ))
+    fig.update_layout(template=TEMPLATE, title=f"Top-{len(tokens)} next tokens{' after ' + position_label if position_label else ''}",
+                      xaxis=dict(title="probability", tickformat=".0%"), height=120 + 22 * len(tokens), margin=dict(l=110))
+    return fig
+
+
+def attention_figure(pattern: np.ndarray, tokens: list[str], layer: int, head: int | None) -> go.Figure:
+    """Heatmap of an attention pattern: query positions down, key positions across."""
+    T = len(tokens)
+    qk = np.array([[f"{tokens[q]!r} → {tokens[k]!r}" for k in range(T)] for q in range(T)]) if T <= 128 else None
+    who = f"head {head}" if head is not None else "mean over heads"
+    fig = go.Figure(go.Heatmap(
+        z=pattern, colorscale="Blues", zmin=0, zmax=float(max(pattern.max(), 1e-6)), colorbar=dict(title="weight", thickness=12),
+        customdata=qk, hovertemplate=("%{customdata}<br>" if qk is not None else "") + "query %{y}, key %{x}: %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(template=TEMPLATE, title=f"Attention, layer {layer}, {who}", height=min(720, 260 + 12 * T),
+                      xaxis=dict(title="key (attended to)", **_ticks(tokens), tickangle=-60),
+                      yaxis=dict(title="query", autorange="reversed", **_ticks(tokens)))
+    return fig
+
+
+def head_grid_figure(attn: np.ndarray, layer: int, query: int, tokens: list[str]) -> go.Figure:
+    """Where one query position attends, for every head of a layer (heads down, keys across)."""
+    H = attn.shape[0]
+    z = attn[:, query, : query + 1]
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Blues", zmin=0, zmax=1, colorbar=dict(thickness=12),
+                               hovertemplate="head %{y}, key %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, title=f"Layer {layer}: attention of position {query} ({tokens[query]!r}) by head",
+                      height=140 + 24 * H, xaxis=dict(title="key", **_ticks(tokens[: query + 1])), yaxis=dict(title="head", dtick=1, autorange="reversed"))
+    return fig
+
+
+def prompt_norms_figure(norms: np.ndarray, tokens: list[str], position: int, has_bos: bool) -> go.Figure:
+    """Residual-stream norm per layer: mean over ordinary positions, the first position, the selected one."""
+    layers = np.arange(norms.shape[0])
+    body = norms[:, 1:] if has_bos and norms.shape[1] > 1 else norms
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=layers, y=body.mean(1), mode="lines+markers", name="mean over positions" + (" (no BOS)" if has_bos else ""),
+                             line=dict(color=COLORS[0], width=3)))
+    fig.add_trace(go.Scatter(x=layers, y=norms[:, 0], mode="lines+markers", name=f"position 0 {tokens[0]!r}", line=dict(color=COLORS[3], dash="dash")))
+    if position != 0:
+        fig.add_trace(go.Scatter(x=layers, y=norms[:, position], mode="lines+markers", name=f"position {position} {tokens[position]!r}",
+                                 line=dict(color=COLORS[2])))
+    fig.update_layout(template=TEMPLATE, title="Residual norm per layer", height=360, hovermode="x unified",
+                      xaxis=dict(title="layer (0 = embeddings)", dtick=max(1, len(layers) // 15)), yaxis=dict(title="‖x‖", type="log"),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def logit_lens_figure(next_prob: np.ndarray, top1: list[list[str]], top1_prob: np.ndarray, tokens: list[str]) -> go.Figure:
+    """Logit lens: for each layer and position, the probability the lens gives the token that
+    actually comes next (colour) and the lens's own top-1 token (text and hover)."""
+    L1, Tm1 = next_prob.shape
+    text = np.array(top1)[:, :Tm1]
+    nxt = [tokens[p + 1] for p in range(Tm1)]
+    custom = np.dstack([text, np.array([nxt] * L1), np.round(top1_prob[:, :Tm1], 3)])
+    fig = go.Figure(go.Heatmap(
+        z=next_prob, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="p(next)", thickness=12),
+        text=text if Tm1 <= 40 else None, texttemplate="%{text}" if Tm1 <= 40 else None, textfont=dict(size=9),
+        customdata=custom,
+        hovertemplate="layer %{y}, position %{x}<br>next token '%{customdata[1]}': p=%{z:.3f}<br>lens top-1 '%{customdata[0]}' (p=%{customdata[2]})<extra></extra>",
+    ))
+    fig.update_layout(template=TEMPLATE, title="Logit lens: probability of the actual next token (text: the lens's top-1)",
+                      height=min(760, 200 + 22 * L1), xaxis=dict(title="position (predicting the next token)", **_ticks(tokens[:Tm1]), tickangle=-60),
+                      yaxis=dict(title="layer", dtick=max(1, L1 // 15)))
+    return fig

@@ -1,0 +1,242 @@
+"""Model explorer: type a prompt and look inside one forward pass: the tokens, the top-k next tokens
+at any position, attention patterns per layer and head, residual norms per layer, the logit lens
+and an attention-flow graph. Works for every model in the registry (`?model=<name>` preselects one).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from dashboards.base import MAX_PROMPT_CHARS, AppContext, DashPage, check_model_name, error_box, error_message, figure_card, graph, model_names
+from dashboards.explorer import MAX_TOKENS, chip_text, TOPK_KEEP, AnalysisCache, attention_flow_graph, flow_positions
+from dashboards.figures import empty_figure
+from dashboards.figures.explorer import attention_figure, head_grid_figure, logit_lens_figure, prompt_norms_figure
+from dashboards.graphs import cyto_graph, graph_card, nx_to_elements
+
+DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
+CACHE = AnalysisCache()
+
+
+def layout() -> html.Div:
+    models = model_names()
+    return html.Div(
+        [
+            html.H2("Model explorer"),
+            html.P("One forward pass over your prompt: what the model predicts next, where each head looks, how the "
+                   "residual stream grows, and when the right answer appears in the logit lens.", className="lead"),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Div([html.Label("Model", htmlFor="explorer-model"),
+                                      dcc.Dropdown(id="explorer-model", options=[{"label": m, "value": m} for m in models], clearable=False)],
+                                     className="form-field wide"),
+                            html.Div([html.Label("Top-k", htmlFor="explorer-k"),
+                                      dcc.Input(id="explorer-k", type="number", min=1, max=TOPK_KEEP, step=1, value=10, debounce=True)],
+                                     className="form-field"),
+                            html.Button("Run", id="explorer-run", className="primary-btn"),
+                        ],
+                        className="controls",
+                    ),
+                    dcc.Textarea(id="explorer-prompt", value=DEFAULT_PROMPT, className="prompt-box", spellCheck=False),
+                    html.Div(id="explorer-count", className="char-count"),
+                    error_box("explorer-error"),
+                    html.Div(id="explorer-notice", className="notice"),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
+                    html.Div([html.H4("Tokens"), html.P("Click a token to see what the model predicts after it.", className="figure-description"),
+                              dcc.Loading(html.Div(id="explorer-tokens", className="tokens"), type="dot")], className="card"),
+                    html.Div([html.H4(id="explorer-topk-title", children="Next tokens"), html.Div(id="explorer-topk")], className="card"),
+                ],
+                className="explorer-top",
+            ),
+            html.Div(
+                [
+                    html.Div([html.Label("Layer", htmlFor="explorer-layer"), dcc.Dropdown(id="explorer-layer", clearable=False)], className="form-field"),
+                    html.Div([html.Label("Head", htmlFor="explorer-head"), dcc.Dropdown(id="explorer-head", clearable=False)], className="form-field"),
+                ],
+                className="controls",
+            ),
+            html.Div(
+                [
+                    figure_card("explorer-attn", "Attention pattern", "Rows are query positions, columns the positions they read from."),
+                    figure_card("explorer-heads", "Every head at the selected position", "Where the selected token attends, head by head."),
+                ],
+                className="grid-2",
+            ),
+            html.Div(
+                [
+                    figure_card("explorer-norms", "Residual norms", "Norm of the residual stream after each layer (log scale)."),
+                    figure_card("explorer-lens", "Logit lens", "Each layer's residual decoded with the final norm and unembedding."),
+                ],
+                className="grid-2",
+            ),
+            graph_card("explorer-flow", "Attention flow",
+                       "Residual stream at each layer (rows, embeddings at the bottom) and position (columns, last 16 tokens); "
+                       "each node keeps its two strongest incoming attention edges (mean over heads). Colour: logit-lens "
+                       "probability of the actual next token; size: residual norm. Click a node for details.", height="560px"),
+            dcc.Store(id="explorer-data"),
+            dcc.Store(id="explorer-pos"),
+        ]
+    )
+
+
+def _analysis(app_ctx: AppContext, data: dict):
+    return CACHE.get(app_ctx, data["model"], data["prompt"])
+
+
+def _tokenizer(app_ctx: AppContext, name: str):
+    return app_ctx.model(name).tokenizer
+
+
+def register(app: Dash, app_ctx: AppContext) -> None:
+    app.clientside_callback(
+        f"""function(v) {{
+            const n = (v || '').length, max = {MAX_PROMPT_CHARS};
+            return [n + ' / ' + max + ' characters' + (n > max ? ' (too long)' : ''), n > max ? 'char-count over' : 'char-count'];
+        }}""",
+        Output("explorer-count", "children"), Output("explorer-count", "className"), Input("explorer-prompt", "value"),
+    )
+
+    @app.callback(
+        Output("explorer-error", "children"), Output("explorer-notice", "children"), Output("explorer-data", "data"),
+        Output("explorer-tokens", "children"), Output("explorer-layer", "options"), Output("explorer-layer", "value"),
+        Output("explorer-head", "options"), Output("explorer-head", "value"), Output("explorer-model", "value"),
+        Input("explorer-run", "n_clicks"),
+        State("explorer-prompt", "value"), State("explorer-model", "value"), State("url", "search"),
+    )
+    def _analyse(n_clicks, prompt, model, search):
+        nothing = (no_update,) * 8
+        try:
+            if not n_clicks:  # first load: the model from ?model= or the app's default
+                asked = parse_qs((search or "").lstrip("?")).get("model", [None])[0]
+                model = asked if asked is not None else app_ctx.default_model
+            model = check_model_name(model, extra=(app_ctx.default_model,))
+            a = CACHE.get(app_ctx, model, prompt)
+        except Exception as e:
+            return (error_message(e), "", None, [], [], None, [], None, no_update) if n_clicks else (error_message(e),) + nothing
+        notice = f"Only the first {MAX_TOKENS} tokens are analysed." if a.truncated else ""
+        chips = [
+            html.Span(chip_text(t), id={"type": "explorer-tok", "pos": i}, title=f"position {i}, token id {tid}",
+                      className="tok" + (" bos" if i == 0 and a.has_bos else ""))
+            for i, (t, tid) in enumerate(zip(a.tokens, a.token_ids))
+        ]
+        data = {"model": model, "prompt": prompt, "T": a.n_tokens, "L": a.n_layers, "H": a.n_heads, "tokens": a.tokens, "bos": a.has_bos}
+        layers = [{"label": f"layer {l}", "value": l} for l in range(a.n_layers)]
+        heads = [{"label": "mean over heads", "value": -1}] + [{"label": f"head {h}", "value": h} for h in range(a.n_heads)]
+        return "", notice, data, chips, layers, 0, heads, -1, model
+
+    @app.callback(
+        Output("explorer-pos", "data"), Output({"type": "explorer-tok", "pos": ALL}, "className"),
+        Input({"type": "explorer-tok", "pos": ALL}, "n_clicks"), Input("explorer-data", "data"),
+        State({"type": "explorer-tok", "pos": ALL}, "id"),
+    )
+    def _select(clicks, data, ids):
+        if not data or not ids:
+            return no_update, [no_update] * len(ids or [])
+        t = ctx.triggered_id
+        pos = data["T"] - 1
+        if isinstance(t, dict) and t.get("type") == "explorer-tok":
+            if not any(clicks):
+                return no_update, [no_update] * len(ids)
+            pos = int(t["pos"])
+        classes = ["tok" + (" bos" if i["pos"] == 0 and data.get("bos") else "") + (" selected" if i["pos"] == pos else "") for i in ids]
+        return pos, classes
+
+    @app.callback(
+        Output("explorer-topk", "children"), Output("explorer-topk-title", "children"),
+        Input("explorer-data", "data"), Input("explorer-pos", "data"), Input("explorer-k", "value"),
+    )
+    def _topk(data, pos, k):
+        if not data or pos is None:
+            return no_update, no_update
+        try:
+            a = _analysis(app_ctx, data)
+            k = max(1, min(TOPK_KEEP, int(k or 10)))
+            pos = max(0, min(a.n_tokens - 1, int(pos)))
+            tok = _tokenizer(app_ctx, data["model"])
+            probs = a.topk_probs[pos, :k].tolist()
+            names = a.decode(a.topk_ids[pos, :k], tok)
+        except Exception as e:
+            return error_message(e), "Next tokens"
+        top = max(probs) or 1.0
+        rows = [html.Tr([html.Td(str(i + 1), className="muted"), html.Td(chip_text(n), className="tokcell"),
+                         html.Td(html.Div(className="bar", style={"width": f"{100 * p / top:.1f}%"}), className="bar-cell"),
+                         html.Td(f"{p:.2%}")], className="topk-row")
+                for i, (n, p) in enumerate(zip(names, probs))]
+        title = f"Top-{k} next tokens after position {pos} {a.tokens[pos]!r}"
+        return html.Table(html.Tbody(rows), className="topk-table"), title
+
+    @app.callback(
+        Output(graph("explorer-attn"), "figure"),
+        Input("explorer-data", "data"), Input("explorer-layer", "value"), Input("explorer-head", "value"),
+    )
+    def _attention(data, layer, head):
+        if not data or layer is None:
+            return empty_figure("run a prompt")
+        try:
+            a = _analysis(app_ctx, data)
+            layer = max(0, min(a.n_layers - 1, int(layer)))
+            pat = a.attn[layer].float()
+            h = None if head is None or int(head) < 0 else min(a.n_heads - 1, int(head))
+            z = (pat.mean(0) if h is None else pat[h]).numpy()
+            return attention_figure(z, a.tokens, layer, h)
+        except Exception as e:
+            return empty_figure(f"{type(e).__name__}: {e}")
+
+    @app.callback(
+        Output(graph("explorer-heads"), "figure"),
+        Input("explorer-data", "data"), Input("explorer-layer", "value"), Input("explorer-pos", "data"),
+    )
+    def _heads(data, layer, pos):
+        if not data or layer is None or pos is None:
+            return empty_figure("run a prompt")
+        try:
+            a = _analysis(app_ctx, data)
+            layer = max(0, min(a.n_layers - 1, int(layer)))
+            return head_grid_figure(a.attn[layer].float().numpy(), layer, max(0, min(a.n_tokens - 1, int(pos))), a.tokens)
+        except Exception as e:
+            return empty_figure(f"{type(e).__name__}: {e}")
+
+    @app.callback(Output(graph("explorer-norms"), "figure"), Input("explorer-data", "data"), Input("explorer-pos", "data"))
+    def _norms(data, pos):
+        if not data:
+            return empty_figure("run a prompt")
+        try:
+            a = _analysis(app_ctx, data)
+            return prompt_norms_figure(a.resid_norms.numpy(), a.tokens, max(0, min(a.n_tokens - 1, int(pos or 0))), a.has_bos)
+        except Exception as e:
+            return empty_figure(f"{type(e).__name__}: {e}")
+
+    @app.callback(Output(graph("explorer-lens"), "figure"), Input("explorer-data", "data"))
+    def _lens(data):
+        if not data:
+            return empty_figure("run a prompt")
+        try:
+            a = _analysis(app_ctx, data)
+            if a.n_tokens < 2:
+                return empty_figure("the logit lens needs at least two tokens")
+            tok = _tokenizer(app_ctx, data["model"])
+            top1 = [a.decode(row, tok) for row in a.lens_top1]
+            return logit_lens_figure(a.lens_next_prob.numpy(), top1, a.lens_top1_prob.numpy(), a.tokens)
+        except Exception as e:
+            return empty_figure(f"{type(e).__name__}: {e}")
+
+    @app.callback(Output(cyto_graph("explorer-flow"), "elements"), Input("explorer-data", "data"))
+    def _flow(data):
+        if not data:
+            return []
+        try:
+            a = _analysis(app_ctx, data)
+            G = attention_flow_graph(a, _tokenizer(app_ctx, data["model"]))
+            return nx_to_elements(G, pos=flow_positions(G))
+        except Exception:
+            return []
+
+
+PAGE = DashPage(path="/model-explorer", name="Model explorer", layout=layout, register=register, order=10)
