@@ -65,7 +65,7 @@ def _final_norm(model: HookedTransformer):
 def analyse_prompt(model: HookedTransformer, prompt: str, model_name: str = "", max_tokens: int = MAX_TOKENS) -> PromptAnalysis:
     """Run `model` on `prompt` (with BOS when the model uses one) and collect what the explorer shows."""
     check_prompt(prompt)
-    tokens = model.to_tokens(prompt, prepend_bos=True)[0]
+    tokens = model.to_tokens(prompt, prepend_bos=True, truncate=False)[0]
     limit = min(max_tokens, model.cfg.n_ctx)
     truncated = tokens.shape[0] > limit
     tokens = tokens[:limit]
