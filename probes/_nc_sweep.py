@@ -1,0 +1,198 @@
+"""The linguistic-collapse scaling sweep: a seeded grid of small LMs trained on Brown's train split
+(`workbench.zoo`), the linguistic-collapse probe on each, and Spearman rank correlations of every
+metric with validation loss and with parameter count.
+
+The paper trained ~230 GPT-Neo models on TinyStories (depth {1..12} x width {64..1024}, 1/3/10
+epochs, 2 weight decays, plus 21 seeds of one shape). The CPU grid here is far smaller (see GRIDS);
+each step budget is its own training run with its own cosine schedule, as the paper's epoch budgets.
+Training and probe results are cached (zoo recipe cache, result store), so a rerun is cheap and an
+interrupted sweep resumes. The sweep itself is stored in the result store under SWEEP_PROBE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from scipy.stats import spearmanr
+
+from workbench.corpora import load_corpus
+from workbench.errors import ConfigError
+from workbench.models.info import model_info
+from workbench.probe_api import code_version, get_probe
+from workbench.progress import progress_bar
+from workbench.results import Result
+from workbench.runner import run_probe
+from workbench.store import ResultStore, result_key
+from workbench.zoo import LMRecipe, load_lm, recipe_dir, train_lm
+
+SWEEP_PROBE = "linguistic-collapse-sweep"
+PROBE = "linguistic-collapse"
+
+# Metric -> the sign of its Spearman correlation with validation loss if the paper's trend holds
+# (more collapse with lower loss). +1: the metric falls as loss falls; -1: it rises.
+EXPECTED_SIGN = {
+    "nc1_cdnv": 1, "nc2_equinorm_cov": 1, "nc2_cos_std": 1, "nc2_etf_error": 1, "gnc2_uniformity": 1,
+    "nc3_duality_mean": -1, "unc3_cov": 1, "nc3_dual_error": 1, "nc4_mismatch": 1, "nc4_mismatch_kept": 1,
+}
+METRICS = list(EXPECTED_SIGN)
+
+
+@dataclass
+class SweepConfig:
+    """Grid (depth x width x step budget x seed) and the probe settings used on every model."""
+
+    depths: list[int] = field(default_factory=lambda: [1, 2, 4])
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    steps: list[int] = field(default_factory=lambda: [200, 600])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_heads: int = 4
+    n_ctx: int = 128
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    corpus: str = "brown"
+    probe: dict = field(default_factory=lambda: {"max_tokens": 100_000, "heldout_max_tokens": 30_000})
+
+    def validate(self) -> None:
+        for name in ("depths", "widths", "steps", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"sweep {name} must not be empty")
+        bad = [w for w in self.widths if w % self.n_heads]
+        if bad:
+            raise ConfigError(f"widths {bad} are not divisible by n_heads={self.n_heads}")
+        get_probe(PROBE)  # register the probe
+        from workbench.config import config_from_dict
+
+        config_from_dict(get_probe(PROBE).config_cls, self.probe)
+
+    def recipes(self) -> list[LMRecipe]:
+        return [
+            LMRecipe(n_layers=depth, d_model=width, n_heads=self.n_heads, n_ctx=self.n_ctx, corpus=self.corpus, steps=steps,
+                     batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                     warmup_steps=min(100, max(1, steps // 10)), seed=seed, n_checkpoints=4)
+            for seed in self.seeds for steps in self.steps for depth in self.depths for width in self.widths
+        ]
+
+
+GRIDS: dict[str, SweepConfig] = {
+    # about 25 min of training and 5 min of metrics on 2 CPU cores (measured in the experiment report)
+    "cpu": SweepConfig(),
+    # for a GPU: 4 x 4 x 2 = 32 models, longer budgets, larger slices
+    "gpu": SweepConfig(depths=[1, 2, 4, 8], widths=[64, 128, 256, 512], steps=[2000, 6000], batch_size=32,
+                       lr=1e-3, probe={"max_tokens": 500_000, "heldout_max_tokens": 100_000}),
+    # smoke settings: two models, a few steps
+    "quick": SweepConfig(depths=[1], widths=[16, 32], steps=[20], n_ctx=64, batch_size=4,
+                         probe={"max_tokens": 4_000, "heldout_max_tokens": 2_000, "seq_len": 64}),
+}
+
+
+@dataclass
+class SweepResult(Result):
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per model
+    correlations: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per metric
+
+    def summary(self) -> dict:
+        c = self.correlations
+        out = {"models": int(len(self.table))}
+        for _, r in c.iterrows():
+            if r["metric"] in ("nc1_cdnv", "nc2_equinorm_cov", "nc4_mismatch"):
+                out[f"rho_loss[{r['metric']}]"] = None if math.isnan(r["rho_loss"]) else round(float(r["rho_loss"]), 3)
+        return out
+
+
+def non_embedding_params(model) -> int:
+    skip = {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U"}
+    return int(sum(p.numel() for n, p in model.named_parameters() if n not in skip))
+
+
+def model_row(recipe: LMRecipe, model, result, run_id: int, key: str) -> dict:
+    """One sweep row: recipe, sizes, training and validation loss, every metric."""
+    log = recipe_dir(recipe) / "train_log.csv"
+    train_loss = float(pd.read_csv(log)["loss"].iloc[-1]) if log.exists() else math.nan
+    m = result.metrics
+    row = {"name": recipe.name, "n_layers": recipe.n_layers, "d_model": recipe.d_model, "steps": recipe.steps,
+           "seed": recipe.seed, "train_tokens": recipe.steps * recipe.batch_size * recipe.n_ctx,
+           "n_params": model_info(model).n_params, "n_params_nonembed": non_embedding_params(model),
+           "train_loss": train_loss, "val_loss": m["heldout_loss"], "val_top1": m["heldout_top1"],
+           "n_classes": m["n_classes"], "run_id": run_id, "key": key}
+    row.update({k: m.get(k, math.nan) for k in METRICS})
+    return row
+
+
+def correlations(table: pd.DataFrame, metrics: list[str] = METRICS) -> pd.DataFrame:
+    """Spearman rank correlation (and p-value) of each metric with val loss and with parameter count."""
+    rows = []
+    for metric in metrics:
+        row = {"metric": metric, "expected_sign_loss": EXPECTED_SIGN.get(metric, 0)}
+        for against, col in (("loss", "val_loss"), ("params", "n_params")):
+            sub = table[[metric, col]].replace([math.inf, -math.inf], math.nan).dropna()
+            if len(sub) >= 3 and sub[metric].nunique() > 1 and sub[col].nunique() > 1:
+                res = spearmanr(sub[metric], sub[col])
+                row[f"rho_{against}"], row[f"p_{against}"] = float(res.statistic), float(res.pvalue)
+            else:
+                row[f"rho_{against}"], row[f"p_{against}"] = math.nan, math.nan
+            row[f"n_{against}"] = int(len(sub))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_code_version() -> str:
+    src = inspect.getsource(inspect.getmodule(sweep_code_version)).encode()
+    return f"{code_version(get_probe(PROBE))}+sweep.{hashlib.sha1(src).hexdigest()[:8]}"
+
+
+def sweep_key(cfg: SweepConfig) -> str:
+    return result_key(f"zoo-grid:{cfg.corpus}", f"{cfg.corpus}", SWEEP_PROBE, dataclasses.asdict(cfg), sweep_code_version())
+
+
+def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str = "cpu", progress: bool = True,
+              force: bool = False) -> tuple[SweepResult, int]:
+    """Train (or reuse) every grid model, run the probe on each, and store the table and correlations."""
+    cfg.validate()
+    store = store or ResultStore()
+    corpus = load_corpus(cfg.corpus)
+    key = sweep_key(cfg)
+    version = sweep_code_version()
+    recipes = cfg.recipes()
+    run_id = store.start_run(key, SWEEP_PROBE, f"zoo grid ({len(recipes)} models)", "raw", corpus.id, dataclasses.asdict(cfg), version)
+    path = store.path(SWEEP_PROBE, key)
+    if store.has(SWEEP_PROBE, key) and not force:
+        result = SweepResult.load(path)
+        store.finish_run(run_id, "reused", artifact=str(path), summary=result.summary())
+        return result, run_id
+    rows = []
+    bar = progress_bar(len(recipes), "linguistic-collapse sweep", unit="model", enabled=progress)
+    try:
+        for recipe in recipes:
+            train_lm(recipe, device=device, progress=progress)
+            model = load_lm(recipe, device=device)
+            out = run_probe(PROBE, model, corpus, dict(cfg.probe), store=store)
+            rows.append(model_row(recipe, model, out.result, out.run_id, out.key))
+            del model
+            bar.update(1)
+            store.update_run(run_id, progress=len(rows) / len(recipes), message=recipe.name)
+    except BaseException as e:
+        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        bar.close()
+    table = pd.DataFrame(rows)
+    result = SweepResult(meta={"config": dataclasses.asdict(cfg), "code_version": version, "corpus": corpus.id,
+                               "probe": SWEEP_PROBE, "key": key}, table=table, correlations=correlations(table))
+    store.save(SWEEP_PROBE, key, result)
+    store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
+    return result, run_id
+
+
+def load_sweep(store: ResultStore, run_id: int) -> SweepResult:
+    """A stored sweep by its registry run id."""
+    row = store.get_run(int(run_id))
+    if row is None or row["probe"] != SWEEP_PROBE or row["status"] not in ("done", "reused") or not row["artifact"]:
+        raise LookupError(f"run {run_id} is not a finished {SWEEP_PROBE} run")
+    return SweepResult.load(Path(row["artifact"]))
