@@ -1,0 +1,175 @@
+"""SAE support: loading (local directory, SAE Lens release through an offline HF cache, workbench-trained),
+training with SAE Lens's trainer on a tiny model, and the quality record against a brute-force computation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sae_standins import mini_corpus, random_topk_sae, saved_sae
+from standins import hub_snapshot_dir
+from workbench.config import StreamConfig
+from workbench.errors import ConfigError, MissingResourceError
+from workbench.saes import (
+    evaluate_sae,
+    hook_name,
+    load_sae,
+    preset_spec,
+    read_recipe,
+    special_token_ids,
+    train_sae,
+    trained_dir,
+)
+from workbench.saes.loading import check_fits
+from workbench.slices import corpus_batches
+
+
+def _same_weights(a, b) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k])
+
+
+def test_local_directory_round_trip(tmp_path):
+    ref = random_topk_sae(seed=3)
+    ref.save_model(tmp_path / "sae")
+    sae = load_sae(tmp_path / "sae")
+    _same_weights(ref, sae)
+    assert hook_name(sae) == "blocks.0.hook_resid_post"
+    assert sae.workbench_source.startswith("dir:sae@")
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(sae.encode(x), ref.encode(x))
+
+
+def test_release_loads_from_offline_hf_cache(tmp_path, monkeypatch):
+    """The real SAE.from_pretrained path: release -> repo and folder from SAE Lens's directory ->
+    hf_hub_download, served from a Hugging Face cache with the hub switched off."""
+    import huggingface_hub.constants as hc
+
+    snap = hub_snapshot_dir(tmp_path / "hf", "jbloom/GPT2-Small-SAEs-Reformatted")
+    ref = random_topk_sae(hook="blocks.0.hook_resid_pre", d_in=32, d_sae=48, k=4, seed=1)
+    ref.save_model(snap / "blocks.0.hook_resid_pre")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    sae = load_sae("gpt2-small-res-jb:blocks.0.hook_resid_pre")
+    _same_weights(ref, sae)
+    assert sae.workbench_source == "release:gpt2-small-res-jb:blocks.0.hook_resid_pre"
+    with pytest.raises(ConfigError, match="not found in release"):
+        load_sae("gpt2-small-res-jb:blocks.99.hook_resid_pre")
+    with pytest.raises(MissingResourceError, match="hub"):  # in the directory, but not in the cache
+        load_sae("gpt2-small-res-jb:blocks.1.hook_resid_pre")
+
+
+def test_bad_sources_and_misfits(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="Cannot resolve SAE"):
+        load_sae(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="needs the model"):
+        load_sae("trained:0")
+    check_fits(random_topk_sae(), tiny)
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_fits(random_topk_sae(hook="blocks.7.hook_resid_post"), tiny)
+    with pytest.raises(ConfigError, match="d_model"):
+        check_fits(random_topk_sae(d_in=32), tiny)
+
+
+def test_spec_validation():
+    with pytest.raises(ConfigError, match="n_batches_in_buffer"):
+        preset_spec("blocks.0.hook_resid_post", n_batches_in_buffer=2, context_size=64, train_batch_tokens=512)
+    with pytest.raises(ConfigError, match="architecture"):
+        preset_spec("blocks.0.hook_resid_post", architecture="relu")
+    with pytest.raises(ConfigError, match="preset"):
+        preset_spec("blocks.0.hook_resid_post", preset="tpu")
+    assert preset_spec("x", "gpu").training_tokens > preset_spec("x", "cpu").training_tokens
+
+
+def test_quality_matches_brute_force(tiny, brown):
+    """Explained variance (against SAE Lens's own calculator), L0, dead share and the spliced /
+    zero-ablated cross-entropy, recomputed batch by batch with plain hooks."""
+    from sae_lens.evals import ExplainedVarianceCalculator
+
+    corpus = mini_corpus(brown, 40)
+    sae = random_topk_sae()
+    cfg = StreamConfig(split="validation", max_tokens=600, seq_len=64, batch_size=4)
+    q = evaluate_sae(tiny, sae, corpus, cfg, progress=False)
+
+    special = torch.tensor(special_token_ids(tiny))
+    ev, fired, l0, n = ExplainedVarianceCalculator(), torch.zeros(96, dtype=torch.bool), 0.0, 0
+    ce, n_pred = [0.0, 0.0, 0.0], 0
+    hook = "blocks.0.hook_resid_post"
+    with torch.no_grad():
+        for b in corpus_batches(tiny, corpus, cfg):
+            logits, cache = tiny.run_with_cache(b.tokens, names_filter=[hook])
+            for r in range(b.tokens.shape[0]):
+                keep = [t for t in range(b.tokens.shape[1])
+                        if b.valid[r, t] and not b.is_bos[r, t] and int(b.tokens[r, t]) not in special.tolist()]
+                x = cache[hook][r, keep]
+                f = sae.encode(x)
+                ev.add_batch(sae.decode(f), x)
+                fired |= (f > 0).any(0)
+                l0 += float((f > 0).sum())
+                n += len(keep)
+
+                def replace(fn, r=r, keep=keep):
+                    def h(act, hook):
+                        act = act.clone()
+                        act[:, keep] = fn(act[:, keep])
+                        return act
+                    return h
+
+                row = b.tokens[r:r + 1]
+                spliced = tiny.run_with_hooks(row, fwd_hooks=[(hook, replace(sae))])[0]
+                zeroed = tiny.run_with_hooks(row, fwd_hooks=[(hook, replace(torch.zeros_like))])[0]
+                for t in keep:
+                    if t + 1 < b.tokens.shape[1] and b.valid[r, t + 1]:
+                        tgt = b.tokens[r, t + 1]
+                        for i, lg in enumerate((logits[r], spliced, zeroed)):
+                            ce[i] += float(F.cross_entropy(lg[t][None], tgt[None]))
+                        n_pred += 1
+    assert q.n_tokens == n and q.n_predictions == n_pred
+    assert q.explained_variance == pytest.approx(ev.compute(), abs=1e-4)
+    assert q.l0 == pytest.approx(l0 / n) and q.l0 <= 6
+    assert q.n_dead == int((~fired).sum()) and q.dead_share == pytest.approx(q.n_dead / 96)
+    assert q.ce_clean == pytest.approx(ce[0] / n_pred, rel=1e-4)
+    assert q.ce_spliced == pytest.approx(ce[1] / n_pred, rel=1e-4)
+    assert q.ce_zero_ablation == pytest.approx(ce[2] / n_pred, rel=1e-4)
+    assert q.ce_increase == pytest.approx(q.ce_spliced - q.ce_clean)
+
+
+def test_train_smoke_with_sae_lens_and_reuse(tiny, brown, tmp_path):
+    corpus = mini_corpus(brown, 40)
+    spec = preset_spec("blocks.1.hook_resid_post", expansion=2, k=4, training_tokens=1024, train_batch_tokens=128,
+                       context_size=32, store_batch_prompts=4, n_batches_in_buffer=8, n_batches_for_norm_estimate=2,
+                       eval_tokens=256, dead_feature_window=4, lr_warm_up_steps=2)
+    out = train_sae(tiny, corpus, spec, out_dir=tmp_path / "sae", progress=False)
+    assert {p.name for p in out.iterdir()} >= {"cfg.json", "sae_weights.safetensors", "workbench_sae.json"}
+    sae = load_sae(out)
+    assert hook_name(sae) == "blocks.1.hook_resid_post" and sae.cfg.d_sae == 128 and sae.cfg.k == 4
+    assert json.loads((out / "cfg.json").read_text())["architecture"] == "topk"
+    recipe = read_recipe(out)
+    q = recipe["quality"]
+    assert recipe["d_sae"] == 128 and recipe["corpus"] == corpus.id
+    assert 0 < q["l0"] <= 4 and 0 <= q["dead_share"] <= 1 and q["n_tokens"] > 0
+    assert q["ce_increase"] == pytest.approx(q["ce_spliced"] - q["ce_clean"])
+    assert q["explained_variance"] > -1.0  # a few steps of training: far from good, but not garbage
+    mtime = (out / "sae_weights.safetensors").stat().st_mtime
+    assert train_sae(tiny, corpus, spec, out_dir=out, progress=False) == out  # cached: not retrained
+    assert (out / "sae_weights.safetensors").stat().st_mtime == mtime
+
+
+def test_trained_source_resolves_to_the_recipe_cache(tiny, brown, tmp_path, monkeypatch):
+    import workbench.saes.training as training
+
+    monkeypatch.setattr(training, "cache_dir", lambda: tmp_path)
+    with pytest.raises(MissingResourceError, match="experiments.train_saes"):
+        load_sae("trained:1", model=tiny)
+    path = trained_dir(tiny, brown.id, preset_spec("blocks.1.hook_resid_post"))
+    saved_sae(path, hook="blocks.1.hook_resid_post")
+    (path / "workbench_sae.json").write_text("{}")
+    sae = load_sae("trained:L1", model=tiny)
+    assert hook_name(sae) == "blocks.1.hook_resid_post"
+    with pytest.raises(ConfigError, match="no hook"):
+        load_sae("trained:9", model=tiny)

@@ -1,0 +1,25 @@
+"""Sparse autoencoders, shared by every probe that needs one: load them through SAE Lens (a local
+directory in SAE Lens's format, an SAE Lens release by id, or a workbench-trained one), train new
+ones with SAE Lens's own trainer on any hooked model, hook and corpus, and record their quality on
+held-out text (explained variance, L0, dead-feature share, CE increase when spliced in).
+"""
+
+from workbench.saes.loading import (
+    check_fits,
+    decoder_direction,
+    hook_layer,
+    hook_name,
+    is_sae_dir,
+    load_local,
+    load_pretrained,
+    load_sae,
+    source_of,
+)
+from workbench.saes.quality import SAEQuality, evaluate_sae, special_token_ids
+from workbench.saes.training import PRESETS, SAETrainSpec, find_trained, preset_spec, read_recipe, train_sae, trained_dir
+
+__all__ = [
+    "PRESETS", "SAEQuality", "SAETrainSpec", "check_fits", "decoder_direction", "evaluate_sae", "find_trained", "hook_layer",
+    "hook_name", "is_sae_dir", "load_local", "load_pretrained", "load_sae", "preset_spec", "read_recipe", "source_of",
+    "special_token_ids", "train_sae", "trained_dir",
+]

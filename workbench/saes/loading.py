@@ -1,0 +1,144 @@
+"""Loading sparse autoencoders through SAE Lens: from a local directory in SAE Lens's format
+(`cfg.json` + `sae_weights.safetensors`), from an SAE Lens release by id (the hub, or a filled
+Hugging Face cache), or a workbench-trained SAE by hook name (see `workbench.saes.training`).
+
+Every loaded SAE records where it came from as `sae.workbench_source`, and `check_fits` tells
+clearly when an SAE does not match a model (unknown hook, wrong width).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from transformer_lens import HookedTransformer
+
+from workbench.errors import ConfigError, MissingResourceError
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+TRAINED_PREFIX = "trained:"
+_LAYER_ONLY = re.compile(r"^L?(\d+)$")
+
+
+def is_sae_dir(path: str | Path) -> bool:
+    p = Path(path).expanduser()
+    return (p / CFG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+
+
+def dir_fingerprint(path: str | Path) -> str:
+    """Identity of an SAE directory's contents: hash of its config and weights."""
+    p = Path(path)
+    h = hashlib.sha1((p / CFG_FILE).read_bytes())
+    h.update((p / WEIGHTS_FILE).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def load_local(path: str | Path, device: str = "cpu") -> "SAE":
+    """An SAE saved in SAE Lens's format (by SAE Lens's trainer, `save_model`, or our training)."""
+    from sae_lens import SAE
+
+    p = Path(path).expanduser()
+    if not is_sae_dir(p):
+        raise MissingResourceError(f"{p} is not an SAE directory: it needs {CFG_FILE} and {WEIGHTS_FILE} (SAE Lens format)")
+    sae = SAE.load_from_disk(str(p), device=device)
+    sae.eval()
+    sae.workbench_source = f"dir:{p.resolve().name}@{dir_fingerprint(p)}"
+    sae.workbench_path = str(p.resolve())
+    return sae
+
+
+def load_pretrained(release: str, sae_id: str, device: str = "cpu") -> "SAE":
+    """An SAE Lens release by id, e.g. ("gpt2-small-res-jb", "blocks.8.hook_resid_pre").
+
+    Needs the hub, or a Hugging Face cache that already holds the files (HF_HUB_OFFLINE=1 works then).
+    """
+    from sae_lens import SAE
+
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+    except ValueError as e:  # SAE Lens names unknown releases and ids this way
+        raise ConfigError(str(e)) from None
+    except OSError as e:  # network errors, offline mode without a cached copy, missing files
+        raise MissingResourceError(
+            f"Cannot load SAE {release}:{sae_id} ({type(e).__name__}: {e}). It needs the Hugging Face hub, "
+            "or a cache that already holds it; or pass a local SAE directory instead."
+        ) from None
+    sae.eval()
+    sae.workbench_source = f"release:{release}:{sae_id}"
+    return sae
+
+
+def trained_hook(spec: str, model: HookedTransformer | None) -> str:
+    """'trained:15', 'trained:L15' or 'trained:blocks.15.hook_resid_post' -> the hook name."""
+    rest = spec[len(TRAINED_PREFIX):]
+    m = _LAYER_ONLY.match(rest)
+    hook = f"blocks.{m.group(1)}.hook_resid_post" if m else rest
+    if model is not None and hook not in model.hook_dict:
+        raise ConfigError(f"{spec!r}: the model has no hook {hook!r}")
+    return hook
+
+
+def load_sae(source: str | Path, device: str = "cpu", model: HookedTransformer | None = None, corpus_name: str = "brown") -> "SAE":
+    """Resolve an SAE source string.
+
+    - a directory in SAE Lens format;
+    - "release:sae_id", an SAE Lens pretrained release (needs the hub or its cache);
+    - "trained:<layer or hook>", the workbench's own SAE for `model` on `corpus_name` with the CPU
+      preset (see `workbench.saes.training`); it must have been trained already.
+    """
+    s = str(source)
+    if is_sae_dir(s):
+        return load_local(s, device)
+    if s.startswith(TRAINED_PREFIX):
+        if model is None:
+            raise ConfigError(f"{s!r} names a workbench-trained SAE; it needs the model it was trained on")
+        from workbench.saes.training import find_trained
+
+        return load_local(find_trained(model, corpus_name, trained_hook(s, model)), device)
+    if ":" in s and not Path(s).expanduser().exists():
+        release, sae_id = s.split(":", 1)
+        return load_pretrained(release, sae_id, device)
+    raise ConfigError(
+        f"Cannot resolve SAE {s!r}: expected a directory in SAE Lens format (cfg.json + sae_weights.safetensors), "
+        "'release:sae_id' for an SAE Lens release, or 'trained:<layer>' for a workbench-trained SAE"
+    )
+
+
+def hook_name(sae: "SAE") -> str:
+    name = sae.cfg.metadata.hook_name
+    if not name:
+        raise ConfigError("this SAE records no hook name (cfg.metadata.hook_name); it cannot be placed in a model")
+    return name
+
+
+def hook_layer(sae: "SAE") -> int | None:
+    m = re.match(r"^blocks\.(\d+)\.", hook_name(sae))
+    return int(m.group(1)) if m else None
+
+
+def check_fits(sae: "SAE", model: HookedTransformer) -> None:
+    """Raise ConfigError unless the SAE's hook exists in the model with the SAE's input width."""
+    name = hook_name(sae)
+    if name not in model.hook_dict:
+        raise ConfigError(f"SAE hook {name!r} does not exist in model {model.cfg.model_name!r}")
+    if name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")) and sae.cfg.d_in != model.cfg.d_model:
+        raise ConfigError(f"SAE input width {sae.cfg.d_in} does not match the model's d_model {model.cfg.d_model} at {name!r}")
+
+
+def source_of(sae: "SAE") -> str:
+    return getattr(sae, "workbench_source", f"unsaved:{hook_name(sae)}:{sae.cfg.d_sae}")
+
+
+@torch.no_grad()
+def decoder_direction(sae: "SAE", feature: int) -> torch.Tensor:
+    """The decoder row of `feature` (the direction it writes into the model), as float32."""
+    if not 0 <= feature < sae.cfg.d_sae:
+        raise ConfigError(f"feature {feature} out of range 0..{sae.cfg.d_sae - 1}")
+    return sae.W_dec[feature].detach().float()

@@ -1,0 +1,286 @@
+"""Training SAEs with SAE Lens's own trainer on any hooked model, hook and workbench corpus.
+
+`train_sae` tokenises a corpus split into BOS-prefixed rows of `context_size` tokens (documents
+joined by EOS), hands them to `LanguageModelSAETrainingRunner` as a pre-tokenised dataset with
+our HookedTransformer as `override_model` (SAE Lens drives it with `run_with_cache`, so
+`model_class_name="HookedTransformer"` is the right class), and saves the SAE in SAE Lens's own
+format. BOS, EOS and PAD positions are excluded from training (`exclude_special_tokens`): BOS
+residuals are outliers by orders of magnitude in many models. After training, the SAE's quality
+on the validation split is measured (`workbench.saes.quality`) and written with the recipe to
+`workbench_sae.json` beside the weights.
+
+SAEs are cached by recipe under `<cache>/saes/`, keyed by model id + numerics, corpus, and spec.
+A training run is not resumable (a few minutes on CPU): a killed run starts again.
+
+Presets: "cpu" (TopK, 8x expansion, k=32, 150k tokens: a few minutes for SmolLM2 on 2 cores) and
+"gpu" (4M tokens, larger batches; about four passes over Brown's train split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformer_lens import HookedTransformer
+
+from workbench.config import StreamConfig
+from workbench.corpora import load_corpus
+from workbench.corpora.base import SPLITS, Corpus
+from workbench.errors import ConfigError, MissingResourceError
+from workbench.io import read_json, write_json
+from workbench.models.info import model_info
+from workbench.paths import cache_dir
+from workbench.progress import progress_bar
+from workbench.saes.loading import is_sae_dir, load_local
+from workbench.saes.quality import evaluate_sae, special_token_ids
+from workbench.slices import corpus_batches
+
+RECIPE_FILE = "workbench_sae.json"
+Architecture = Literal["topk", "batchtopk", "jumprelu"]
+
+
+@dataclass(frozen=True)
+class SAETrainSpec:
+    """Everything that determines a trained SAE (besides model and corpus)."""
+
+    hook_name: str
+    architecture: Architecture = "topk"
+    d_sae: int | None = None  # default: expansion x the hook's width
+    expansion: int = 8
+    k: int = 32  # topk / batchtopk: active features per token
+    l0_coefficient: float = 2.0  # jumprelu only
+    training_tokens: int = 150_000
+    train_batch_tokens: int = 512
+    context_size: int = 128
+    store_batch_prompts: int = 8
+    n_batches_in_buffer: int = 16  # mixing buffer holds n_batches_in_buffer x context_size activations
+    lr: float = 1e-3
+    lr_warm_up_steps: int = 10
+    lr_decay_fraction: float = 0.2  # linear decay over the last fraction of steps
+    dead_feature_window: int = 50  # steps without firing before TopK's auxiliary loss revives a feature
+    n_batches_for_norm_estimate: int = 10
+    split: str = "train"
+    seed: int = 0
+    eval_tokens: int = 10_000  # held-out (validation split) tokens for the quality record
+
+    def validate(self) -> None:
+        if self.architecture not in ("topk", "batchtopk", "jumprelu"):
+            raise ConfigError(f"architecture must be topk, batchtopk or jumprelu, got {self.architecture!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {self.split!r}")
+        for name in ("expansion", "k", "training_tokens", "train_batch_tokens", "context_size", "store_batch_prompts",
+                     "n_batches_in_buffer", "eval_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.training_tokens < self.train_batch_tokens:
+            raise ConfigError(f"training_tokens ({self.training_tokens}) is less than one batch ({self.train_batch_tokens})")
+        # SAE Lens's mixing buffer holds n_batches_in_buffer * context_size activations and refuses
+        # a training batch larger than that ("Buffer size must be greater than or equal to batch size").
+        if self.n_batches_in_buffer * self.context_size < self.train_batch_tokens:
+            raise ConfigError(
+                f"n_batches_in_buffer x context_size = {self.n_batches_in_buffer * self.context_size} must be at least "
+                f"train_batch_tokens = {self.train_batch_tokens} (SAE Lens's mixing buffer); raise n_batches_in_buffer"
+            )
+        if self.d_sae is not None and self.architecture != "jumprelu" and self.k >= self.d_sae:
+            raise ConfigError(f"k ({self.k}) must be smaller than d_sae ({self.d_sae})")
+
+    @property
+    def n_steps(self) -> int:
+        return self.training_tokens // self.train_batch_tokens
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "gpu": dict(training_tokens=4_000_000, train_batch_tokens=4096, store_batch_prompts=32, n_batches_in_buffer=64,
+                lr=4e-4, lr_warm_up_steps=50, dead_feature_window=200, n_batches_for_norm_estimate=50, eval_tokens=100_000),
+}
+
+
+def preset_spec(hook_name: str, preset: str = "cpu", **overrides: Any) -> SAETrainSpec:
+    """A spec from a named preset ("cpu" or "gpu") plus field overrides."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown SAE training preset {preset!r}; known: {sorted(PRESETS)}")
+    spec = SAETrainSpec(hook_name=hook_name, **{**PRESETS[preset], **overrides})
+    spec.validate()
+    return spec
+
+
+def hook_width(model: HookedTransformer, hook: str) -> int:
+    """Width of the activation at `hook` (from a 2-token forward pass)."""
+    if hook not in model.hook_dict:
+        raise ConfigError(f"model {model.cfg.model_name!r} has no hook {hook!r}")
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[hook])
+    act = cache[hook]
+    return int(act.shape[-1] if act.ndim == 3 else act.shape[-2] * act.shape[-1])
+
+
+def resolved_d_sae(model: HookedTransformer, spec: SAETrainSpec) -> tuple[int, int]:
+    d_in = hook_width(model, spec.hook_name)
+    return d_in, spec.d_sae or spec.expansion * d_in
+
+
+def recipe_key(model: HookedTransformer, corpus_id: str, spec: SAETrainSpec) -> str:
+    import sae_lens
+
+    blob = json.dumps({"model": model_info(model).key, "corpus": corpus_id, "spec": dataclasses.asdict(spec),
+                       "sae_lens": sae_lens.__version__}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def trained_dir(model: HookedTransformer, corpus_id: str, spec: SAETrainSpec) -> Path:
+    """Where the recipe's SAE is (or will be) cached."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_info(model).id)[:48]
+    hook = spec.hook_name.replace("blocks.", "L").replace(".hook_", "-")
+    return cache_dir() / "saes" / f"{slug}-{hook}-{spec.architecture}{spec.d_sae or f'x{spec.expansion}'}-{recipe_key(model, corpus_id, spec)}"
+
+
+def find_trained(model: HookedTransformer, corpus_name: str, hook: str, preset: str = "cpu") -> Path:
+    """The cached SAE of the preset recipe for this model, corpus and hook; error if not trained."""
+    corpus = load_corpus(corpus_name)
+    path = trained_dir(model, corpus.id, preset_spec(hook, preset))
+    if not (is_sae_dir(path) and (path / RECIPE_FILE).exists()):
+        raise MissingResourceError(
+            f"No workbench-trained SAE for {model_info(model).id} at {hook} on {corpus_name} (preset {preset}). "
+            f"Train it with `python -m experiments.train_saes` or `workbench.saes.train_sae(model, corpus, "
+            f"preset_spec({hook!r}))`."
+        )
+    return path
+
+
+def training_rows(model: HookedTransformer, corpus: Corpus, spec: SAETrainSpec) -> torch.Tensor:
+    """[n_rows, context_size] token rows ([BOS] + text, documents joined by EOS), shuffled documents.
+
+    Enough rows for the whole run (norm estimate and the buffer's last refill included), so the
+    data is seen once.
+    """
+    need = spec.training_tokens + spec.n_batches_for_norm_estimate * spec.train_batch_tokens
+    need += 2 * spec.n_batches_in_buffer * spec.context_size + spec.store_batch_prompts * spec.context_size
+    cfg = StreamConfig(split=spec.split, max_tokens=int(need * 1.1), seq_len=spec.context_size, batch_size=64,
+                       prepend_bos=True, shuffle_docs=True, seed=spec.seed)
+    batches = corpus_batches(model, corpus, cfg)
+    rows = [b.tokens[b.valid.all(dim=1)] for b in batches]
+    out = torch.cat(rows)
+    if out.shape[0] == 0:
+        raise ConfigError(f"the {spec.split!r} split gives no full rows of {spec.context_size} tokens")
+    return out
+
+
+def _sae_config(spec: SAETrainSpec, d_in: int, d_sae: int):
+    from sae_lens import BatchTopKTrainingSAEConfig, JumpReLUTrainingSAEConfig, TopKTrainingSAEConfig
+
+    common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in")
+    if spec.architecture == "topk":
+        return TopKTrainingSAEConfig(k=spec.k, **common)
+    if spec.architecture == "batchtopk":
+        return BatchTopKTrainingSAEConfig(k=spec.k, **common)
+    return JumpReLUTrainingSAEConfig(l0_coefficient=spec.l0_coefficient, **common)
+
+
+class _ProgressProvider:
+    """Wraps SAE Lens's activation store to drive the workbench progress bar (and callback)."""
+
+    def __init__(self, store, bar):
+        self._store, self._bar = store, bar
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        batch = next(self._store)
+        self._bar.update(int(batch.shape[0]))
+        return batch
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+def train_sae(
+    model: HookedTransformer,
+    corpus: Corpus,
+    spec: SAETrainSpec,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> Path:
+    """Train (or reuse) an SAE for `model` at `spec.hook_name` on `corpus`; returns its directory.
+
+    The directory holds SAE Lens's files (cfg.json, sae_weights.safetensors, sparsity, runner config)
+    and `workbench_sae.json` (recipe, model, corpus, timings and held-out quality).
+    """
+    from datasets import Dataset
+    from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+
+    spec.validate()
+    out = Path(out_dir) if out_dir is not None else trained_dir(model, corpus.id, spec)
+    if not force and is_sae_dir(out) and (out / RECIPE_FILE).exists():
+        return out
+    d_in, d_sae = resolved_d_sae(model, spec)
+    if spec.architecture != "jumprelu" and spec.k >= d_sae:
+        raise ConfigError(f"k ({spec.k}) must be smaller than d_sae ({d_sae})")
+    info = model_info(model)
+    rows = training_rows(model, corpus, spec)
+    dataset = Dataset.from_dict({"input_ids": rows.tolist()})
+    device = str(next(model.parameters()).device)
+    steps = spec.n_steps
+    decay = int(steps * spec.lr_decay_fraction)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        cfg = LanguageModelSAERunnerConfig(
+            sae=_sae_config(spec, d_in, d_sae),
+            model_name=info.id, model_class_name="HookedTransformer", hook_name=spec.hook_name,
+            dataset_path=corpus.id, is_dataset_tokenized=True, streaming=False, context_size=spec.context_size,
+            prepend_bos=True, exclude_special_tokens=special_token_ids(model),
+            training_tokens=spec.training_tokens, train_batch_size_tokens=spec.train_batch_tokens,
+            store_batch_size_prompts=spec.store_batch_prompts, n_batches_in_buffer=spec.n_batches_in_buffer,
+            n_batches_for_norm_estimate=spec.n_batches_for_norm_estimate,
+            lr=spec.lr, lr_warm_up_steps=min(spec.lr_warm_up_steps, max(steps - decay - 1, 0)), lr_decay_steps=decay,
+            dead_feature_window=spec.dead_feature_window, feature_sampling_window=max(2 * spec.dead_feature_window, 1),
+            device=device, dtype="float32", seed=spec.seed, model_from_pretrained_kwargs={},
+            logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=str(tmp), verbose=False,
+        )
+        torch.manual_seed(spec.seed)
+        logging.getLogger("sae_lens").setLevel(logging.ERROR)  # its override warnings are expected here
+        runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+        total = spec.training_tokens + spec.n_batches_for_norm_estimate * spec.train_batch_tokens
+        t0 = time.perf_counter()
+        with progress_bar(total, f"train SAE {spec.hook_name}", unit="tok", enabled=progress) as bar:
+            runner.activations_store = _ProgressProvider(runner.activations_store, bar)
+            runner.run()
+        train_s = time.perf_counter() - t0
+        model.eval()
+        sae = load_local(tmp, device=device)
+        quality = evaluate_sae(model, sae, corpus, StreamConfig(split="validation", max_tokens=spec.eval_tokens,
+                                                                seq_len=spec.context_size, batch_size=8), progress=progress)
+        import sae_lens
+
+        write_json(tmp / RECIPE_FILE, {
+            "spec": dataclasses.asdict(spec), "d_in": d_in, "d_sae": d_sae, "model": info.to_dict(), "corpus": corpus.id,
+            "train_seconds": train_s, "train_tokens_per_s": spec.training_tokens / train_s, "sae_lens": sae_lens.__version__,
+            "quality": quality.to_dict(),
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe and quality record written beside a workbench-trained SAE ({} for others)."""
+    p = Path(path) / RECIPE_FILE
+    return read_json(p) if p.exists() else {}
