@@ -1,0 +1,153 @@
+"""Loss decomposition by function/content tokens ("consolidation" in arXiv 2510.08203).
+
+Every next-token prediction is labelled by (type of the current token, type of the target):
+F->F, F->C, C->F, C->C, with F the function-token set of `probes.function_tokens` (frequency
+mass, default 40%, computed with the model's own tokenizer on the counting split). For each group:
+mean cross-entropy, its share of the total loss, and its share of the predictions. Predictions
+from BOS, into or out of the EOS document separator, and into padding are left out.
+
+`loss_over_checkpoints` runs the probe on every saved checkpoint of a workbench-trained model
+(`workbench.zoo`), through the store, to show how the decomposition changes over training (the
+paper trains its own 1.5B/8B models for this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformer_lens import HookedTransformer
+
+from workbench.config import StreamConfig
+from workbench.corpora.base import SPLITS, Corpus
+from workbench.corpora.tokenized import TokenBatch
+from workbench.errors import ConfigError
+from workbench.probe_api import ProbeSpec, register
+from workbench.results import Result
+from workbench.saes import special_token_ids
+from workbench.saes.quality import scored_mask
+from workbench.slices import stream_corpus
+
+from probes.function_tokens import function_token_ids, token_stats
+
+GROUPS = ("F->F", "F->C", "C->F", "C->C")
+
+
+@dataclass
+class FunctionTokenLossConfig(StreamConfig):
+    mass: float = 0.4
+    count_split: str = "all"
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.mass <= 1:
+            raise ConfigError(f"mass must be in (0, 1], got {self.mass}")
+        if self.count_split not in SPLITS:
+            raise ConfigError(f"count_split must be one of {SPLITS}, got {self.count_split!r}")
+
+
+@dataclass
+class FunctionTokenLossResult(Result):
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per group
+    function_set: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        if self.table.empty:
+            return {}
+        t = self.table.set_index("group")
+        return {g: {"ce": round(float(t.loc[g, "mean_ce"]), 4), "loss_share": round(float(t.loc[g, "loss_share"]), 4)} for g in GROUPS}
+
+
+def group_index(is_function: torch.Tensor, current: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """0..3 for F->F, F->C, C->F, C->C."""
+    return 2 * (~is_function[current]).long() + (~is_function[target]).long()
+
+
+class LossDecompositionAccumulator:
+    needs_logits = True
+    hook_names: list[str] = []
+
+    def __init__(self, is_function: torch.Tensor, exclude: list[int]):
+        self.is_function = is_function
+        self.exclude = torch.tensor(sorted(exclude), dtype=torch.long)
+        self.state = {"ce": torch.zeros(4, dtype=torch.float64), "n": torch.zeros(4, dtype=torch.long)}
+
+    def identity(self) -> str:
+        return f"F{int(self.is_function.sum())}"
+
+    @torch.no_grad()
+    def update(self, batch: TokenBatch, acts: dict[str, torch.Tensor], logits: torch.Tensor | None) -> None:
+        dev = batch.tokens.device
+        if self.is_function.device != dev:
+            self.is_function, self.exclude = self.is_function.to(dev), self.exclude.to(dev)
+            self.state = {k: v.to(dev) for k, v in self.state.items()}
+        ok = scored_mask(batch, self.exclude)
+        pred = ok[:, :-1] & ok[:, 1:]
+        cur, tgt = batch.tokens[:, :-1][pred], batch.tokens[:, 1:][pred]
+        if cur.numel() == 0:
+            return
+        ce = F.cross_entropy(logits[:, :-1][pred].float(), tgt, reduction="none").double()
+        g = group_index(self.is_function, cur, tgt)
+        self.state["ce"].index_add_(0, g, ce)
+        self.state["n"].index_add_(0, g, torch.ones_like(g))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {k: v.clone() for k, v in state.items()}
+
+    def table(self) -> pd.DataFrame:
+        ce, n = self.state["ce"].cpu().numpy(), self.state["n"].cpu().numpy()
+        return pd.DataFrame({
+            "group": GROUPS, "n": n, "mean_ce": np.divide(ce, n, out=np.full(4, np.nan), where=n > 0),
+            "loss_share": ce / max(ce.sum(), 1e-12), "count_share": n / max(n.sum(), 1), "total_ce": ce,
+        })
+
+
+def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenLossConfig) -> FunctionTokenLossResult:
+    if model.tokenizer is None:
+        raise ConfigError("function-token-loss needs a model with a tokenizer")
+    special = special_token_ids(model)
+    stats = token_stats(model.tokenizer, corpus, config.count_split, special)
+    f_ids = function_token_ids(stats.counts, config.mass)
+    is_function = torch.zeros(model.cfg.d_vocab, dtype=torch.bool)
+    is_function[torch.as_tensor(f_ids)] = True
+    acc = LossDecompositionAccumulator(is_function, special)
+    _, slice_info = stream_corpus(model, corpus, config, acc, desc="function-token-loss")
+    return FunctionTokenLossResult(
+        meta={"slice": slice_info}, table=acc.table(),
+        function_set={"size": int(f_ids.size), "mass": config.mass, "ids": [int(i) for i in f_ids],
+                      "tokens": model.tokenizer.batch_decode([[int(i)] for i in f_ids]), "tokenizer": stats.tokenizer,
+                      "corpus": stats.corpus},
+    )
+
+
+def loss_over_checkpoints(recipe, corpus: Corpus, config: FunctionTokenLossConfig | None = None, store=None,
+                          device: str = "cpu") -> pd.DataFrame:
+    """The decomposition at every saved checkpoint of a zoo recipe (trained first if needed), one row
+    per (step, group); each checkpoint's result is stored and reused like any probe run."""
+    from workbench.models import load_model
+    from workbench.runner import run_probe
+    from workbench.zoo import checkpoints, train_lm
+
+    config = config or FunctionTokenLossConfig(split="validation", max_tokens=20_000)
+    train_lm(recipe, device=device)
+    frames = []
+    for step, path in checkpoints(recipe).items():
+        model = load_model(str(path), numerics="raw", device=device)
+        out = run_probe(SPEC, model, corpus, config, store=store)
+        frames.append(out.result.table.assign(step=step))
+    return pd.concat(frames, ignore_index=True)
+
+
+SPEC = register(ProbeSpec(
+    name="function-token-loss",
+    description="Next-token loss split by (current, target) in function/content tokens: F->F, F->C, C->F, C->C mean CE and loss shares.",
+    config_cls=FunctionTokenLossConfig,
+    result_cls=FunctionTokenLossResult,
+    run=run,
+))

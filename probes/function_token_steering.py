@@ -1,0 +1,234 @@
+"""Case study and steering at the last function token (arXiv 2510.08203, "memory retrieval").
+
+Two prompts that differ in one content word and end in the same function token (":" or "\\n"):
+- case study: the SAE features active at the shared final token of each prompt, and which of them
+  the final token *reactivates*: features also active on that prompt's differing content word;
+- steering: add one feature's contribution (its decoder output at `strength` x its activation at
+  A's final token) to prompt B's residual at the last function token only, and decode greedily;
+- the control the paper's reviewers asked for: the same addition at a content-token position of B
+  (by default the differing content word) instead.
+
+The steering feature, unless given, is the one reactivated most strongly at A's final token that
+is silent at B's final token (so it carries A's content word). Decoding recomputes the whole
+sequence each step (no key-value cache), so the addition stays at its prompt position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from workbench.corpora.base import SPLITS, Corpus
+from workbench.errors import ConfigError, PromptTooLongError
+from workbench.probe_api import ProbeSpec, register
+from workbench.results import Result
+from workbench.saes import check_fits, hook_name, load_sae, source_of, special_token_ids
+
+from probes.function_tokens import function_token_ids, token_stats
+
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass
+class FunctionTokenSteeringConfig:
+    sae: str = "trained:15"
+    prompt_a: str = "Question: What is the capital of Russia?\nAnswer:"
+    prompt_b: str = "Question: What is the capital of Japan?\nAnswer:"
+    feature: int = -1  # -1: the strongest feature reactivated at A's final token and silent at B's
+    strength: float = 4.0  # multiple of the feature's activation at A's final token
+    control_position: int = -1  # a content position of B for the control; -1: the differing word's last token
+    max_new_tokens: int = 8
+    n_features: int = 12  # features shown in the heatmaps
+    mass: float = 0.4
+    count_split: str = "all"
+
+    def validate(self) -> None:
+        for name in ("prompt_a", "prompt_b"):
+            text = getattr(self, name)
+            if not text.strip():
+                raise ConfigError(f"{name} is empty")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise PromptTooLongError(f"{name} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if self.prompt_a == self.prompt_b:
+            raise ConfigError("prompt_a and prompt_b are identical; they must differ in one content word")
+        if not 1 <= self.max_new_tokens <= 64:
+            raise ConfigError(f"max_new_tokens must be in 1..64, got {self.max_new_tokens}")
+        if self.n_features < 1:
+            raise ConfigError(f"n_features must be at least 1, got {self.n_features}")
+        if not 0 < self.mass <= 1 or self.count_split not in SPLITS:
+            raise ConfigError("mass must be in (0, 1] and count_split one of " + ", ".join(SPLITS))
+
+
+@dataclass
+class FunctionTokenSteeringResult(Result):
+    heatmaps: pd.DataFrame = field(default_factory=pd.DataFrame)  # prompt, position, token, feature, activation
+    features: pd.DataFrame = field(default_factory=pd.DataFrame)  # per feature active at either final token
+    generations: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run
+    info: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        g = self.generations.set_index("run")["continuation"].to_dict() if not self.generations.empty else {}
+        return {"feature": self.info.get("feature"), **g}
+
+
+def differing_spans(a: list[int], b: list[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """[start, end) of the differing token span in each sequence (common prefix and suffix removed)."""
+    p = 0
+    while p < min(len(a), len(b)) and a[p] == b[p]:
+        p += 1
+    s = 0
+    while s < min(len(a), len(b)) - p and a[-1 - s] == b[-1 - s]:
+        s += 1
+    return (p, len(a) - s), (p, len(b) - s)
+
+
+def add_at_position(delta: torch.Tensor, position: int) -> Callable:
+    """A forward hook adding `delta` to the activation at one sequence position (all batch rows)."""
+
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+        if act.shape[1] > position:
+            act = act.clone()
+            act[:, position] += delta.to(act.dtype)
+        return act
+
+    return hook
+
+
+@torch.no_grad()
+def greedy(model: HookedTransformer, tokens: torch.Tensor, n: int, fwd_hooks: list | None = None) -> tuple[list[int], torch.Tensor]:
+    """Greedy continuation of a [1, T] prompt, recomputing the full sequence each step (hooks stay
+    at their positions); returns the new ids and the first step's next-token probabilities."""
+    out, first = tokens, None
+    eos = model.tokenizer.eos_token_id if model.tokenizer is not None else None
+    for _ in range(n):
+        logits = model.run_with_hooks(out, return_type="logits", fwd_hooks=fwd_hooks or [])[0, -1].float()
+        if first is None:
+            first = logits.softmax(-1)
+        nxt = int(logits.argmax())
+        out = torch.cat([out, torch.tensor([[nxt]], device=out.device)], dim=1)
+        if nxt == eos:
+            break
+    return out[0, tokens.shape[1]:].tolist(), first
+
+
+@torch.no_grad()
+def feature_acts(model: HookedTransformer, sae, tokens: torch.Tensor) -> torch.Tensor:
+    """[T, d_sae] SAE activations of a [1, T] prompt at the SAE's hook."""
+    _, cache = model.run_with_cache(tokens, names_filter=[hook_name(sae)])
+    return sae.encode(cache[hook_name(sae)][0].to(sae.dtype)).float()
+
+
+def feature_contribution(sae, feature: int, activation: float) -> torch.Tensor:
+    """What `feature` at `activation` adds to the SAE's reconstruction (its decoder output)."""
+    z = torch.zeros(1, sae.cfg.d_sae, dtype=sae.dtype, device=sae.W_dec.device)
+    one = z.clone()
+    one[0, feature] = activation
+    with torch.no_grad():
+        return (sae.decode(one) - sae.decode(z))[0].float()
+
+
+def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringConfig) -> FunctionTokenSteeringResult:
+    if model.tokenizer is None:
+        raise ConfigError("function-token-steering needs a model with a tokenizer")
+    device = str(next(model.parameters()).device)
+    sae = load_sae(config.sae, device=device, model=model, corpus_name=corpus.name)
+    check_fits(sae, model)
+    stats = token_stats(model.tokenizer, corpus, config.count_split, special_token_ids(model))
+    f_ids = set(int(i) for i in function_token_ids(stats.counts, config.mass))
+
+    toks = {k: model.to_tokens(getattr(config, f"prompt_{k}")).to(device) for k in ("a", "b")}
+    for k, t in toks.items():
+        if t.shape[1] > model.cfg.n_ctx - config.max_new_tokens:
+            raise PromptTooLongError(f"prompt_{k} has {t.shape[1]} tokens; this model's context is {model.cfg.n_ctx}")
+    ids = {k: t[0].tolist() for k, t in toks.items()}
+    (sa, ea), (sb, eb) = differing_spans(ids["a"], ids["b"])
+    if ea == len(ids["a"]) or eb == len(ids["b"]) or sa == ea or sb == eb:
+        raise ConfigError("the prompts must differ in a word before a shared final token (e.g. both end in ':')")
+    final = ids["a"][-1]
+    strs = {k: [model.tokenizer.decode([i]) for i in v] for k, v in ids.items()}
+    acts = {k: feature_acts(model, sae, t) for k, t in toks.items()}
+    last = {k: len(ids[k]) - 1 for k in ids}
+    spans = {"a": (sa, ea), "b": (sb, eb)}
+    fin = {k: acts[k][last[k]] for k in acts}
+    content = {k: acts[k][spans[k][0]:spans[k][1]].max(0).values for k in acts}
+
+    active = ((fin["a"] > 0) | (fin["b"] > 0)).nonzero().squeeze(1).tolist()
+    feats = pd.DataFrame({
+        "feature": active,
+        "final_a": fin["a"][active].tolist(), "final_b": fin["b"][active].tolist(),
+        "content_a": content["a"][active].tolist(), "content_b": content["b"][active].tolist(),
+    })
+    feats["reactivated_a"] = (feats["final_a"] > 0) & (feats["content_a"] > 0)
+    feats["reactivated_b"] = (feats["final_b"] > 0) & (feats["content_b"] > 0)
+    feats = feats.sort_values("final_a", ascending=False, ignore_index=True)
+
+    feature = config.feature
+    how = "given"
+    if feature < 0:
+        own = feats[feats["reactivated_a"] & (feats["final_b"] <= 0)]
+        if own.empty:
+            own = feats.assign(gap=feats["final_a"] - feats["final_b"]).sort_values("gap", ascending=False).head(1)
+            how = "largest final-token activation gap A - B (no feature reactivated in A only)"
+        else:
+            how = "strongest feature reactivated at A's final token and silent at B's"
+        if own.empty:
+            raise ConfigError("no SAE feature is active at either final token; pick a feature by hand")
+        feature = int(own.iloc[0]["feature"])
+    elif feature >= sae.cfg.d_sae:
+        raise ConfigError(f"feature {feature} out of range 0..{sae.cfg.d_sae - 1}")
+    base_act = float(fin["a"][feature]) or float(acts["a"][:, feature].max()) or 1.0
+    delta = feature_contribution(sae, feature, config.strength * base_act)
+
+    control = config.control_position if config.control_position >= 0 else eb - 1
+    if not 0 < control < last["b"]:
+        raise ConfigError(f"control_position must be a content position of prompt B in 1..{last['b'] - 1}, got {control}")
+    hook = hook_name(sae)
+    runs = {
+        "baseline_a": (toks["a"], []),
+        "baseline_b": (toks["b"], []),
+        "steer_function_b": (toks["b"], [(hook, add_at_position(delta, last["b"]))]),
+        "steer_content_b": (toks["b"], [(hook, add_at_position(delta, control))]),
+    }
+    rows = []
+    for name, (t, hooks) in runs.items():
+        new, probs = greedy(model, t, config.max_new_tokens, hooks)
+        top = probs.topk(5)
+        rows.append({"run": name, "position": {"steer_function_b": last["b"], "steer_content_b": control}.get(name, -1),
+                     "continuation": model.tokenizer.decode(new),
+                     "top5": [model.tokenizer.decode([i]) for i in top.indices.tolist()], "top5_prob": top.values.tolist()})
+    gens = pd.DataFrame(rows)
+    gens["top5"] = gens["top5"].map(lambda x: " | ".join(x))
+    gens["top5_prob"] = gens["top5_prob"].map(lambda x: " | ".join(f"{p:.3f}" for p in x))
+
+    shown = list(dict.fromkeys([feature] + feats["feature"].tolist()))[: config.n_features]
+    heat = []
+    for k in ("a", "b"):
+        m = acts[k][:, shown].cpu().numpy()
+        for pos in range(m.shape[0]):
+            for j, f in enumerate(shown):
+                heat.append({"prompt": k, "position": pos, "token": strs[k][pos], "feature": f, "activation": float(m[pos, j])})
+    return FunctionTokenSteeringResult(
+        heatmaps=pd.DataFrame(heat), features=feats, generations=gens,
+        info={"sae": source_of(sae), "hook": hook, "feature": feature, "feature_choice": how, "strength": config.strength,
+              "added_norm": float(delta.norm()), "final_token": model.tokenizer.decode([final]),
+              "final_is_function_token": final in f_ids, "span_a": [sa, ea], "span_b": [sb, eb],
+              "word_a": "".join(strs["a"][sa:ea]), "word_b": "".join(strs["b"][sb:eb]),
+              "steer_position": last["b"], "control_position": control, "control_token": strs["b"][control],
+              "tokens_a": strs["a"], "tokens_b": strs["b"],
+              "n_reactivated_a": int(feats["reactivated_a"].sum()), "n_reactivated_b": int(feats["reactivated_b"].sum()),
+              "n_final_active_a": int((feats["final_a"] > 0).sum()), "n_final_active_b": int((feats["final_b"] > 0).sum())},
+    )
+
+
+SPEC = register(ProbeSpec(
+    name="function-token-steering",
+    description="Case study: features the shared final function token reactivates in two prompts differing in one word; "
+    "steering with a feature at the last function token vs the same addition at a content token.",
+    config_cls=FunctionTokenSteeringConfig,
+    result_cls=FunctionTokenSteeringResult,
+    run=run,
+))
