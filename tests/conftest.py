@@ -50,24 +50,9 @@ def smollm2():
     return load_model("smollm2-135m", numerics="raw", device="cpu")
 
 
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--no-first-run", "--window-size=1400,1000",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-]
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_setup_options():
     """Chromium options for Dash's browser fixtures (dash_duo): headless, offline, no sandbox (root)."""
-    import shutil
+    from dashboards.browser import chromium_options
 
-    from selenium.webdriver.chrome.options import Options
-
-    options = Options()
-    binary = os.environ.get("DASH_TEST_CHROMEPATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary:
-        options.binary_location = binary
-    for arg in CHROMIUM_ARGS:
-        options.add_argument(arg)
-    return options
+    return chromium_options()

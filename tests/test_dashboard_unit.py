@@ -112,7 +112,8 @@ def test_explorer_rejects_unregistered_model_and_long_prompt(store):
     calls = []
     app = create_app(store=store, model="tiny", model_loader=lambda name, **kw: calls.append(name))
     names = ["explorer-error.children", "explorer-notice.children", "explorer-data.data", "explorer-tokens.children",
-             "explorer-layer.options", "explorer-layer.value", "explorer-head.options", "explorer-head.value", "explorer-model.value"]
+             "explorer-layer.options", "explorer-layer.value", "explorer-head.options", "explorer-head.value", "explorer-model.value",
+             "explorer-pos.data"]
     outputs = [dict(zip(("id", "property"), n.split("."))) for n in names]
     output = ".." + "...".join(names) + ".."
 

@@ -15,15 +15,23 @@ TEMPLATE = "workbench"
 # Okabe-Ito palette (distinguishable with the common colour-vision deficiencies).
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 
-_template = go.layout.Template(pio.templates["plotly_white"])
-_template.layout.update(
+# A small template (layout only): figures build about twice as fast as with a copy of "plotly_white",
+# which carries defaults for every trace type.
+_AXIS = dict(gridcolor="#e9edf2", linecolor="#cbd2d9", zerolinecolor="#cbd2d9", ticks="", automargin=True, title=dict(standoff=8))
+_template = go.layout.Template(layout=dict(
     font=dict(family="Inter, system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif", size=13, color="#1f2933"),
     colorway=COLORS,
+    paper_bgcolor="#ffffff",
+    plot_bgcolor="#ffffff",
+    xaxis=_AXIS,
+    yaxis=_AXIS,
     title=dict(font=dict(size=15), x=0.01, xanchor="left"),
     margin=dict(l=60, r=20, t=50, b=50),
     hoverlabel=dict(font_size=12),
+    hovermode="closest",
     legend=dict(bgcolor="rgba(255,255,255,0.7)"),
-)
+    colorscale=dict(sequential="Blues"),
+))
 pio.templates[TEMPLATE] = _template
 
 

@@ -30,16 +30,18 @@ def topk_figure(tokens: list[str], probs: list[float], position_label: str = "")
 def attention_figure(pattern: np.ndarray, tokens: list[str], layer: int, head: int | None) -> go.Figure:
     """Heatmap of an attention pattern: query positions down, key positions across."""
     T = len(tokens)
-    qk = np.array([[f"{tokens[q]!r} → {tokens[k]!r}" for k in range(T)] for q in range(T)]) if T <= 128 else None
+    labels = _labels(tokens)  # unique category labels: the hover shows tokens without a T x T text array
     who = f"head {head}" if head is not None else "mean over heads"
-    fig = go.Figure(go.Heatmap(
-        z=pattern, colorscale="Blues", zmin=0, zmax=float(max(pattern.max(), 1e-6)), colorbar=dict(title="weight", thickness=12),
-        customdata=qk, hovertemplate=("%{customdata}<br>" if qk is not None else "") + "query %{y}, key %{x}: %{z:.3f}<extra></extra>",
-    ))
-    fig.update_layout(template=TEMPLATE, title=f"Attention, layer {layer}, {who}", height=min(720, 260 + 12 * T),
-                      xaxis=dict(title="key (attended to)", **_ticks(tokens), tickangle=-60),
-                      yaxis=dict(title="query", autorange="reversed", **_ticks(tokens)))
-    return fig
+    return go.Figure(go.Heatmap(
+        z=pattern, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=float(max(pattern.max(), 1e-6)),
+        colorbar=dict(title="weight", thickness=12), hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>",
+    ), layout=dict(template=TEMPLATE, title=f"Attention, layer {layer}, {who}", height=min(720, 260 + 12 * T),
+                   xaxis=dict(title="key (attended to)", type="category", tickangle=-60, nticks=min(T, 48), tickfont=dict(size=10)),
+                   yaxis=dict(title="query", type="category", autorange="reversed", nticks=min(T, 48), tickfont=dict(size=10))))
+
+
+def _labels(tokens: list[str]) -> list[str]:
+    return [f"{t} ·{i}" for i, t in enumerate(tokens)]
 
 
 def head_grid_figure(attn: np.ndarray, layer: int, query: int, tokens: list[str]) -> go.Figure:

@@ -9,7 +9,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from dashboards.figures import COLORS, TEMPLATE
 
@@ -30,54 +29,57 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 def norms_figure(series: Series, log_y: bool = True) -> go.Figure:
     """Mean residual norm per layer (band: ± one std over positions) and the BOS position's norm."""
-    fig = go.Figure()
+    traces = []
     for i, (label, t) in enumerate(series):
         c = COLORS[i % len(COLORS)]
         x, m, s = t["layer"].to_numpy(), t["mean_norm"].to_numpy(), t["std_norm"].to_numpy()
         lo = np.maximum(m - s, m * 0.05) if log_y else m - s
-        fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[m + s, lo[::-1]], mode="lines", fill="toself", fillcolor=_rgba(c, 0.15),
+        traces.append(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[m + s, lo[::-1]], mode="lines", fill="toself", fillcolor=_rgba(c, 0.15),
                                  line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=label))
-        fig.add_trace(go.Scatter(x=x, y=m, mode="lines+markers", name=f"{label}: mean (non-BOS)", line=dict(color=c, width=3),
+        traces.append(go.Scatter(x=x, y=m, mode="lines+markers", name=f"{label}: mean (non-BOS)", line=dict(color=c, width=3),
                                  legendgroup=label, customdata=s, hovertemplate="layer %{x}: %{y:.2f} ± %{customdata:.2f}<extra>mean</extra>"))
         if "bos_norm" in t and t["bos_norm"].notna().any():
-            fig.add_trace(go.Scatter(x=x, y=t["bos_norm"], mode="lines+markers", name=f"{label}: BOS position", legendgroup=label,
+            traces.append(go.Scatter(x=x, y=t["bos_norm"], mode="lines+markers", name=f"{label}: BOS position", legendgroup=label,
                                      line=dict(color=c, dash="dash", width=2), marker=dict(symbol="diamond"),
                                      hovertemplate="layer %{x}: %{y:.2f}<extra>BOS</extra>"))
-    fig.update_layout(template=TEMPLATE, title="Residual-stream norm per layer", height=420, hovermode="x unified",
-                      xaxis=dict(title="layer (0 = embeddings)"), yaxis=dict(title="‖x‖", type="log" if log_y else "linear"),
-                      legend=dict(orientation="h", y=-0.2))
-    return fig
+    return go.Figure(traces, layout=dict(
+        template=TEMPLATE, title="Residual-stream norm per layer", height=420, hovermode="x unified",
+        xaxis=dict(title="layer (0 = embeddings)"), yaxis=dict(title="‖x‖", type="log" if log_y else "linear"),
+        legend=dict(orientation="h", y=-0.2)))
 
 
 def lens_figure(series: Series) -> go.Figure:
     """Logit lens per layer: top-1 accuracy against the next token (top) and cross-entropy (bottom)."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("top-1 accuracy of the next token", "cross-entropy (nats)"))
+    traces = []
     for i, (label, t) in enumerate(series):
         c = COLORS[i % len(COLORS)]
-        fig.add_trace(go.Scatter(x=t["layer"], y=t["lens_top1"], mode="lines+markers", name=label, line=dict(color=c, width=3),
-                                 legendgroup=label, hovertemplate="layer %{x}: %{y:.1%}<extra>" + label + "</extra>"), row=1, col=1)
-        fig.add_trace(go.Scatter(x=t["layer"], y=t["lens_ce"], mode="lines+markers", name=label, line=dict(color=c, width=3),
-                                 legendgroup=label, showlegend=False, hovertemplate="layer %{x}: %{y:.2f}<extra>" + label + "</extra>"), row=2, col=1)
-    fig.update_layout(template=TEMPLATE, title="Logit lens per layer", height=480, legend=dict(orientation="h", y=-0.15))
-    fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=1, col=1)
-    fig.update_xaxes(title="layer (0 = embeddings)", row=2, col=1)
+        traces.append(go.Scatter(x=t["layer"], y=t["lens_top1"], mode="lines+markers", name=label, line=dict(color=c, width=3),
+                                 legendgroup=label, hovertemplate="layer %{x}: %{y:.1%}<extra>" + label + "</extra>"))
+        traces.append(go.Scatter(x=t["layer"], y=t["lens_ce"], mode="lines+markers", name=label, line=dict(color=c, width=3), yaxis="y2",
+                                 legendgroup=label, showlegend=False, hovertemplate="layer %{x}: %{y:.2f}<extra>" + label + "</extra>"))
+    # two panels sharing the layer axis (laid out by hand: make_subplots costs more than the figure)
+    fig = go.Figure(traces, layout=dict(
+        template=TEMPLATE, title="Logit lens per layer", height=480, legend=dict(orientation="h", y=-0.15),
+        xaxis=dict(title="layer (0 = embeddings)", anchor="y2"),
+        yaxis=dict(domain=[0.56, 1.0], tickformat=".0%", rangemode="tozero", title="top-1 accuracy"),
+        yaxis2=dict(domain=[0.0, 0.44], title="cross-entropy (nats)"),
+    ))
     return fig
 
 
 def bos_ratio_figure(series: Series) -> go.Figure:
     """How many times larger the BOS position's norm is than an ordinary position's, per layer."""
-    fig = go.Figure()
+    traces = []
     for i, (label, t) in enumerate(series):
         if "bos_norm" not in t or not t["bos_norm"].notna().any():
             continue
         ratio = t["bos_norm"] / t["mean_norm"]
-        fig.add_trace(go.Bar(x=t["layer"], y=ratio, name=label, marker_color=COLORS[i % len(COLORS)],
+        traces.append(go.Bar(x=t["layer"], y=ratio, name=label, marker_color=COLORS[i % len(COLORS)],
                              hovertemplate="layer %{x}: %{y:.1f}×<extra>" + label + "</extra>"))
-    fig.add_hline(y=1, line=dict(color="#9aa5b1", dash="dot"))
-    fig.update_layout(template=TEMPLATE, title="BOS norm ÷ mean norm", height=340, barmode="group",
-                      xaxis=dict(title="layer"), yaxis=dict(title="ratio", type="log"), legend=dict(orientation="h", y=-0.25))
-    return fig
+    one = dict(type="line", xref="paper", x0=0, x1=1, y0=1, y1=1, line=dict(color="#9aa5b1", dash="dot"))
+    return go.Figure(traces, layout=dict(
+        template=TEMPLATE, title="BOS norm ÷ mean norm", height=340, barmode="group", shapes=[one],
+        xaxis=dict(title="layer"), yaxis=dict(title="ratio", type="log"), legend=dict(orientation="h", y=-0.25)))
 
 
 def summary_rows(result) -> list[tuple[str, str]]:

@@ -107,11 +107,12 @@ def register(app: Dash, app_ctx: AppContext) -> None:
         Output("explorer-error", "children"), Output("explorer-notice", "children"), Output("explorer-data", "data"),
         Output("explorer-tokens", "children"), Output("explorer-layer", "options"), Output("explorer-layer", "value"),
         Output("explorer-head", "options"), Output("explorer-head", "value"), Output("explorer-model", "value"),
+        Output("explorer-pos", "data"),
         Input("explorer-run", "n_clicks"),
         State("explorer-prompt", "value"), State("explorer-model", "value"), State("url", "search"),
     )
     def _analyse(n_clicks, prompt, model, search):
-        nothing = (no_update,) * 8
+        nothing = (no_update,) * 9
         try:
             if not n_clicks:  # first load: the model from ?model= or the app's default
                 asked = parse_qs((search or "").lstrip("?")).get("model", [None])[0]
@@ -119,32 +120,29 @@ def register(app: Dash, app_ctx: AppContext) -> None:
             model = check_model_name(model, extra=(app_ctx.default_model,))
             a = CACHE.get(app_ctx, model, prompt)
         except Exception as e:
-            return (error_message(e), "", None, [], [], None, [], None, no_update) if n_clicks else (error_message(e),) + nothing
+            return (error_message(e), "", None, [], [], None, [], None, no_update, None) if n_clicks else (error_message(e),) + nothing
         notice = f"Only the first {MAX_TOKENS} tokens are analysed." if a.truncated else ""
         chips = [
             html.Span(chip_text(t), id={"type": "explorer-tok", "pos": i}, title=f"position {i}, token id {tid}",
-                      className="tok" + (" bos" if i == 0 and a.has_bos else ""))
+                      className="tok" + (" bos" if i == 0 and a.has_bos else "") + (" selected" if i == a.n_tokens - 1 else ""))
             for i, (t, tid) in enumerate(zip(a.tokens, a.token_ids))
         ]
         data = {"model": model, "prompt": prompt, "T": a.n_tokens, "L": a.n_layers, "H": a.n_heads, "tokens": a.tokens, "bos": a.has_bos}
         layers = [{"label": f"layer {l}", "value": l} for l in range(a.n_layers)]
         heads = [{"label": "mean over heads", "value": -1}] + [{"label": f"head {h}", "value": h} for h in range(a.n_heads)]
-        return "", notice, data, chips, layers, 0, heads, -1, model
+        return "", notice, data, chips, layers, 0, heads, -1, model, a.n_tokens - 1
 
     @app.callback(
-        Output("explorer-pos", "data"), Output({"type": "explorer-tok", "pos": ALL}, "className"),
-        Input({"type": "explorer-tok", "pos": ALL}, "n_clicks"), Input("explorer-data", "data"),
-        State({"type": "explorer-tok", "pos": ALL}, "id"),
+        Output("explorer-pos", "data", allow_duplicate=True), Output({"type": "explorer-tok", "pos": ALL}, "className"),
+        Input({"type": "explorer-tok", "pos": ALL}, "n_clicks"),
+        State({"type": "explorer-tok", "pos": ALL}, "id"), State("explorer-data", "data"),
+        prevent_initial_call=True,
     )
-    def _select(clicks, data, ids):
-        if not data or not ids:
-            return no_update, [no_update] * len(ids or [])
+    def _select(clicks, ids, data):
         t = ctx.triggered_id
-        pos = data["T"] - 1
-        if isinstance(t, dict) and t.get("type") == "explorer-tok":
-            if not any(clicks):
-                return no_update, [no_update] * len(ids)
-            pos = int(t["pos"])
+        if not data or not ids or not isinstance(t, dict) or not any(clicks):
+            return no_update, [no_update] * len(ids or [])
+        pos = int(t["pos"])
         classes = ["tok" + (" bos" if i["pos"] == 0 and data.get("bos") else "") + (" selected" if i["pos"] == pos else "") for i in ids]
         return pos, classes
 
