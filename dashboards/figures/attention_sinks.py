@@ -54,7 +54,7 @@ def sink_heatmap(heads: pd.DataFrame, domain: str) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, customdata=dl, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="sink mass"),
                                hovertemplate="L%{y}H%{x}<br>sink mass %{z:.3f}<br>Δloss if zeroed %{customdata:.4f}<extra></extra>"))
     fig.update_layout(template=TEMPLATE, title=f"Attention on the first token per head — {domain}", height=560,
-                      xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed"))
+                      xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed", dtick=1))
     return fig
 
 
@@ -74,7 +74,7 @@ def dormancy_difference_heatmap(heads: pd.DataFrame, a: str, b: str) -> go.Figur
         fig.add_trace(go.Scatter(x=flips["head"], y=flips["layer"], mode="markers", name="dormant on one domain only",
                                  marker=dict(symbol="x", color="black", size=9), hoverinfo="skip"))
     fig.update_layout(template=TEMPLATE, title=f"Active-dormant difference: {b} − {a}", height=560,
-                      xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed"),
+                      xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed", dtick=1),
                       legend=dict(orientation="h", y=-0.12))
     return fig
 
@@ -102,7 +102,7 @@ def value_norms_figure(heads: pd.DataFrame, domain: str) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, customdata=_grid(h, "ratio"), colorscale="RdBu", zmid=0, colorbar=dict(title="log10 ratio"),
                                hovertemplate="L%{y}H%{x}<br>first / rest = %{customdata:.3f}<extra></extra>"))
     fig.update_layout(template=TEMPLATE, title=f"Value-state drain: ‖W_O v_first‖ / mean ‖W_O v_other‖ — {domain}", height=560,
-                      xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed"))
+                      xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed", dtick=1))
     return fig
 
 
@@ -154,48 +154,65 @@ def token_dormancy_figure(tokens: pd.DataFrame, threshold: float, layer: int | N
 
 
 DYNAMICS_ROWS = (
-    ("sink_mass", "attention sink (non-trigger queries)", False),
-    ("resid_first", "‖resid ⟨s⟩‖ (dashed: others)", False),
-    ("value_norm_first", "‖W_O v ⟨s⟩‖ (dashed: others)", True),
-    ("bigram_risk", "risk (solid: bigram, dashed: backcopy)", True),
+    # (column, short axis title, log axis, dashed companion column)
+    ("sink_mass", "sink mass", False, None),
+    ("resid_first", "‖resid ⟨s⟩‖", False, "resid_rest"),
+    ("value_norm_first", "‖W_O v ⟨s⟩‖", True, "value_norm_rest"),
+    ("bigram_risk", "risk", True, "backcopy_risk"),
 )
+STEP0_X = 0.5  # where step 0 sits on the log axis
+
+
+def _steps(d: pd.DataFrame) -> pd.Series:
+    return d["step"].astype(float).where(d["step"] > 0, STEP0_X)
 
 
 def dynamics_figure(runs: Mapping[str, pd.DataFrame], optimum: float | None = None) -> go.Figure:
-    """Training dynamics per variant (columns) against log step: sink mass, residual and value norm
-    of ⟨s⟩ against the others, and the two risks. Lines per layer; step 0 is drawn at step 1."""
+    """Training dynamics per variant (columns) against log step: attention sink on non-trigger
+    queries, residual and value norm of ⟨s⟩ (solid) against the other tokens (dashed), and the
+    bigram (solid) and backcopy (dashed) risks. One colour per layer; step 0 is drawn at 0.5.
+    Each row shares one y range across the variants so they compare at a glance."""
     names = [VARIANT_NAMES.get(k, k) for k in runs]
-    fig = make_subplots(rows=len(DYNAMICS_ROWS), cols=len(runs), shared_xaxes=True, shared_yaxes="rows",
-                        column_titles=names, row_titles=[r[1] for r in DYNAMICS_ROWS], vertical_spacing=0.05, horizontal_spacing=0.03)
+    fig = make_subplots(rows=len(DYNAMICS_ROWS), cols=len(runs), shared_xaxes=True, column_titles=names,
+                        vertical_spacing=0.05, horizontal_spacing=0.04)
+    seen: dict[int, list[float]] = {r: [] for r in range(1, len(DYNAMICS_ROWS) + 1)}
     for c, (variant, d) in enumerate(runs.items(), start=1):
         if d.empty:
             continue
-        x = d["step"].clip(lower=1)
-        for l, t in d.groupby("layer"):
-            color = COLORS[int(l) % len(COLORS)]
-            xs = t["step"].clip(lower=1)
-            show = c == 1
-            fig.add_trace(go.Scatter(x=xs, y=t["sink_mass"], name=f"layer {l}", legendgroup=f"l{l}", showlegend=show,
-                                     line=dict(color=color)), row=1, col=c)
-            fig.add_trace(go.Scatter(x=xs, y=t["resid_first"], legendgroup=f"l{l}", showlegend=False, line=dict(color=color)), row=2, col=c)
-            fig.add_trace(go.Scatter(x=xs, y=t["resid_rest"], legendgroup=f"l{l}", showlegend=False, line=dict(color=color, dash="dash")), row=2, col=c)
-            fig.add_trace(go.Scatter(x=xs, y=t["value_norm_first"], legendgroup=f"l{l}", showlegend=False, line=dict(color=color)), row=3, col=c)
-            fig.add_trace(go.Scatter(x=xs, y=t["value_norm_rest"], legendgroup=f"l{l}", showlegend=False, line=dict(color=color, dash="dash")), row=3, col=c)
-        first = d[d["layer"] == d["layer"].min()]
-        fig.add_trace(go.Scatter(x=first["step"].clip(lower=1), y=first["bigram_risk"], name="bigram risk", showlegend=c == 1,
-                                 line=dict(color="black")), row=4, col=c)
-        fig.add_trace(go.Scatter(x=first["step"].clip(lower=1), y=first["backcopy_risk"].clip(lower=1e-6), name="backcopy risk",
-                                 showlegend=c == 1, line=dict(color="black", dash="dash")), row=4, col=c)
+        for r, (col, _, _, dashed) in enumerate(DYNAMICS_ROWS, start=1):
+            groups = [(None, d[d["layer"] == d["layer"].min()])] if col == "bigram_risk" else list(d.groupby("layer"))
+            for l, t in groups:
+                color = "black" if l is None else COLORS[int(l) % len(COLORS)]
+                name = f"layer {l}" if l is not None else "bigram risk"
+                for ycol, dash, label in ((col, None, name), (dashed, "dash", "backcopy risk" if l is None else None)):
+                    if ycol is None:
+                        continue
+                    y = t[ycol].clip(lower=1e-6) if ycol == "backcopy_risk" else t[ycol]
+                    seen[r] += [float(v) for v in y if np.isfinite(v)]
+                    show = c == 1 and (r == 1 or (l is None and r == len(DYNAMICS_ROWS))) and label is not None
+                    fig.add_trace(go.Scatter(x=_steps(t), y=y, name=label or name, legendgroup=label or name, showlegend=show,
+                                             line=dict(color=color, dash=dash), mode="lines+markers", marker=dict(size=4)), row=r, col=c)
         if optimum is not None:
+            x = _steps(d)
             fig.add_trace(go.Scatter(x=[x.min(), x.max()], y=[optimum, optimum], name="bigram optimum", showlegend=c == 1,
-                                     line=dict(color=COLORS[3], dash="dot")), row=4, col=c)
+                                     line=dict(color=COLORS[3], dash="dot")), row=len(DYNAMICS_ROWS), col=c)
+            seen[len(DYNAMICS_ROWS)].append(optimum)
     fig.update_xaxes(type="log")
     fig.update_xaxes(title="training step", row=len(DYNAMICS_ROWS))
-    for r, (_, _, logy) in enumerate(DYNAMICS_ROWS, start=1):
-        if logy:
-            fig.update_yaxes(type="log", row=r)
-    fig.update_yaxes(range=[0, 1.02], row=1)
-    fig.update_layout(template=TEMPLATE, title="Bigram-Backcopy training dynamics", height=260 * len(DYNAMICS_ROWS),
+    for r, (_, title, logy, _) in enumerate(DYNAMICS_ROWS, start=1):
+        vals = np.asarray(seen[r])
+        fig.update_yaxes(title=title, row=r, col=1)
+        if r == 1:
+            fig.update_yaxes(range=[0, 1.02], row=r)
+        elif len(vals):
+            if logy:
+                lo, hi = np.log10(vals.min()), np.log10(vals.max())
+                pad = 0.05 * max(hi - lo, 0.1)
+                fig.update_yaxes(type="log", range=[lo - pad, hi + pad], row=r)
+            else:
+                pad = 0.05 * max(vals.max() - vals.min(), 1e-3)
+                fig.update_yaxes(range=[min(0.0, vals.min() - pad), vals.max() + pad], row=r)
+    fig.update_layout(template=TEMPLATE, title="Bigram-Backcopy training dynamics", height=240 * len(DYNAMICS_ROWS),
                       legend=dict(orientation="h", y=-0.06))
     return fig
 
@@ -209,7 +226,7 @@ def delta_logit_bands_figure(runs: Mapping[str, pd.DataFrame], layer: int | None
             continue
         lay = int(d["layer"].max()) if layer is None else layer
         t = d[d["layer"] == lay]
-        x = t["step"].clip(lower=1).to_numpy()
+        x = _steps(t).to_numpy()
         for j, (suffix, name) in enumerate((("", "non-trigger"), ("_trigger", "trigger"))):
             col = COLORS[j]
             lo, mid, hi = (t[f"delta_logit{suffix}_q{q}"].to_numpy() for q in (10, 50, 90))

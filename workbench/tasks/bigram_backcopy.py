@@ -473,8 +473,24 @@ def train_bb(recipe: BBRecipe, device: str = "cpu", progress: bool = True) -> Pa
     meta = {"bb": {"recipe": dataclasses.asdict(recipe), "task_fingerprint": task.fingerprint, "corpus": task.corpus},
             "attention": recipe.attention}
     data = task.batch_fn(recipe.batch_size, recipe.seq_len, recipe.seed)
-    train(model, lambda step: data(step).to(device), cfg, out, loss_fn=bb_loss(task), progress=progress, meta=meta)
+    result = train(model, lambda step: data(step).to(device), cfg, out, loss_fn=bb_loss(task), progress=progress, meta=meta)
+    _record_time(out, recipe.steps - result.resumed_from, result.seconds, device)
     return out
+
+
+def _record_time(out: Path, steps: int, seconds: float, device: str) -> None:
+    """Accumulate the training wall time (over resumes) in `train_time.json`, for cost reports."""
+    path = out / "train_time.json"
+    prev = read_json(path) if path.exists() else {"steps": 0, "seconds": 0.0}
+    steps, seconds = prev["steps"] + steps, prev["seconds"] + seconds
+    write_json(path, {"steps": steps, "seconds": seconds, "seconds_per_step": seconds / max(steps, 1), "device": device,
+                      "threads": torch.get_num_threads()})
+
+
+def bb_train_time(recipe: BBRecipe) -> dict[str, Any] | None:
+    """The recorded training time of a trained recipe (None if it was never trained here)."""
+    path = bb_dir(recipe) / "train_time.json"
+    return read_json(path) if path.exists() else None
 
 
 def bb_checkpoints(recipe: BBRecipe) -> dict[int, Path]:

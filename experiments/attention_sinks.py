@@ -1,0 +1,224 @@
+"""Attention sinks and active-dormant heads: train the Bigram-Backcopy models (1 layer to the
+acceptance numbers; 3 layers under AdamW, SGD and ReLU attention), analyse every checkpoint, run
+the SmolLM2 head survey on Brown prose and Python code, and write figures and a report section.
+
+Presets: "cpu" (budgets that fit a 2-core CPU, see PRESETS) and "gpu" (the paper's batch 512 and
+10k steps). `quick` uses a d_model-32 BB model and the tiny random LM (a smoke test, seconds).
+Results come from the store and the BB model cache, so a rerun reuses them.
+
+Usage: python -m experiments.attention_sinks [--quick] [--preset cpu|gpu] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU: 1-layer batch 16 x 2000 steps; 3-layer batch 8 x 1000 steps per variant; SmolLM2 slices of 8k
+    # tokens per domain for the survey and 1k tokens per domain for the 270-head ablation.
+    "cpu": {"bb1": dict(batch_size=16, steps=2000), "bb3": dict(batch_size=8, steps=1000),
+            "survey": dict(max_tokens=8192, seq_len=128, batch_size=8, ablation_tokens=1024), "lm": "smollm2-135m"},
+    "gpu": {"bb1": dict(batch_size=512, steps=10_000), "bb3": dict(batch_size=512, steps=10_000),
+            "survey": dict(max_tokens=65_536, seq_len=256, batch_size=16, ablation_tokens=8192), "lm": "smollm2-135m"},
+    "quick": {"bb1": dict(batch_size=4, steps=30, d_model=32, lr=3e-3), "bb3": dict(batch_size=4, steps=10, d_model=32),
+              "survey": dict(max_tokens=256, seq_len=32, batch_size=4, ablation_tokens=64), "lm": "tiny"},
+}
+PAPER = {
+    "backcopy_risk": 5.5e-6, "bigram_risk": 2.2299, "no_attention": (7.69, 2.23), "no_mlp": (3.17, 4.21),
+    "resid_adam": (20, 140), "ratio_10k": 7.0,
+}
+VARIANTS = ("adam", "sgd", "relu")
+
+
+def _device() -> str:
+    from workbench.models.info import default_device
+
+    return default_device()
+
+
+def _train_and_analyse(recipe, store, device: str):
+    """Train (or reuse) a BB recipe and run the probe on its final checkpoint, with dynamics."""
+    from probes.attention_sinks import AttentionSinksConfig
+    from workbench.runner import run_probe
+    from workbench.tasks.bigram_backcopy import bb_train_time, load_bb, train_bb
+
+    train_bb(recipe, device=device)
+    model = load_bb(recipe, device=device)
+    out = run_probe("attention-sinks", model, None, AttentionSinksConfig(dynamics=True), store=store)
+    return out.result, bb_train_time(recipe)
+
+
+def _fmt(x: float, nd: int = 4) -> str:
+    return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
+
+
+def bb1_section(res, timing: dict | None, recipe) -> str:
+    bb, h = res.bb, res.heads.iloc[0]
+    gap = (bb["bigram_risk"] - bb["bigram_optimum"]) / bb["bigram_optimum"]
+    tok = res.tokens[res.tokens["layer"] == 0]
+    active = sorted(tok[tok["active"]]["token"].tolist())
+    lines = [
+        f"1-layer BB model (d_model {recipe.d_model}, 1 head, batch {recipe.batch_size}, {recipe.steps} AdamW steps, lr {recipe.lr}; "
+        f"Brown characters: V = {bb['n_chars']}, triggers {bb['triggers']!r}).",
+        "",
+        "| quantity | paper (tiny Shakespeare, batch 512, 10k steps) | ours (Brown) | acceptance |",
+        "|---|---|---|---|",
+        f"| backcopy risk | {PAPER['backcopy_risk']} | {_fmt(bb['backcopy_risk'])} | < 0.01: {'met' if bb['backcopy_risk'] < 0.01 else 'NOT met'} |",
+        f"| bigram risk | {PAPER['bigram_risk']} (its optimum) | {_fmt(bb['bigram_risk'])} (optimum {_fmt(bb['bigram_optimum'])}, gap {gap:+.2%}) | "
+        f"within 3%: {'met' if gap < 0.03 else 'NOT met'} |",
+        f"| sink mass, non-trigger queries | ≈ 0.9+ | {h['sink_mass']:.3f} (trigger queries {h['sink_mass_trigger']:.3f}) | "
+        f"> 0.8: {'met' if h['sink_mass'] > 0.8 else 'NOT met'} |",
+        f"| token-level active set (threshold {res.meta['config']['dormant_threshold']}) | the triggers | {active!r} | "
+        f"same split: {'met' if bool(tok['agrees'].all()) else 'NOT met'} ({tok['agrees'].mean():.0%} agree) |",
+        f"| no attention: backcopy / bigram | {PAPER['no_attention'][0]} / {PAPER['no_attention'][1]} | "
+        f"{_fmt(bb['no_attention_backcopy_risk'], 3)} / {_fmt(bb['no_attention_bigram_risk'], 3)} | |",
+        f"| no MLP: backcopy / bigram | {PAPER['no_mlp'][0]} / {PAPER['no_mlp'][1]} | "
+        f"{_fmt(bb['no_mlp_backcopy_risk'], 3)} / {_fmt(bb['no_mlp_bigram_risk'], 3)} | |",
+        f"| value norm ⟨s⟩ / others (after W_O) | small (drain) | {h['value_norm_first']:.3g} / {h['value_norm_rest']:.3g} | |",
+        f"| residual norm ⟨s⟩ / others (output) | peak | {h['resid_first']:.3g} / {h['resid_rest']:.3g} | |",
+    ]
+    if timing:
+        lines += ["", f"Training cost: {timing['seconds'] / 60:.1f} min for {timing['steps']} steps "
+                      f"({timing['seconds_per_step']:.2f} s/step at batch {recipe.batch_size}, {timing['threads']} threads, {timing['device']})."]
+    return "\n".join(lines)
+
+
+def bb3_section(results: dict[str, Any], timings: dict[str, dict | None], recipes: dict[str, Any]) -> str:
+    dyn = {v: r.dynamics for v, r in results.items()}
+    last = min(int(d["step"].max()) for d in dyn.values())
+    rows = ["| variant | ⟨s⟩ resid norm at step 0 (per layer) | at step {0} | others at step {0} | sink mass (last layer) | "
+            "bigram / backcopy risk |".format(last), "|---|---|---|---|---|---|"]
+    final: dict[str, pd.DataFrame] = {}
+    for v, d in dyn.items():
+        s0, sl = d[d["step"] == 0].sort_values("layer"), d[d["step"] == last].sort_values("layer")
+        final[v] = sl
+        rows.append(f"| {v} | {', '.join(f'{x:.1f}' for x in s0['resid_first'])} | {', '.join(f'{x:.1f}' for x in sl['resid_first'])} | "
+                    f"{', '.join(f'{x:.1f}' for x in sl['resid_rest'])} | {sl['sink_mass'].iloc[-1]:.3f} | "
+                    f"{sl['bigram_risk'].iloc[0]:.3f} / {sl['backcopy_risk'].iloc[0]:.3g} |")
+    peak_layer = int(final["adam"].set_index("layer")["resid_first"].idxmax())
+    adam_peak = final["adam"].set_index("layer").loc[peak_layer, "resid_first"]
+    ratios = {v: adam_peak / final[v].set_index("layer").loc[peak_layer, "resid_first"] for v in ("sgd", "relu")}
+    d0 = dyn["adam"][(dyn["adam"]["step"] == 0) & (dyn["adam"]["layer"] == peak_layer)]["resid_first"].item()
+    lines = [
+        f"3-layer BB models, batch {recipes['adam'].batch_size}, {last} steps each (AdamW lr 3e-4; SGD lr 0.03 momentum 0.9; "
+        "ReLU attention under AdamW). Residual norms are each block's output at position 0 (⟨s⟩) on a fixed batch.",
+        "",
+        *rows,
+        "",
+        f"At the last common step ({last}), the ⟨s⟩ residual norm after layer {peak_layer} is {adam_peak:.1f} under Adam "
+        f"(from {d0:.1f} at step 0): {ratios['sgd']:.2f}× the SGD run and {ratios['relu']:.2f}× the ReLU-attention run. "
+        f"The paper reports about {PAPER['resid_adam'][0]} → {PAPER['resid_adam'][1]} under Adam and ≈ 20 under SGD/ReLU "
+        f"(≈ {PAPER['ratio_10k']:.0f}×) at 10k steps with batch 512.",
+    ]
+    cost = []
+    for v, t in timings.items():
+        if t:
+            per_512 = t["seconds_per_step"] * 512 / recipes[v].batch_size
+            cost.append(f"{v}: {t['seconds_per_step']:.2f} s/step at batch {recipes[v].batch_size} "
+                        f"(≈ {per_512:.0f} s/step at batch 512 by linear scaling, ≈ {per_512 * 10_000 / 3600:.0f} h for 10k steps)")
+    if cost:
+        lines += ["", "CPU cost per step (measured on " + hardware() + "): " + "; ".join(cost) +
+                  ". The paper's 10k-step, batch-512 runs are GPU work (`--preset gpu`)."]
+    return "\n".join(lines)
+
+
+def lm_section(res, model_name: str) -> str:
+    from probes.attention_sinks import domain_contrast
+
+    doms = res.domains
+    lines = [f"{model_name}: every head of every layer on {len(doms)} domains ({', '.join(doms)}); BOS prepended: "
+             f"{res.meta.get('prepend_bos')} (token id {res.meta.get('bos_token_id')}).", "",
+             "| domain | tokens | mean sink mass | heads > 0.5 | dormant heads | max ⟨s⟩ residual ratio | median value ratio ⟨s⟩/rest | clean loss | ablation cost |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in doms:
+        h, l = res.heads[res.heads["domain"] == d], res.layers[res.layers["domain"] == d]
+        m = res.meta["domains"][d]
+        lines.append(f"| {d} | {m.get('n_positions', '?')} | {h['sink_mass'].mean():.3f} | {int((h['sink_mass'] > 0.5).sum())}/{len(h)} | "
+                     f"{int(h['dormant'].sum())} | {l['ratio'].max():.1f} (layer {int(l.loc[l['ratio'].idxmax(), 'layer'])}) | "
+                     f"{(h['value_norm_first'] / h['value_norm_rest']).median():.3f} | {h['loss_clean'].iloc[0]:.3f} | "
+                     f"{m.get('ablation_seconds', 0) / 60:.1f} min, {m.get('forward_equivalents', 0):.0f} forward equivalents |")
+    if len(doms) >= 2:
+        t = domain_contrast(res.heads, doms[0], doms[1]).head(10)
+        lines += ["", f"Heads whose dormancy differs most between {doms[0]} and {doms[1]} (dormant: sink ≥ "
+                      f"{res.meta['config']['dormant_sink']} and |Δloss| ≤ {res.meta['config']['dormant_loss']} nats):", "",
+                  f"| head | sink {doms[0]} | sink {doms[1]} | Δloss {doms[0]} | Δloss {doms[1]} | dormant on |", "|---|---|---|---|---|---|"]
+        for _, r in t.iterrows():
+            where = ", ".join(d for d, f in ((doms[0], r["dormant_a"]), (doms[1], r["dormant_b"])) if f) or "neither"
+            lines.append(f"| L{int(r['layer'])}H{int(r['head'])} | {r['sink_mass_a']:.3f} | {r['sink_mass_b']:.3f} | "
+                         f"{r['delta_loss_a']:+.4f} | {r['delta_loss_b']:+.4f} | {where} |")
+        lines += ["", "The paper's example is Llama-2-7B L16H25: dormant on Wikipedia, active on GitHub code."]
+    return "\n".join(lines)
+
+
+def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
+    from dashboards.figures import attention_sinks as figs
+    from probes.attention_sinks import AttentionSinksConfig
+    from workbench.corpora import load_corpus
+    from workbench.models import load_model
+    from workbench.runner import run_probe
+    from workbench.store import ResultStore
+    from workbench.tasks.bigram_backcopy import bb_recipe, bb_train_time
+
+    p = PRESETS["quick" if quick else preset]
+    out = Path(out)
+    store, device, figures = ResultStore(), _device(), []
+    with Timer() as timer:
+        r1 = bb_recipe("adam", n_layers=1, **p["bb1"])
+        res1, time1 = _train_and_analyse(r1, store, device)
+        figures += write_figure(figs.token_dormancy_figure(res1.tokens, res1.meta["config"]["dormant_threshold"]), out, "bb1_token_dormancy")
+        figures += write_figure(figs.dynamics_figure({"adam": res1.dynamics}, res1.bb["bigram_optimum"]), out, "bb1_dynamics")
+        figures += write_figure(figs.attention_map(res1.examples["bb"][0, 0].numpy(), res1.example_tokens["bb"], "1-layer BB head"),
+                                out, "bb1_attention_map")
+
+        recipes = {v: bb_recipe(v, n_layers=3, **p["bb3"]) for v in VARIANTS}
+        res3, times3 = {}, {}
+        for v, r in recipes.items():
+            res3[v], times3[v] = _train_and_analyse(r, store, device)
+        figures += write_figure(figs.dynamics_figure({v: r.dynamics for v, r in res3.items()}, res3["adam"].bb["bigram_optimum"]),
+                                out, "bb3_dynamics_adam_sgd_relu")
+        figures += write_figure(figs.delta_logit_bands_figure({v: r.dynamics for v, r in res3.items()}), out, "bb3_delta_logit")
+
+        lm = load_model(p["lm"], device=device)
+        cfg = AttentionSinksConfig(**p["survey"], domains=["python-stdlib"])
+        lm_res = run_probe("attention-sinks", lm, load_corpus("brown"), cfg, store=store).result
+        a, b = lm_res.domains[:2]
+        for d in (a, b):
+            figures += write_figure(figs.sink_heatmap(lm_res.heads, d), out, f"lm_sink_heatmap_{d}")
+        figures += write_figure(figs.dormancy_difference_heatmap(lm_res.heads, a, b), out, "lm_dormancy_difference")
+        figures += write_figure(figs.residual_norms_figure(lm_res.layers), out, "lm_residual_norms")
+        figures += write_figure(figs.value_norms_figure(lm_res.heads, a), out, "lm_value_norms")
+        figures += write_figure(figs.ablation_scatter(lm_res.heads, cfg.dormant_sink, cfg.dormant_loss), out, "lm_ablation_scatter")
+        top = lm_res.heads[lm_res.heads["domain"] == a].sort_values("sink_mass").iloc[-1]
+        L, H = int(top["layer"]), int(top["head"])
+        figures += write_figure(figs.attention_map(lm_res.examples[a][L, H].numpy(), lm_res.example_tokens[a], f"{p['lm']} L{L}H{H} ({a})"),
+                                out, "lm_attention_map")
+    md = "\n\n".join([
+        "Claim (Guo et al. 2024): attention sinks, value-state drains and residual-state peaks come from active-dormant "
+        "heads, and they reinforce each other under Adam; all three appear in small transformers trained on the "
+        "Bigram-Backcopy task. Deviations: Brown characters instead of tiny Shakespeare (so the bigram optimum differs), "
+        "smaller batches and fewer steps on CPU, Brown prose and Python standard-library code as the LM domains.",
+        "### Bigram-Backcopy, 1 layer", bb1_section(res1, time1, r1),
+        "### Bigram-Backcopy, 3 layers: Adam against SGD and ReLU attention", bb3_section(res3, times3, recipes),
+        "### Head survey on a pretrained LM", lm_section(lm_res, p["lm"]),
+        f"Reproduce: `python -m experiments.attention_sinks{' --quick' if quick else ''} --preset {preset}` "
+        f"(BB models are cached under the workbench cache by recipe: {r1.name}, "
+        + ", ".join(r.name for r in recipes.values()) + ").",
+    ])
+    return ReportSection(title="Attention sinks and active-dormant heads", markdown=md, figures=figures, wall_s=timer.seconds)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--out", default=str(DEFAULT_OUT / "attention_sinks"))
+    args = ap.parse_args()
+    section = run(Path(args.out), quick=args.quick, preset=args.preset)
+    (Path(args.out) / "section.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
+    print(section.markdown)
