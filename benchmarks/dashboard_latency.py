@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -143,6 +144,55 @@ def bench_explorer(driver, base: str, prompts: list[str]) -> dict:
             "tokens_per_prompt": round(statistics.mean(n_tokens), 1)}
 
 
+def take_screenshots(driver, base: str, out: Path, run_id: int) -> list[str]:
+    """Pages on the embedded model, for the README (1400 px wide PNGs)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    out.mkdir(parents=True, exist_ok=True)
+    saved = []
+
+    def save(name: str, height: int = 1000) -> None:
+        driver.set_window_size(1400, height)
+        time.sleep(1.0)
+        driver.save_screenshot(str(out / f"{name}.png"))
+        saved.append(str(out / f"{name}.png"))
+
+    def wait_for(selector: str, timeout: float = 120) -> None:
+        end = time.time() + timeout
+        while not driver.find_elements(By.CSS_SELECTOR, selector):
+            if time.time() > end:
+                raise TimeoutError(selector)
+            time.sleep(0.1)
+
+    driver.get(f"{base}/")
+    wait_for(".runs-table")
+    save("home", 900)
+    driver.get(f"{base}/residual-norms?run={run_id}")
+    wait_for("#rn-summary-table")
+    save("residual_norms", 1150)
+    driver.get(f"{base}/model-explorer")
+    wait_for(".topk-row")
+    driver.set_window_size(1400, 1000)
+    wait_for(".graph-card canvas")
+    time.sleep(2.0)
+    save("model_explorer", 1250)
+    driver.execute_script("document.getElementById('explorer-lens-row').scrollIntoView({block: 'start'});")
+    save("model_explorer_lens", 1000)
+    graph = driver.find_element(By.CSS_SELECTOR, ".graph-card")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", graph)
+    time.sleep(0.5)
+    T = len(driver.find_elements(By.CSS_SELECTOR, "#explorer-tokens .tok"))
+    cy = "let h = document.querySelector('.graph-card .graph-body > div:first-child'); while (h && !h._cyreg) h = h.querySelector('div'); const cy = h._cyreg.cy;"
+    top = driver.execute_script(cy + "return Math.max(...cy.nodes().map(n => n.data('layer')));")
+    pos = driver.execute_script(cy + "const n = cy.getElementById(arguments[0]), r = cy.container().getBoundingClientRect(), p = n.renderedPosition();"
+                                "return [r.left + p.x, r.top + p.y];", f"L{max(1, int(top) - 4)}P{T - 1}")
+    ActionChains(driver).move_to_location(int(pos[0]), int(pos[1])).click().perform()
+    wait_for(".graph-details .node-details", 20)
+    save("attention_flow", 900)
+    return saved
+
+
 PROMPTS = [
     "The history of the city of {x} begins with a small settlement on the river, where merchants traded",
     "In {x}, the committee met to discuss the new budget. After a long debate, the chairman announced that",
@@ -160,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--prompts", type=int, default=10, help="model-explorer prompts")
     p.add_argument("--tokens", type=int, default=1024, help="tokens per stored residual-norms run")
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--screenshots", help="also save README screenshots of the pages into this folder")
     args = p.parse_args(argv)
 
     from selenium import webdriver
@@ -187,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
         stored = bench_stored(driver, base, [(r, labels[r]) for r in runs], args.reps)
         prompts = [PROMPTS[i % len(PROMPTS)].format(x=PLACES[i % len(PLACES)]) for i in range(args.prompts)]
         explorer = bench_explorer(driver, base, prompts)
+        if args.screenshots:
+            print("screenshots:", take_screenshots(driver, base, Path(args.screenshots), runs[0]))
     finally:
         driver.quit()
         app.workbench_ctx.jobs.shutdown()

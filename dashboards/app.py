@@ -175,6 +175,7 @@ def create_app(
 def serve(host: str = "127.0.0.1", port: int = 8050, model: str = "smollm2-135m", debug: bool = False) -> None:
     """Start the dashboard; the explorer's model loads in the background right away."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     app = create_app(model=model)
     ctx: AppContext = app.workbench_ctx
 
@@ -187,5 +188,6 @@ def serve(host: str = "127.0.0.1", port: int = 8050, model: str = "smollm2-135m"
             log.error("could not load %s: %s", model, e)
 
     threading.Thread(target=preload, daemon=True, name="preload-model").start()
+    ctx.jobs.start_worker()  # warm: the first run started from Home does not wait for imports
     log.info("dashboard on http://%s:%d (store %s)", host, port, ctx.store.root)
     app.run(host=host, port=port, debug=debug, use_reloader=False)

@@ -81,9 +81,7 @@ class FieldSpec:
 
     def initial(self) -> Any:
         """The widget's starting value (text widgets show JSON for lists and mappings)."""
-        if self.widget in ("bool", "choice"):
-            return self.default
-        if self.widget == "number":
+        if self.widget in ("bool", "choice", "number"):
             return self.default
         if self.default is None:
             return ""
@@ -155,6 +153,11 @@ class JobManager:
         self.store.update_run(run_id, message="waiting for the worker", started=None)
         self._send(run_id)
         return run_id
+
+    def start_worker(self) -> None:
+        """Start the worker now (it imports torch and the probes, which takes a while) instead of on the first run."""
+        with self._lock:
+            self._ensure_worker()
 
     def _send(self, run_id: int) -> None:
         with self._lock:

@@ -85,7 +85,7 @@ def logit_lens_figure(next_prob: np.ndarray, top1: list[list[str]], top1_prob: n
         customdata=custom,
         hovertemplate="layer %{y}, position %{x}<br>next token '%{customdata[1]}': p=%{z:.3f}<br>lens top-1 '%{customdata[0]}' (p=%{customdata[2]})<extra></extra>",
     ))
-    fig.update_layout(template=TEMPLATE, title="Logit lens: probability of the actual next token (text: the lens's top-1)",
+    fig.update_layout(template=TEMPLATE, title="Logit lens: p(actual next token), text: top-1",
                       height=min(760, 200 + 22 * L1), xaxis=dict(title="position (predicting the next token)", **_ticks(tokens[:Tm1]), tickangle=-60),
                       yaxis=dict(title="layer", dtick=max(1, L1 // 15)))
     return fig

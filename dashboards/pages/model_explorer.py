@@ -74,7 +74,7 @@ def layout() -> html.Div:
                     figure_card("explorer-norms", "Residual norms", "Norm of the residual stream after each layer (log scale)."),
                     figure_card("explorer-lens", "Logit lens", "Each layer's residual decoded with the final norm and unembedding."),
                 ],
-                className="grid-2",
+                className="grid-2", id="explorer-lens-row",
             ),
             graph_card("explorer-flow", "Attention flow",
                        "Residual stream at each layer (rows, embeddings at the bottom) and position (columns, last 16 tokens); "
