@@ -8,7 +8,10 @@ import probes
 from workbench.probe_api import list_probes
 from workbench.results import Result
 
-EXPECTED = {"residual-norms"}
+EXPECTED = {
+    "residual-norms", "attention-sinks", "function-tokens", "bigram-subnetworks",
+    "linguistic-collapse", "key-space", "sae-circuits",
+}
 
 
 def test_every_probe_module_imports():
