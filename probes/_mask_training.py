@@ -111,6 +111,18 @@ def mask_step(model: HookedTransformer, logits: MaskLogits, batch: TokenBatch, t
     return ce + lam * logits.mean_soft(temperature), ce
 
 
+def optimizer_step(model: HookedTransformer, logits: MaskLogits, opt: torch.optim.Optimizer, batch: TokenBatch,
+                   target: torch.Tensor, lam: float, temperature: float) -> dict:
+    """One mask-training step (forward, backward, AdamW on the logits) and the decided counts after it."""
+    loss, ce = mask_step(model, logits, batch, target, lam, temperature)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    below, above, total = logits.decided(temperature)
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "temperature": temperature,
+            "kept_frac": above / total, "undecided_frac": (total - below - above) / total, "above": above, "undecided": total - below - above}
+
+
 def train_mask(
     model: HookedTransformer,
     batch_fn: Callable[[int], TokenBatch],
@@ -149,15 +161,10 @@ def train_mask(
                 batch = batch_fn(step).to(device)
                 with torch.no_grad():
                     target = target_fn(batch)
-                loss, ce = mask_step(model, logits, batch, target, cfg.lam, T)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                below, above, total = logits.decided(T)
-                undecided = total - below - above
+                out = optimizer_step(model, logits, opt, batch, target, cfg.lam, T)
+                above, undecided = out.pop("above"), out.pop("undecided")
                 n = steps = step + 1
-                entry = {"step": n, "loss": float(loss.detach()), "ce": float(ce.detach()), "temperature": T,
-                         "kept_frac": above / total, "undecided_frac": undecided / total}
+                entry = {"step": n, **out}
                 stop = undecided < cfg.stop_fraction * above or undecided == 0
                 if n % cfg.log_every == 0 or n == 1 or n == cfg.max_steps or stop:
                     log.append(entry)
