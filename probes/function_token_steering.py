@@ -36,12 +36,12 @@ MAX_PROMPT_CHARS = 2000
 @dataclass
 class FunctionTokenSteeringConfig:
     sae: str = "trained:15"
-    prompt_a: str = "Question: What is the capital of Russia?\nAnswer:"
-    prompt_b: str = "Question: What is the capital of Japan?\nAnswer:"
+    prompt_a: str = "Q: What is the capital of Japan?\nA:"
+    prompt_b: str = "Q: What is the capital of UK?\nA:"
     feature: int = -1  # -1: the strongest feature reactivated at A's final token and silent at B's
     strength: float = 4.0  # multiple of the feature's activation at A's final token
     control_position: int = -1  # a content position of B for the control; -1: the differing word's last token
-    max_new_tokens: int = 8
+    max_new_tokens: int = 12
     n_features: int = 12  # features shown in the heatmaps
     mass: float = 0.4
     count_split: str = "all"
@@ -206,9 +206,12 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringC
 
     shown = list(dict.fromkeys([feature] + feats["feature"].tolist()))[: config.n_features]
     heat = []
+    special = set(special_token_ids(model))
     for k in ("a", "b"):
         m = acts[k][:, shown].cpu().numpy()
         for pos in range(m.shape[0]):
+            if ids[k][pos] in special:  # BOS: its residual is an outlier the SAE was not trained on
+                continue
             for j, f in enumerate(shown):
                 heat.append({"prompt": k, "position": pos, "token": strs[k][pos], "feature": f, "activation": float(m[pos, j])})
     return FunctionTokenSteeringResult(
