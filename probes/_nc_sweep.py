@@ -49,7 +49,7 @@ class SweepConfig:
 
     depths: list[int] = field(default_factory=lambda: [1, 2, 4])
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
-    steps: list[int] = field(default_factory=lambda: [200, 600])
+    steps: list[int] = field(default_factory=lambda: [150, 450])
     seeds: list[int] = field(default_factory=lambda: [0])
     n_heads: int = 4
     n_ctx: int = 128
@@ -81,7 +81,7 @@ class SweepConfig:
 
 
 GRIDS: dict[str, SweepConfig] = {
-    # about 25 min of training and 5 min of metrics on 2 CPU cores (measured in the experiment report)
+    # 18 models; about 30 min of CPU on one core (training dominates; measured in the experiment report)
     "cpu": SweepConfig(),
     # for a GPU: 4 x 4 x 2 = 32 models, longer budgets, larger slices
     "gpu": SweepConfig(depths=[1, 2, 4, 8], widths=[64, 128, 256, 512], steps=[2000, 6000], batch_size=32,

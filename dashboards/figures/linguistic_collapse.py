@@ -27,11 +27,21 @@ METRIC_LABELS = {
     "nc4_mismatch": "NC4 NCC mismatch",
     "nc4_mismatch_kept": "NC4 mismatch (argmax over kept classes)",
 }
+SHORT_LABELS = {
+    "n_classes": "classes kept", "nc1_cdnv": "NC1 CDNV", "nc2_equinorm_cov": "NC2 equinorm CoV", "nc2_cos_mean": "NC2 cos mean",
+    "nc2_cos_std": "NC2 cos std", "nc2_etf_error": "NC2 ETF error", "gnc2_uniformity": "GNC2 uniformity",
+    "nc3_duality_mean": "NC3 self-duality", "unc3_cov": "UNC3 CoV", "nc3_dual_error": "NC3 dual error",
+    "nc4_mismatch": "NC4 mismatch", "nc4_mismatch_kept": "NC4 mismatch (kept)",
+}
 LOG_METRICS = {"nc1_cdnv", "unc3_cov", "gnc2_uniformity"}
 
 
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
+
+
+def short_label(metric: str) -> str:
+    return SHORT_LABELS.get(metric, metric)
 
 
 def _sizes(widths: pd.Series) -> np.ndarray:
@@ -74,19 +84,21 @@ def scaling_figure(table: pd.DataFrame, metric: str) -> go.Figure:
 
 def scaling_grid(table: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
     """Every metric (rows) against parameters and validation loss (columns)."""
-    fig = make_subplots(rows=len(metrics), cols=2, horizontal_spacing=0.08, vertical_spacing=0.3 / max(len(metrics), 1),
-                        row_titles=[metric_label(m) for m in metrics], column_titles=["parameters", "validation loss"])
+    fig = make_subplots(rows=len(metrics), cols=2, horizontal_spacing=0.1, vertical_spacing=0.25 / max(len(metrics), 1),
+                        shared_xaxes=True)
     for r, metric in enumerate(metrics, start=1):
         for col, x in ((1, "n_params"), (2, "val_loss")):
             for tr in _scatter_traces(table, metric, x, showlegend=(r == 1 and col == 1)):
                 fig.add_trace(tr, row=r, col=col)
-        if metric in LOG_METRICS and (table[metric] > 0).all():
-            fig.update_yaxes(type="log", row=r, col=1)
-            fig.update_yaxes(type="log", row=r, col=2)
+        log_y = metric in LOG_METRICS and (table[metric] > 0).all()
+        fig.update_yaxes(title=dict(text=short_label(metric), font=dict(size=12)), type="log" if log_y else "linear", row=r, col=1)
+        fig.update_yaxes(type="log" if log_y else "linear", row=r, col=2)
         fig.update_xaxes(type="log", row=r, col=1)
-    fig.update_annotations(font_size=11)
-    fig.update_layout(template=TEMPLATE, height=230 * len(metrics) + 80, title="NC metrics across the sweep "
-                      "(colour = depth, size = width)", legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+    fig.update_xaxes(title="parameters", row=len(metrics), col=1)
+    fig.update_xaxes(title="validation loss (nats/token)", row=len(metrics), col=2)
+    fig.update_layout(template=TEMPLATE, height=210 * len(metrics) + 140, title="NC metrics across the sweep "
+                      "(colour = depth, size = width)", legend=dict(orientation="h", y=-0.04, yanchor="top"),
+                      margin=dict(b=110))
     return fig
 
 
@@ -179,14 +191,14 @@ def sensitivity_figure(result) -> go.Figure:
     metrics = [m for m in SENSITIVITY_METRICS if m in s]
     cols = 4
     rows = math.ceil(len(metrics) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[metric_label(m) if m != "n_classes" else "classes kept" for m in metrics],
-                        horizontal_spacing=0.07, vertical_spacing=0.18)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[short_label(m) for m in metrics],
+                        horizontal_spacing=0.08, vertical_spacing=0.2)
     main = result.metrics.get("min_count")
     for i, m in enumerate(metrics):
         r, c = divmod(i, cols)
         fig.add_trace(go.Scatter(x=s["min_count"], y=s[m], mode="lines+markers", line=dict(color=COLORS[0]), showlegend=False,
                                  hovertemplate="min_count %{x}: %{y:.4g}<extra>" + m + "</extra>"), row=r + 1, col=c + 1)
-        fig.update_xaxes(type="log", row=r + 1, col=c + 1)
+        fig.update_xaxes(type="log", tickvals=list(s["min_count"]), row=r + 1, col=c + 1)
         if main is not None:
             fig.add_vline(x=main, line=dict(color="#9aa5b1", dash="dot"), row=r + 1, col=c + 1)
     fig.update_annotations(font_size=11)

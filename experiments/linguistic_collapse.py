@@ -1,0 +1,167 @@
+"""Linguistic collapse (Wu & Papyan 2024): train the zoo sweep on Brown, measure NC1-NC4 and
+validation loss per model, correlate, run the embedded SmolLM2 on Brown, and write figures and a
+report section with our numbers beside the paper's trends.
+
+Usage: python -m experiments.linguistic_collapse [--quick] [--preset cpu|gpu] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+from scipy.stats import t as student_t
+
+from dashboards.figures import linguistic_collapse as figs
+from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from probes._nc_sweep import EXPECTED_SIGN, GRIDS, METRICS, run_sweep
+from workbench.corpora import load_corpus
+from workbench.models import load_model
+from workbench.runner import run_probe
+from workbench.zoo import train_batches
+
+# SmolLM2 forward is ~300 tokens/s on 2 free cores: 60k + 15k tokens is about 5 minutes there.
+SMOL_CONFIG = {"max_tokens": 60_000, "heldout_max_tokens": 15_000, "batch_size": 8, "seq_len": 128}
+SMOL_QUICK = {"max_tokens": 2_000, "heldout_max_tokens": 1_000, "batch_size": 4, "seq_len": 64}
+
+# The paper's public 12x1024 TinyStories model (10 epochs) and its 1x64 model (method note).
+PAPER = {
+    "12x1024 (10 ep.)": {"val_loss": 1.100, "nc1_cdnv": 1.77e-4, "nc2_equinorm_cov": 0.0605, "nc3_duality_mean": 0.308,
+                          "nc3_duality_std": 0.222, "nc4_mismatch": 0.632},
+    "1x64": {"nc1_cdnv": 0.211, "nc2_equinorm_cov": 0.133, "nc4_mismatch": 0.966},
+}
+SHOWN = ["heldout_loss", "n_classes", "nc1_cdnv", "nc2_equinorm_cov", "nc2_cos_mean", "nc2_cos_std", "nc2_etf_error",
+         "gnc2_uniformity", "nc3_duality_mean", "nc3_duality_std", "unc3_cov", "nc3_dual_error", "nc4_mismatch",
+         "nc4_mismatch_kept", "nc4_class_avg_mismatch"]
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, (int,)) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
+        return f"{int(v):,}"
+    return f"{v:.4g}"
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) if not isinstance(r[c], str) else r[c] for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _correlation_md(corr: pd.DataFrame) -> str:
+    rows = []
+    for _, r in corr.iterrows():
+        sign = EXPECTED_SIGN.get(r["metric"], 0)
+        rho = r["rho_loss"]
+        verdict = "–" if math.isnan(rho) else ("agrees" if rho * sign > 0 else "opposite")
+        if not math.isnan(rho) and r["p_loss"] > 0.05:
+            verdict += " (n.s.)"
+        rows.append({"metric": figs.metric_label(r["metric"]), "paper's trend vs loss": "+" if sign > 0 else "−",
+                     "ρ(val loss)": rho, "p": r["p_loss"], "ρ(params)": r["rho_params"], "p ": r["p_params"], "verdict": verdict})
+    return _md_table(pd.DataFrame(rows))
+
+
+def _smol_md(metrics: dict) -> str:
+    keys = ["val_loss" if k == "heldout_loss" else k for k in SHOWN]
+    rows = []
+    for k, ours_key in zip(keys, SHOWN):
+        rows.append({"metric": k, "SmolLM2 on Brown (ours)": metrics.get(ours_key),
+                     "paper 12x1024": PAPER["12x1024 (10 ep.)"].get(k), "paper 1x64": PAPER["1x64"].get(k)})
+    return _md_table(pd.DataFrame(rows))
+
+
+def _critical_rho(n: int) -> float:
+    """|rho| above which a rank correlation of n points has p < 0.05 (t approximation, as scipy's p-values)."""
+    if n < 4:
+        return math.nan
+    t = student_t.ppf(0.975, n - 2)
+    return float(t / math.sqrt(n - 2 + t * t))
+
+
+def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
+    out = Path(out)
+    grid = GRIDS["quick" if quick else preset]
+    with Timer() as t_sweep:
+        sweep, sweep_run = run_sweep(grid)
+    corpus = load_corpus("brown")
+    with Timer() as t_smol:
+        smol = load_model("smollm2-135m", numerics="raw")
+        outcome = run_probe("linguistic-collapse", smol, corpus, SMOL_QUICK if quick else SMOL_CONFIG)
+    res = outcome.result
+
+    files: list[str] = []
+    files += write_figure(figs.scaling_grid(sweep.table, ["nc1_cdnv", "nc2_equinorm_cov", "gnc2_uniformity", "nc3_duality_mean",
+                                                           "nc4_mismatch"]), out, "sweep_metrics")
+    files += write_figure(figs.correlation_figure(sweep.correlations), out, "sweep_correlations")
+    largest = sweep.table.sort_values(["n_params", "steps"]).iloc[-1]
+    files += write_figure(figs.cosine_heatmap(res), out, "smollm2_cosines")
+    files += write_figure(figs.projection_figure(res), out, "smollm2_projection")
+    files += write_figure(figs.sensitivity_figure(res), out, "smollm2_min_count")
+
+    table = sweep.table[["n_layers", "d_model", "steps", "n_params", "train_loss", "val_loss", "n_classes", *METRICS]].copy()
+    table = table.sort_values(["steps", "n_layers", "d_model"])
+    m = res.metrics
+    cfg = grid
+    n = len(sweep.table)
+    r_crit = _critical_rho(n)
+    epoch = train_batches(cfg.recipes()[0], "train").n_positions
+    max_tokens = max(cfg.steps) * cfg.batch_size * cfg.n_ctx
+    md = f"""
+**Claim.** As causal LMs grow and train longer, their top-layer features (next tokens as classes) move toward
+neural collapse, and the NC properties track validation loss. The paper (about 230 GPT-Neo models on TinyStories)
+finds CDNV (NC1), equinorm CoV (NC2), hyperspherical uniformity (GNC2) and NCC mismatch (NC4) falling, and
+self-duality (NC3) rising, as validation loss falls.
+
+**Setting.** {len(sweep.table)} models from `workbench.zoo` trained on Brown's train split (BPE 4096, context {cfg.n_ctx},
+batch {cfg.batch_size}, lr {cfg.lr}, cosine schedule, seeds {cfg.seeds}): depth {cfg.depths} x width {cfg.widths} x
+steps {cfg.steps} (each budget its own run). For each: class statistics over {cfg.probe.get('max_tokens'):,} train-split
+tokens, NC4 and validation loss over {cfg.probe.get('heldout_max_tokens'):,} validation-split tokens (min_count 1, as
+the paper). SmolLM2-135M (raw numerics) over {m['n_tokens']:,} Brown train-split positions and
+{m['heldout_positions']:,} validation positions. Hardware: {hardware()}. Sweep wall time {t_sweep.seconds / 60:.1f} min
+(training cached between runs), SmolLM2 {t_smol.seconds / 60:.1f} min. Sweep run #{sweep_run}, SmolLM2 run
+#{outcome.run_id}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
+formulas follow the paper's final `analyze.py` (CDNV with distance^4); see `probes/_nc_metrics.py`.
+
+**Rank correlations over the sweep** (Spearman, n = {len(sweep.table)}; "agrees" = sign of the paper's trend):
+
+{_correlation_md(sweep.correlations)}
+
+**Sweep models.**
+
+{_md_table(table)}
+
+**SmolLM2 on Brown, beside the paper's TinyStories models** (different corpus and tokenizer: compare directions and
+magnitudes, not values). Classes kept: {m['n_classes']:,} of {m['n_classes_seen']:,} seen.
+
+{_smol_md(m)}
+
+Largest sweep model: {largest['name']} (val loss {largest['val_loss']:.3f}, CDNV {largest['nc1_cdnv']:.4g},
+NC4 {largest['nc4_mismatch']:.3f}).
+
+**Caveats.** Our models are tiny and briefly trained (at most {max_tokens:,} training tokens, {max_tokens / epoch:.2f}
+epochs of Brown's train split), far from the paper's regime, so absolute values are far from collapse; with
+n = {n} models a correlation needs |ρ| > {r_crit:.2f} to reach p < 0.05 (two-sided). Statistics use a slice of the train
+split, not the whole of it. NCC uses only classes seen in the slice; the linear decision is the model's own argmax
+(unembedding bias included). `min_count` sensitivity for SmolLM2 is in the last figure.
+"""
+    return ReportSection(title="Linguistic collapse (NC1–NC4) and a model-size sweep", markdown=md, figures=files,
+                         wall_s=t_sweep.seconds + t_smol.seconds)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke settings: a two-model grid and a tiny SmolLM2 slice")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="sweep grid: cpu (default) or the larger gpu grid")
+    p.add_argument("--out", default=str(DEFAULT_OUT / "linguistic_collapse"))
+    args = p.parse_args()
+    section = run(Path(args.out), quick=args.quick, preset=args.preset)
+    print(section.markdown)
+
+
+if __name__ == "__main__":
+    main()
