@@ -155,6 +155,7 @@ def test_explorer_topk_and_graph_click(dash_duo, app):
 
 def test_start_run_from_ui_shows_result(dash_duo, app):
     """Home's form queues a run; the worker finishes it; its result opens on the probe page."""
+    app.workbench_ctx.jobs.start_worker()  # as `serve` does: its imports overlap with the page load
     start(dash_duo, app)
     wait_page(dash_duo, "/")
     dash_duo.wait_for_element('input[id*="max_tokens"]', timeout=10)

@@ -22,6 +22,12 @@ def label_of(result, run_id: int | None = None) -> str:
     return f"#{run_id} {name}" if run_id is not None else str(name)
 
 
+def _layer_axis(series: Series, title: str = "layer (0 = embeddings)") -> dict:
+    """Integer layer ticks (about 15 at most)."""
+    n = max((len(t) for _, t in series), default=1)
+    return dict(title=title, tickmode="linear", tick0=0, dtick=max(1, round(n / 15)))
+
+
 def _rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
@@ -44,7 +50,7 @@ def norms_figure(series: Series, log_y: bool = True) -> go.Figure:
                                      hovertemplate="layer %{x}: %{y:.2f}<extra>BOS</extra>"))
     return go.Figure(traces, layout=dict(
         template=TEMPLATE, title="Residual-stream norm per layer", height=420, hovermode="x unified",
-        xaxis=dict(title="layer (0 = embeddings)"), yaxis=dict(title="‖x‖", type="log" if log_y else "linear"),
+        xaxis=_layer_axis(series), yaxis=dict(title="‖x‖", type="log" if log_y else "linear"),
         legend=dict(orientation="h", y=-0.2)))
 
 
@@ -57,11 +63,12 @@ def lens_figure(series: Series) -> go.Figure:
                                  legendgroup=label, hovertemplate="layer %{x}: %{y:.1%}<extra>" + label + "</extra>"))
         traces.append(go.Scatter(x=t["layer"], y=t["lens_ce"], mode="lines+markers", name=label, line=dict(color=c, width=3), yaxis="y2",
                                  legendgroup=label, showlegend=False, hovertemplate="layer %{x}: %{y:.2f}<extra>" + label + "</extra>"))
+    top = max((float(t["lens_top1"].max()) for _, t in series), default=1.0)
     # two panels sharing the layer axis (laid out by hand: make_subplots costs more than the figure)
     fig = go.Figure(traces, layout=dict(
         template=TEMPLATE, title="Logit lens per layer", height=480, legend=dict(orientation="h", y=-0.15),
-        xaxis=dict(title="layer (0 = embeddings)", anchor="y2"),
-        yaxis=dict(domain=[0.56, 1.0], tickformat=".0%", rangemode="tozero", title="top-1 accuracy"),
+        xaxis=dict(**_layer_axis(series), anchor="y2"),
+        yaxis=dict(domain=[0.56, 1.0], tickformat=".0%" if top > 0.1 else ".1%", rangemode="tozero", title="top-1 accuracy"),
         yaxis2=dict(domain=[0.0, 0.44], title="cross-entropy (nats)"),
     ))
     return fig
@@ -79,7 +86,7 @@ def bos_ratio_figure(series: Series) -> go.Figure:
     one = dict(type="line", xref="paper", x0=0, x1=1, y0=1, y1=1, line=dict(color="#9aa5b1", dash="dot"))
     return go.Figure(traces, layout=dict(
         template=TEMPLATE, title="BOS norm ÷ mean norm", height=340, barmode="group", shapes=[one],
-        xaxis=dict(title="layer"), yaxis=dict(title="ratio", type="log"), legend=dict(orientation="h", y=-0.25)))
+        xaxis=_layer_axis(series, "layer"), yaxis=dict(title="ratio", type="log"), legend=dict(orientation="h", y=-0.25)))
 
 
 def summary_rows(result) -> list[tuple[str, str]]:
