@@ -22,8 +22,8 @@ from workbench.models import load_model
 from workbench.runner import run_probe
 from workbench.zoo import train_batches
 
-# SmolLM2 forward is ~300 tokens/s on 2 free cores: 60k + 15k tokens is about 5 minutes there.
-SMOL_CONFIG = {"max_tokens": 60_000, "heldout_max_tokens": 15_000, "batch_size": 8, "seq_len": 128}
+# SmolLM2's forward is ~300 tokens/s on 2 free cores (far less on a shared machine): 40k + 10k tokens.
+SMOL_CONFIG = {"max_tokens": 40_000, "heldout_max_tokens": 10_000, "batch_size": 8, "seq_len": 128}
 SMOL_QUICK = {"max_tokens": 2_000, "heldout_max_tokens": 1_000, "batch_size": 4, "seq_len": 64}
 
 # The paper's public 12x1024 TinyStories model (10 epochs) and its 1x64 model (method note).

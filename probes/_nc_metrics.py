@@ -9,8 +9,10 @@ retrofit onto the `neural_collapse` library):
   class c's features to mu_c;
 - NC2 equinorm: log ||mu_c - mu_G|| per class, mu_G the *unweighted* mean of the class means; we
   report its coefficient of variation (std / mean) as the method note asks, next to mean and std;
-- NC2 equiangularity: cosines between the normalised centred means over pairs (mean, std), and the
-  ETF error ||G/||G||_F - (I - 11^T/K)/sqrt(K-1)||_F of their Gram matrix;
+- NC2 equiangularity: cosines between the normalised centred means over pairs (mean, std), as the
+  paper's text and the method note define it (the final code's `interference_grid` takes unnormalised
+  inner products instead), and the ETF error ||G/||G||_F - (I - 11^T/K)/sqrt(K-1)||_F of the Gram
+  matrix G of the centred means (the code's `simplex_etf_error`);
 - GNC2 hyperspherical uniformity: log(1 / ||u_c - u_c'||) over pairs of normalised centred means;
   mean and variance (the variance is the uniformity score);
 - NC3 self-duality: cos(w_c, mu_c - mu_G) per class (mean, std, CoV = UNC3), and the dual error,

@@ -150,8 +150,7 @@ def cosine_heatmap(result) -> go.Figure:
         hovertemplate="%{y} · %{x}<br>cos %{z:.3f}<br>row class " + CLASS_HOVER + "<extra></extra>", colorbar=dict(title="cos"),
     ))
     k = int(result.metrics.get("n_classes", len(labels)))
-    fig.update_layout(template=TEMPLATE, height=620, title=f"Centred class-mean cosines, {len(labels)} most frequent classes "
-                      f"(ETF ideal −1/(K−1) = {-1 / max(k - 1, 1):.2g})", yaxis=dict(autorange="reversed", tickfont=dict(size=9)),
+    fig.update_layout(template=TEMPLATE, height=620, title=f"Cosines, top {len(labels)} classes (ETF ideal {-1 / max(k - 1, 1):.2g})", yaxis=dict(autorange="reversed", tickfont=dict(size=9)),
                       xaxis=dict(tickfont=dict(size=9)))
     return fig
 
@@ -176,7 +175,7 @@ def projection_figure(result) -> go.Figure:
         marker=dict(size=8 + 14 * np.sqrt(info["count"] / info["count"].max()), color=info["self_duality"], colorscale="Viridis",
                     cmin=-1, cmax=1, colorbar=dict(title="self-duality", x=1.02), line=dict(width=1, color="white")),
     ))
-    fig.update_layout(template=TEMPLATE, height=560, title="Top classes in 2-D (PCA of normalised centred means; size = count)",
+    fig.update_layout(template=TEMPLATE, height=560, title="Top classes: PCA of normalised centred means",
                       xaxis=dict(title=f"PC1 ({ev[0]:.0%})", zeroline=False), yaxis=dict(title=f"PC2 ({ev[1]:.0%})", zeroline=False,
                       scaleanchor="x"), legend=dict(orientation="h", y=-0.15))
     return fig
