@@ -10,7 +10,8 @@
    ranking is scored by ROC AUC against a ground-truth set, over `n_seeds` trials (mean +- std).
 
 Ground truth: the published circuit when the model has one (GPT-2 small IOI and greater-than,
-attn-only-4l docstring), the backcopy head for a Bigram-Backcopy model, and otherwise the heads
+attn-only-4l docstring), the backcopy head(s) of a Bigram-Backcopy model (heads whose attention
+from trigger positions goes mostly to the preceding token), and otherwise the heads
 the causal baseline selects (`probes._circuit_baselines`: per-head patching of negative into
 positive runs, threshold on the share of the total effect). The baseline's runtime is recorded
 beside the SAE method's.
@@ -37,25 +38,30 @@ from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.progress import progress_bar
 from workbench.results import Result
+from workbench.tasks.backcopy_contrast import backcopy_attention, backcopy_prompts
 from workbench.tasks.contrast import ContrastPrompts, pad_right
 from workbench.tasks.docstring import docstring_prompts
 from workbench.tasks.greater_than import greater_than_prompts
 from workbench.tasks.ioi import ioi_prompts
 
 TaskFn = Callable[..., ContrastPrompts]
-# task -> (generator(tokenizer, n, seed, prepend_bos), the paper's L1 coefficient)
-TASKS: dict[str, tuple[TaskFn, float]] = {
+# task -> (generator(tokenizer, n, seed, prepend_bos), the paper's L1 coefficient). Bigram-Backcopy
+# prompts come from the BB task the model was trained on; the paper has no BB setting, so it takes
+# the IOI / greater-than coefficient.
+TASKS: dict[str, tuple[TaskFn | None, float]] = {
     "ioi": (ioi_prompts, 0.02),
     "greater-than": (greater_than_prompts, 0.02),
     "docstring": (docstring_prompts, 0.05),
+    "bigram-backcopy": (None, 0.02),
 }
+BACKCOPY_ATTENTION = 0.5  # a BB head is the backcopy head if trigger positions give > half their attention to the previous token
 # The paper's ROC AUCs on GPT-2 small / attn-only-4l (node, edge).
 PAPER_AUC = {"ioi": (0.868, 0.840), "greater-than": (0.855, 0.873), "docstring": (0.869, 0.896)}
 
 
 @dataclass
 class SAECircuitsConfig:
-    task: str = "ioi"  # ioi | greater-than | docstring
+    task: str = "ioi"  # ioi | greater-than | docstring | bigram-backcopy (on a BB checkpoint)
     n_prompts: int = 250  # positive/negative pairs (the paper: 250 + 250)
     task_seed: int = 0
     n_features: int = 200
@@ -131,10 +137,22 @@ def head_labels(model: HookedTransformer) -> list[str]:
 
 
 def make_task(model: HookedTransformer, task: str, n: int, seed: int) -> ContrastPrompts:
+    if task == "bigram-backcopy":
+        return backcopy_prompts(_bb_task(model), n=n, seed=seed)
     if model.tokenizer is None:
         raise ConfigError("the task generators need the model's tokenizer; this model has none")
     fn = TASKS[task][0]
+    assert fn is not None
     return fn(model.tokenizer, n=n, seed=seed, prepend_bos=bool(model.cfg.default_prepend_bos))
+
+
+def _bb_task(model: HookedTransformer):
+    from workbench.tasks.bigram_backcopy import task_of_model
+
+    bb = task_of_model(model)
+    if bb is None:
+        raise ConfigError("task 'bigram-backcopy' needs a model trained on it (a checkpoint from workbench.tasks.train_bb)")
+    return bb
 
 
 @torch.no_grad()
@@ -191,6 +209,13 @@ def roc_points(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr
 
 
+def _mean_std(name: str, values: pd.Series) -> dict[str, float]:
+    """Mean and std over trials whose AUC is defined (NaN for both when none is: one-class truth)."""
+    v = values.to_numpy(dtype=float)
+    v = v[~np.isnan(v)]
+    return {f"{name}_mean": float(v.mean()) if len(v) else float("nan"), f"{name}_std": float(v.std()) if len(v) else float("nan")}
+
+
 def circuit_graph(cooccurrence: torch.Tensor, heads: pd.DataFrame, n_pairs: int) -> nx.DiGraph:
     """The `n_pairs` head pairs with the highest mean U as a graph: heads are nodes (with their
     scores), edges point from the earlier head to the later one and carry U as `weight`."""
@@ -218,8 +243,13 @@ def circuit_graph(cooccurrence: torch.Tensor, heads: pd.DataFrame, n_pairs: int)
 # ----------------------------------------------------------------------------- the probe
 
 
-def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline: BaselineOutcome | None) -> tuple[torch.Tensor, str]:
+def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline: BaselineOutcome | None,
+                  prompts: ContrastPrompts) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+    """(truth over heads, where it comes from, the backcopy attention per head for BB models)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    if config.task == "bigram-backcopy" and config.ground_truth in ("auto", "known"):
+        att = backcopy_attention(model, _bb_task(model), prompts, config.batch_size)
+        return (att > BACKCOPY_ATTENTION).flatten(), f"backcopy-attention>{BACKCOPY_ATTENTION:g}", att.flatten()
     known = known_circuit(model, config.task)
     if config.ground_truth == "known" and known is None:
         raise ConfigError(f"no published circuit for task {config.task!r} on this model; use ground_truth='baseline'")
@@ -227,9 +257,9 @@ def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline:
         truth = torch.zeros(L, H, dtype=torch.bool)
         for layer, head in known:
             truth[layer, head] = True
-        return truth.flatten(), "published"
+        return truth.flatten(), "published", None
     assert baseline is not None
-    return baseline.circuit(config.threshold).flatten(), f"baseline:{baseline.method}>{config.threshold:g}"
+    return baseline.circuit(config.threshold).flatten(), f"baseline:{baseline.method}>{config.threshold:g}", None
 
 
 def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAECircuitsResult:
@@ -243,7 +273,7 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
     baseline = None
     if config.baseline != "none" and not (config.ground_truth == "known"):
         baseline = head_patching(model, prompts.subset(config.baseline_prompts), config.baseline, config.batch_size)
-    truth, truth_source = _ground_truth(model, config, baseline)
+    truth, truth_source, bb_attention = _ground_truth(model, config, baseline, prompts)
 
     settings = config.sae_settings()
     is_pos = torch.arange(2 * len(prompts)) < len(prompts)
@@ -279,12 +309,14 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
         "edge_score": edge_t.mean(0).numpy(), "edge_score_std": edge_t.std(0, unbiased=False).numpy(),
         "baseline_share": share.numpy(), "ground_truth": truth.numpy(),
     })
+    if bb_attention is not None:
+        heads["backcopy_attention"] = bb_attention.numpy()
     U_mean = torch.stack(Us).mean(0)
     metrics = {"positive": pos_metric, "negative": neg_metric}
     if baseline is not None:
         metrics.update(baseline_positive=baseline.positive_metric, baseline_negative=baseline.negative_metric)
     baseline_auc = None
-    if baseline is not None and truth_source == "published":
+    if baseline is not None and not truth_source.startswith("baseline"):
         baseline_auc = roc_auc(truth.numpy(), baseline.share().flatten().abs().numpy())
     sae_mean = float(trials_df["sae_s"].mean())
     stats = {
@@ -295,16 +327,15 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
         "pair_accuracy": float((pos_metric > neg_metric).float().mean()),
         "positive_metric_mean": float(pos_metric.mean()), "positive_metric_std": float(pos_metric.std()),
         "negative_metric_mean": float(neg_metric.mean()), "negative_metric_std": float(neg_metric.std()),
-        "node_auc_mean": float(np.nanmean(trials_df["node_auc"])), "node_auc_std": float(np.nanstd(trials_df["node_auc"])),
-        "edge_auc_mean": float(np.nanmean(trials_df["edge_auc"])), "edge_auc_std": float(np.nanstd(trials_df["edge_auc"])),
+        **_mean_std("node_auc", trials_df["node_auc"]), **_mean_std("edge_auc", trials_df["edge_auc"]),
         "activations_s": activations_s, "sae_s_per_trial": sae_mean, "sae_method_s": activations_s + sae_mean,
         "baseline_method": baseline.method if baseline is not None else None,
         "baseline_s": baseline.seconds if baseline is not None else None,
         "baseline_pairs": baseline.n_pairs if baseline is not None else 0,
         "baseline_total_effect": baseline.total_effect if baseline is not None else None,
-        "baseline_auc_vs_published": baseline_auc,
+        "baseline_auc_vs_truth": baseline_auc,
         "threshold": config.threshold,
-        "paper_auc": PAPER_AUC.get(config.task),
+        "paper_auc": list(PAPER_AUC[config.task]) if config.task in PAPER_AUC else None,
         "task_meta": {k: v for k, v in prompts.meta.items() if not isinstance(v, list)},
         "examples": {"positive": prompts.positive_text[:3], "negative": prompts.negative_text[:3]},
     }
