@@ -171,6 +171,33 @@ def cluster_keys(keys: torch.Tensor, n_clusters: int, seed: int = 0, max_iter: i
                      float(km.inertia_), int(km.n_iter_), {"library": "scikit-learn KMeans", **settings, "dtype": "float32"})
 
 
+def cached_cluster_keys(keys: torch.Tensor, n_clusters: int, seed: int = 0, max_iter: int = 100) -> KMeansFit:
+    """`cluster_keys`, cached on disk by a hash of the keys themselves and every setting.
+
+    k-means over a full vocabulary takes minutes on a CPU; runs that differ only in their probing
+    settings (prompt style, categories) reuse one fit.
+    """
+    import hashlib
+    import json
+
+    import sklearn
+
+    from workbench.io import read_json, read_tensors, write_json, write_tensors
+    from workbench.paths import cache_dir
+
+    h = hashlib.sha1(keys.float().contiguous().numpy().tobytes())
+    h.update(json.dumps([n_clusters, seed, max_iter, sklearn.__version__]).encode())
+    base = cache_dir() / "key_space" / h.hexdigest()[:20]
+    tensors, meta = base.with_suffix(".safetensors"), base.with_suffix(".json")
+    if tensors.exists() and meta.exists():
+        t, m = read_tensors(tensors), read_json(meta)
+        return KMeansFit(t["labels"], t["centers"], m["inertia"], m["n_iter"], {**m["settings"], "cached": True})
+    fit = cluster_keys(keys, n_clusters, seed, max_iter)
+    write_tensors(tensors, {"labels": fit.labels, "centers": fit.centers})
+    write_json(meta, {"inertia": fit.inertia, "n_iter": fit.n_iter, "settings": fit.settings})
+    return fit
+
+
 def nearest_neighbours(keys: torch.Tensor, token_id: int, k: int = 10) -> list[tuple[int, float]]:
     """The k keys with the highest cosine similarity to `token_id`'s key (itself excluded)."""
     if not 0 <= token_id < keys.shape[0]:
@@ -499,7 +526,7 @@ def key_geometry(model: HookedTransformer, cfg: KeySpaceConfig) -> dict:
     keys = unembedding_keys(model)
     V = keys.shape[0]
     k = cfg.n_clusters or default_n_clusters(V)
-    fit = cluster_keys(keys, k, cfg.seed, cfg.kmeans_max_iter)
+    fit = cached_cluster_keys(keys, k, cfg.seed, cfg.kmeans_max_iter)
     xy, evr = key_map(keys)
     vocab = token_strings(model)
     fams = family_table(model.tokenizer, fit.labels) if model.tokenizer is not None else pd.DataFrame(columns=["family", "token", "token_id", "cluster"])

@@ -56,6 +56,20 @@ def test_clustering_deterministic_and_a_lloyd_fixed_point(tiny):
     assert a.settings["random_state"] == 3 and a.settings["library"] == "scikit-learn KMeans"
 
 
+def test_cached_clustering_equals_fresh(tiny, tmp_path, monkeypatch):
+    from probes.key_space import cached_cluster_keys
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    keys = unembedding_keys(tiny)
+    fresh = cluster_keys(keys, 4, seed=1, max_iter=30)
+    first = cached_cluster_keys(keys, 4, seed=1, max_iter=30)
+    again = cached_cluster_keys(keys, 4, seed=1, max_iter=30)
+    assert "cached" not in first.settings and again.settings["cached"] is True
+    assert torch.equal(fresh.labels, again.labels) and torch.equal(fresh.centers, again.centers) and fresh.n_iter == again.n_iter
+    other = cached_cluster_keys(keys + 1.0, 4, seed=1, max_iter=30)  # other keys: another cache entry
+    assert "cached" not in other.settings and len(list((tmp_path / "key_space").glob("*.safetensors"))) == 2
+
+
 def test_clustering_recovers_separated_blobs():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])

@@ -26,9 +26,10 @@ CLUSTER_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c56
 
 
 def show_token(s: str) -> str:
-    """A token for display: leading spaces as '␣', newlines escaped."""
+    """A token for display: leading spaces as '␣', control characters escaped (SVG cannot hold them)."""
     lead = len(s) - len(s.lstrip(" "))
-    return "␣" * lead + s[lead:].replace("\n", "\\n").replace("\t", "\\t")
+    body = s[lead:].replace("\n", "\\n").replace("\t", "\\t")
+    return "␣" * lead + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in body)
 
 
 def cluster_color(c: int) -> str:
@@ -41,7 +42,7 @@ def key_map_figure(
     vocab: Sequence[str],
     token_id: int | None = None,
     neighbours: Sequence[int] = (),
-    max_points: int = 12000,
+    max_points: int = 8000,
     seed: int = 0,
     explained: Sequence[float] | None = None,
 ) -> go.Figure:
@@ -64,14 +65,14 @@ def key_map_figure(
     keep |= focus
     idx = np.flatnonzero(keep & ~focus)
     fig = go.Figure()
-    fig.add_trace(go.Scattergl(
+    fig.add_trace(go.Scatter(
         x=xy[idx, 0], y=xy[idx, 1], mode="markers", name="keys (coloured by cluster)",
         marker=dict(size=3, color=[cluster_color(c) for c in cl[idx]], opacity=0.45),
         text=[f"{show_token(vocab[i])} · cluster {cl[i]}" for i in idx], hovertemplate="%{text}<extra></extra>",
     ))
     if token_id is not None:
         f = np.flatnonzero(focus)
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(go.Scatter(
             x=xy[f, 0], y=xy[f, 1], mode="markers", name=f"cluster {cl[token_id]} ({len(f)} keys)",
             marker=dict(size=7, color=cluster_color(cl[token_id]), line=dict(width=1, color="#1f2933")),
             text=[show_token(vocab[i]) for i in f], hovertemplate="%{text}<extra>same cluster</extra>",
