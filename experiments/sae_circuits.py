@@ -1,0 +1,230 @@
+"""SAE circuit discovery (O'Neill & Bui, 2024) on the embedded model and a Bigram-Backcopy toy model.
+
+Claim: an SAE trained on head outputs of 10 examples, with argmax codes, ranks the heads of a known
+circuit highly (ROC AUC 0.84-0.90 on GPT-2 small / attn-only-4l), in seconds instead of the hours
+of ACDC-style search. GPT-2 and attn-only-4l need the hub, so here the ground truth is:
+- SmolLM2-135M (IOI, greater-than; docstring on the gpu preset): the workbench's per-head
+  activation-patching baseline (negative into positive, heads moving the metric by more than a
+  share of the total effect);
+- a 3-layer Bigram-Backcopy model trained by the workbench: its backcopy head, found from its
+  attention (trigger positions attend to the preceding token).
+Both methods' wall times are measured on the same machine.
+
+Each run is saved under `<out>/runs/<name>/` and reused by later calls (the SmolLM2 runs take
+tens of minutes on a CPU); `fresh=True` recomputes. The report names the code version each run
+was computed with.
+
+Usage: python -m experiments.sae_circuits [--quick] [--preset cpu|gpu] [--fresh] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+
+SMOLLM2 = dict(n_prompts=250, n_seeds=10, baseline="patching", baseline_prompts=64, threshold=0.05, batch_size=16)
+BB_RECIPE = dict(n_layers=3, batch_size=8, steps=1000)  # the attention-sinks experiment's CPU recipe (shared cache)
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than"], "lm_config": SMOLLM2,
+            "bb_recipe": BB_RECIPE, "bb_config": dict(n_prompts=250, n_seeds=10, baseline_prompts=64)},
+    "gpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than", "docstring"], "lm_config": dict(SMOLLM2, baseline_prompts=100),
+            "bb_recipe": dict(n_layers=3, batch_size=512, steps=10_000), "bb_config": dict(n_prompts=250, n_seeds=10, baseline_prompts=100)},
+    "quick": {"lm": "tiny-llama", "tasks": ["greater-than"],
+              "lm_config": dict(n_prompts=16, n_seeds=2, epochs=40, n_features=16, baseline_prompts=8, threshold=0.1, batch_size=8),
+              "bb_recipe": dict(n_layers=3, batch_size=4, steps=10, d_model=32),
+              "bb_config": dict(n_prompts=12, n_seeds=2, epochs=40, n_features=16, baseline_prompts=8, batch_size=8)},
+}
+THRESHOLDS = (0.02, 0.05, 0.1)
+PAPER_BASELINES = "ACDC 0.61, HISP 0.81, SP 0.60 (edge AUC, IOI, the paper's figure)"
+
+
+def _device() -> str:
+    from workbench.models import default_device
+
+    return default_device()
+
+
+def compute(name: str, load, config: dict, out: Path, fresh: bool = False):
+    """Run the probe (through the store) unless `<out>/runs/<name>` already holds a result for this config."""
+    from probes.sae_circuits import SAECircuitsConfig, SAECircuitsResult
+    from workbench.config import config_from_dict
+    from workbench.runner import run_probe
+
+    path = out / "runs" / name
+    cfg = config_from_dict(SAECircuitsConfig, config)
+    if path.exists() and not fresh:
+        old = SAECircuitsResult.load(path)
+        if old.meta.get("config") == dataclasses.asdict(cfg):
+            return old
+    result = run_probe("sae-circuits", load(), None, cfg).result
+    result.save(path)
+    return result
+
+
+def compute_all(out: Path, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None) -> dict[str, Any]:
+    """Every run of the preset (or those whose task is in `only`): {name: result}, LM tasks first, then BB."""
+    from workbench.models import load_model, set_numerics
+    from workbench.tasks.bigram_backcopy import bb_recipe, load_bb
+
+    p = PRESETS[preset]
+    device = _device()
+    model_cache: dict[str, Any] = {}
+
+    def lm():
+        if "lm" not in model_cache:
+            model_cache["lm"] = load_model(p["lm"], numerics="processed", device=device)
+        return model_cache["lm"]
+
+    results = {}
+    for task in p["tasks"]:
+        if only and task not in only:
+            continue
+        results[f"{p['lm']}-{task}"] = compute(f"{p['lm']}-{task}", lm, dict(p["lm_config"], task=task), out, fresh)
+    if only and "bigram-backcopy" not in only:
+        return results
+    recipe = bb_recipe("adam", **p["bb_recipe"])
+    results["bb3"] = compute("bb3", lambda: set_numerics(load_bb(recipe, device=device), "processed"),
+                             dict(p["bb_config"], task="bigram-backcopy"), out, fresh)
+    results["bb3"].stats.setdefault("bb_recipe", recipe.name)
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def threshold_table(results: dict[str, Any]) -> pd.DataFrame:
+    """AUC of the stored SAE scores against baseline circuits at other thresholds (no rerun needed)."""
+    from probes.sae_circuits import roc_auc
+
+    rows = []
+    for name, r in results.items():
+        share = r.heads["baseline_share"].to_numpy()
+        if np.isnan(share).all():
+            continue
+        for t in THRESHOLDS:
+            truth = np.abs(share) > t
+            node = [roc_auc(truth, s) for s in r.node_scores.numpy()]
+            edge = [roc_auc(truth, s) for s in r.edge_scores.numpy()]
+            rows.append({"run": name, "threshold": t, "circuit_size": int(truth.sum()),
+                         "node_auc": f"{np.nanmean(node):.3f} ± {np.nanstd(node):.3f}" if not np.isnan(node).all() else "n/a",
+                         "edge_auc": f"{np.nanmean(edge):.3f} ± {np.nanstd(edge):.3f}" if not np.isnan(edge).all() else "n/a"})
+    return pd.DataFrame(rows)
+
+
+def summary_table(results: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, r in results.items():
+        s = r.stats
+        paper = s.get("paper_auc")
+        rows.append({
+            "run": name, "task": s["task"], "heads": s["n_heads"],
+            "accuracy (metric > 0)": f"{s['accuracy']:.2f}", "pos > neg (pairs)": f"{s['pair_accuracy']:.2f}",
+            "metric pos / neg": f"{s['positive_metric_mean']:.2f} / {s['negative_metric_mean']:.2f}",
+            "ground truth": f"{s['ground_truth_source']} ({s['circuit_size']} heads)",
+            "node AUC": f"{s['node_auc_mean']:.3f} ± {s['node_auc_std']:.3f}",
+            "edge AUC": f"{s['edge_auc_mean']:.3f} ± {s['edge_auc_std']:.3f}",
+            "paper node / edge": f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "-",
+            "SAE method s (acts + 1 trial)": f"{s['sae_method_s']:.0f} ({s['activations_s']:.0f} + {s['sae_s_per_trial']:.0f})",
+            "baseline s": f"{s['baseline_s']:.0f} ({s['baseline_pairs']} pairs)" if s.get("baseline_s") else "-",
+            "baseline / SAE": f"{s['baseline_s'] / s['sae_method_s']:.1f}x" if s.get("baseline_s") else "-",
+        })
+    return pd.DataFrame(rows)
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(none)"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def circuit_lines(results: dict[str, Any], top: int = 12) -> str:
+    lines = []
+    for name, r in results.items():
+        h = r.heads
+        if h["baseline_share"].isna().all():
+            continue
+        best = h.reindex(h["baseline_share"].abs().sort_values(ascending=False).index).head(top)
+        cells = ", ".join(f"{lab} {v:+.2f}{'*' if gt else ''}" for lab, v, gt in zip(best["label"], best["baseline_share"], best["ground_truth"]))
+        lines.append(f"- **{name}** (total effect {r.stats['baseline_total_effect']:.2f}, {r.stats['baseline_pairs']} pairs): {cells}")
+    return "\n".join(lines) + "\n\n(share of the positive-negative gap each head's patch removes; * = in the baseline circuit)"
+
+
+def bb_lines(r) -> str:
+    h = r.heads
+    att = ", ".join(f"{lab} {v:.2f}" for lab, v in zip(h["label"], h["backcopy_attention"]))
+    node = r.node_scores.mean(0).numpy()
+    rank = ", ".join(h["label"].to_numpy()[np.argsort(-node, kind="stable")])
+    return (f"Recipe {r.stats.get('bb_recipe', '?')}. Attention from trigger positions to the previous token: {att}. "
+            f"Backcopy head(s): {', '.join(r.stats['circuit']) or 'none'}. Heads by mean SAE node score: {rank}. "
+            f"Node AUC {r.stats['node_auc_mean']:.3f} ± {r.stats['node_auc_std']:.3f}, edge AUC "
+            f"{r.stats['edge_auc_mean']:.3f} ± {r.stats['edge_auc_std']:.3f} over {len(r.trials)} seeds. Task accuracy "
+            f"(log-odds of the backcopy token > 0) {r.stats['accuracy']:.2f}.")
+
+
+def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False) -> ReportSection:
+    from dashboards.figures import sae_circuits as figs
+
+    out = Path(out)
+    preset = "quick" if quick else preset
+    figures: list[str] = []
+    with Timer() as timer:
+        results = compute_all(out, preset, fresh)
+        for name, r in results.items():
+            figures += write_figure(figs.score_heatmaps(r), out, f"{name}_heatmaps")
+            figures += write_figure(figs.circuit_graph_figure(r.graph, r.stats["n_layers"]), out, f"{name}_circuit_graph")
+        figures += write_figure(figs.roc_figure(results), out, "roc_curves")
+        figures += write_figure(figs.runtime_figure(results), out, "runtimes")
+    lm_runs = {k: v for k, v in results.items() if k != "bb3"}
+    versions = sorted({r.meta.get("code_version", "?") for r in results.values()})
+    md = "\n\n".join([
+        "Claim (O'Neill & Bui 2024): codes of a 200-feature SAE trained on position-averaged head outputs of 10 "
+        "examples separate positive from negative prompts on the circuit's heads; node / edge ROC AUC "
+        "0.868 / 0.840 (IOI), 0.855 / 0.873 (greater-than), 0.869 / 0.896 (docstring) on GPT-2 small and "
+        f"attn-only-4l, against {PAPER_BASELINES}; seconds on a GPU.",
+        "Setting here: the published circuits need GPT-2 / attn-only-4l from the hub, so the ground truth on "
+        "SmolLM2-135M (270 heads, GQA) is the workbench's activation-patching baseline, and on the "
+        "Bigram-Backcopy model the backcopy head. Greater-than is adapted to SmolLM2's one-digit-per-token "
+        "years (the model predicts the tens digit; positives YY in 10..89). Deviations from the public code: "
+        "no encoder bias, unit-norm dictionary columns (see probes/_discrete_sae.py); ties in the edge ranking "
+        "are broken at random from the trial's seed.",
+        "### Results", _md(summary_table(results)),
+        "Accuracy: share of positives whose task metric (set logit difference of right against wrong answers) "
+        "is positive; pos > neg: share of pairs where the positive's metric exceeds its negative's. The SAE "
+        "method's time is the head-output pass over all 2 x 250 prompts plus one SAE trial (training, codes and "
+        "both scores); the baseline's is per-head patching of all heads on its pairs.",
+        "### Baseline circuits", circuit_lines(lm_runs),
+        "### AUC against baseline circuits of other thresholds", _md(threshold_table(lm_runs)),
+        "### Bigram-Backcopy", bb_lines(results["bb3"]) if "bb3" in results else "(not run)",
+        f"Hardware: {hardware()}, {os.environ.get('OMP_NUM_THREADS', 'default')} OpenMP threads. Code versions: "
+        f"{', '.join(versions)}. Reproduce: `python -m experiments.sae_circuits --preset {preset}`"
+        f"{' --quick' if quick else ''}.",
+    ])
+    return ReportSection(title="SAE circuit discovery", markdown=md, figures=figures, wall_s=timer.seconds)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--fresh", action="store_true", help="recompute runs saved under <out>/runs")
+    ap.add_argument("--compute-only", action="store_true", help="run and save the probes, no figures")
+    ap.add_argument("--only", action="append", help="with --compute-only: only these tasks (repeatable)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT / "sae_circuits"))
+    args = ap.parse_args()
+    if args.compute_only:
+        compute_all(Path(args.out), "quick" if args.quick else args.preset, args.fresh, args.only)
+    else:
+        section = run(Path(args.out), quick=args.quick, preset=args.preset, fresh=args.fresh)
+        (Path(args.out) / "section.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
+        print(section.markdown)
