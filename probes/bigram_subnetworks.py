@@ -232,7 +232,7 @@ def _bigram_model(model: HookedTransformer, train: TokenBatches, cfg: BigramSubn
     d = scratch_dir("bigram")
     if d is not None and BigramModel.exists(d):
         return BigramModel.load(d)
-    bg = BigramModel.from_batches(train, model.cfg.d_vocab, cfg.min_count)
+    bg = BigramModel.from_batches(train, model.cfg.d_vocab, cfg.min_count, progress=True)
     if d is not None:
         bg.save(d)
     return bg

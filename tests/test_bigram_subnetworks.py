@@ -400,3 +400,61 @@ def test_figures_and_page_build_on_a_real_result(probe_run):
     assert "bigram" in str(layout).lower()
     rows = dict(figs.summary_rows(res))
     assert rows["selected subnetwork"] == res.selected
+
+
+def test_page_callbacks_register(probe_run):
+    from dash import Dash
+
+    from dashboards.base import AppContext
+    from dashboards.pages.bigram_subnetworks import PAGE
+
+    app = Dash(__name__, suppress_callback_exceptions=True)
+    app.layout = PAGE.layout()
+    PAGE.register(app, AppContext(store=probe_run[2]))
+    assert len(app.callback_map) >= 4
+
+
+@pytest.mark.browser
+def test_page_in_browser_browses_masks(dash_duo, probe_run):
+    """The page over a stored tiny-model run: the summary and heatmaps render, another λ can be chosen."""
+    import socket
+
+    from dashboards.app import create_app
+
+    res, store = probe_run[0].result, probe_run[2]
+    app = create_app(store=store, model="tiny")
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dash_duo.start_server(app, port=port)
+        dash_duo.wait_for_page(url=dash_duo.server_url + "/bigram-subnetworks")
+        dash_duo.wait_for_contains_text("#bs-summary-table", res.selected, timeout=30)
+        dash_duo.wait_for_element(".figure-card .heatmaplayer", timeout=30)
+        i, other = next((i, l) for i, l in enumerate(res.labels) if l != res.selected)
+        dash_duo.select_dcc_dropdown("#bs-a", index=i)
+        import time
+
+        deadline = time.time() + 30
+        while not any(f"{other}: kept fraction" in e.text for e in dash_duo.find_elements(".figure-card")):
+            assert time.time() < deadline, f"the heatmap of {other} never appeared"
+            time.sleep(0.5)
+        assert dash_duo.get_logs() == []
+    finally:
+        app.workbench_ctx.jobs.shutdown()
+
+
+@pytest.mark.slow
+def test_smollm2_masks_cover_gqa_weights_and_all_ones_is_exact(smollm2):
+    """The embedded model through the same code: 30 layers of Q, K, V (3 KV heads), O, gate, in, out."""
+    from probes.bigram_subnetworks import estimate_bytes
+
+    slots = mask_slots(smollm2)
+    d, dh, kv, mlp = 576, 64, 3, 1536
+    per_layer = d * d + 2 * d * kv * dh + d * d + 3 * d * mlp
+    assert len(slots) == 30 * 7 and sum(s.numel for s in slots) == 30 * per_layer
+    tokens = torch.tensor([[1, 504, 3575, 282, 4649, 314]])
+    ones = {s.name: torch.ones(s.shape) for s in slots}
+    assert torch.equal(masked_forward(smollm2, ones, tokens), smollm2(tokens, return_type="logits"))
+    est = estimate_bytes(smollm2, 32, 128)
+    assert est["mask_state"] == 16 * 30 * per_layer and est["vocab"] == 4 * 32 * 128 * 49152 * 4

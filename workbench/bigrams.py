@@ -24,6 +24,7 @@ import torch
 from workbench.corpora.tokenized import TokenBatches
 from workbench.errors import ConfigError, EmptyCorpusError
 from workbench.io import read_json, read_tensors, write_json, write_tensors
+from workbench.progress import progress_bar
 
 
 def count_pairs(sequences: Iterable[np.ndarray], vocab_size: int) -> sp.csr_matrix:
@@ -46,13 +47,18 @@ def count_pairs(sequences: Iterable[np.ndarray], vocab_size: int) -> sp.csr_matr
     return m
 
 
-def batch_sequences(batches: TokenBatches) -> Iterable[np.ndarray]:
+def batch_sequences(batches: TokenBatches, progress: bool = False) -> Iterable[np.ndarray]:
     """Every chunk's valid tokens (BOS included), in batch order."""
-    for i in range(len(batches)):
-        b = batches.batch(i)
-        toks, valid = b.tokens.numpy(), b.valid.numpy()
-        for r in range(toks.shape[0]):
-            yield toks[r][valid[r]]
+    bar = progress_bar(len(batches), "counting bigrams", unit="batch", enabled=progress)
+    try:
+        for i in range(len(batches)):
+            b = batches.batch(i)
+            toks, valid = b.tokens.numpy(), b.valid.numpy()
+            for r in range(toks.shape[0]):
+                yield toks[r][valid[r]]
+            bar.update(1)
+    finally:
+        bar.close()
 
 
 @dataclass
@@ -99,9 +105,9 @@ class BigramModel:
         return cls.from_counts(m, min_count, {"source": "sequences", "vocab_size": vocab_size})
 
     @classmethod
-    def from_batches(cls, batches: TokenBatches, vocab_size: int, min_count: int = 1) -> "BigramModel":
+    def from_batches(cls, batches: TokenBatches, vocab_size: int, min_count: int = 1, progress: bool = False) -> "BigramModel":
         """Counts over the chunks a model is trained on (BOS -> first token included)."""
-        m = count_pairs(batch_sequences(batches), vocab_size)
+        m = count_pairs(batch_sequences(batches, progress), vocab_size)
         if m.nnz == 0:
             raise EmptyCorpusError("no bigrams: every chunk has fewer than two tokens")
         return cls.from_counts(m, min_count, {"source": "batches", **batches.describe(), "vocab_size": vocab_size})
