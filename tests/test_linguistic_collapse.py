@@ -363,3 +363,30 @@ def test_page_layout_and_callbacks_register(small_sweep, store):
     figs = page.model_view(results[0])
     assert len(figs) == 4
     assert len(page.sweep_view(sweep, "nc1_cdnv")) == 2
+
+
+def test_run_sweep_trains_runs_stores_and_reuses(store, brown, monkeypatch):
+    """The sweep's orchestration with the zoo stubbed by tiny random models (training is tested in the core)."""
+    from probes import _nc_sweep as sweep
+    from workbench.models import load_model
+
+    trained: list[str] = []
+    monkeypatch.setattr(sweep, "train_lm", lambda recipe, device="cpu", progress=True: trained.append(recipe.name))
+    monkeypatch.setattr(sweep, "load_lm", lambda recipe, device="cpu": load_model(
+        "tiny", device="cpu", n_layers=recipe.n_layers, d_model=recipe.d_model, d_head=recipe.d_model // 4, seed=recipe.seed))
+    probe_cfg = {k: v for k, v in SMALL.items() if k != "top_classes"}
+    cfg = sweep.SweepConfig(depths=[1, 2], widths=[16, 32], steps=[5], probe=probe_cfg)
+    result, run_id = sweep.run_sweep(cfg, store=store, progress=False)
+    assert len(trained) == 4 and len(result.table) == 4
+    assert sorted(zip(result.table["n_layers"], result.table["d_model"])) == [(1, 16), (1, 32), (2, 16), (2, 32)]
+    params = result.table.set_index(["n_layers", "d_model"])["n_params"]
+    assert params[(2, 32)] > params[(1, 32)] > params[(1, 16)] and (result.table["val_loss"] > 0).all()
+    assert set(result.correlations["metric"]) == set(sweep.METRICS)
+    row = store.get_run(run_id)
+    assert row["probe"] == sweep.SWEEP_PROBE and row["status"] == "done"
+    back = sweep.load_sweep(store, run_id)
+    pd.testing.assert_frame_equal(back.table, result.table)
+    again, run2 = sweep.run_sweep(cfg, store=store, progress=False)
+    assert store.get_run(run2)["status"] == "reused" and len(trained) == 4
+    with pytest.raises(ConfigError, match="divisible"):
+        sweep.SweepConfig(widths=[30]).validate()
