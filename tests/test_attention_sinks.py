@@ -319,3 +319,36 @@ def test_smollm2_prompt_sinks(smollm2):
     assert r["pattern"].shape[0] == len(r["tokens"]) and r["value_norms"].shape == (len(r["tokens"]),)
     sinks = [prompt_head(smollm2, "The capital of France is Paris.", layer=l, head=0)["sink_mass"] for l in (2, 15, 28)]
     assert max(sinks) > 0.5
+
+
+@pytest.mark.browser
+def test_page_in_browser_shows_heatmaps_and_prompt_pattern(dash_duo, lm_run):
+    """The page with a stored tiny-model run: heatmaps render; a typed prompt shows the head's pattern."""
+    import socket
+
+    from dashboards.app import create_app
+
+    app = create_app(store=lm_run[1], model="tiny")
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dash_duo.start_server(app, port=port)
+        dash_duo.wait_for_page(url=dash_duo.server_url + "/attention-sinks")
+        dash_duo.wait_for_element(".figure-card .heatmaplayer", timeout=30)
+        dash_duo.wait_for_contains_text("#as-contrast", "Heads whose dormancy differs most", timeout=20)
+        box = dash_duo.find_element("#as-prompt")
+        box.clear()
+        box.send_keys("The cat sat on the mat.")
+        dash_duo.find_element("#as-go").click()
+        dash_duo.wait_for_contains_text("#as-prompt-stats", "sink mass", timeout=30)
+        from pathlib import Path
+
+        shots = Path(__file__).parent / "artifacts" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        driver = dash_duo.driver
+        driver.set_window_size(1400, min(int(driver.execute_script("return document.documentElement.scrollHeight")) + 20, 4000))
+        driver.save_screenshot(str(shots / "attention_sinks_page.png"))
+        assert dash_duo.get_logs() == []
+    finally:
+        app.workbench_ctx.jobs.shutdown()

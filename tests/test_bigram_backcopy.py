@@ -152,6 +152,12 @@ def test_fifty_step_training_lowers_loss(tmp_path, monkeypatch, brown_task):
     assert {"backcopy_risk", "bigram_risk"} <= set(log.columns)
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts[0] == "step_000000" and ckpts[-1] == "step_000050"
+    from workbench.tasks.bigram_backcopy import bb_train_time
+
+    timing = bb_train_time(recipe)
+    assert timing["steps"] == 50 and timing["seconds_per_step"] > 0
+    assert train_bb(recipe, progress=False) == out  # cached: returns at once, no retraining
+    assert bb_train_time(recipe)["steps"] == 50
     from workbench.models import load_model
 
     model = load_model(str(out / "checkpoints" / "step_000050"))

@@ -90,7 +90,7 @@ def residual_norms_figure(layers: pd.DataFrame) -> go.Figure:
                                  line=dict(color=c, dash="dash"), marker=dict(symbol="diamond"), legendgroup=dom))
     fig.update_layout(template=TEMPLATE, title="Residual-state peak: ‖resid‖ of the first token vs the rest", height=420,
                       xaxis=dict(title="layer (0 = embeddings)"), yaxis=dict(title="‖x‖", type="log"), hovermode="x unified",
-                      legend=dict(orientation="h", y=-0.2))
+                      legend=dict(orientation="h", y=-0.3), margin=dict(b=110))
     return fig
 
 
@@ -114,7 +114,8 @@ def value_profile_figure(profiles: Mapping[str, torch.Tensor], domain: str, laye
     fig.add_trace(go.Bar(x=np.arange(len(v)), y=v, name="‖W_O v_t‖", marker_color=COLORS[0]), secondary_y=False)
     fig.add_trace(go.Scatter(x=np.arange(1, len(s)), y=s[1:], name="attention on first token from query t",
                              line=dict(color=COLORS[3], width=2)), secondary_y=True)
-    fig.update_layout(template=TEMPLATE, title=f"L{layer}H{head} per position — {domain}", height=380, legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(template=TEMPLATE, title=f"L{layer}H{head} per position — {domain}", height=400,
+                      legend=dict(orientation="h", y=-0.3), margin=dict(b=110))
     fig.update_xaxes(title="position t")
     fig.update_yaxes(title="value norm", secondary_y=False)
     fig.update_yaxes(title="sink weight", range=[0, 1], secondary_y=True)
@@ -133,7 +134,7 @@ def ablation_scatter(heads: pd.DataFrame, dormant_sink: float, dormant_loss: flo
     fig.add_shape(type="rect", x0=dormant_sink, x1=1.0, y0=1e-6, y1=dormant_loss, fillcolor="rgba(0,114,178,0.08)", line=dict(width=0))
     fig.update_layout(template=TEMPLATE, title="Dormant heads: high sink mass, no loss change when zeroed", height=440,
                       xaxis=dict(title="sink mass", range=[0, 1]), yaxis=dict(title="|Δ loss| (nats)", type="log"),
-                      legend=dict(orientation="h", y=-0.2))
+                      legend=dict(orientation="h", y=-0.3), margin=dict(b=110))
     return fig
 
 
