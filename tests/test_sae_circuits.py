@@ -373,3 +373,96 @@ def test_probe_on_trained_bb_model():
     assert np.array_equal(r.heads["ground_truth"].to_numpy(), att > 0.5)
     assert r.codes.shape == (2, 24, 3)
     assert len(r.stats["examples"]["positive"][0]) > 0
+
+
+# ----------------------------------------------------------------------------- figures and the dashboard page
+
+
+def test_figure_builders_on_a_real_result(small_result):
+    import plotly.graph_objects as go
+
+    from dashboards.figures import sae_circuits as figs
+
+    model, r = small_result
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    heat = figs.score_heatmaps(r)
+    assert isinstance(heat, go.Figure)
+    assert np.allclose(np.asarray(heat.data[0].z, dtype=float), r.node_scores.mean(0).numpy().reshape(L, H))
+    assert np.allclose(np.asarray(heat.data[4].z, dtype=float), r.heads["baseline_share"].to_numpy().reshape(L, H))
+    assert len(heat.data[1].x) == int(r.heads["ground_truth"].sum())  # ground-truth outlines
+    assert figs.roc_figure({"run": r}).data and figs.runtime_figure({"run": r}).data
+    g = figs.circuit_graph_figure(r.graph, L)
+    assert len([t for t in g.data if t.mode == "lines"]) == r.graph.number_of_edges()
+    head = int(r.heads["node_score"].to_numpy().argmax())
+    hist = figs.code_histogram(r, head, seed=1)
+    assert sum(hist.data[0].y) == r.n_positive and sum(hist.data[1].y) == r.codes.shape[1] - r.n_positive
+    codes = r.codes[1, :, head].long()
+    assert dict(zip(hist.data[0].x, hist.data[0].y)) == {str(c): int((codes[: r.n_positive] == c).sum())
+                                                         for c in torch.unique(codes).tolist()}
+    assert dict(figs.summary_rows(r))["task"] == "greater-than"
+
+
+def _array(v) -> np.ndarray:
+    """A figure array as sent to the browser: a list, or Plotly's typed-array dict (base64 data)."""
+    import base64
+
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        shape = v.get("shape")
+        return a.reshape([int(x) for x in str(shape).split(",")]) if shape else a
+    return np.asarray(v, dtype=float)
+
+
+def _post(app, outputs: list[tuple], inputs: list[tuple], state: list[tuple] = ()) -> dict:
+    import json
+
+    def key(i):
+        return json.dumps(i, sort_keys=True, separators=(",", ":")) if isinstance(i, dict) else i
+
+    outs = [{"id": i, "property": p} for i, p in outputs]
+    single = len(outputs) == 1  # Dash names a single output without the ".." wrapping
+    name = f"{key(outputs[0][0])}.{outputs[0][1]}" if single else ".." + "...".join(f"{key(i)}.{p}" for i, p in outputs) + ".."
+    body = {"output": name, "outputs": outs[0] if single else outs,
+            "inputs": [{"id": i, "property": p, "value": v} for i, p, v in inputs],
+            "state": [{"id": i, "property": p, "value": v} for i, p, v in state],
+            "changedPropIds": [f"{key(i)}.{p}" for i, p, _ in inputs]}
+    client = app.server.test_client()
+    client.get("/")
+    r = client.post("/_dash-update-component", json=body)
+    assert r.status_code == 200, r.data[:500]
+    return r.get_json()["response"]
+
+
+def test_dashboard_page_shows_a_stored_run(store):
+    from dashboards.app import create_app
+    from dashboards.base import graph
+    from dashboards.graphs import cyto_graph
+    from dashboards.pages.sae_circuits import PAGE, run_choices
+    from workbench.models import load_model
+    from workbench.runner import run_probe
+
+    model = load_model("tiny-llama", numerics="processed")
+    outcome = run_probe("sae-circuits", model, None, dict(SMALL, n_seeds=2, n_prompts=8, baseline_prompts=4), store=store)
+    PAGE.layout()
+    app = create_app(store=store, model="tiny")
+    try:
+        assert not app.workbench_broken and "/sae-circuits" in [p.path for p in app.workbench_pages]
+        assert run_choices(app.workbench_ctx) == [{"run_id": outcome.run_id, "task": "greater-than", "model": "tiny-llama"}]
+        resp = _post(app, [(graph("sc-sae"), "figure"), (graph("sc-base"), "figure"), (graph("sc-roc"), "figure"),
+                           (graph("sc-runtime"), "figure"), (cyto_graph("sc-graph"), "elements"), ("sc-summary", "children"),
+                           ("sc-error", "children")],
+                     [("sc-run", "value", outcome.run_id), ("sc-kind", "value", "edge")])
+        import json
+
+        sae = resp[json.dumps(graph("sc-sae"), sort_keys=True, separators=(",", ":"))]["figure"]
+        z = _array(sae["data"][0]["z"])
+        assert np.allclose(z.flatten(), outcome.result.edge_scores.mean(0).numpy())
+        assert resp["sc-error"]["children"] == ""
+        elements = resp[json.dumps(cyto_graph("sc-graph"), sort_keys=True, separators=(",", ":"))]["elements"]
+        assert len(elements) == outcome.result.graph.number_of_nodes() + outcome.result.graph.number_of_edges()
+        hist = _post(app, [(graph("sc-hist"), "figure")], [("sc-head", "data", 3), ("sc-seed", "value", 1)],
+                     [("sc-run", "value", outcome.run_id)])
+        bars = hist[json.dumps(graph("sc-hist"), sort_keys=True, separators=(",", ":"))]["figure"]["data"]
+        assert _array(bars[0]["y"]).sum() == 8 and _array(bars[1]["y"]).sum() == 8
+    finally:
+        app.workbench_ctx.jobs.shutdown()
