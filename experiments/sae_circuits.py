@@ -135,6 +135,7 @@ def summary_table(results: dict[str, Any]) -> pd.DataFrame:
             "SAE method s (acts + 1 trial)": f"{s['sae_method_s']:.0f} ({s['activations_s']:.0f} + {s['sae_s_per_trial']:.0f})",
             "baseline s": f"{s['baseline_s']:.0f} ({s['baseline_pairs']} pairs)" if s.get("baseline_s") else "-",
             "baseline / SAE": f"{s['baseline_s'] / s['sae_method_s']:.1f}x" if s.get("baseline_s") else "-",
+            "attribution s (AUC vs truth)": f"{s['attribution_s']:.0f} ({s['attribution_auc_vs_truth']:.3f})" if s.get("attribution_s") else "-",
         })
     return pd.DataFrame(rows)
 
@@ -202,7 +203,9 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False
         "Accuracy: share of positives whose task metric (set logit difference of right against wrong answers) "
         "is positive; pos > neg: share of pairs where the positive's metric exceeds its negative's. The SAE "
         "method's time is the head-output pass over all 2 x 250 prompts plus one SAE trial (training, codes and "
-        "both scores); the baseline's is per-head patching of all heads on its pairs.",
+        "both scores); the baseline's is per-head patching of all heads on its pairs. Attribution patching (the "
+        "first-order estimate of the same patches, one backward pass per batch) ran on the same pairs; its AUC "
+        "ranks heads by |estimated share| against the patching circuit.",
         "### Baseline circuits", circuit_lines(lm_runs),
         "### AUC against baseline circuits of other thresholds", _md(threshold_table(lm_runs)),
         "### Bigram-Backcopy", bb_lines(results["bb3"]) if "bb3" in results else "(not run)",

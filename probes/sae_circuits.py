@@ -71,9 +71,10 @@ class SAECircuitsConfig:
     n_train: int = 10  # examples the SAE is trained on
     n_seeds: int = 10  # trials (SAE init and training examples)
     ground_truth: Literal["auto", "known", "baseline"] = "auto"  # auto: published circuit if the model has one
-    baseline: Literal["patching", "mean-ablation", "none"] = "patching"
+    baseline: Literal["patching", "mean-ablation", "attribution", "none"] = "patching"
     baseline_prompts: int = 64  # pairs the baseline patches (the first of the task's pairs)
     threshold: float = 0.05  # baseline circuit: |share of the total effect| above this
+    attribution_too: bool = True  # with patching, also run attribution patching on the same pairs (cheap; compared in stats)
     batch_size: int = 16
     graph_pairs: int = 30  # head pairs (by mean edge co-occurrence) in the circuit graph
 
@@ -270,9 +271,11 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
     acts, pos_metric, neg_metric = head_outputs(model, prompts, config.batch_size)
     activations_s = time.perf_counter() - t0
 
-    baseline = None
+    baseline = attribution = None
     if config.baseline != "none" and not (config.ground_truth == "known"):
         baseline = head_patching(model, prompts.subset(config.baseline_prompts), config.baseline, config.batch_size)
+        if config.baseline == "patching" and config.attribution_too:
+            attribution = head_patching(model, prompts.subset(config.baseline_prompts), "attribution", config.batch_size)
     truth, truth_source, bb_attention = _ground_truth(model, config, baseline, prompts)
 
     settings = config.sae_settings()
@@ -311,6 +314,8 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
     })
     if bb_attention is not None:
         heads["backcopy_attention"] = bb_attention.numpy()
+    if attribution is not None:
+        heads["attribution_share"] = attribution.share().flatten().numpy()
     U_mean = torch.stack(Us).mean(0)
     metrics = {"positive": pos_metric, "negative": neg_metric}
     if baseline is not None:
@@ -334,6 +339,8 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
         "baseline_pairs": baseline.n_pairs if baseline is not None else 0,
         "baseline_total_effect": baseline.total_effect if baseline is not None else None,
         "baseline_auc_vs_truth": baseline_auc,
+        "attribution_s": attribution.seconds if attribution is not None else None,
+        "attribution_auc_vs_truth": roc_auc(truth.numpy(), attribution.share().flatten().abs().numpy()) if attribution is not None else None,
         "threshold": config.threshold,
         "paper_auc": list(PAPER_AUC[config.task]) if config.task in PAPER_AUC else None,
         "task_meta": {k: v for k, v in prompts.meta.items() if not isinstance(v, list)},

@@ -176,7 +176,7 @@ def planted_prompts(n: int = 20) -> ContrastPrompts:
     return ContrastPrompts("planted", pos, neg, right, wrong)
 
 
-@pytest.mark.parametrize("method", ["patching", "mean-ablation"])
+@pytest.mark.parametrize("method", ["patching", "mean-ablation", "attribution"])
 def test_baseline_recovers_planted_head(method):
     out = head_patching(planted_model(), planted_prompts(), method=method, batch_size=8, progress=False)
     assert out.total_effect > 3  # the copying head gives a clear positive-negative gap
@@ -184,6 +184,17 @@ def test_baseline_recovers_planted_head(method):
     assert share[1, 0] > 0.8
     circuit = out.circuit(threshold=0.1)
     assert circuit.sum() == 1 and circuit[1, 0]
+
+
+def test_attribution_is_exact_where_the_path_is_linear():
+    """Last-layer heads of an attention-only model without norms reach the metric linearly, so the
+    first-order estimate equals the patched effect there; the weights get no gradients."""
+    model, prompts = planted_model(), planted_prompts()
+    exact = head_patching(model, prompts, "patching", batch_size=8, progress=False)
+    approx = head_patching(model, prompts, "attribution", batch_size=8, progress=False)
+    assert torch.allclose(approx.effect[1], exact.effect[1], atol=1e-4)
+    assert torch.equal(approx.positive_metric, exact.positive_metric)
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -220,6 +231,8 @@ def test_probe_scores_consistent_with_codes(small_result):
     assert np.array_equal(truth, np.abs(share) > SMALL["threshold"])
     assert r.stats["ground_truth_source"].startswith("baseline:patching")
     assert r.stats["circuit_size"] == int(truth.sum())
+    # attribution patching ran on the same pairs, as a cheap second baseline
+    assert r.heads["attribution_share"].notna().all() and r.stats["attribution_s"] > 0
     # task metrics: positives vs negatives, recorded per prompt
     assert r.metrics["positive"].shape == (n,) and r.metrics["baseline_positive"].shape == (SMALL["baseline_prompts"],)
     assert r.stats["accuracy"] == pytest.approx(float((r.metrics["positive"] > 0).float().mean()))
