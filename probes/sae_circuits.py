@@ -259,7 +259,9 @@ def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline:
         for layer, head in known:
             truth[layer, head] = True
         return truth.flatten(), "published", None
-    assert baseline is not None
+    if baseline is None:
+        raise ConfigError(f"no ground truth for task {config.task!r} on this model: it has no published circuit, "
+                          "so set baseline to 'patching', 'mean-ablation' or 'attribution'")
     return baseline.circuit(config.threshold).flatten(), f"baseline:{baseline.method}>{config.threshold:g}", None
 
 

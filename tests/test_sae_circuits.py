@@ -311,8 +311,11 @@ def test_config_errors(bad, match):
 def test_known_ground_truth_missing_is_an_error(tiny_llama):
     from workbench.models import set_numerics
 
+    model = set_numerics(tiny_llama, "processed")
     with pytest.raises(ConfigError, match="no published circuit"):
-        run(set_numerics(tiny_llama, "processed"), None, config_from_dict(SAECircuitsConfig, dict(SMALL, ground_truth="known")))
+        run(model, None, config_from_dict(SAECircuitsConfig, dict(SMALL, ground_truth="known")))
+    with pytest.raises(ConfigError, match="no ground truth"):
+        run(model, None, config_from_dict(SAECircuitsConfig, dict(SMALL, baseline="none")))
 
 
 @pytest.mark.slow
