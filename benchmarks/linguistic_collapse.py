@@ -9,7 +9,7 @@
 Memory is the peak resident set size sampled every 5 ms while the pass runs, minus the resident
 size just before the accumulator is built (so it counts the accumulator state and the transient
 batch activations, not the model or the tokenised slice).
-Usage: python -m benchmarks.linguistic_collapse [--tokens 20000] [--factor 10] [--model zoo|smollm2-135m]
+Usage: python -m benchmarks.linguistic_collapse [--tokens 20000] [--factor 10] [--model zoo|smollm2-135m] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -124,26 +124,33 @@ def throughput(model_name: str, tokens: int) -> dict:
             "heldout_pass_tok_s": s3.tokens_per_s, "heldout_ratio": s3.tokens_per_s / bare.tokens_per_s}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=20_000, help="the smaller memory run's token budget")
-    p.add_argument("--factor", type=int, default=10, help="the larger memory run has factor x tokens")
-    p.add_argument("--model", default="zoo", help="'zoo' (untrained 4x128 zoo shape) or a model name, e.g. smollm2-135m")
-    p.add_argument("--throughput-tokens", type=int, default=8_192)
-    p.add_argument("--child", choices=["stream", "keep"], help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child(args.model, args.tokens, args.child)))
-        return
-    rows = [run_child(args.model, args.tokens, "stream"), run_child(args.model, args.tokens * args.factor, "stream"),
-            run_child(args.model, args.tokens, "keep"), run_child(args.model, args.tokens * args.factor, "keep")]
-    print(f"peak memory of the class-statistics pass ({args.model}; RSS delta over the pass):")
+def report_memory(model: str, rows: list[dict]) -> None:
+    print(f"peak memory of the class-statistics pass ({model}; RSS delta over the pass):")
     for r in rows:
         print(f"  {r['mode']:<7} {r['tokens']:>9,} tokens: peak +{r['peak_delta_mib']:8.1f} MiB "
               f"(classes seen {r['classes_seen']:,}, accumulator checkpoint {r['state_mib']:.1f} MiB)")
     small, large = rows[0], rows[1]
     print(f"  streaming: {large['tokens'] / small['tokens']:.1f}x tokens -> {large['peak_delta_mib'] / max(small['peak_delta_mib'], 1e-9):.2f}x peak; "
           f"keeping features: {rows[3]['peak_delta_mib'] / max(rows[2]['peak_delta_mib'], 1e-9):.2f}x peak")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=20_000, help="the smaller memory run's token budget")
+    p.add_argument("--factor", type=int, default=10, help="the larger memory run has factor x tokens")
+    p.add_argument("--model", default="zoo", help="'zoo' (untrained 4x128 zoo shape) or a model name, e.g. smollm2-135m")
+    p.add_argument("--throughput-tokens", type=int, default=8_192)
+    p.add_argument("--skip-memory", action="store_true", help="only measure throughput")
+    p.add_argument("--child", choices=["stream", "keep"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.model, args.tokens, args.child)))
+        return
+    rows = [] if args.skip_memory else [
+        run_child(args.model, args.tokens, "stream"), run_child(args.model, args.tokens * args.factor, "stream"),
+        run_child(args.model, args.tokens, "keep"), run_child(args.model, args.tokens * args.factor, "keep")]
+    if rows:
+        report_memory(args.model, rows)
     t = throughput(args.model, args.throughput_tokens)
     print(f"throughput ({t['model']}, {t['tokens']:,} tokens, {t['classes']:,} classes): bare forward {t['bare_tok_s']:.0f} tok/s; "
           f"class-statistics pass {t['stats_pass_tok_s']:.0f} tok/s ({t['stats_ratio']:.2f}x); "
