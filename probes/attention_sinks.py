@@ -68,15 +68,16 @@ class AttentionSinksConfig(StreamConfig):
     dormant_loss: float = 0.01
     delta_range: float = 30.0  # Δlogit histogram covers [-range, range]; outside values go to the edge bins
     example_len: int = 32  # positions kept of one example attention pattern per domain
-    bb_sequences: int = 128  # BB models: size of the fixed evaluation batch
+    bb_sequences: int = 64  # BB models: size of the fixed evaluation batch (sequences of 256)
+    dynamics_sequences: int = 32  # BB models: the first this many of them, at every checkpoint
     bb_seed: int = 2024
     dormant_threshold: float = 0.89  # BB token-level test (paper: 0.89)
     dynamics: bool = True  # BB models: measure every saved checkpoint of the run
 
     def validate(self) -> None:
         super().validate()
-        if self.ablation_tokens < 0 or self.bb_sequences < 1 or self.example_len < 2:
-            raise ConfigError("ablation_tokens must be >= 0, bb_sequences >= 1 and example_len >= 2")
+        if self.ablation_tokens < 0 or self.bb_sequences < 1 or self.dynamics_sequences < 1 or self.example_len < 2:
+            raise ConfigError("ablation_tokens must be >= 0, bb_sequences and dynamics_sequences >= 1, example_len >= 2")
         for name in ("dormant_sink", "dormant_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -535,17 +536,26 @@ def _batched(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 
 
 @torch.inference_mode()
-def reduce_inputs(model: HookedTransformer, inputs: torch.Tensor, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """The SinkHooks reductions over all rows of `inputs` (small fixed batches: BB data, prompts)."""
+def reduce_inputs(model: HookedTransformer, inputs: torch.Tensor, targets: torch.Tensor | None = None,
+                  batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """The SinkHooks reductions over all rows of `inputs` (small fixed batches: BB data, prompts),
+    and with `targets` the per-token cross-entropy "ce" [N, T] from the same forward pass."""
     hooks = SinkHooks(model)
     device = next(model.parameters()).device
     parts: list[dict[str, torch.Tensor]] = []
     with model.hooks(fwd_hooks=hooks.hooks()):
-        for x in _batched(inputs, batch_size):
-            model(x.to(device), return_type=None)
-            parts.append({k: v.cpu() for k, v in hooks.stacked().items()})
+        for i, x in enumerate(_batched(inputs, batch_size)):
+            logits = model(x.to(device), return_type="logits" if targets is not None else None)
+            part = {k: v.cpu() for k, v in hooks.stacked().items()}
+            if targets is not None:
+                y = targets[i * batch_size : i * batch_size + x.shape[0]].to(device)
+                part["ce"] = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu()[None]
+            parts.append(part)
             hooks.clear()
-    return {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
+    out = {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
+    if "ce" in out:
+        out["ce"] = out["ce"][0]
+    return out
 
 
 def _quantiles(x: torch.Tensor) -> list[float]:
@@ -554,12 +564,16 @@ def _quantiles(x: torch.Tensor) -> list[float]:
     return torch.quantile(x.double(), torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
 
 
-def bb_snapshot(model: HookedTransformer, task, inputs: torch.Tensor) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
-    """One row per (layer, head): the paper's four quantities on a fixed BB batch, split by query
-    type (the residual norms are those after the row's block; `embed_*` before block 0), and the
+def bb_snapshot(model: HookedTransformer, task, data: torch.Tensor) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
+    """One row per (layer, head): the paper's four quantities on a fixed batch of BB sequences
+    `data` [N, T+1], split by query type (the residual norms are those after the row's block;
+    `embed_*` before block 0), the backcopy and bigram risks from the same forward pass, and the
     per-position reductions they come from."""
-    r = reduce_inputs(model, inputs)
+    inputs = data[:, :-1]
+    r = reduce_inputs(model, inputs, targets=data[:, 1:])
     trig, bigram = task.position_masks(inputs)
+    risks = {"backcopy_risk": float(r["ce"][trig].double().mean()), "bigram_risk": float(r["ce"][bigram].double().mean()),
+             "loss": float(r["ce"].double().mean())}
     T = inputs.shape[1]
     pos = torch.arange(T)
     dl_ok = pos >= 2
@@ -578,6 +592,7 @@ def bb_snapshot(model: HookedTransformer, task, inputs: torch.Tensor) -> tuple[p
                 "value_norm_first": float(vn[:, first].mean()), "value_norm_rest": float(vn[:, rest].mean()),
                 "resid_first": float(r["rn"][l + 1][:, 0].mean()), "resid_rest": float(r["rn"][l + 1][:, 1:].mean()),
                 "embed_first": float(r["rn"][0][:, 0].mean()), "embed_rest": float(r["rn"][0][:, 1:].mean()),
+                **risks,
             })
     return pd.DataFrame(rows), r
 
@@ -625,10 +640,9 @@ def sibling_checkpoints(model: HookedTransformer) -> dict[int, Path]:
     return found
 
 
-def bb_dynamics(model: HookedTransformer, task, inputs: torch.Tensor, config: AttentionSinksConfig) -> pd.DataFrame:
-    """`bb_snapshot` and the risks at every saved checkpoint of the model's run."""
+def bb_dynamics(model: HookedTransformer, task, data: torch.Tensor) -> pd.DataFrame:
+    """`bb_snapshot` (quantities and risks) at every saved checkpoint of the model's run."""
     from workbench.models.checkpoint import load_checkpoint
-    from workbench.tasks.bigram_backcopy import bb_risks
 
     ckpts = sibling_checkpoints(model)
     device = str(next(model.parameters()).device)
@@ -637,11 +651,8 @@ def bb_dynamics(model: HookedTransformer, task, inputs: torch.Tensor, config: At
     try:
         for step, path in ckpts.items():
             m, _ = load_checkpoint(path, device=device)
-            snap, _ = bb_snapshot(m, task, inputs)
-            rk = bb_risks(m, task, n_seqs=config.bb_sequences, seed=config.bb_seed)
+            snap, _ = bb_snapshot(m, task, data)
             snap.insert(0, "step", step)
-            for k in ("backcopy_risk", "bigram_risk", "loss"):
-                snap[k] = rk[k]
             frames.append(snap)
             bar.update(1)
     finally:
@@ -650,11 +661,9 @@ def bb_dynamics(model: HookedTransformer, task, inputs: torch.Tensor, config: At
 
 
 def bb_analysis(model: HookedTransformer, task, config: AttentionSinksConfig) -> AttentionSinksResult:
-    from workbench.tasks.bigram_backcopy import bb_risks
-
     data = task.sample(config.bb_sequences, model.cfg.n_ctx, config.bb_seed)
     inputs = data[:, :-1]
-    snap, r = bb_snapshot(model, task, inputs)
+    snap, r = bb_snapshot(model, task, data)
     scored = torch.ones_like(inputs, dtype=torch.bool)
     chunks = [(inputs[i : i + 32], data[i : i + 32, 1:], scored[i : i + 32]) for i in range(0, inputs.shape[0], 32)]
     clean, ablated, cost = head_ablation(model, chunks, "BB head ablation", progress=False)
@@ -673,8 +682,8 @@ def bb_analysis(model: HookedTransformer, task, config: AttentionSinksConfig) ->
     q = bigram.double()
     sink_prof = (torch.einsum("lbht,bt->lht", r["sink"].double(), q) / q.sum(0).clamp(min=1)).float()
     val_prof = r["vn"].mean(1)
-    risks = bb_risks(model, task, n_seqs=config.bb_sequences, seed=config.bb_seed)
-    bb = {**risks, **bb_ablations(model, task, config.bb_sequences, config.bb_seed),
+    risks = {k: float(snap[k].iloc[0]) for k in ("backcopy_risk", "bigram_risk", "loss")}
+    bb = {**risks, "bigram_optimum": task.bigram_optimum(inputs.shape[1]), **bb_ablations(model, task, config.bb_sequences, config.bb_seed),
           "triggers": [task.chars[i] for i in task.triggers], "corpus": task.corpus, "n_chars": task.n_chars}
     te = min(config.example_len, inputs.shape[1])
     ex_in = inputs[:1, :te]
@@ -683,7 +692,7 @@ def bb_analysis(model: HookedTransformer, task, config: AttentionSinksConfig) ->
         heads=heads, layers=layers, profiles={"sink|bb": sink_prof, "value|bb": val_prof},
         examples={"bb": ex}, example_tokens={"bb": [task.token_str(int(i)) for i in ex_in[0]]},
         tokens=token_dormancy(model, task, config.dormant_threshold),
-        dynamics=bb_dynamics(model, task, inputs, config) if config.dynamics else pd.DataFrame(), bb=bb,
+        dynamics=bb_dynamics(model, task, data[: config.dynamics_sequences]) if config.dynamics else pd.DataFrame(), bb=bb,
     )
     res.meta.update({"kind": "bb", "domains": {"bb": {"sequences": config.bb_sequences, "seed": config.bb_seed, **cost}},
                      "prepend_bos": True, "bos_token_id": task.bos_id})

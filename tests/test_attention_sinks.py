@@ -267,6 +267,13 @@ def test_bb_analysis_matches_direct_computation(bb_run):
     assert set(res.dynamics["step"]) == set(recipe.checkpoint_steps())
     for k in ("backcopy_risk", "bigram_risk", "bigram_optimum", "no_attention_backcopy_risk", "no_mlp_bigram_risk"):
         assert np.isfinite(res.bb[k])
+    from workbench.tasks.bigram_backcopy import bb_risks
+
+    ref = bb_risks(model, task, n_seqs=8, seed=2024)  # an independent pass over the same sequences
+    for k in ("backcopy_risk", "bigram_risk", "loss", "bigram_optimum"):
+        assert res.bb[k] == pytest.approx(ref[k], rel=1e-5)
+    last = res.dynamics[res.dynamics["step"] == res.dynamics["step"].max()]
+    assert last["bigram_risk"].iloc[0] == pytest.approx(ref["bigram_risk"], rel=1e-5)
     loaded = AttentionSinksResult.load(out.path)
     pd.testing.assert_frame_equal(loaded.dynamics, res.dynamics)
     pd.testing.assert_frame_equal(loaded.tokens, res.tokens)
