@@ -231,7 +231,7 @@ class HeldoutAccumulator(_Base):
         nt = len(self.thresholds)
         self.state = {"positions": z(nt), "mismatch": z(nt), "mismatch_kept": z(nt), "class_count": z(self.d_vocab),
                       "class_miss": z(self.d_vocab), "ce_sum": z(1), "n_all": z(1), "correct": z(1)}
-        blob = torch.cat([counts.cpu(), means.double().cpu()[self.ids].flatten()]).numpy().tobytes()
+        blob = torch.cat([counts.cpu(), means.double().cpu()[self.ids.cpu()].flatten()]).numpy().tobytes()
         self._hash = hashlib.sha1(blob).hexdigest()[:12]
 
     def identity(self) -> str:
