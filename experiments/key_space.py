@@ -5,8 +5,11 @@ default) and once more with the paper's raw prompt, then writes the figures and 
 token families against the k-means clusters, a key map, a top-100 ranking, precision per group,
 ICN against baseline discovery curves and the query's dot product with explored keys.
 
-    flock /tmp/wb-heavy.lock python -m experiments.key_space            # SmolLM2 (CPU: see the report's wall time)
-    python -m experiments.key_space --quick --out /tmp/ks-quick         # tiny model, seconds
+    flock /tmp/wb-heavy.lock python -m experiments.key_space --threads 1   # SmolLM2 (CPU: see the report's wall time)
+    python -m experiments.key_space --quick --out /tmp/ks-quick              # tiny model, seconds
+
+`--threads 1` pins torch and the k-means thread pools to one thread: on a shared, busy CPU a second
+thread made batched decoding about 8x slower here (OpenMP threads waiting on each other).
 """
 
 from __future__ import annotations
@@ -197,7 +200,16 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT / "key_space"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch and OpenMP/BLAS threads (0: leave as is)")
     a = ap.parse_args()
-    section = run(Path(a.out), quick=a.quick)
+    from contextlib import nullcontext
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    with threadpool_limits(a.threads) if a.threads else nullcontext():
+        section = run(Path(a.out), quick=a.quick)
     print(section.markdown)
     print("figures:", section.figures)

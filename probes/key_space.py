@@ -50,7 +50,7 @@ from workbench.errors import ConfigError, PromptTooLongError
 from workbench.generation import greedy_continue
 from workbench.models.info import model_info
 from workbench.probe_api import ProbeSpec, register
-from workbench.progress import progress_bar
+from workbench.progress import ProgressBar, progress_bar
 from workbench.results import Result
 
 DEFAULT_NEIGHBOUR_TOKENS = ["A", "1", " the", " Paris", " Monday", " red", " Texas", " January"]
@@ -365,20 +365,24 @@ class InstructionProbe:
 class _Answers:
     """Continuations from the original prompt, memoised by first token (decoded in batches)."""
 
-    def __init__(self, model: HookedTransformer, prefix: list[int], cfg: KeySpaceConfig, gold: GoldList | None, show_progress: bool):
-        self.model, self.prefix, self.cfg, self.gold, self.show = model, prefix, cfg, gold, show_progress
+    def __init__(self, model: HookedTransformer, prefix: list[int], cfg: KeySpaceConfig, gold: GoldList | None, bar: ProgressBar):
+        self.model, self.prefix, self.cfg, self.gold, self.bar = model, prefix, cfg, gold, bar
         self.memo: dict[int, dict] = {}
 
-    def decode(self, first_tokens: Sequence[int], desc: str) -> None:
-        todo = [t for t in dict.fromkeys(first_tokens) if t not in self.memo]
+    def decode(self, first_tokens: Sequence[int]) -> None:
+        """Decode the first tokens not seen yet; the bar advances one unit per requested token."""
+        wanted = list(dict.fromkeys(first_tokens))
+        todo = [t for t in wanted if t not in self.memo]
+        self.bar.update(len(wanted) - len(todo))
         if not todo:
             return
         conts = greedy_continue(self.model, self.prefix, todo, self.cfg.max_new_tokens, STOP_STRINGS,
-                                batch_size=self.cfg.batch_size, desc=desc, show_progress=self.show)
+                                batch_size=self.cfg.batch_size, progress=self.bar)
         for t, c in zip(todo, conts):
             answer, ok = extract_answer(c.text)
             match = self.gold.match(answer) if (ok and self.gold is not None) else None
-            self.memo[t] = {"answer": answer, "terminated": ok, "match": match, "correct": match is not None,
+            correct = (match is not None) if self.gold is not None else None  # None: no gold list to judge with
+            self.memo[t] = {"answer": answer, "terminated": ok, "match": match, "correct": correct,
                             "n_tokens": len(c.tokens), "continuation": c.text}
 
     def __getitem__(self, t: int) -> dict:
@@ -404,8 +408,15 @@ def probe_instruction(
     category: str = "custom",
     vocab: Sequence[str] | None = None,
     show_progress: bool = True,
+    progress: ProgressBar | None = None,
 ) -> InstructionProbe:
-    """Top-N ranking with judged continuations, main-cluster groups, and ICN against the baseline."""
+    """Top-N ranking with judged continuations, main-cluster groups, and ICN against the baseline.
+
+    `progress`: an open bar to advance by top_n + n_explore units (one per answer) instead of a new one.
+    """
+    if progress is None:
+        with progress_bar(cfg.top_n + cfg.n_explore, f"{category}: answers", unit="ans", enabled=show_progress) as bar:
+            return probe_instruction(model, instruction, labels, cfg, gold, category, vocab, show_progress, bar)
     tok = model.tokenizer
     if tok is None:
         raise ConfigError("knowledge probing needs a model with a tokenizer")
@@ -413,12 +424,12 @@ def probe_instruction(
     name = (lambda t: vocab[t]) if vocab is not None else (lambda t: tok.decode([t]))
     prompt = build_prompt(instruction, [], style, tok)
     prefix = prompt_tokens(tok, prompt, style)
-    answers = _Answers(model, prefix, cfg, gold, show_progress)
+    answers = _Answers(model, prefix, cfg, gold, progress)
     q0, logits0 = final_query(model, prefix)
     W_U = model.W_U.detach().float().cpu()
     top = logits0.topk(cfg.top_n)
     top_ids = top.indices.tolist()
-    answers.decode(top_ids, f"{category}: top-{cfg.top_n} answers")
+    answers.decode(top_ids)
 
     main = {int(labels[t]) for t in top_ids[: cfg.top_k]}
     rows = []
@@ -450,7 +461,7 @@ def probe_instruction(
         want = min(cfg.icn_per_round, cfg.n_explore - len(icn_rows))
         order = logits.topk(min(len(tried) + want, logits.numel())).indices.tolist()
         picks = [(pos + 1, t) for pos, t in enumerate(order) if t not in tried][:want]
-        answers.decode([t for _, t in picks], f"{category}: ICN round {rnd}")
+        answers.decode([t for _, t in picks])
         for rank, t in picks:
             tried.add(t)
             a = answers[t]
@@ -526,8 +537,11 @@ def key_geometry(model: HookedTransformer, cfg: KeySpaceConfig) -> dict:
     keys = unembedding_keys(model)
     V = keys.shape[0]
     k = cfg.n_clusters or default_n_clusters(V)
-    fit = cached_cluster_keys(keys, k, cfg.seed, cfg.kmeans_max_iter)
-    xy, evr = key_map(keys)
+    with progress_bar(2, f"k-means ({k} clusters over {V} keys), then PCA", unit="step") as bar:
+        fit = cached_cluster_keys(keys, k, cfg.seed, cfg.kmeans_max_iter)
+        bar.update(1)
+        xy, evr = key_map(keys)
+        bar.update(1)
     vocab = token_strings(model)
     fams = family_table(model.tokenizer, fit.labels) if model.tokenizer is not None else pd.DataFrame(columns=["family", "token", "token_id", "cluster"])
     neigh, missing = (neighbour_table(keys, model.tokenizer, cfg.neighbour_tokens, cfg.n_neighbours, vocab)
@@ -547,14 +561,13 @@ def run(model: HookedTransformer, corpus: Corpus | None, config: KeySpaceConfig)
     geo["geometry"]["stop_strings"] = list(STOP_STRINGS)
     cats = config.categories or list(gold_lists())
     probes, prompts = [], {}
-    with progress_bar(len(cats), "key-space categories", unit="cat") as bar:
+    with progress_bar(len(cats) * (config.top_n + config.n_explore), f"key-space: answers for {len(cats)} categories", unit="ans") as bar:
         for cat in cats:
             gold = get_gold(cat)
-            p = probe_instruction(model, gold.instruction, geo["cluster_ids"], config, gold, cat, geo["vocab"])
+            p = probe_instruction(model, gold.instruction, geo["cluster_ids"], config, gold, cat, geo["vocab"], progress=bar)
             probes.append(p)
             prompts[cat] = {"instruction": gold.instruction, "prompt": p.prompt, "style": p.style, "n_prompt_tokens": p.n_prompt_tokens,
                             "gold_size": len(gold)}
-            bar.update(1)
     candidates = pd.concat([p.candidates for p in probes], ignore_index=True)
     return KeySpaceResult(
         prompts=prompts, candidates=candidates, groups=group_table(candidates, config.top_k),

@@ -382,10 +382,14 @@ def test_page_layout_and_views(small_run):
     assert len(fig.data) >= 3 and "ks-neighbour-table" in str(table)
     live = page.live_probe(ctx, out.run_id, "Please show me some planets of the solar system.", "planets", 12, 3)
     assert len(live["candidates"]) == 12 and len(live["icn"]) == 6
-    options, value, *_ = page.run_view(ctx, out.run_id, live, None)
+    options, value, *_ = page.run_view(ctx, out.run_id, live, "planets", show_typed=True)
     assert value == page.TYPED
     ranking, *_ = page.category_view(ctx, out.run_id, page.TYPED, live)
     assert len(ranking.data) > 0
+    unjudged = page.live_probe(ctx, out.run_id, "Name some colours.", None, 12, 2)
+    assert all(c["correct"] is None for c in unjudged["candidates"])
+    ranking, *_ = page.category_view(ctx, out.run_id, page.TYPED, unjudged)
+    assert not any(t.name in ("answer correct", "answer wrong") for t in ranking.data)
     with pytest.raises(ConfigError):
         page.live_probe(ctx, out.run_id, "x" * 5000, None, 12, 3)
     with pytest.raises(ConfigError):

@@ -28,7 +28,9 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from workbench.errors import ConfigError, PromptTooLongError
-from workbench.progress import progress_bar
+from contextlib import nullcontext
+
+from workbench.progress import ProgressBar, progress_bar
 
 StopReason = Literal["stop-string", "eos", "max-tokens"]
 
@@ -171,6 +173,11 @@ def _setup(model: HookedTransformer, stop_strings: Sequence[str], stop_at_eos: b
     return mask, eos
 
 
+def _bar(progress: ProgressBar | None, total: int, desc: str, show: bool):
+    """The caller's open bar (left open), or a new one closed on exit."""
+    return nullcontext(progress) if progress is not None else progress_bar(total, desc, unit="seq", enabled=show)
+
+
 @torch.inference_mode()
 def greedy_generate(
     model: HookedTransformer,
@@ -182,11 +189,13 @@ def greedy_generate(
     use_cache: bool = True,
     desc: str = "greedy decoding",
     show_progress: bool = True,
+    progress: ProgressBar | None = None,
 ) -> list[Continuation]:
     """Greedy continuations of token-id prompts, in input order.
 
     Prompts of equal length are batched together (no padding); `use_cache=False` recomputes the
-    whole sequence every step (slow; kept as an independent reference).
+    whole sequence every step (slow; kept as an independent reference). `progress`: an open bar
+    of the caller's to advance (one unit per sequence) instead of a new one.
     """
     prompts = [list(map(int, p)) for p in prompts]
     _check_tokens(model, prompts, max_new_tokens, "prompt")
@@ -198,7 +207,7 @@ def greedy_generate(
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
     results: list[Continuation | None] = [None] * len(prompts)
-    with progress_bar(len(prompts), desc, unit="seq", enabled=show_progress) as bar:
+    with _bar(progress, len(prompts), desc, show_progress) as bar:
         for idx in by_len.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s:s + batch_size]
@@ -224,6 +233,7 @@ def greedy_continue(
     use_cache: bool = True,
     desc: str = "greedy continuations",
     show_progress: bool = True,
+    progress: ProgressBar | None = None,
 ) -> list[Continuation]:
     """For each forced first token t: `prefix + [t]` decoded greedily. The prefix runs once.
 
@@ -245,7 +255,7 @@ def greedy_continue(
         base = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
         _forward_last(model, pre, base)
     out: list[Continuation] = []
-    with progress_bar(len(firsts), desc, unit="seq", enabled=show_progress) as bar:
+    with _bar(progress, len(firsts), desc, show_progress) as bar:
         for s in range(0, len(firsts), batch_size):
             chunk = torch.tensor(firsts[s:s + batch_size], device=device)
             b = chunk.shape[0]

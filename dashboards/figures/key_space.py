@@ -32,6 +32,13 @@ def show_token(s: str) -> str:
     return "␣" * lead + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in body)
 
 
+def verdict(correct) -> str:
+    """'correct', 'wrong', or 'not judged' (no gold list)."""
+    if correct is None or (isinstance(correct, float) and correct != correct):
+        return "not judged"
+    return "correct" if bool(correct) else "wrong"
+
+
 def cluster_color(c: int) -> str:
     return CLUSTER_PALETTE[int(c) % len(CLUSTER_PALETTE)]
 
@@ -133,13 +140,16 @@ def ranking_figure(candidates: pd.DataFrame, category: str | None = None, top_k:
             continue
         fig.add_trace(go.Bar(
             x=g["rank"], y=g["logit"], name=GROUP_LABELS[grp], marker_color=GROUP_COLORS[grp],
-            customdata=np.c_[g["token"].map(show_token), g["answer"], g["cluster"], np.where(g["correct"], "correct", "wrong")],
+            customdata=np.c_[g["token"].map(show_token), g["answer"], g["cluster"], g["correct"].map(verdict)],
             hovertemplate="#%{x} %{customdata[0]} → “%{customdata[1]}”<br>cluster %{customdata[2]}, %{customdata[3]}<extra></extra>",
         ))
     lo = float(c["logit"].min())
     span = float(c["logit"].max()) - lo or 1.0
-    for ok, sym, col, name in ((True, "circle", "#009E73", "answer correct"), (False, "x-thin", "#D55E00", "answer wrong")):
-        g = c[c["correct"] == ok]
+    judged = c["correct"].map(verdict)
+    for ok, sym, col, name in (("correct", "circle", "#009E73", "answer correct"), ("wrong", "x-thin", "#D55E00", "answer wrong")):
+        g = c[judged == ok]
+        if g.empty:
+            continue
         fig.add_trace(go.Scatter(x=g["rank"], y=g["logit"] + 0.04 * span, mode="markers", name=name, hoverinfo="skip",
                                  marker=dict(symbol=sym, size=7, color=col, line=dict(width=2, color=col))))
     if top_k:
@@ -162,7 +172,7 @@ def precision_figure(groups: pd.DataFrame) -> go.Figure:
             customdata=np.c_[g["n"], g["mean_rank"].round(1)], hovertemplate="%{x}: %{y:.1%} (n=%{customdata[0]}, mean rank %{customdata[1]})<extra></extra>",
         ))
     fig.update_layout(template=TEMPLATE, title="Answer precision by group (middle ranks split by main-cluster membership)",
-                      barmode="group", height=430, yaxis=dict(title="precision", tickformat=".0%"), legend=dict(orientation="h", y=-0.3))
+                      barmode="group", height=430, yaxis=dict(title="precision", tickformat=".0%", range=[0, 1.02]), legend=dict(orientation="h", y=-0.3))
     return fig
 
 
@@ -173,7 +183,8 @@ def discovery_figure(icn: pd.DataFrame, categories: Sequence[str] | None = None,
     cats = list(categories) if categories else list(dict.fromkeys(icn["category"]))
     cols = max(1, min(cols, len(cats)))
     rows = math.ceil(len(cats) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=cats, shared_xaxes=True, vertical_spacing=0.12 if rows > 1 else 0.1)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=cats if len(cats) > 1 else None, shared_xaxes=True,
+                        vertical_spacing=0.12 if rows > 1 else 0.1)
     for i, cat in enumerate(cats):
         r, c = i // cols + 1, i % cols + 1
         for method in ("icn", "baseline"):
@@ -181,19 +192,21 @@ def discovery_figure(icn: pd.DataFrame, categories: Sequence[str] | None = None,
             fig.add_trace(go.Scatter(
                 x=g["step"], y=g["distinct_correct"], mode="lines+markers", name="ICN" if method == "icn" else "baseline (top-k of one distribution)",
                 line=dict(color=METHOD_COLORS[method], width=2), marker=dict(size=4), legendgroup=method, showlegend=i == 0,
-                customdata=np.c_[g["answer"], np.where(g["correct"], "correct", "wrong")],
+                customdata=np.c_[g["answer"], g["correct"].map(verdict)],
                 hovertemplate="%{x} explored: %{y} correct & distinct<br>last: “%{customdata[0]}” (%{customdata[1]})<extra>" + method + "</extra>",
             ), row=r, col=c)
-    fig.update_layout(template=TEMPLATE, title="Correct and distinct answers against answers explored", height=max(320, 230 * rows),
+    title = "Correct and distinct answers against answers explored" + (f": {cats[0]}" if len(cats) == 1 else "")
+    fig.update_layout(template=TEMPLATE, title=title, height=max(320, 230 * rows),
                       legend=dict(orientation="h", y=-0.12 if rows > 1 else -0.25))
     fig.update_xaxes(title_text="explored", row=rows)
+    fig.update_yaxes(rangemode="tozero")
     return fig
 
 
 def query_key_figure(dots: pd.DataFrame, category: str | None = None, current_round: int | None = None) -> go.Figure:
     """The query's dot product with each explored key over ICN rounds (the last round is the prompt
-    holding every explored answer). Thick lines: mean over keys already listed in the prompt, and over
-    keys not yet explored."""
+    holding every explored answer). Thin lines: one per explored key, coloured by the round that
+    explored it. Thick lines: mean over keys whose answers the prompt already lists, and over the rest."""
     d = dots if category is None else dots[dots["category"] == category]
     if d.empty:
         return empty_figure("no ICN rounds for this category")
@@ -206,13 +219,14 @@ def query_key_figure(dots: pd.DataFrame, category: str | None = None, current_ro
             customdata=np.c_[g["logit_rank"]], hovertemplate=f"{show_token(g['token'].iloc[0])} (explored in round {er})<br>round %{{x}}: "
             "q·k = %{y:.2f}, rank %{customdata[0]}<extra></extra>",
         ))
-    for flag, name, col in ((True, "mean over keys already in the prompt", "#009E73"), (False, "mean over keys not yet explored", "#0072B2")):
+    for flag, name, col in ((True, "mean over keys already in the prompt", "#009E73"), (False, "mean over keys not yet in the prompt", "#0072B2")):
         m = d[d["in_prompt"] == flag].groupby("round")["dot"].mean()
         if len(m):
             fig.add_trace(go.Scatter(x=m.index, y=m.values, mode="lines+markers", name=name, line=dict(width=4, color=col)))
     if current_round is not None:
         fig.add_vline(x=current_round, line=dict(dash="dot", color="#52606d"))
     fig.update_layout(template=TEMPLATE, title="Query · explored keys over ICN rounds" + (f": {category}" if category else ""), height=420,
-                      xaxis=dict(title="round (prompt lists the answers of earlier rounds)"), yaxis=dict(title="q · k"),
+                      xaxis=dict(title="round (prompt lists the answers of earlier rounds)", dtick=1 if d["round"].max() <= 25 else None),
+                      yaxis=dict(title="q · k"),
                       legend=dict(orientation="h", y=-0.2))
     return fig

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 
 import pandas as pd
-from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from dashboards.base import AppContext, DashPage, check_prompt, error_box, error_message, figure_card, graph, register_run_picker, run_picker
 from dashboards.figures import empty_figure
 from dashboards.figures.key_space import (discovery_figure, family_figure, key_map_figure, precision_figure, query_key_figure,
-                                          ranking_figure, show_token)
+                                          ranking_figure, show_token, verdict)
 
 PROBE = "key-space"
 TYPED = "__typed__"
@@ -119,7 +119,7 @@ def round_view(icn: pd.DataFrame, rnd: int) -> html.Div:
     fed = list(i[i["round"] < rnd]["answer"])
     now = i[i["round"] == rnd]
     items = [html.Li([html.Code(show_token(r["token"])), " → “", r["answer"], "” ",
-                      html.Span("correct" if r["correct"] else "wrong", className="ok" if r["correct"] else "bad"),
+                      html.Span(verdict(r["correct"]), className={"correct": "ok", "wrong": "bad"}.get(verdict(r["correct"]), "")),
                       f" (rank {r['rank_in_round']} this round)"]) for _, r in now.iterrows()]
     return html.Div([
         html.P(f"Round {rnd}: the prompt ends with"),
@@ -128,8 +128,10 @@ def round_view(icn: pd.DataFrame, rnd: int) -> html.Div:
     ], id="ks-round-content")
 
 
-def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None) -> tuple:
-    """(category options, chosen category, judge options, precision figure, family figure, summary table) of a stored run."""
+def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None, show_typed: bool = False) -> tuple:
+    """(category options, chosen category, judge options, precision figure, family figure, summary table) of a stored run.
+
+    `show_typed`: a typed instruction was just probed, so choose it."""
     from probes._key_space_gold import gold_lists
 
     res = ctx.result(int(run_id))
@@ -138,7 +140,10 @@ def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None) ->
     if live:
         options.append({"label": f"typed: {live['instruction'][:60]}", "value": TYPED})
     judges = [{"label": k, "value": k} for k in gold_lists()]
-    value = TYPED if live and current in (TYPED, None) else (current if current in cats else (cats[0] if cats else None))
+    if live and (show_typed or current in (TYPED, None)):
+        value = TYPED
+    else:
+        value = current if current in cats else (cats[0] if cats else None)
     summary = html.Table(html.Tbody([html.Tr([html.Th(k), html.Td(str(v))]) for k, v in res.summary().items()]),
                          className="summary-table", id="ks-summary-table")
     return options, value, judges, precision_figure(res.groups), family_figure(res.families, res.family_summary), summary
@@ -222,7 +227,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             msg = "No key-space run yet: start one on Home, or `workbench run key-space`."
             return [], None, [], empty_figure(msg), empty_figure(msg), html.P(msg, className="empty"), ""
         try:
-            return (*run_view(ctx, run_id, live, current), "")
+            return (*run_view(ctx, run_id, live, current, show_typed=callback_context.triggered_id == "ks-live"), "")
         except Exception as e:
             return no_update, no_update, no_update, no_update, no_update, no_update, error_message(e)
 
