@@ -43,15 +43,16 @@ def _device() -> str:
     return default_device()
 
 
-def _train_and_analyse(recipe, store, device: str):
-    """Train (or reuse) a BB recipe and run the probe on its final checkpoint, with dynamics."""
+def _train_and_analyse(recipe, store, device: str, corpus):
+    """Train (or reuse) a BB recipe and run the probe on its final checkpoint, with dynamics (the
+    probe takes its data from the BB task; `corpus` is only recorded)."""
     from probes.attention_sinks import AttentionSinksConfig
     from workbench.runner import run_probe
     from workbench.tasks.bigram_backcopy import bb_train_time, load_bb, train_bb
 
     train_bb(recipe, device=device)
     model = load_bb(recipe, device=device)
-    out = run_probe("attention-sinks", model, None, AttentionSinksConfig(dynamics=True), store=store)
+    out = run_probe("attention-sinks", model, corpus, AttentionSinksConfig(dynamics=True), store=store)
     return out.result, bb_train_time(recipe)
 
 
@@ -171,7 +172,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     store, device, figures = ResultStore(), _device(), []
     with Timer() as timer:
         r1 = bb_recipe("adam", n_layers=1, **p["bb1"])
-        res1, time1 = _train_and_analyse(r1, store, device)
+        brown = load_corpus("brown")
+        res1, time1 = _train_and_analyse(r1, store, device, brown)
         figures += write_figure(figs.token_dormancy_figure(res1.tokens, res1.meta["config"]["dormant_threshold"]), out, "bb1_token_dormancy")
         figures += write_figure(figs.dynamics_figure({"adam": res1.dynamics}, res1.bb["bigram_optimum"]), out, "bb1_dynamics")
         figures += write_figure(figs.attention_map(res1.examples["bb"][0, 0].numpy(), res1.example_tokens["bb"], "1-layer BB head"),
@@ -180,14 +182,14 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
         recipes = {v: bb_recipe(v, n_layers=3, **p["bb3"]) for v in VARIANTS}
         res3, times3 = {}, {}
         for v, r in recipes.items():
-            res3[v], times3[v] = _train_and_analyse(r, store, device)
+            res3[v], times3[v] = _train_and_analyse(r, store, device, brown)
         figures += write_figure(figs.dynamics_figure({v: r.dynamics for v, r in res3.items()}, res3["adam"].bb["bigram_optimum"]),
                                 out, "bb3_dynamics_adam_sgd_relu")
         figures += write_figure(figs.delta_logit_bands_figure({v: r.dynamics for v, r in res3.items()}), out, "bb3_delta_logit")
 
         lm = load_model(p["lm"], device=device)
         cfg = AttentionSinksConfig(**p["survey"], domains=["python-stdlib"])
-        lm_res = run_probe("attention-sinks", lm, load_corpus("brown"), cfg, store=store).result
+        lm_res = run_probe("attention-sinks", lm, brown, cfg, store=store).result
         a, b = lm_res.domains[:2]
         for d in (a, b):
             figures += write_figure(figs.sink_heatmap(lm_res.heads, d), out, f"lm_sink_heatmap_{d}")

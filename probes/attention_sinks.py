@@ -749,6 +749,8 @@ def prompt_head(model: HookedTransformer, prompt: str, layer: int, head: int, ma
 
 
 def run(model: HookedTransformer, corpus: Corpus | None, config: AttentionSinksConfig) -> AttentionSinksResult:
+    """The LM survey over `corpus` and `config.domains`; on a BB checkpoint, the BB analysis on
+    sequences from its task (the corpus is then not used)."""
     from workbench.tasks.bigram_backcopy import task_of_model
 
     task = task_of_model(model)
@@ -766,5 +768,4 @@ SPEC = register(ProbeSpec(
     config_cls=AttentionSinksConfig,
     result_cls=AttentionSinksResult,
     run=run,
-    needs_corpus=False,
 ))

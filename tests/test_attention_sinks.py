@@ -242,7 +242,9 @@ def bb_run(tmp_path_factory):
     recipe = bbm.bb_recipe("adam", d_model=32, batch_size=4, seq_len=32, steps=4, n_checkpoints=3, lr=3e-3)
     path = bbm.train_bb(recipe, progress=False)
     model = load_model(str(path / "checkpoints" / "step_000004"))
-    out = run_probe("attention-sinks", model, None, AttentionSinksConfig(bb_sequences=8), store=ResultStore(root / "store"))
+    from workbench.corpora import load_corpus
+
+    out = run_probe("attention-sinks", model, load_corpus("brown"), AttentionSinksConfig(bb_sequences=8), store=ResultStore(root / "store"))
     yield model, task, out, recipe
     mp.undo()
 
