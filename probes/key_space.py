@@ -118,8 +118,8 @@ class KeySpaceResult(Result):
         if not g.empty:
             pooled = g[g["category"] == "ALL"].set_index("group")
             for grp in ("main", "other"):
-                if grp in pooled.index:
-                    out[f"middle_precision_{grp}"] = round(float(pooled.loc[grp, "precision"]), 4)
+                v = float(pooled.loc[grp, "precision"]) if grp in pooled.index else float("nan")
+                out[f"middle_precision_{grp}"] = round(v, 4) if v == v else None  # None: no token in this group
         if not self.icn.empty:
             last = self.icn[self.icn["step"] == self.icn["step"].max()]
             for method, v in last.groupby("method")["distinct_correct"].mean().items():
