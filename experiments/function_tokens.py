@@ -46,6 +46,11 @@ def _train_saes(model, corpus, p: dict) -> dict[int, Path]:
             for layer in p["layers"]}
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", "⏎")
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -59,7 +64,7 @@ def coverage_markdown(result) -> str:
     head = ["k", "token"] + [f"{lb} active" for lb in labels] + [f"{lb} all" for lb in labels] + ["paper token", "paper L9", "paper L20", "paper L31"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in t.iterrows():
-        cells = [str(int(r["k"])), f"`{r['token']}`"] + [f"{r[f'{lb} (active)']:.2f}" for lb in labels] + [f"{r[f'{lb} (all)']:.2f}" for lb in labels]
+        cells = [str(int(r["k"])), f"`{_cell(r['token'])}`"] + [f"{r[f'{lb} (active)']:.2f}" for lb in labels] + [f"{r[f'{lb} (all)']:.2f}" for lb in labels]
         paper = ["" if pd.isna(r["paper token"]) else f"`{r['paper token']}`"] + ["" if pd.isna(r[c]) else f"{r[c]:.2f}" for c in ("paper L9", "paper L20", "paper L31")]
         lines.append("| " + " | ".join(cells + paper) + " |")
     return "\n".join(lines)
@@ -188,10 +193,13 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
         f"differ in {info['word_a']!r} / {info['word_b']!r}; the shared final token {info['final_token']!r} is "
         f"{'a' if info['final_is_function_token'] else 'not a'} function token. At the SAE on {info['hook']}, it carries {info['n_final_active_a']} / {info['n_final_active_b']} active features, of which "
         f"{info['n_reactivated_a']} / {info['n_reactivated_b']} were also active on the content word (reactivated). "
-        f"Steering feature f{info['feature']} ({info['feature_choice']}), strength {info['strength']} x its activation "
-        f"(|added| = {info['added_norm']:.2f}):", "",
-        "| run | position | continuation | first-step top-5 |", "|---|---|---|---|",
-        *[f"| {r.run} | {r.position} | `{r.continuation}` | {r.top5} |" for r in gens.itertuples()],
+        f"Steering feature f{info['feature']} ({info['feature_choice']}), added at B's last token (position {info['steer_position']}) "
+        f"or, as the control, at the content token {figs.show_token(info['control_token'])!r} (position {info['control_position']}), "
+        f"scaled to a multiple of its activation at A's final token ({info['base_activation']:.2f}):", "",
+        f"| run | strength | position | continuation | names {info['word_a']!r} | names {info['word_b']!r} | first-step top-5 |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {r.run} | {r.strength:g} | {r.position} | `{_cell(r.continuation)}` | {'yes' if r.mentions_a else 'no'} | "
+          f"{'yes' if r.mentions_b else 'no'} | {_cell(r.top5)} |" for r in gens.itertuples()],
         "",
         f"Deviations: our SAEs are small (width {res.saes[res.labels[0]]['d_sae']}, {res.saes[res.labels[0]]['architecture']}, trained "
         f"on {read_recipe(sae_dirs[p['layers'][0]])['spec']['training_tokens']:,} Brown tokens each) where the paper uses Gemma Scope "

@@ -4,7 +4,8 @@ Two prompts that differ in one content word and end in the same function token (
 - case study: the SAE features active at the shared final token of each prompt, and which of them
   the final token *reactivates*: features also active on that prompt's differing content word;
 - steering: add one feature's contribution (its decoder output at `strength` x its activation at
-  A's final token) to prompt B's residual at the last function token only, and decode greedily;
+  A's final token, for each of `strengths`) to prompt B's residual at the last function token only,
+  and decode greedily; each continuation is checked for A's and B's content words;
 - the control the paper's reviewers asked for: the same addition at a content-token position of B
   (by default the differing content word) instead.
 
@@ -39,7 +40,7 @@ class FunctionTokenSteeringConfig:
     prompt_a: str = "Q: What is the capital of Japan?\nA:"
     prompt_b: str = "Q: What is the capital of UK?\nA:"
     feature: int = -1  # -1: the strongest feature reactivated at A's final token and silent at B's
-    strength: float = 4.0  # multiple of the feature's activation at A's final token
+    strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # multiples of the feature's activation at A's final token
     control_position: int = -1  # a content position of B for the control; -1: the differing word's last token
     max_new_tokens: int = 12
     n_features: int = 12  # features shown in the heatmaps
@@ -57,6 +58,8 @@ class FunctionTokenSteeringConfig:
             raise ConfigError("prompt_a and prompt_b are identical; they must differ in one content word")
         if not 1 <= self.max_new_tokens <= 64:
             raise ConfigError(f"max_new_tokens must be in 1..64, got {self.max_new_tokens}")
+        if not self.strengths or any(x <= 0 for x in self.strengths):
+            raise ConfigError(f"strengths must be positive numbers, got {self.strengths}")
         if self.n_features < 1:
             raise ConfigError(f"n_features must be at least 1, got {self.n_features}")
         if not 0 < self.mass <= 1 or self.count_split not in SPLITS:
@@ -71,7 +74,7 @@ class FunctionTokenSteeringResult(Result):
     info: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        g = self.generations.set_index("run")["continuation"].to_dict() if not self.generations.empty else {}
+        g = {f"{r.run}@{r.strength:g}": r.continuation for r in self.generations.itertuples()} if not self.generations.empty else {}
         return {"feature": self.info.get("feature"), **g}
 
 
@@ -181,28 +184,28 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringC
     elif feature >= sae.cfg.d_sae:
         raise ConfigError(f"feature {feature} out of range 0..{sae.cfg.d_sae - 1}")
     base_act = float(fin["a"][feature]) or float(acts["a"][:, feature].max()) or 1.0
-    delta = feature_contribution(sae, feature, config.strength * base_act)
 
     control = config.control_position if config.control_position >= 0 else eb - 1
     if not 0 < control < last["b"]:
         raise ConfigError(f"control_position must be a content position of prompt B in 1..{last['b'] - 1}, got {control}")
     hook = hook_name(sae)
-    runs = {
-        "baseline_a": (toks["a"], []),
-        "baseline_b": (toks["b"], []),
-        "steer_function_b": (toks["b"], [(hook, add_at_position(delta, last["b"]))]),
-        "steer_content_b": (toks["b"], [(hook, add_at_position(delta, control))]),
-    }
+    runs: list[tuple[str, float, int, torch.Tensor, list]] = [("baseline_a", 0.0, -1, toks["a"], []), ("baseline_b", 0.0, -1, toks["b"], [])]
+    for strength in config.strengths:
+        delta = feature_contribution(sae, feature, strength * base_act)
+        runs += [("steer_function_b", strength, last["b"], toks["b"], [(hook, add_at_position(delta, last["b"]))]),
+                 ("steer_content_b", strength, control, toks["b"], [(hook, add_at_position(delta, control))])]
+    word_a, word_b = "".join(strs["a"][sa:ea]).strip(), "".join(strs["b"][sb:eb]).strip()
     rows = []
-    for name, (t, hooks) in runs.items():
+    for name, strength, pos, t, hooks in runs:
         new, probs = greedy(model, t, config.max_new_tokens, hooks)
         top = probs.topk(5)
-        rows.append({"run": name, "position": {"steer_function_b": last["b"], "steer_content_b": control}.get(name, -1),
-                     "continuation": model.tokenizer.decode(new),
-                     "top5": [model.tokenizer.decode([i]) for i in top.indices.tolist()], "top5_prob": top.values.tolist()})
+        text = model.tokenizer.decode(new)
+        rows.append({"run": name, "strength": strength, "position": pos, "continuation": text,
+                     "mentions_a": word_a in text, "mentions_b": word_b in text,
+                     "added_norm": float(feature_contribution(sae, feature, strength * base_act).norm()) if strength else 0.0,
+                     "top5": " · ".join(repr(model.tokenizer.decode([i])) for i in top.indices.tolist()),
+                     "top5_prob": " · ".join(f"{p:.3f}" for p in top.values.tolist())})
     gens = pd.DataFrame(rows)
-    gens["top5"] = gens["top5"].map(lambda x: " | ".join(x))
-    gens["top5_prob"] = gens["top5_prob"].map(lambda x: " | ".join(f"{p:.3f}" for p in x))
 
     shown = list(dict.fromkeys([feature] + feats["feature"].tolist()))[: config.n_features]
     heat = []
@@ -216,10 +219,10 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringC
                 heat.append({"prompt": k, "position": pos, "token": strs[k][pos], "feature": f, "activation": float(m[pos, j])})
     return FunctionTokenSteeringResult(
         heatmaps=pd.DataFrame(heat), features=feats, generations=gens,
-        info={"sae": source_of(sae), "hook": hook, "feature": feature, "feature_choice": how, "strength": config.strength,
-              "added_norm": float(delta.norm()), "final_token": model.tokenizer.decode([final]),
+        info={"sae": source_of(sae), "hook": hook, "feature": feature, "feature_choice": how, "strengths": list(config.strengths),
+              "base_activation": base_act, "final_token": model.tokenizer.decode([final]),
               "final_is_function_token": final in f_ids, "span_a": [sa, ea], "span_b": [sb, eb],
-              "word_a": "".join(strs["a"][sa:ea]), "word_b": "".join(strs["b"][sb:eb]),
+              "word_a": word_a, "word_b": word_b,
               "steer_position": last["b"], "control_position": control, "control_token": strs["b"][control],
               "tokens_a": strs["a"], "tokens_b": strs["b"],
               "n_reactivated_a": int(feats["reactivated_a"].sum()), "n_reactivated_b": int(feats["reactivated_b"].sum()),

@@ -424,10 +424,13 @@ class FunctionTokensResult(Result):
         return unpack_bits(self.tensors[f"{label}/edges"], int(self.saes[label]["d_sae"]))
 
     def token_features(self, label: str, token_id: int) -> list[int]:
+        """The features a token type activates (its neighbourhood), in index order."""
         rows = self.tensors["row_ids"].tolist()
         if token_id not in rows:
             return []
-        return self.edges(label)[rows.index(token_id)].nonzero().squeeze(1).tolist()
+        r = rows.index(token_id)
+        row = unpack_bits(self.tensors[f"{label}/edges"][r : r + 1], int(self.saes[label]["d_sae"]))[0]
+        return row.nonzero().squeeze(1).tolist()
 
     def coverage_table(self, ks: range = range(1, 11)) -> pd.DataFrame:
         """Coverage (%) of the top-k tokens, k in `ks`, one column per SAE and denominator (Table 1)."""
@@ -504,7 +507,7 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokensConfig) 
     rank[order] = np.arange(1, order.size + 1)
 
     batches = corpus_batches(model, corpus, config)
-    slice_ids = np.unique(batches.tc.tokens)
+    slice_ids = np.unique(batches.tc.tokens[: batches.n_chunks * batches.body])  # the budget's tokens only
     slice_ids = slice_ids[~np.isin(slice_ids, special)]
     # row order: by corpus frequency rank; types the counting split lacks go last, by id
     key = np.where(rank[slice_ids] > 0, rank[slice_ids], order.size + 1 + slice_ids)

@@ -165,6 +165,8 @@ def test_save_load_round_trip_and_graph_export(graph_run, tmp_path):
     for k, v in res.tensors.items():
         assert torch.equal(back.tensors[k], v), k
     assert torch.equal(back.edges("L1"), res.edges("L1"))
+    first = int(res.tensors["row_ids"][0])
+    assert back.token_features("L1", first) == res.edges("L1")[0].nonzero().squeeze(1).tolist() != []
     assert back.top_contexts("L0", 0) == res.top_contexts("L0", 0)
     g = res.layer_graph("L0")
     assert g.number_of_edges() > 0 and {a["kind"] for _, a in g.nodes(data=True)} == {"token", "feature"}
@@ -258,7 +260,7 @@ def test_differing_spans():
 def test_case_study_and_steering_on_a_tiny_model(tiny, brown, tmp_path):
     path = saved_sae(tmp_path / "sae", hook=HOOK1, seed=2)
     cfg = FunctionTokenSteeringConfig(sae=str(path), prompt_a="The capital of Russia is:", prompt_b="The capital of Japan is:",
-                                      max_new_tokens=3, strength=50.0, n_features=5)
+                                      max_new_tokens=3, strengths=[50.0], n_features=5)
     res = run_steering(tiny, mini_corpus(brown, 6), cfg)
     info = res.info
     assert info["final_token"] == ":" and info["word_a"].startswith("Rus") and info["control_token"] != ":"
@@ -269,8 +271,11 @@ def test_case_study_and_steering_on_a_tiny_model(tiny, brown, tmp_path):
     assert f.loc[chosen, "final_a"] > 0
     g = res.generations.set_index("run")
     assert g.loc["steer_function_b", "top5_prob"] != g.loc["baseline_b", "top5_prob"]  # a large push changes the answer distribution
+    assert g.loc["steer_function_b", "strength"] == 50.0 and g.loc["baseline_b", "strength"] == 0.0
     with pytest.raises(ConfigError):
         FunctionTokenSteeringConfig(prompt_a="same", prompt_b="same").validate()
+    with pytest.raises(ConfigError, match="strengths"):
+        FunctionTokenSteeringConfig(strengths=[]).validate()
 
 
 @pytest.mark.slow

@@ -228,7 +228,8 @@ def generations_table(result) -> pd.DataFrame:
     """The steering runs as a small table (continuation and first-step top-5)."""
     g = result.generations.copy()
     g["continuation"] = g["continuation"].map(lambda s: s.replace("\n", "⏎"))
-    return g[["run", "position", "continuation", "top5", "top5_prob"]]
+    g["top5"] = g["top5"].map(lambda s: s.replace("\n", "⏎"))
+    return g[["run", "strength", "position", "continuation", "mentions_a", "mentions_b", "top5"]]
 
 
 __all__ = ["PAPER_TABLE1", "bipartite_figure", "bipartite_positions", "case_heatmaps_figure", "comparison_figure", "coverage_figure",

@@ -163,8 +163,10 @@ def steering_block(result) -> html.Div:
     return html.Div([
         html.P(f"Feature f{info['feature']} ({info['feature_choice']}), added at B's last token "
                f"{figs.show_token(info['final_token'])!r} (position {info['steer_position']}) and, as the control, at the content "
-               f"token {figs.show_token(info['control_token'])!r} (position {info['control_position']}); strength {info['strength']}, "
-               f"|added| = {info['added_norm']:.2f}. Final token is {'a' if info['final_is_function_token'] else 'NOT a'} function token."),
+               f"token {figs.show_token(info['control_token'])!r} (position {info['control_position']}), at "
+               f"{', '.join(f'{x:g}' for x in info['strengths'])} x its activation at A's final token ({info['base_activation']:.2f}). "
+               f"The final token is {'a' if info['final_is_function_token'] else 'NOT a'} function token; mentions_a / mentions_b: "
+               f"does the continuation name {info['word_a']!r} / {info['word_b']!r}."),
         html.P(f"Reactivated at the final token: {info['n_reactivated_a']} of {info['n_final_active_a']} features in A, "
                f"{info['n_reactivated_b']} of {info['n_final_active_b']} in B."),
         html.Table([html.Thead(html.Tr([html.Th(c) for c in g.columns])), html.Tbody(rows)], className="details-table", id="ft-steer-table"),
@@ -257,7 +259,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             bars = figs.loss_bars_figure(tables) if tables else empty_figure(f"No {LOSS} run selected: `workbench run {LOSS}`.")
             tr = training_frame(ctx)
             curves = figs.loss_curves_figure(tr[1], f"Loss decomposition over training ({tr[0]})") if tr else empty_figure(
-                "No checkpoint runs yet: run `python -m experiments.function_tokens` (it trains a small Brown LM).")
+                "No checkpoint runs yet (python -m experiments.function_tokens).")
             return bars, curves, ""
         except Exception as e:
             return no_update, no_update, error_message(e)

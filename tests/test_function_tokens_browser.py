@@ -1,0 +1,98 @@
+"""The function-token page in headless Chromium: pick a run and an SAE, hover a token for its
+features, click a feature for its top contexts, look a token up; on the tiny model with random SAEs."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from sae_standins import mini_corpus, saved_sae
+
+pytestmark = pytest.mark.browser
+SHOTS = Path(__file__).parent / "artifacts" / "screenshots"
+
+NODE_POSITION = """
+const root = arguments[0]; const want = arguments[1];
+let host = root; while (host && !host._cyreg) host = host.querySelector('div');
+if (!host) return null;
+const cy = host._cyreg.cy; const n = cy.nodes(want)[0]; if (!n) return null;
+const r = cy.container().getBoundingClientRect(), p = n.renderedPosition();
+return [r.left + p.x, r.top + p.y, n.data('feature') === undefined ? null : n.data('feature')];
+"""
+
+
+@pytest.fixture(scope="module")
+def ft_store(tmp_path_factory):
+    from workbench.corpora import load_corpus
+    from workbench.models import load_model
+    from workbench.runner import run_probe
+    from workbench.store import ResultStore
+
+    d = tmp_path_factory.mktemp("ft-dash")
+    store = ResultStore(d / "store")
+    model = load_model("tiny", device="cpu")
+    corpus = mini_corpus(load_corpus("brown"), 8)
+    saes = [str(saved_sae(d / f"s{i}", hook=f"blocks.{i}.hook_resid_post", seed=i)) for i in (0, 1)]
+    run_probe("function-tokens", model, corpus, {"saes": saes, "max_tokens": 1024, "seq_len": 64}, store=store)
+    run_probe("function-token-loss", model, corpus, {"max_tokens": 512, "seq_len": 64}, store=store)
+    return store
+
+
+@pytest.fixture
+def app(ft_store):
+    from dashboards.app import create_app
+
+    app = create_app(store=ft_store, model="tiny")
+    yield app
+    app.workbench_ctx.jobs.shutdown()
+
+
+def _node(dash_duo, selector: str, timeout: float = 15):
+    graph_el = dash_duo.find_element(".graph-card")
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", graph_el)
+    deadline, pos = time.time() + timeout, None
+    while time.time() < deadline and pos is None:
+        pos = dash_duo.driver.execute_script(NODE_POSITION, graph_el, selector)
+        if pos is None:
+            time.sleep(0.3)
+    assert pos is not None, "the bipartite graph did not render its nodes"
+    return pos
+
+
+def test_graph_hover_click_and_lookups(dash_duo, app):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dash_duo.start_server(app, port=port)
+    dash_duo.wait_for_page(url=dash_duo.server_url + "/function-tokens")
+    dash_duo.wait_for_element('#page-root[data-page="/function-tokens"]', timeout=15)
+    dash_duo.wait_for_contains_text("#ft-summary", "function tokens", timeout=20)
+    dash_duo.wait_for_contains_text("#ft-layer", "L1", timeout=10)  # the middle SAE is preselected
+
+    x, y, _ = _node(dash_duo, '[kind = "token"]')
+    ActionChains(dash_duo.driver).move_to_location(int(x), int(y)).perform()
+    dash_duo.wait_for_contains_text(".graph-hover", "strongest", timeout=10)
+
+    x, y, feature = _node(dash_duo, '[kind = "feature"]')
+    ActionChains(dash_duo.driver).move_to_location(int(x), int(y)).click().perform()
+    dash_duo.wait_for_contains_text("#ft-contexts", f"feature {feature}", timeout=10)
+    assert dash_duo.find_elements("#ft-contexts li"), "no top contexts listed"
+
+    box = dash_duo.find_element("#ft-token")
+    box.send_keys(" the" + Keys.TAB)  # the byte tokenizer has no ' the': a clear message, not an error
+    dash_duo.wait_for_contains_text("#ft-token-features", "no token", timeout=10)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    box.send_keys("e" + Keys.TAB)
+    dash_duo.wait_for_contains_text("#ft-token-features", "activates", timeout=10)
+    assert dash_duo.find_elements(".js-plotly-plot")
+    assert not dash_duo.find_elements(".error")
+    assert not [e for e in dash_duo.get_logs() or [] if e.get("level") == "SEVERE"]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    dash_duo.driver.save_screenshot(str(SHOTS / "function_tokens.png"))
