@@ -141,8 +141,8 @@ def _decode_batch(
             break
         if bool(done.any()):
             keep = ~done
-            rows, nxt = rows[keep], nxt[keep]
             keep_dev = keep.to(nxt.device)
+            rows, nxt = rows[keep], nxt[keep_dev]
             if cache is not None:
                 _select(cache, keep_dev)
             else:
