@@ -90,7 +90,11 @@ def _model_for(ctx: AppContext, result) -> Any:
 
 def _summary(result, domain: str) -> html.Table:
     h = result.heads[result.heads["domain"] == domain]
-    rows = [("model", str(result.meta.get("model", {}).get("id", "?"))), ("domain", domain),
+    model = result.meta.get("model", {})
+    recipe = model.get("extra", {}).get("meta", {}).get("bb", {}).get("recipe")
+    name = f"{model.get('id', '?')}" + (f" (BB L{recipe['n_layers']}, {recipe['optimizer']}, {recipe['attention']} attention, "
+                                        f"batch {recipe['batch_size']}, lr {recipe['lr']})" if recipe else "")
+    rows = [("model", name), ("domain", domain),
             ("BOS prepended", str(result.meta.get("prepend_bos"))),
             ("mean sink mass", f"{h['sink_mass'].mean():.3f}"),
             ("heads with sink mass > 0.5", f"{int((h['sink_mass'] > 0.5).sum())} / {len(h)}")]
