@@ -54,10 +54,15 @@ def head_heatmap(result: Any, kind: str = "node") -> go.Figure:
     if kind == "baseline" and np.isnan(_grid(result, "baseline")).all():
         return empty_figure("this run has no baseline (ground truth from a published circuit or the backcopy head)")
     fig = go.Figure([_heatmap_trace(result, kind), _truth_markers(result)])
-    L = result.stats["n_layers"]
+    L, H = result.stats["n_layers"], result.stats["heads_per_layer"]
     fig.update_layout(template=TEMPLATE, title=KINDS[kind][0], height=max(300, 22 * L + 120), showlegend=False,
-                      xaxis_title="head", yaxis_title="layer", yaxis=dict(autorange="reversed"))
+                      xaxis=dict(title="head", **_ticks(H)), yaxis=dict(title="layer", autorange="reversed", **_ticks(L)))
     return fig
+
+
+def _ticks(n: int) -> dict:
+    """Integer ticks: every one for small grids, every fifth for large ones."""
+    return dict(tickmode="linear", tick0=0, dtick=1 if n <= 16 else 5)
 
 
 def score_heatmaps(result: Any) -> go.Figure:
@@ -71,8 +76,8 @@ def score_heatmaps(result: Any) -> go.Figure:
         m = _truth_markers(result)
         m.showlegend = i == 1
         fig.add_trace(m, row=1, col=i)
-        fig.update_yaxes(autorange="reversed", title_text="layer" if i == 1 else None, row=1, col=i)
-        fig.update_xaxes(title_text="head", row=1, col=i)
+        fig.update_yaxes(autorange="reversed", title_text="layer" if i == 1 else None, row=1, col=i, **_ticks(result.stats["n_layers"]))
+        fig.update_xaxes(title_text="head", row=1, col=i, **_ticks(result.stats["heads_per_layer"]))
     s = result.stats
     fig.update_layout(template=TEMPLATE, height=max(320, 22 * s["n_layers"] + 140),
                       title=f"{s['task']}: SAE scores (mean over {len(result.trials)} seeds) beside the ground truth "
@@ -95,13 +100,14 @@ def roc_figure(results: Mapping[str, Any]) -> go.Figure:
             for s in range(scores.shape[0]):
                 fpr, tpr = roc_points(truth, scores[s].numpy())
                 fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", line=dict(color=color, width=1.5), opacity=0.45,
-                                         legendgroup=name, showlegend=(s == 0 and col == 1), name=f"{name} (AUC {auc:.2f} / {r.stats['edge_auc_mean']:.2f})",
+                                         legendgroup=name, showlegend=(s == 0 and col == 1), name=f"{name} (mean AUC node {r.stats['node_auc_mean']:.2f}, edge {r.stats['edge_auc_mean']:.2f})",
                                          hovertemplate=f"{name} seed {s}<br>FPR %{{x:.2f}} TPR %{{y:.2f}}<extra></extra>"), row=1, col=col)
     for col in (1, 2):
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#9aa5b1", dash="dot"), showlegend=False, hoverinfo="skip"), row=1, col=col)
         fig.update_xaxes(title_text="false positive rate", range=[0, 1], row=1, col=col)
         fig.update_yaxes(title_text="true positive rate", range=[0, 1.02], row=1, col=col)
-    fig.update_layout(template=TEMPLATE, height=420, title="ROC curves against the ground truth (legend: mean node / edge AUC)")
+    fig.update_layout(template=TEMPLATE, height=460, title="ROC against the ground truth",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0), margin=dict(t=70, b=110))
     return fig
 
 

@@ -34,7 +34,7 @@ def layout() -> html.Div:
                               dcc.RadioItems(id="sc-kind", value="node", inline=True,
                                              options=[{"label": "node", "value": "node"}, {"label": "edge", "value": "edge"}])],
                              className="run-picker"),
-                    html.Div([html.Label("Seed (histogram)", htmlFor="sc-seed"), dcc.Dropdown(id="sc-seed", value=0, clearable=False)],
+                    html.Div([html.Label("Seed (histogram)", htmlFor="sc-seed"), dcc.Dropdown(id="sc-seed", value="0", clearable=False)],
                              className="run-picker"),
                 ],
                 className="controls",
@@ -44,7 +44,7 @@ def layout() -> html.Div:
             html.Div(html.Div(id="sc-summary"), className="card"),
             html.Div([figure_card("sc-sae", "SAE method", "Mean score over seeds; outlined heads are the ground truth."),
                       figure_card("sc-base", "Causal baseline", "Share of the positive-negative gap removed by patching each head "
-                                  "(negative into positive); red pushes towards the answer, blue against it.")], className="grid-2"),
+                                  "(negative into positive): blue heads carry the answer, red ones work against it.")], className="grid-2"),
             html.Div([graph_card("sc-graph", "Circuit graph (SAE edges)", "Head pairs with the most code pairs unique to positives, "
                                  "by layer (rows) and head (columns); orange nodes are in the ground truth."),
                       figure_card("sc-hist", "Codes of the chosen head", "How often each SAE code occurs on positives and negatives.")],
@@ -90,17 +90,17 @@ def register(app: Dash, ctx: AppContext) -> None:
                 for c in run_choices(ctx) if task in (None, c["task"])]
         return opts, (opts[0]["value"] if opts else None)
 
-    @app.callback(Output("sc-seed", "options"), Output("sc-head", "data", allow_duplicate=True), Input("sc-run", "value"),
-                  prevent_initial_call="initial_duplicate")
+    @app.callback(Output("sc-seed", "options"), Output("sc-seed", "value"), Output("sc-head", "data", allow_duplicate=True),
+                  Input("sc-run", "value"), prevent_initial_call="initial_duplicate")
     def _seeds(run_id):
         if run_id is None:
-            return [], None
+            return [], None, None
         try:
             res = ctx.result(int(run_id))
         except Exception:
-            return [], None
+            return [], None, None
         best = int(res.heads["node_score"].to_numpy().argmax())
-        return [{"label": f"seed {s}", "value": s} for s in range(res.codes.shape[0])], best
+        return [{"label": f"seed {s}", "value": str(s)} for s in range(res.codes.shape[0])], "0", best
 
     @app.callback(
         Output(graph("sc-sae"), "figure"), Output(graph("sc-base"), "figure"), Output(graph("sc-roc"), "figure"),
