@@ -51,21 +51,40 @@ def _sizes(widths: pd.Series) -> np.ndarray:
     return 9 + 15 * ((w - lo) / (hi - lo) if hi > lo else np.zeros_like(w))
 
 
+SYMBOLS = ["circle", "diamond", "square", "triangle-up", "star"]
+
+
+def _symbols(steps: pd.Series) -> dict[int, str]:
+    """Marker symbol per step budget (fewest steps: circle)."""
+    return {s: SYMBOLS[i % len(SYMBOLS)] for i, s in enumerate(sorted(steps.unique()))}
+
+
 def _scatter_traces(table: pd.DataFrame, metric: str, x: str, showlegend: bool) -> list[go.Scatter]:
     traces = []
     sizes = pd.Series(_sizes(table["d_model"]), index=table.index)
+    symbols = _symbols(table["steps"])
     for i, depth in enumerate(sorted(table["n_layers"].unique())):
         sub = table[table["n_layers"] == depth]
         custom = np.stack([sub["d_model"], sub["steps"], sub["n_params"], sub["val_loss"], sub["seed"]], axis=1)
         traces.append(go.Scatter(
             x=sub[x], y=sub[metric], mode="markers", name=f"{depth} layer{'s' if depth > 1 else ''}", legendgroup=f"L{depth}",
-            showlegend=showlegend, marker=dict(color=COLORS[i % len(COLORS)], size=sizes[sub.index], line=dict(width=1, color="white")),
+            showlegend=showlegend, marker=dict(color=COLORS[i % len(COLORS)], size=sizes[sub.index], symbol=sub["steps"].map(symbols),
+                                               line=dict(width=1, color="white")),
             customdata=custom, text=sub["name"],
             hovertemplate=(f"depth {depth}, width %{{customdata[0]}}, %{{customdata[1]}} steps, seed %{{customdata[4]}}<br>"
                            "params %{customdata[2]:,}<br>val loss %{customdata[3]:.3f}<br>" + metric_label(metric) +
                            " %{y:.4g}<extra></extra>"),
         ))
+    if showlegend and len(symbols) > 1:
+        for steps, symbol in symbols.items():
+            traces.append(go.Scatter(x=[None], y=[None], mode="markers", name=f"{steps} steps", legendgroup=f"S{steps}",
+                                     marker=dict(symbol=symbol, size=10, color="#7b8794")))
     return traces
+
+
+def _log_axis(log: bool) -> dict:
+    """Axis settings: a log axis labelled at powers of ten only."""
+    return dict(type="log", dtick=1, exponentformat="power") if log else dict(type="linear")
 
 
 def scaling_figure(table: pd.DataFrame, metric: str) -> go.Figure:
@@ -76,8 +95,8 @@ def scaling_figure(table: pd.DataFrame, metric: str) -> go.Figure:
             fig.add_trace(tr, row=1, col=col)
     fig.update_xaxes(title="parameters", type="log", row=1, col=1)
     fig.update_xaxes(title="validation loss (nats/token)", row=1, col=2)
-    fig.update_yaxes(title=metric_label(metric), type="log" if metric in LOG_METRICS and (table[metric] > 0).all() else "linear")
-    fig.update_layout(template=TEMPLATE, height=380, title=f"{metric_label(metric)} across the sweep (marker size = width)",
+    fig.update_yaxes(title=metric_label(metric), **_log_axis(metric in LOG_METRICS and bool((table[metric] > 0).all())))
+    fig.update_layout(template=TEMPLATE, height=380, title=f"{metric_label(metric)} across the sweep (size = width, symbol = steps)",
                       legend=dict(orientation="h", y=-0.22))
     return fig
 
@@ -90,14 +109,14 @@ def scaling_grid(table: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
         for col, x in ((1, "n_params"), (2, "val_loss")):
             for tr in _scatter_traces(table, metric, x, showlegend=(r == 1 and col == 1)):
                 fig.add_trace(tr, row=r, col=col)
-        log_y = metric in LOG_METRICS and (table[metric] > 0).all()
-        fig.update_yaxes(title=dict(text=short_label(metric), font=dict(size=12)), type="log" if log_y else "linear", row=r, col=1)
-        fig.update_yaxes(type="log" if log_y else "linear", row=r, col=2)
+        log_y = metric in LOG_METRICS and bool((table[metric] > 0).all())
+        fig.update_yaxes(title=dict(text=short_label(metric), font=dict(size=12)), **_log_axis(log_y), row=r, col=1)
+        fig.update_yaxes(**_log_axis(log_y), row=r, col=2)
         fig.update_xaxes(type="log", row=r, col=1)
     fig.update_xaxes(title="parameters", row=len(metrics), col=1)
     fig.update_xaxes(title="validation loss (nats/token)", row=len(metrics), col=2)
     fig.update_layout(template=TEMPLATE, height=210 * len(metrics) + 140, title="NC metrics across the sweep "
-                      "(colour = depth, size = width)", legend=dict(orientation="h", y=-0.04, yanchor="top"),
+                      "(colour = depth, size = width, symbol = steps)", legend=dict(orientation="h", y=-0.04, yanchor="top"),
                       margin=dict(b=110))
     return fig
 
