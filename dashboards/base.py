@@ -181,7 +181,8 @@ def figure_card(graph_id: str, title: str, description: str = "") -> html.Div:
                 [
                     html.Button("SVG", id={"type": "export-svg", "id": graph_id}, className="export-btn"),
                     html.Button("HTML", id={"type": "export-html", "id": graph_id}, className="export-btn"),
-                    dcc.Download(id={"type": "export-download", "id": graph_id}),
+                    dcc.Download(id={"type": "export-download", "id": graph_id}),  # SVG
+                    dcc.Download(id={"type": "export-download-html", "id": graph_id}),
                 ],
                 className="export-row",
             ),

@@ -47,21 +47,30 @@ def figure_html(fig: go.Figure | dict) -> str:
 
 
 def register_export_callbacks(app: Dash) -> None:
-    """SVG and HTML buttons of every figure card (pattern-matching ids, call once per app)."""
+    """SVG and HTML buttons of every figure card (pattern-matching ids, call once per app).
+
+    Two callbacks, one per format: a slow SVG export is not cancelled by a click on HTML.
+    """
 
     @app.callback(
         Output({"type": "export-download", "id": MATCH}, "data"),
         Input({"type": "export-svg", "id": MATCH}, "n_clicks"),
+        State({"type": "wb-graph", "id": MATCH}, "figure"),
+        prevent_initial_call=True,
+    )
+    def _svg(_n, figure: dict[str, Any] | None):
+        if not figure or not figure.get("data"):
+            return no_update
+        svg = figure_image(figure, "svg")
+        return dict(content=svg.decode() if isinstance(svg, bytes) else svg, filename=f"{ctx.triggered_id['id']}.svg", type="image/svg+xml")
+
+    @app.callback(
+        Output({"type": "export-download-html", "id": MATCH}, "data"),
         Input({"type": "export-html", "id": MATCH}, "n_clicks"),
         State({"type": "wb-graph", "id": MATCH}, "figure"),
         prevent_initial_call=True,
     )
-    def _export(_svg, _html, figure: dict[str, Any] | None):
-        t = ctx.triggered_id
-        if not t or not figure or not figure.get("data"):
+    def _html(_n, figure: dict[str, Any] | None):
+        if not figure or not figure.get("data"):
             return no_update
-        name = str(t["id"])
-        if t["type"] == "export-svg":
-            svg = figure_image(figure, "svg")
-            return dict(content=svg.decode() if isinstance(svg, bytes) else svg, filename=f"{name}.svg", type="image/svg+xml")
-        return dict(content=figure_html(figure), filename=f"{name}.html", type="text/html")
+        return dict(content=figure_html(figure), filename=f"{ctx.triggered_id['id']}.html", type="text/html")

@@ -14,6 +14,7 @@ to it: click-through to another page), `title` (hover text). Edge keys: `weight`
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable
 
 import dash_cytoscape as cyto
@@ -126,13 +127,23 @@ def elements_to_nx(elements: Iterable[dict]) -> nx.Graph:
     return G
 
 
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_safe(s: str) -> str:
+    """Characters XML 1.0 cannot hold (control bytes, e.g. from byte-level tokens) as \\xNN escapes."""
+    return _XML_BAD.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
 def graphml_text(G: nx.Graph) -> str:
     """GraphML; attributes GraphML cannot hold (lists, dicts, None) are written as JSON strings."""
-    H = G.copy()
+    H = nx.relabel_nodes(G, {n: _xml_safe(n) for n in G.nodes if isinstance(n, str) and _XML_BAD.search(n)})
     for _, d in list(H.nodes(data=True)) + [(None, d) for *_, d in H.edges(data=True)]:
         for k, v in list(d.items()):
             if v is None or isinstance(v, (list, dict)):
-                d[k] = json.dumps(v)
+                v = d[k] = json.dumps(v)
+            if isinstance(v, str):
+                d[k] = _xml_safe(v)
     return "\n".join(nx.generate_graphml(H))
 
 

@@ -106,6 +106,16 @@ def retype(element, text: str) -> None:
     element.send_keys(text)
 
 
+def wait_for_downloads(folder: Path, names: set[str], timeout: float = 60) -> dict[str, Path]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = {p.name: p for p in folder.glob("*") if p.name in names}
+        if set(found) == names:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"downloads missing: {names - {p.name for p in folder.glob('*')}}; found {sorted(p.name for p in folder.glob('*'))}")
+
+
 def test_explorer_topk_and_graph_click(dash_duo, app):
     """A typed prompt gives its tokens and top-k; clicking a node of the flow graph shows its details."""
     start(dash_duo, app, "/model-explorer")
@@ -150,6 +160,24 @@ def test_explorer_topk_and_graph_click(dash_duo, app):
     details = dash_duo.find_element(".graph-details").text
     assert "layer 1" in details and "position 5" in details and "incoming" in details
     shot(dash_duo, "explorer_graph_click")
+
+    # exports: a figure as SVG (kaleido) and HTML, the graph as GraphML, downloaded by the browser.
+    # One at a time, as a person would: Chromium holds back a download that arrives without a fresh
+    # click while another is pending ("multiple automatic downloads" needs the user's permission).
+    folder = Path(dash_duo.download_path)
+    card = dash_duo.find_element(".figure-card")  # the attention pattern
+    card.find_element("css selector", ".export-row button:nth-of-type(1)").click()  # SVG
+    wait_for_downloads(folder, {"explorer-attn.svg"})
+    card.find_element("css selector", ".export-row button:nth-of-type(2)").click()  # HTML
+    wait_for_downloads(folder, {"explorer-attn.svg", "explorer-attn.html"})
+    dash_duo.find_element(".graph-card .export-row button:nth-of-type(3)").click()  # GraphML
+    files = wait_for_downloads(folder, {"explorer-flow.graphml", "explorer-attn.svg", "explorer-attn.html"})
+    import networkx as nx
+
+    g = nx.read_graphml(files["explorer-flow.graphml"])
+    assert g.number_of_nodes() == 3 * 12 and g.has_edge("L0P2", "L1P5")
+    assert files["explorer-attn.svg"].read_text().lstrip().startswith("<svg")
+    assert "Attention, layer 0" in files["explorer-attn.html"].read_text()
     assert dash_duo.get_logs() == []
 
 

@@ -226,7 +226,9 @@ def test_job_manager_marks_runs_of_a_dead_worker_failed(store):
 
 # ----- prompt analysis -----
 def test_prompt_analysis_is_consistent(tiny_model):
-    from dashboards.explorer import MAX_TOKENS, analyse_prompt, attention_flow_graph
+    import torch
+
+    from dashboards.explorer import LENS_POSITIONS, MAX_TOKENS, analyse_prompt, attention_flow_graph, compute_lens
 
     a = analyse_prompt(tiny_model, "Hello world", "tiny")
     T = a.n_tokens
@@ -238,21 +240,28 @@ def test_prompt_analysis_is_consistent(tiny_model):
     assert float(a.topk_probs.sum(-1).max()) <= 1.0 + 1e-5
     G = attention_flow_graph(a, tiny_model.tokenizer)
     assert G.number_of_nodes() == 3 * T and all(G.in_degree(f"L1P{p}") >= 1 for p in range(T))
+    lazy = analyse_prompt(tiny_model, "Hello world", "tiny", lens=False)
+    assert lazy.lens_top1 is None
+    compute_lens(lazy, tiny_model)
+    assert torch.equal(lazy.lens_top1, a.lens_top1) and torch.allclose(lazy.lens_next_prob, a.lens_next_prob, atol=1e-5)
     long = analyse_prompt(tiny_model, "ab" * 400, "tiny")
     assert long.truncated and long.n_tokens == MAX_TOKENS
+    assert long.lens_start == MAX_TOKENS - LENS_POSITIONS and long.lens_top1.shape == (3, LENS_POSITIONS)
+    assert (long.lens_top1[-1] == long.topk_ids[long.lens_start:, 0]).all()
+    assert attention_flow_graph(long, tiny_model.tokenizer).number_of_nodes() == 3 * 16
 
 
 def test_explorer_figures_render(tiny_model):
-    from dashboards.explorer import analyse_prompt
-    from dashboards.figures.explorer import attention_figure, head_grid_figure, logit_lens_figure, prompt_norms_figure, topk_figure
+    from dashboards.explorer import analyse_prompt, prompt_lens_figure
+    from dashboards.figures.explorer import attention_figure, head_grid_figure, prompt_norms_figure, topk_figure
 
     a = analyse_prompt(tiny_model, "The cat sat", "tiny")
-    top1 = [a.decode(r, tiny_model.tokenizer) for r in a.lens_top1]
     figs = [
         attention_figure(a.attn[0, 1].float().numpy(), a.tokens, 0, 1),
         head_grid_figure(a.attn[1].float().numpy(), 1, 3, a.tokens),
         prompt_norms_figure(a.resid_norms.numpy(), a.tokens, 3, a.has_bos),
-        logit_lens_figure(a.lens_next_prob.numpy(), top1, a.lens_top1_prob.numpy(), a.tokens),
+        prompt_lens_figure(a, tiny_model.tokenizer),
+        prompt_lens_figure(analyse_prompt(tiny_model, "x" * 120, "tiny"), tiny_model.tokenizer),  # lens over the last positions only
         topk_figure(a.decode(a.topk_ids[-1, :5], tiny_model.tokenizer), a.topk_probs[-1, :5].tolist()),
     ]
     assert all(isinstance(f, go.Figure) and f.data for f in figs)
@@ -276,7 +285,7 @@ def test_graph_elements_round_trip_and_exports():
     from dashboards.graphs import elements_to_nx, graphml_text, node_details, nx_to_elements
 
     G = nx.DiGraph()
-    G.add_node(1, label="one", layer=0, tags=["a", "b"])
+    G.add_node(1, label="one", layer=0, tags=["a", "b"], token="\x06")
     G.add_node("two", layer=1)
     G.add_edge(1, "two", weight=-2.5, head=3)
     el = nx_to_elements(G, pos={1: (0, 0), "two": (10, 5)})
@@ -288,6 +297,7 @@ def test_graph_elements_round_trip_and_exports():
     assert H.is_directed() and H.has_edge("1", "two") and H.edges["1", "two"]["weight"] == -2.5 and H.nodes["1"]["layer"] == 0
     back = nx.parse_graphml(graphml_text(H))
     assert back.has_edge("1", "two") and json.loads(back.nodes["1"]["tags"]) == ["a", "b"]
+    assert back.nodes["1"]["token"] == "\\x06"  # a control byte, escaped: XML cannot hold it
     assert json.dumps(nx.node_link_data(H, edges="links"))
     details = json.dumps(node_details(nodes[1]["data"], el).to_plotly_json(), default=str)
     assert "incoming" in details and "one" in details

@@ -10,9 +10,9 @@ from urllib.parse import parse_qs
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dashboards.base import MAX_PROMPT_CHARS, AppContext, DashPage, check_model_name, error_box, error_message, figure_card, graph, model_names
-from dashboards.explorer import MAX_TOKENS, chip_text, TOPK_KEEP, AnalysisCache, attention_flow_graph, flow_positions
+from dashboards.explorer import MAX_TOKENS, TOPK_KEEP, AnalysisCache, attention_flow_graph, chip_text, flow_positions, prompt_lens_figure
 from dashboards.figures import empty_figure
-from dashboards.figures.explorer import attention_figure, head_grid_figure, logit_lens_figure, prompt_norms_figure
+from dashboards.figures.explorer import attention_figure, head_grid_figure, prompt_norms_figure
 from dashboards.graphs import cyto_graph, graph_card, nx_to_elements
 
 DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
@@ -86,8 +86,8 @@ def layout() -> html.Div:
     )
 
 
-def _analysis(app_ctx: AppContext, data: dict):
-    return CACHE.get(app_ctx, data["model"], data["prompt"])
+def _analysis(app_ctx: AppContext, data: dict, lens: bool = False):
+    return CACHE.get(app_ctx, data["model"], data["prompt"], lens=lens)
 
 
 def _tokenizer(app_ctx: AppContext, name: str):
@@ -216,12 +216,10 @@ def register(app: Dash, app_ctx: AppContext) -> None:
         if not data:
             return empty_figure("run a prompt")
         try:
-            a = _analysis(app_ctx, data)
+            a = _analysis(app_ctx, data, lens=True)
             if a.n_tokens < 2:
                 return empty_figure("the logit lens needs at least two tokens")
-            tok = _tokenizer(app_ctx, data["model"])
-            top1 = [a.decode(row, tok) for row in a.lens_top1]
-            return logit_lens_figure(a.lens_next_prob.numpy(), top1, a.lens_top1_prob.numpy(), a.tokens)
+            return prompt_lens_figure(a, _tokenizer(app_ctx, data["model"]))
         except Exception as e:
             return empty_figure(f"{type(e).__name__}: {e}")
 
@@ -230,7 +228,7 @@ def register(app: Dash, app_ctx: AppContext) -> None:
         if not data:
             return []
         try:
-            a = _analysis(app_ctx, data)
+            a = _analysis(app_ctx, data, lens=True)
             G = attention_flow_graph(a, _tokenizer(app_ctx, data["model"]))
             return nx_to_elements(G, pos=flow_positions(G))
         except Exception:
