@@ -176,7 +176,7 @@ def figure_card(graph_id: str, title: str, description: str = "") -> html.Div:
         [
             html.H4(title),
             html.P(description, className="figure-description") if description else None,
-            dcc.Loading(dcc.Graph(id=graph(graph_id), config=GRAPH_CONFIG), type="dot"),
+            dcc.Loading(dcc.Graph(id=graph(graph_id), config=GRAPH_CONFIG), type="dot", delay_show=400),  # no flash for quick updates
             html.Div(
                 [
                     html.Button("SVG", id={"type": "export-svg", "id": graph_id}, className="export-btn"),
