@@ -168,8 +168,11 @@ def attention_flow_graph(a: PromptAnalysis, tokenizer=None, window: int = 16, pe
     return G
 
 
-def flow_positions(G: nx.DiGraph, dx: float = 70, dy: float = 46) -> dict[str, tuple[float, float]]:
-    """Preset layout: positions left to right, layers bottom to top."""
+def flow_positions(G: nx.DiGraph, dx: float = 70, aspect: float = 0.7) -> dict[str, tuple[float, float]]:
+    """Preset layout: positions left to right, layers bottom to top, about `aspect` times as tall as wide."""
+    n_pos = len({d["position"] for _, d in G.nodes(data=True)}) or 1
+    n_layers = len({d["layer"] for _, d in G.nodes(data=True)}) or 1
+    dy = min(46.0, max(12.0, dx * n_pos * aspect / n_layers))
     return {n: (d["position"] * dx, -d["layer"] * dy) for n, d in G.nodes(data=True)}
 
 

@@ -200,7 +200,7 @@ def node_details(node: dict, elements: list[dict]) -> html.Div:
     """Details of a clicked node: its attributes and its strongest incoming and outgoing edges."""
     nid = node["id"]
     rows = [html.Tr([html.Th(k), html.Td(_fmt(v))]) for k, v in node.items() if k not in _HIDDEN]
-    labels = {e["data"]["id"]: e["data"].get("label", e["data"]["id"]) for e in elements if "source" not in e["data"]}
+    labels = {e["data"]["id"]: e["data"].get("label") or e["data"]["id"] for e in elements if "source" not in e["data"]}
     edges = [e["data"] for e in elements if "source" in e["data"]]
 
     def lst(title: str, items: list[dict], other: str) -> html.Div | None:
