@@ -67,7 +67,7 @@ def prompt_norms_figure(norms: np.ndarray, tokens: list[str], position: int, has
         fig.add_trace(go.Scatter(x=layers, y=norms[:, position], mode="lines+markers", name=f"position {position} {tokens[position]!r}",
                                  line=dict(color=COLORS[2])))
     fig.update_layout(template=TEMPLATE, title="Residual norm per layer", height=360, hovermode="x unified",
-                      xaxis=dict(title="layer (0 = embeddings)", dtick=max(1, len(layers) // 15)), yaxis=dict(title="‖x‖", type="log"),
+                      xaxis=dict(title="layer (0 = embeddings)", dtick=max(1, len(layers) // 15)), yaxis=dict(title="‖x‖", type="log", dtick=1),
                       legend=dict(orientation="h", y=-0.25))
     return fig
 

@@ -50,7 +50,7 @@ def norms_figure(series: Series, log_y: bool = True) -> go.Figure:
                                      hovertemplate="layer %{x}: %{y:.2f}<extra>BOS</extra>"))
     return go.Figure(traces, layout=dict(
         template=TEMPLATE, title="Residual-stream norm per layer", height=420, hovermode="x unified",
-        xaxis=_layer_axis(series), yaxis=dict(title="‖x‖", type="log" if log_y else "linear"),
+        xaxis=_layer_axis(series), yaxis=dict(title="‖x‖", type="log", dtick=1) if log_y else dict(title="‖x‖"),
         legend=dict(orientation="h", y=-0.2)))
 
 
@@ -86,7 +86,7 @@ def bos_ratio_figure(series: Series) -> go.Figure:
     one = dict(type="line", xref="paper", x0=0, x1=1, y0=1, y1=1, line=dict(color="#9aa5b1", dash="dot"))
     return go.Figure(traces, layout=dict(
         template=TEMPLATE, title="BOS norm ÷ mean norm", height=340, barmode="group", shapes=[one],
-        xaxis=_layer_axis(series, "layer"), yaxis=dict(title="ratio", type="log"), legend=dict(orientation="h", y=-0.25)))
+        xaxis=_layer_axis(series, "layer"), yaxis=dict(title="ratio", type="log", dtick=1), legend=dict(orientation="h", y=-0.25)))
 
 
 def summary_rows(result) -> list[tuple[str, str]]:
