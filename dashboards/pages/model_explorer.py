@@ -5,6 +5,7 @@ and an attention-flow graph. Works for every model in the registry (`?model=<nam
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qs
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
@@ -17,6 +18,7 @@ from dashboards.graphs import cyto_graph, graph_card, nx_to_elements
 
 DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
 CACHE = AnalysisCache()
+log = logging.getLogger("workbench.dashboard")
 
 
 def layout() -> html.Div:
@@ -231,7 +233,8 @@ def register(app: Dash, app_ctx: AppContext) -> None:
             a = _analysis(app_ctx, data, lens=True)
             G = attention_flow_graph(a, _tokenizer(app_ctx, data["model"]))
             return nx_to_elements(G, pos=flow_positions(G))
-        except Exception:
+        except Exception:  # the other views show the error; an empty graph here
+            log.exception("attention-flow graph failed")
             return []
 
 
