@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 
@@ -119,6 +119,10 @@ def threshold_table(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _s(seconds: float) -> str:
+    return f"{seconds:.1f}" if seconds < 100 else f"{seconds:.0f}"
+
+
 def summary_table(results: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, r in results.items():
@@ -132,10 +136,10 @@ def summary_table(results: dict[str, Any]) -> pd.DataFrame:
             "node AUC": f"{s['node_auc_mean']:.3f} ± {s['node_auc_std']:.3f}",
             "edge AUC": f"{s['edge_auc_mean']:.3f} ± {s['edge_auc_std']:.3f}",
             "paper node / edge": f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "-",
-            "SAE method s (acts + 1 trial)": f"{s['sae_method_s']:.0f} ({s['activations_s']:.0f} + {s['sae_s_per_trial']:.0f})",
-            "baseline s": f"{s['baseline_s']:.0f} ({s['baseline_pairs']} pairs)" if s.get("baseline_s") else "-",
+            "SAE method s (acts + 1 trial)": f"{_s(s['sae_method_s'])} ({_s(s['activations_s'])} + {_s(s['sae_s_per_trial'])})",
+            "baseline s": f"{_s(s['baseline_s'])} ({s['baseline_pairs']} pairs)" if s.get("baseline_s") else "-",
             "baseline / SAE": f"{s['baseline_s'] / s['sae_method_s']:.1f}x" if s.get("baseline_s") else "-",
-            "attribution s (AUC vs truth)": f"{s['attribution_s']:.0f} ({s['attribution_auc_vs_truth']:.3f})" if s.get("attribution_s") else "-",
+            "attribution s (AUC vs truth)": f"{_s(s['attribution_s'])} ({s['attribution_auc_vs_truth']:.3f})" if s.get("attribution_s") else "-",
         })
     return pd.DataFrame(rows)
 
@@ -189,6 +193,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False
     lm_runs = {k: v for k, v in results.items() if k != "bb3"}
     versions = sorted({r.meta.get("code_version", "?") for r in results.values()})
     md = "\n\n".join([
+        *(["**Quick smoke settings** (tiny random model, 2 seeds, a few prompts): not the experiment."] if quick else []),
         "Claim (O'Neill & Bui 2024): codes of a 200-feature SAE trained on position-averaged head outputs of 10 "
         "examples separate positive from negative prompts on the circuit's heads; node / edge ROC AUC "
         "0.868 / 0.840 (IOI), 0.855 / 0.873 (greater-than), 0.869 / 0.896 (docstring) on GPT-2 small and "
@@ -202,16 +207,16 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False
         "### Results", _md(summary_table(results)),
         "Accuracy: share of positives whose task metric (set logit difference of right against wrong answers) "
         "is positive; pos > neg: share of pairs where the positive's metric exceeds its negative's. The SAE "
-        "method's time is the head-output pass over all 2 x 250 prompts plus one SAE trial (training, codes and "
+        "method's time is the head-output pass over all positive and negative prompts plus one SAE trial (training, codes and "
         "both scores); the baseline's is per-head patching of all heads on its pairs. Attribution patching (the "
         "first-order estimate of the same patches, one backward pass per batch) ran on the same pairs; its AUC "
         "ranks heads by |estimated share| against the patching circuit.",
         "### Baseline circuits", circuit_lines(lm_runs),
         "### AUC against baseline circuits of other thresholds", _md(threshold_table(lm_runs)),
         "### Bigram-Backcopy", bb_lines(results["bb3"]) if "bb3" in results else "(not run)",
-        f"Hardware: {hardware()}, {os.environ.get('OMP_NUM_THREADS', 'default')} OpenMP threads. Code versions: "
-        f"{', '.join(versions)}. Reproduce: `python -m experiments.sae_circuits --preset {preset}`"
-        f"{' --quick' if quick else ''}.",
+        f"Hardware: {hardware()}, {torch.get_num_threads()} torch threads (a CPU shared with other jobs: wall times "
+        f"are upper bounds). Code versions: {', '.join(versions)}. Reproduce: `python -m experiments.sae_circuits "
+        f"{'--quick' if quick else '--preset ' + preset}`.",
     ])
     return ReportSection(title="SAE circuit discovery", markdown=md, figures=figures, wall_s=timer.seconds)
 

@@ -69,7 +69,7 @@ def score_heatmaps(result: Any) -> go.Figure:
     """Node score, edge score and the baseline's effect share (or the ground truth) side by side."""
     has_baseline = not np.isnan(_grid(result, "baseline")).all()
     kinds = ["node", "edge", "baseline" if has_baseline else "truth"]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[KINDS[k][0] for k in kinds], horizontal_spacing=0.06)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[KINDS[k][0] for k in kinds], horizontal_spacing=0.08)
     for i, k in enumerate(kinds, start=1):
         tr = _heatmap_trace(result, k, showscale=False)
         fig.add_trace(tr, row=1, col=i)
@@ -79,9 +79,9 @@ def score_heatmaps(result: Any) -> go.Figure:
         fig.update_yaxes(autorange="reversed", title_text="layer" if i == 1 else None, row=1, col=i, **_ticks(result.stats["n_layers"]))
         fig.update_xaxes(title_text="head", row=1, col=i, **_ticks(result.stats["heads_per_layer"]))
     s = result.stats
-    fig.update_layout(template=TEMPLATE, height=max(320, 22 * s["n_layers"] + 140),
-                      title=f"{s['task']}: SAE scores (mean over {len(result.trials)} seeds) beside the ground truth "
-                            f"({s['ground_truth_source']}, {s['circuit_size']} heads outlined)")
+    fig.update_layout(template=TEMPLATE, height=max(340, 22 * s["n_layers"] + 160), width=1250, margin=dict(t=90),
+                      title=f"{s['task']}: SAE scores (mean of {len(result.trials)} seeds); outlined: ground truth, "
+                            f"{s['circuit_size']} heads ({s['ground_truth_source']})")
     return fig
 
 
@@ -138,8 +138,9 @@ def circuit_graph_figure(graph: nx.Graph, n_layers: int | None = None) -> go.Fig
             hovertemplate="%{text}<br>node score %{customdata[0]:.2f}<br>edge score %{customdata[1]:.1f}<extra></extra>"))
     fig = go.Figure(traces)
     top = n_layers - 1 if n_layers else max(p[1] for p in pos.values())
+    n_heads = int(max(p[0] for p in pos.values())) + 1
     fig.update_layout(template=TEMPLATE, height=max(360, 24 * (top + 1) + 120), title="Circuit graph: head pairs with the most codes unique to positives",
-                      xaxis_title="head", yaxis=dict(title="layer", autorange="reversed", range=[top + 0.5, -0.5]))
+                      xaxis=dict(title="head", **_ticks(n_heads)), yaxis=dict(title="layer", range=[top + 0.5, -0.5], **_ticks(top + 1)))
     return fig
 
 
