@@ -177,7 +177,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
                f"tokens are closed-class ({_pct(cc['function_closed_class_share'])}%); {_pct(cc['function_occurrences_in_closed_class_words'])}% "
                f"of function-token occurrences lie in closed-class words; the set holds {_pct(cc['closed_class_types_in_function_set'])}% of the "
                f"{cc['n_closed_class_types']} closed-class token types but {_pct(cc['closed_class_mass_covered_by_function_set'])}% of their "
-               f"occurrences. Not closed-class: " + ", ".join(f"`{figs.show_token(t)}`" for t in cc["function_not_closed_class"]) + "."]
+               f"occurrences. Open-class by their tags: " + (", ".join(f"`{figs.show_token(t)}`" for t in cc["function_open_class"]) or "none")
+               + "; in no tagged word (whitespace): " + (", ".join(f"`{figs.show_token(t)}`" for t in cc["function_untagged"]) or "none") + "."]
     md += [
         "", "**Coverage of the top-k tokens** (%; *active* = share of features that fire anywhere in the slice, *all* = share of all "
         "d_sae features), beside the paper's Table 1 (Gemma-2-9B, Gemma Scope width 2^20, layers 9/20/31, ~5M SlimPajama tokens):", "",

@@ -130,13 +130,17 @@ def closed_class_overlap(stats: TokenStats, function_ids: np.ndarray, decode) ->
     closed_type = (share >= 0.5) & (stats.tagged > 0)
     f = np.asarray(function_ids)
     f_closed = closed_type[f]
+    f_untagged = stats.tagged[f] == 0  # whitespace and newline tokens belong to no word
     closed_ids = np.nonzero(closed_type)[0]
     closed_mass = stats.counts[closed_ids].sum()
     return {
         "n_function": int(f.size),
         "n_function_closed_class": int(f_closed.sum()),
         "function_closed_class_share": float(f_closed.mean()),
+        "function_closed_class_share_of_tagged": float(f_closed[~f_untagged].mean()) if (~f_untagged).any() else float("nan"),
         "function_not_closed_class": [decode(int(i)) for i in f[~f_closed]],
+        "function_open_class": [decode(int(i)) for i in f[~f_closed & ~f_untagged]],
+        "function_untagged": [decode(int(i)) for i in f[f_untagged]],
         "n_closed_class_types": int(closed_ids.size),
         "closed_class_types_in_function_set": float(f_closed.sum() / max(closed_ids.size, 1)),
         "function_occurrences_in_closed_class_words": float(stats.closed[f].sum() / max(stats.tagged[f].sum(), 1)),

@@ -52,6 +52,26 @@ def test_forty_percent_rule_on_a_hand_made_table():
         function_token_ids(counts, 0.0)
 
 
+def test_closed_class_overlap_on_a_hand_made_table():
+    from probes.function_tokens import TokenStats, closed_class_overlap
+
+    #                 ids: 0    1    2    3   4   5
+    counts = np.array([100, 80, 60, 10, 5, 5])
+    tagged = np.array([100, 80, 0, 10, 5, 4])  # id 2: whitespace, in no word
+    closed = np.array([90, 10, 0, 10, 0, 2])  # 0 closed, 1 open, 3 closed, 4 open, 5 closed (2 of 4 = 50%)
+    stats = TokenStats(counts, closed, tagged, "tok", "corpus", True)
+    f = function_token_ids(counts, 0.6)  # 100 + 80 + 60 = 240 of 260 >= 156 -> ids 0, 1
+    assert f.tolist() == [0, 1]
+    cc = closed_class_overlap(stats, np.array([0, 1, 2]), str)
+    assert cc["n_function_closed_class"] == 1 and cc["function_closed_class_share"] == pytest.approx(1 / 3)
+    assert cc["function_closed_class_share_of_tagged"] == pytest.approx(1 / 2)
+    assert cc["function_open_class"] == ["1"] and cc["function_untagged"] == ["2"]
+    assert cc["n_closed_class_types"] == 3  # ids 0, 3, 5
+    assert cc["closed_class_mass_covered_by_function_set"] == pytest.approx(100 / 115)
+    assert cc["function_occurrences_in_closed_class_words"] == pytest.approx(100 / 180)
+    assert closed_class_overlap(TokenStats(counts, closed, tagged, "t", "c", False), f, str) is None
+
+
 # ----- the bipartite graph against brute force -----
 
 @pytest.fixture(scope="module")
