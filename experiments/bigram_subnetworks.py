@@ -211,8 +211,9 @@ def report(res, recipe, preset: str, device: str, lm_s: float | None, probe_s: f
         + ", ".join(f"{r.label} {r.train_seconds / 60:.1f} min" for r in sw.itertuples()) + " (wall, shared machine).",
         "",
         f"Differences from the paper: a model with {int(sel['maskable']):,} maskable weights trained on Brown's train split "
-        f"({res.meta['train_slice']['n_positions']:,} positions per epoch) instead of 70M-1B models trained on the Pile; "
-        "bigram counts from the same small corpus (so more unseen contexts); the compressed CPU schedule above; the overlap null is "
+        f"({res.meta['train_slice']['n_positions']:,} positions per epoch) instead of pretrained 70M-1B models (Pythia, GPT-2, OLMo); "
+        "bigram counts from that small corpus instead of 1.28B OSCAR tokens (sparser rows, more zero-probability bigrams); "
+        "the compressed CPU schedule above; the overlap null is "
         "sampled exactly per weight matrix (hypergeometric) rather than by shuffling rows; ridge statistics are streamed "
         "(closed-form ridge with intercept, identical to scikit-learn's, checked in the tests) over non-BOS positions.",
     ]
