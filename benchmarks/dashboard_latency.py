@@ -17,6 +17,7 @@ Usage: python -m benchmarks.dashboard_latency [--model smollm2-135m] [--reps 20]
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import socket
 import statistics
@@ -154,11 +155,19 @@ def take_screenshots(driver, base: str, out: Path, run_id: int) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     saved = []
 
-    def save(name: str, height: int = 1000) -> None:
+    def save(name: str, height: int = 1000, element=None, scale: float = 1.0) -> None:
+        """The window, or one element scaled down (dense graphs make large PNGs)."""
         driver.set_window_size(1400, height)
         time.sleep(1.0)
-        driver.save_screenshot(str(out / f"{name}.png"))
-        saved.append(str(out / f"{name}.png"))
+        path = out / f"{name}.png"
+        if element is None:
+            driver.save_screenshot(str(path))
+        else:
+            r = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, r.width, r.height];", element)
+            clip = dict(x=r[0], y=r[1], width=r[2], height=r[3], scale=scale)
+            shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True})
+            path.write_bytes(base64.b64decode(shot["data"]))
+        saved.append(str(path))
 
     def wait_for(selector: str, timeout: float = 120) -> None:
         end = time.time() + timeout
@@ -191,7 +200,7 @@ def take_screenshots(driver, base: str, out: Path, run_id: int) -> list[str]:
                                 "return [r.left + p.x, r.top + p.y];", f"L{max(1, int(top) - 4)}P{T - 1}")
     ActionChains(driver).move_to_location(int(pos[0]), int(pos[1])).click().perform()
     wait_for(".graph-details .node-details", 20)
-    save("attention_flow", 900)
+    save("attention_flow", 1000, element=graph, scale=0.8)
     return saved
 
 
