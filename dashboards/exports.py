@@ -1,43 +1,32 @@
-"""Figure exports for every `figure_card`: SVG (through kaleido) and self-contained HTML.
+"""Figure exports for every `figure_card`: SVG and self-contained HTML.
 
-PNG comes from the graph's own modebar (drawn in the browser). SVG is drawn server-side by
-kaleido; its browser process is started once, on the first export, and reused (about 0.3 s per
-export after that instead of 3-4 s).
+The SVG is drawn in the browser by plotly.js itself (`Plotly.toImage`), from the figure as shown:
+instant, offline, and with no server-side browser. PNG comes from the graph's own modebar. Scripts
+that need image files use `dashboards.static_export` (kaleido in a child process with a deadline).
 """
 
 from __future__ import annotations
 
-import atexit
-import threading
 from typing import Any
 
 import plotly.graph_objects as go
 from dash import MATCH, Dash, Input, Output, State, ctx, no_update
 
-_lock = threading.Lock()
-_server_started = False
+from dashboards.static_export import figure_image, write_images  # noqa: F401  (re-exported for scripts)
 
-
-def _ensure_kaleido() -> None:
-    global _server_started
-    if not _server_started:
-        import kaleido
-
-        kaleido.start_sync_server(silence_warnings=True)
-        atexit.register(kaleido.stop_sync_server, silence_warnings=True)
-        _server_started = True
-
-
-def figure_image(fig: go.Figure | dict, fmt: str = "svg", width: int | None = None, height: int | None = None, scale: float = 1) -> bytes:
-    """A static image of a figure (svg, png or pdf), offline, through a reused kaleido server."""
-    import kaleido
-
-    d = fig.to_plotly_json() if isinstance(fig, go.Figure) else go.Figure(fig).to_plotly_json()
-    layout = d.get("layout", {})
-    opts = dict(format=fmt, width=width or layout.get("width") or 900, height=height or layout.get("height") or 500, scale=scale)
-    with _lock:
-        _ensure_kaleido()
-        return kaleido.calc_fig_sync(d, opts=opts)
+_SVG_IN_BROWSER = """
+function(n, figure, buttonId) {
+    if (!n || !figure || !figure.data || !figure.data.length || !window.Plotly) {
+        return window.dash_clientside.no_update;
+    }
+    const layout = figure.layout || {};
+    const opts = {format: 'svg', width: layout.width || 900, height: layout.height || 500};
+    return window.Plotly.toImage({data: figure.data, layout: layout}, opts).then(function(url) {
+        const svg = decodeURIComponent(url.slice(url.indexOf(',') + 1));
+        return {content: svg, filename: buttonId.id + '.svg', type: 'image/svg+xml', base64: false};
+    });
+}
+"""
 
 
 def figure_html(fig: go.Figure | dict) -> str:
@@ -49,20 +38,17 @@ def figure_html(fig: go.Figure | dict) -> str:
 def register_export_callbacks(app: Dash) -> None:
     """SVG and HTML buttons of every figure card (pattern-matching ids, call once per app).
 
-    Two callbacks, one per format: a slow SVG export is not cancelled by a click on HTML.
+    SVG is drawn in the browser (a clientside callback); HTML is built on the server.
     """
 
-    @app.callback(
+    app.clientside_callback(
+        _SVG_IN_BROWSER,
         Output({"type": "export-download", "id": MATCH}, "data"),
         Input({"type": "export-svg", "id": MATCH}, "n_clicks"),
         State({"type": "wb-graph", "id": MATCH}, "figure"),
+        State({"type": "export-svg", "id": MATCH}, "id"),
         prevent_initial_call=True,
     )
-    def _svg(_n, figure: dict[str, Any] | None):
-        if not figure or not figure.get("data"):
-            return no_update
-        svg = figure_image(figure, "svg")
-        return dict(content=svg.decode() if isinstance(svg, bytes) else svg, filename=f"{ctx.triggered_id['id']}.svg", type="image/svg+xml")
 
     @app.callback(
         Output({"type": "export-download-html", "id": MATCH}, "data"),

@@ -37,7 +37,9 @@ def write_figure(fig: go.Figure, out: Path, name: str, png: bool = True) -> list
     fig.write_html(out / f"{name}.html", include_plotlyjs=True)
     written.append(f"{name}.html")
     if png:
-        fig.write_image(out / f"{name}.png", scale=2)
+        from dashboards.static_export import write_images
+
+        write_images([(fig, out / f"{name}.png")], scale=2)
         written.append(f"{name}.png")
     return written
 

@@ -161,7 +161,7 @@ def test_explorer_topk_and_graph_click(dash_duo, app):
     assert "layer 1" in details and "position 5" in details and "incoming" in details
     shot(dash_duo, "explorer_graph_click")
 
-    # exports: a figure as SVG (kaleido) and HTML, the graph as GraphML, downloaded by the browser.
+    # exports: a figure as SVG (drawn by plotly.js in the page) and HTML, the graph as GraphML, downloaded by the browser.
     # One at a time, as a person would: Chromium holds back a download that arrives without a fresh
     # click while another is pending ("multiple automatic downloads" needs the user's permission).
     folder = Path(dash_duo.download_path)

@@ -303,14 +303,36 @@ def test_graph_elements_round_trip_and_exports():
     assert "incoming" in details and "one" in details
 
 
-def test_figure_exports_are_offline_svg_and_html():
-    from dashboards.exports import figure_html, figure_image
+def test_figure_exports_are_offline_svg_and_html(tmp_path):
+    from dashboards.exports import figure_html, figure_image, write_images
 
     fig = go.Figure(go.Scatter(y=[1, 3, 2]))
-    svg = figure_image(fig, "svg")
-    assert svg.lstrip().startswith(b"<svg")
-    t0 = time.perf_counter()
-    figure_image(fig.to_plotly_json(), "svg")
-    assert time.perf_counter() - t0 < 3.0  # the export browser is reused
+    svg = figure_image(fig, "svg", timeout=120)
+    assert svg.lstrip().startswith(b"<svg") and b"scatterlayer" in svg
+    # several figures, formats from the suffixes, one browser start
+    paths = write_images([(fig, tmp_path / "a.png"), (fig.to_plotly_json(), tmp_path / "b.svg")], timeout=120)
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_text().lstrip().startswith("<svg")
     html = figure_html(fig)
     assert "<html>" in html and "<script src=\"http" not in html and len(html) > 1_000_000  # plotly.js inlined
+
+
+def test_static_export_deadline_kills_a_hung_renderer(monkeypatch, tmp_path):
+    """A renderer that never answers costs the timeout, raises a clear error and leaves no process."""
+    import os
+    import sys
+
+    from dashboards import static_export
+
+    marker = tmp_path / "pid"
+    hang = f"import os,time; open({str(marker)!r},'w').write(str(os.getpid())); time.sleep(600)"
+    real = static_export._run_child
+    monkeypatch.setattr(static_export, "_run_child", lambda cmd, timeout: real([sys.executable, "-c", hang], timeout))
+    t0 = time.perf_counter()
+    with pytest.raises(static_export.StaticExportError, match="no answer within 2 s"):
+        static_export.figure_image(go.Figure(go.Scatter(y=[1])), "svg", timeout=2)
+    assert time.perf_counter() - t0 < 20
+    pid = int(marker.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(static_export.StaticExportError, match="unknown image format"):
+        static_export.figure_image(go.Figure(), "bmp")
