@@ -14,7 +14,7 @@ run:
 
 test:
 	scripts/setup.sh --browser
-	$(VENV)/bin/python -m pytest -q
+	timeout --kill-after=30 2400 $(VENV)/bin/python -m pytest -q
 
 setup:
 	scripts/setup.sh --browser
