@@ -6,7 +6,7 @@ measured run also scatters the edges, counts activations, sums edge weights and 
 contexts (`probes.function_tokens.BipartiteAccumulator`). Runs alternate and each variant keeps
 its fastest repeat.
 
-    flock /tmp/wb-heavy.lock python -m benchmarks.function_tokens                 # SmolLM2, trained SAEs at 5/15/25
+    python -m benchmarks.function_tokens                                         # SmolLM2, trained SAEs at 5/15/25
     python -m benchmarks.function_tokens --model tiny --tokens 4096              # random SAEs on the tiny model
 """
 

@@ -8,8 +8,8 @@
    LM the workbench trains on Brown (`workbench.zoo`);
 4. the case study and steering at the last function token, with the content-token control.
 
-Presets: "cpu" (SAEs of 150k tokens, a 100k-token graph slice), "gpu" (4M-token SAEs, 1M-token
-slice). `quick` runs the whole pipeline on the tiny random model with seconds-long SAEs (a smoke
+Presets: "cpu" (SAEs from one pass over 24,576 tokens, 98,304 samples each; a 24,576-token
+graph slice; about 20 minutes on 2 cores with the SAEs), "gpu" (4M-token SAEs, 1M-token slice). `quick` runs the whole pipeline on the tiny random model with seconds-long SAEs (a smoke
 test; its numbers mean nothing). Everything goes through the store and caches, so a rerun reuses it.
 
 Usage: python -m experiments.function_tokens [--quick] [--preset cpu|gpu] [--out DIR]
@@ -26,12 +26,12 @@ import pandas as pd
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": dict(model="smollm2-135m", layers=(5, 15, 25), sae_preset="cpu", sae_overrides={}, graph_tokens=100_000,
-                loss_tokens=30_000, zoo=dict(), zoo_tokens=20_000, steer_layer=15),
+    "cpu": dict(model="smollm2-135m", layers=(5, 15, 25), sae_preset="cpu", sae_overrides={}, graph_tokens=24_576,
+                loss_tokens=12_288, zoo=dict(), zoo_tokens=8192, steer_layer=15),
     "gpu": dict(model="smollm2-135m", layers=(5, 15, 25), sae_preset="gpu", sae_overrides={}, graph_tokens=1_000_000,
                 loss_tokens=300_000, zoo=dict(), zoo_tokens=200_000, steer_layer=15),
     "quick": dict(model="tiny", layers=(0, 1), sae_preset="cpu",
-                  sae_overrides=dict(expansion=2, k=4, training_tokens=1024, train_batch_tokens=128, context_size=32,
+                  sae_overrides=dict(expansion=2, k=4, training_tokens=1024, activation_tokens=512, train_batch_tokens=128, context_size=32,
                                      store_batch_prompts=4, n_batches_in_buffer=8, n_batches_for_norm_estimate=2, eval_tokens=256,
                                      dead_feature_window=4, lr_warm_up_steps=2),
                   graph_tokens=2048, loss_tokens=1024, zoo=dict(n_layers=1, d_model=32, steps=40, batch_size=4, n_ctx=64, n_checkpoints=4,
@@ -40,10 +40,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _train_saes(model, corpus, p: dict) -> dict[int, Path]:
-    from workbench.saes import preset_spec, train_sae
+    from workbench.saes import preset_spec, train_saes
 
-    return {layer: train_sae(model, corpus, preset_spec(f"blocks.{layer}.hook_resid_post", p["sae_preset"], **p["sae_overrides"]))
-            for layer in p["layers"]}
+    specs = [preset_spec(f"blocks.{layer}.hook_resid_post", p["sae_preset"], **p["sae_overrides"]) for layer in p["layers"]]
+    return dict(zip(p["layers"], train_saes(model, corpus, specs)))
+
+
+def _train_budget(recipe: dict) -> str:
+    """How much Brown an SAE saw, in words."""
+    spec, distinct = recipe["spec"], recipe.get("distinct_train_tokens")
+    if distinct:
+        return f"{spec['training_tokens']:,} samples drawn in shuffled passes over the activations of {distinct:,} Brown tokens"
+    return f"{spec['training_tokens']:,} Brown tokens each"
 
 
 def _cell(text: str) -> str:
@@ -203,14 +211,14 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
           f"{'yes' if r.mentions_b else 'no'} | {_cell(r.top5)} |" for r in gens.itertuples()],
         "",
         f"Deviations: our SAEs are small (width {res.saes[res.labels[0]]['d_sae']}, {res.saes[res.labels[0]]['architecture']}, trained "
-        f"on {read_recipe(sae_dirs[p['layers'][0]])['spec']['training_tokens']:,} Brown tokens each) where the paper uses Gemma Scope "
+        f"on {_train_budget(read_recipe(sae_dirs[p['layers'][0]]))}) where the paper uses Gemma Scope "
         f"SAEs of width 2^20 trained on billions of tokens; our slice is {res.meta['slice']['n_positions']:,} tokens, not ~5M; the "
         f"frequency ranking and function set come from all of Brown with {p['model']}'s tokenizer ({fs['size']} tokens, not 122); the "
         f"over-training curves come from a {recipe.n_layers}-layer Brown LM, not the paper's 1.5B/8B pretraining runs. Expect the shape "
         "(a handful of function tokens reach most features), not the values.",
         "",
-        "Regenerate: `flock /tmp/wb-heavy.lock python -m experiments.train_saes` then "
-        "`flock /tmp/wb-heavy.lock python -m experiments.function_tokens`; the graph overhead benchmark is "
+        "Regenerate: `python -m experiments.train_saes` then "
+        "`python -m experiments.function_tokens`; the graph overhead benchmark is "
         "`python -m benchmarks.function_tokens`.",
     ]
     return ReportSection("Function tokens and SAE features", "\n".join(md), figures, timer.seconds)

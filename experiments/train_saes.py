@@ -1,12 +1,16 @@
 """Recipe: the SAEs the function-token experiment uses.
 
-SmolLM2-135M (raw numerics) on Brown's train split, SAE Lens TopK SAEs (d_sae = 8 x 576 = 4608,
-k = 32) at `blocks.{5,15,25}.hook_resid_post` (early, middle, late of 30 layers). Each is cached by
-its full recipe (model, corpus, spec) under `<cache>/saes/`, so running this again returns at once;
-the probe finds them as `trained:5`, `trained:15`, `trained:25`.
+SmolLM2-135M (raw numerics) on Brown's train split, SAE Lens TopK SAEs (k = 32) at
+`blocks.{5,15,25}.hook_resid_post` (early, middle, late of 30 layers). Each is cached by its full
+recipe (model, corpus, spec) under `<cache>/saes/`, so running this again returns at once; the
+probe finds them as `trained:5`, `trained:15`, `trained:25`.
 
-    flock /tmp/wb-heavy.lock python -m experiments.train_saes            # CPU preset, ~150k tokens each
-    python -m experiments.train_saes --preset gpu --device cuda          # 4M tokens each
+    python -m experiments.train_saes                                     # CPU preset
+    python -m experiments.train_saes --preset gpu --device cuda          # GPU preset
+
+CPU preset: d_sae = 4 x 576 = 2304; one shared forward pass over 24,576 Brown tokens (stopped after
+layer 25), then 98,304 training samples (4 shuffled passes over those activations) per SAE; about
+10 minutes in all on 2 cores. GPU preset: d_sae = 8 x 576 = 4608, 4M fresh tokens per SAE.
 
 Quality on Brown's validation split (explained variance, L0, dead share, CE increase) is printed
 and stored beside each SAE in `workbench_sae.json`.
@@ -25,24 +29,26 @@ def train_all(layers: tuple[int, ...] = LAYERS, preset: str = "cpu", model_name:
     """Train (or reuse) one SAE per layer; returns {layer: SAE directory}."""
     from workbench.corpora import load_corpus
     from workbench.models import load_model
-    from workbench.saes import preset_spec, train_sae
+    from workbench.saes import preset_spec, train_saes
 
     model = load_model(model_name, numerics="raw", device=device)
     corpus = load_corpus(corpus_name)
-    return {layer: train_sae(model, corpus, preset_spec(f"blocks.{layer}.hook_resid_post", preset), progress=progress)
-            for layer in layers}
+    specs = [preset_spec(f"blocks.{layer}.hook_resid_post", preset) for layer in layers]
+    return dict(zip(layers, train_saes(model, corpus, specs, progress=progress)))
 
 
 def quality_table(paths: dict[int, Path]) -> str:
     """Markdown table of the SAEs' recorded recipe and held-out quality."""
     from workbench.saes import read_recipe
 
-    lines = ["| layer | d_sae | k | train tokens | train tok/s | explained var. | L0 | dead share | CE clean | CE spliced | CE increase | CE recovered |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| layer | d_sae | k | distinct train tokens | train samples | train s | eval tokens | explained var. | L0 | dead share | "
+             "CE clean | CE spliced | CE increase | CE recovered |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for layer, path in sorted(paths.items()):
         r = read_recipe(path)
         q, s = r["quality"], r["spec"]
-        lines.append(f"| {layer} | {r['d_sae']} | {s['k']} | {s['training_tokens']:,} | {r['train_tokens_per_s']:.0f} | "
+        distinct = r.get("distinct_train_tokens") or s["training_tokens"]
+        lines.append(f"| {layer} | {r['d_sae']} | {s['k']} | {distinct:,} | {s['training_tokens']:,} | {r['train_seconds']:.0f} | {q['n_tokens']:,} | "
                      f"{q['explained_variance']:.3f} | {q['l0']:.1f} | {q['dead_share']:.3f} | {q['ce_clean']:.3f} | "
                      f"{q['ce_spliced']:.3f} | {q['ce_increase']:.3f} | {q['ce_loss_recovered']:.3f} |")
     return "\n".join(lines)

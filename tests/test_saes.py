@@ -143,7 +143,7 @@ def test_train_smoke_with_sae_lens_and_reuse(tiny, brown, tmp_path):
     corpus = mini_corpus(brown, 40)
     spec = preset_spec("blocks.1.hook_resid_post", expansion=2, k=4, training_tokens=1024, train_batch_tokens=128,
                        context_size=32, store_batch_prompts=4, n_batches_in_buffer=8, n_batches_for_norm_estimate=2,
-                       eval_tokens=256, dead_feature_window=4, lr_warm_up_steps=2)
+                       eval_tokens=256, dead_feature_window=4, lr_warm_up_steps=2, activation_tokens=None)  # streaming runner
     out = train_sae(tiny, corpus, spec, out_dir=tmp_path / "sae", progress=False)
     assert {p.name for p in out.iterdir()} >= {"cfg.json", "sae_weights.safetensors", "workbench_sae.json"}
     sae = load_sae(out)
@@ -173,3 +173,45 @@ def test_trained_source_resolves_to_the_recipe_cache(tiny, brown, tmp_path, monk
     assert hook_name(sae) == "blocks.1.hook_resid_post"
     with pytest.raises(ConfigError, match="no hook"):
         load_sae("trained:9", model=tiny)
+
+
+def test_in_memory_training_shares_one_pass(tiny, brown, tmp_path, monkeypatch):
+    """The CPU path: activations collected once for two hooks (BOS/EOS/PAD dropped, equal to a plain
+    run_with_cache), then SAE Lens's SAETrainer over shuffled passes; SAE Lens's files and the recipe."""
+    import workbench.saes.training as training
+    from workbench.saes import train_saes
+
+    corpus = mini_corpus(brown, 40)
+    common = dict(expansion=2, k=4, activation_tokens=512, training_tokens=1024, train_batch_tokens=128, context_size=32,
+                  store_batch_prompts=4, n_batches_for_norm_estimate=2, eval_tokens=128, dead_feature_window=4, lr_warm_up_steps=2)
+    specs = [preset_spec(f"blocks.{layer}.hook_resid_post", **common) for layer in (0, 1)]
+    acts = training.collect_activations(tiny, corpus, [s.hook_name for s in specs], specs[0], progress=False)
+    batches = corpus_batches(tiny, corpus, StreamConfig(split="train", max_tokens=512, seq_len=32, batch_size=4, prepend_bos=True,
+                                                       shuffle_docs=True, seed=0))
+    exclude = torch.tensor(special_token_ids(tiny))
+    expect = {h: [] for h in acts}
+    for b in batches:
+        _, cache = tiny.run_with_cache(b.tokens)
+        keep = b.valid & ~b.is_bos & ~torch.isin(b.tokens, exclude)
+        for h in expect:
+            expect[h].append(cache[h][keep])
+    for h in acts:
+        torch.testing.assert_close(acts[h], torch.cat(expect[h]), rtol=1e-4, atol=1e-5)
+
+    calls = []
+    real = training.collect_activations
+    monkeypatch.setattr(training, "collect_activations", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    outs = train_saes(tiny, corpus, specs, [tmp_path / "a", tmp_path / "b"], progress=False)
+    assert calls == [["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]]  # one shared pass
+    for spec, out in zip(specs, outs):
+        assert {p.name for p in out.iterdir()} >= {"cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "runner_cfg.json",
+                                                    "workbench_sae.json"}
+        sae = load_sae(out)
+        assert hook_name(sae) == spec.hook_name and sae.cfg.d_sae == 128
+        r = read_recipe(out)
+        assert r["distinct_train_tokens"] == acts[spec.hook_name].shape[0]
+        assert 0 < r["quality"]["l0"] <= 4
+    assert train_saes(tiny, corpus, specs, [tmp_path / "a", tmp_path / "b"], progress=False) == outs
+    assert calls == [["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]]  # cached: no second pass
+    with pytest.raises(ConfigError, match="activation_tokens"):
+        preset_spec("x", activation_tokens=64, train_batch_tokens=128)

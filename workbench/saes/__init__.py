@@ -16,10 +16,10 @@ from workbench.saes.loading import (
     source_of,
 )
 from workbench.saes.quality import SAEQuality, evaluate_sae, special_token_ids
-from workbench.saes.training import PRESETS, SAETrainSpec, find_trained, preset_spec, read_recipe, train_sae, trained_dir
+from workbench.saes.training import PRESETS, SAETrainSpec, find_trained, preset_spec, read_recipe, train_sae, train_saes, trained_dir
 
 __all__ = [
     "PRESETS", "SAEQuality", "SAETrainSpec", "check_fits", "decoder_direction", "evaluate_sae", "find_trained", "hook_layer",
     "hook_name", "is_sae_dir", "load_local", "load_pretrained", "load_sae", "preset_spec", "read_recipe", "source_of",
-    "special_token_ids", "train_sae", "trained_dir",
+    "special_token_ids", "train_sae", "train_saes", "trained_dir",
 ]

@@ -15,6 +15,7 @@ whose activation was replaced.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
@@ -75,6 +76,9 @@ class SAEQualityAccumulator:
         self.model, self.sae = model, sae
         self.hook = hook_name(sae)
         self.hook_names = [self.hook]
+        # blocks.L.hook_resid_pre is the input of block L, blocks.L.hook_resid_post the input of block L + 1
+        m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", self.hook)
+        self._restart = None if m is None else int(m.group(1)) + (m.group(2) == "post")
         dev = next(model.parameters()).device
         self.exclude = torch.tensor(sorted(exclude_ids), dtype=torch.long, device=dev)
         d, f = sae.cfg.d_in, sae.cfg.d_sae
@@ -107,13 +111,20 @@ class SAEQualityAccumulator:
         targets = batch.tokens[:, 1:][pred]
         if targets.numel() == 0:
             return
-        spliced = self._logits_with(batch.tokens, mask, lambda v: self.sae(v).to(v.dtype))
-        zeroed = self._logits_with(batch.tokens, mask, torch.zeros_like)
+        spliced = self._logits_with(batch.tokens, acts[self.hook], mask, lambda v: self.sae(v).to(v.dtype))
+        zeroed = self._logits_with(batch.tokens, acts[self.hook], mask, torch.zeros_like)
         for i, lg in enumerate((logits, spliced, zeroed)):
             s["ce"][i] += F.cross_entropy(lg[:, :-1][pred].float(), targets, reduction="sum").double()
         s["n_pred"] += targets.numel()
 
-    def _logits_with(self, tokens: torch.Tensor, mask: torch.Tensor, replace) -> torch.Tensor:
+    def _logits_with(self, tokens: torch.Tensor, act: torch.Tensor, mask: torch.Tensor, replace) -> torch.Tensor:
+        """Logits with the activation replaced at `mask`. A residual-stream hook restarts the forward
+        pass from the edited residual (`start_at_layer`), so only the blocks after the hook run again."""
+        if self._restart is not None:
+            resid = act.clone()
+            resid[mask] = replace(act[mask])
+            return self.model(resid, start_at_layer=self._restart, tokens=tokens, return_type="logits")
+
         def hook(act: torch.Tensor, hook) -> torch.Tensor:
             out = act.clone()
             out[mask] = replace(act[mask])
