@@ -1,6 +1,9 @@
 """Regenerate every analysis's figures and write experiments/REPORT.md.
 
 Each experiment module exposes `run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection`.
+`--preset` names one of experiments/presets.py (cpu, gpu, gpt2-small, pythia-70m, pythia-160m); it maps
+every experiment to an entry of that experiment's own settings table (`python -m experiments.presets`
+lists what each preset sets and what it leaves fixed).
 Results come from the store, so a rerun with unchanged inputs reuses them; an interrupted run
 resumes. A failing analysis is reported in its section and does not stop the others.
 
@@ -16,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+from experiments import presets as named_presets
 from experiments.common import DEFAULT_OUT, ReportSection, hardware
 from workbench.io import atomic_path
 
@@ -35,7 +39,8 @@ def run_one(name: str, out: Path, quick: bool, preset: str) -> ReportSection:
     mod = importlib.import_module(f"experiments.{name}")
     kwargs = {"quick": quick}
     if "preset" in inspect.signature(mod.run).parameters:
-        kwargs["preset"] = preset
+        # the module's own key for this preset (a named preset's entry is registered in its table)
+        kwargs["preset"] = named_presets.install(named_presets.resolve(preset), name, mod, quick)
     t0 = time.perf_counter()
     section = mod.run(out / name, **kwargs)
     section.wall_s = section.wall_s or time.perf_counter() - t0
@@ -54,6 +59,7 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
         f"- preset: {preset}{' (quick smoke settings, not the real experiment)' if quick else ''}",
         f"- total wall time: {total_s / 60:.1f} min",
         "",
+        *preset_notes(preset, [s.title for s in sections], quick),
         "| analysis | wall time | figures |",
         "|---|---|---|",
     ]
@@ -67,6 +73,38 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
     return "\n".join(lines) + "\n"
 
 
+def preset_notes(preset: str, titles: list[str], quick: bool) -> list[str]:
+    """Report lines saying what a named preset sets and what it leaves fixed (none for cpu or quick)."""
+    p = named_presets.PRESETS.get(preset)
+    if p is None or quick or preset == "cpu":
+        return []
+    lines = [f"Preset `{preset}`: {p.description}."]
+    for exp in ANALYSES:
+        s = p.setting(exp)
+        over = ", ".join(f"{k}={v!r}" for k, v in s.overrides.items())
+        if over or s.note:
+            lines.append(f"- {exp}: {s.base}{' with ' + over if over else ''}{'; ' + s.note if s.note else ''}")
+    return lines + [""]
+
+
+def check_preset(preset: str) -> named_presets.Preset:
+    """The named preset (an error naming the known ones otherwise); warns about missing hub weights or GPU."""
+    p = named_presets.resolve(preset)
+    if p.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"warning: preset {preset!r} is sized for a GPU and none is available; expect very long runs", flush=True)
+    if p.hub_models:
+        try:
+            missing = named_presets.check_weights(p)
+        except Exception as e:  # noqa: BLE001 - a warning only
+            missing = [f"(could not check: {e})"]
+        if missing:
+            print(f"note: not in the local Hugging Face cache, downloaded on first use (needs the hub): {', '.join(missing)}", flush=True)
+    return p
+
+
 def main(only: list[str] | None = None, out: str | Path | None = None, quick: bool = False, preset: str = "cpu",
          report: Path | None = None) -> list[ReportSection]:
     out = Path(out) if out else DEFAULT_OUT
@@ -74,6 +112,7 @@ def main(only: list[str] | None = None, out: str | Path | None = None, quick: bo
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise SystemExit(f"Unknown analyses {unknown}; choose from {ANALYSES}")
+    check_preset(preset)
     sections: list[ReportSection] = []
     t0 = time.perf_counter()
     for name in names:
@@ -95,6 +134,6 @@ if __name__ == "__main__":
     p.add_argument("--only", nargs="*", help=f"subset of {ANALYSES}")
     p.add_argument("--out", help="output folder (default experiments/out)")
     p.add_argument("--quick", action="store_true", help="smoke settings (tiny models, seconds)")
-    p.add_argument("--preset", default="cpu", help="cpu (embedded defaults) or a GPU preset (see experiments/presets.py)")
+    p.add_argument("--preset", default="cpu", help=f"one of {', '.join(named_presets.known())} (see `python -m experiments.presets`)")
     a = p.parse_args()
     main(a.only, a.out, a.quick, a.preset)

@@ -1,0 +1,228 @@
+"""Named presets for `python -m experiments.run_all --preset NAME` (and `workbench figures --preset NAME`).
+
+A preset maps every experiment to one of that experiment's own settings tables (each experiment
+module keeps a `PRESETS` dict with "cpu", "gpu" and "quick" entries) plus overrides of single
+entries, such as the model. The named GPU presets run the same scripts on the models the papers
+used, at the experiments' "gpu" budgets:
+
+- `cpu`: the embedded defaults (SmolLM2-135M, Brown) at budgets that fit a 2-core CPU;
+- `gpu`: the embedded model at the larger "gpu" budgets;
+- `gpt2-small`: GPT-2 small (TransformerLens name `gpt2`); pretrained SAEs from the SAE Lens
+  release `gpt2-small-res-jb` (residual stream, `blocks.L.hook_resid_pre`);
+- `pythia-70m`: Pythia-70M-deduped, the model of the SAE Lens release `pythia-70m-deduped-res-sm`
+  (`blocks.L.hook_resid_post`);
+- `pythia-160m`: Pythia-160M-deduped; SAE Lens has no residual-stream release for it, so SAEs are
+  trained by the workbench (its "gpu" SAE recipe).
+
+The hub presets need the weights: online, or an already filled Hugging Face cache
+(`check_weights` says which are missing without downloading anything). Not every experiment can
+change its model through a preset; `Setting.note` says what stays fixed (key-space geometry and
+the linguistic-collapse sweep always run on the embedded model; bigram subnetworks always train
+the workbench's Brown LM). Those limits are printed by run_all and recorded in the report.
+
+Usage:
+    python -m experiments.presets                     # list the presets and what each one sets
+    python -m experiments.presets --check gpt2-small  # validate it; list missing hub weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+EXPERIMENTS = ("attention_sinks", "function_tokens", "bigram_subnetworks", "linguistic_collapse", "key_space",
+               "sae_circuits", "cross_analysis")
+
+
+class UnknownPresetError(SystemExit):
+    """An unknown preset name; the message lists the known ones (a SystemExit, so the CLI prints it)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One experiment under a preset: its base settings entry, overrides of that entry, and what it cannot take."""
+
+    base: str = "cpu"  # key of the experiment module's own settings table
+    overrides: dict[str, Any] = field(default_factory=dict)  # replaced keys of that entry
+    table: str | None = "PRESETS"  # the module attribute holding the table; None: the module takes no settings table
+    note: str = ""  # what this preset does not change for this experiment
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    model: str  # the model most experiments run on (a workbench / TransformerLens name)
+    device: str  # "cpu" or "cuda": what the budgets were sized for
+    hub_models: tuple[str, ...] = ()  # TransformerLens names whose weights come from the Hugging Face hub
+    saes: tuple[str, ...] = ()  # SAE Lens releases as "release:sae_id" (empty: workbench-trained SAEs)
+    experiments: dict[str, Setting] = field(default_factory=dict)
+
+    def setting(self, experiment: str) -> Setting:
+        if experiment not in EXPERIMENTS:
+            raise SystemExit(f"unknown experiment {experiment!r}; choose from {list(EXPERIMENTS)}")
+        return self.experiments.get(experiment, Setting(base="gpu" if self.device == "cuda" else "cpu"))
+
+
+_FIXED_KEY_SPACE = "key-space geometry always runs on the embedded model (the script has no model setting)"
+_FIXED_NC = "the sweep trains workbench models on Brown at the preset's grid; its pretrained-model part stays on the embedded model"
+_FIXED_BIGRAM = ("trains and masks the workbench's Brown LM; for masks on a pretrained model run the probe itself, "
+                 "e.g. `workbench run bigram-subnetworks --model {model}`")
+
+
+def _hub(name: str, model: str, layers: tuple[int, ...], steer_layer: int, saes: tuple[str, ...], description: str,
+         circuits: bool = True) -> Preset:
+    exps = {
+        "attention_sinks": Setting("gpu", {"lm": model}, note="the Bigram-Backcopy toy models are the same as under `gpu`"),
+        "function_tokens": Setting("gpu", {"model": model, "layers": layers, "steer_layer": steer_layer},
+                                   note=("the experiment trains its own SAEs at these layers (SAE Lens trainer, `gpu` SAE recipe); "
+                                         + (f"the pretrained release ({', '.join(saes)}) is used by the cross-analysis view and can be "
+                                            "given to the probe with `--saes`" if saes else "no pretrained SAE release is used"))),
+        "bigram_subnetworks": Setting("gpu", note=_FIXED_BIGRAM.format(model=model)),
+        "linguistic_collapse": Setting("gpu", table=None, note=_FIXED_NC),
+        "key_space": Setting("gpu", table=None, note=_FIXED_KEY_SPACE),
+        "sae_circuits": Setting("gpu", {"lm": model} if circuits else {},
+                                note="" if circuits else "the LM tasks stay on the embedded model"),
+        "cross_analysis": Setting("gpu", {"model": model, "saes": list(saes)}),
+    }
+    return Preset(name, description, model, "cuda", (model,), saes, exps)
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset("cpu", "embedded defaults (SmolLM2-135M-Instruct, Brown) at budgets sized for a 2-core CPU", "smollm2-135m", "cpu",
+                  experiments={e: Setting("cpu", table=None if e in ("key_space",) else ("GRIDS" if e == "linguistic_collapse" else "PRESETS"))
+                               for e in EXPERIMENTS}),
+    "gpu": Preset("gpu", "the embedded model at the experiments' larger GPU budgets", "smollm2-135m", "cuda",
+                  experiments={e: Setting("gpu", table=None if e in ("key_space",) else ("GRIDS" if e == "linguistic_collapse" else "PRESETS"))
+                               for e in EXPERIMENTS}),
+    "gpt2-small": _hub("gpt2-small", "gpt2", (2, 6, 10), 6,
+                       tuple(f"gpt2-small-res-jb:blocks.{l}.hook_resid_pre" for l in (2, 6, 10)),
+                       "GPT-2 small (12 layers) with SAE Lens's gpt2-small-res-jb residual SAEs"),
+    "pythia-70m": _hub("pythia-70m", "pythia-70m-deduped", (1, 3, 5), 3,
+                       tuple(f"pythia-70m-deduped-res-sm:blocks.{l}.hook_resid_post" for l in (1, 3, 5)),
+                       "Pythia-70M-deduped (6 layers) with SAE Lens's pythia-70m-deduped-res-sm residual SAEs"),
+    "pythia-160m": _hub("pythia-160m", "pythia-160m-deduped", (2, 6, 10), 6, (),
+                        "Pythia-160M-deduped (12 layers); no SAE Lens residual release exists for it, so SAEs are trained"),
+}
+
+
+def known() -> list[str]:
+    return list(PRESETS)
+
+
+def resolve(name: str) -> Preset:
+    """The preset called `name`; an error naming the known presets otherwise."""
+    if name not in PRESETS:
+        raise UnknownPresetError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)} "
+                                 "(see `python -m experiments.presets`)")
+    return PRESETS[name]
+
+
+def module_settings(preset: Preset, experiment: str, module: ModuleType, quick: bool = False) -> tuple[str, dict[str, Any] | None]:
+    """(key to pass as the module's `preset`, the merged settings entry; None when nothing is overridden).
+
+    Raises when the preset overrides a key the module's entry does not have (a stale preset)."""
+    s = preset.setting(experiment)
+    if quick:
+        return "quick", None
+    if s.table is None:
+        return s.base, None
+    table = getattr(module, s.table, None)
+    if not isinstance(table, dict):
+        raise SystemExit(f"experiments.{experiment} has no {s.table} table; preset {preset.name!r} cannot configure it")
+    if s.base not in table:
+        raise SystemExit(f"experiments.{experiment}.{s.table} has no {s.base!r} entry (it has {sorted(table)})")
+    if not s.overrides:
+        return s.base, None
+    entry = copy.deepcopy(table[s.base])
+    unknown = sorted(set(s.overrides) - set(entry)) if isinstance(entry, dict) else sorted(s.overrides)
+    if unknown:
+        raise SystemExit(f"preset {preset.name!r} overrides {unknown} of experiments.{experiment}, whose {s.base!r} entry "
+                         f"has only {sorted(entry)}")
+    entry.update(copy.deepcopy(s.overrides))
+    return preset.name, entry
+
+
+def install(preset: Preset, experiment: str, module: ModuleType, quick: bool = False) -> str:
+    """Register the preset's entry in the module's settings table (when it overrides anything) and
+    return the key to pass to the module's `run(..., preset=key)`."""
+    key, entry = module_settings(preset, experiment, module, quick)
+    if entry is not None and key not in getattr(module, preset.setting(experiment).table):
+        getattr(module, preset.setting(experiment).table)[key] = entry
+    return key
+
+
+def validate(preset: Preset) -> list[str]:
+    """Offline checks: hub names are TransformerLens models, SAE ids are in SAE Lens's release
+    directory, and every override names a key of its experiment's settings entry. Returns problems."""
+    import importlib
+
+    problems: list[str] = []
+    for m in preset.hub_models:
+        try:
+            import transformer_lens.loading_from_pretrained as tl_loading
+
+            tl_loading.get_official_model_name(m)
+        except ValueError:
+            problems.append(f"{m!r} is not a TransformerLens model name")
+    if preset.saes:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        directory = get_pretrained_saes_directory()
+        for src in preset.saes:
+            release, _, sae_id = src.partition(":")
+            if release not in directory:
+                problems.append(f"SAE Lens has no release {release!r}")
+            elif sae_id not in directory[release].saes_map:
+                problems.append(f"SAE Lens release {release!r} has no SAE {sae_id!r}")
+            elif preset.model not in (directory[release].model, f"{directory[release].model}".replace("gpt2-small", "gpt2")):
+                problems.append(f"SAE Lens release {release!r} is for {directory[release].model!r}, not {preset.model!r}")
+    for exp in EXPERIMENTS:
+        try:
+            module_settings(preset, exp, importlib.import_module(f"experiments.{exp}"))
+        except SystemExit as e:
+            problems.append(str(e))
+    return problems
+
+
+def check_weights(preset: Preset) -> list[str]:
+    """Hub repositories the preset needs that are not in the local Hugging Face cache (nothing is downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    missing = []
+    for m in preset.hub_models:
+        repo = tl_loading.get_official_model_name(m)
+        if not isinstance(try_to_load_from_cache(repo, "config.json"), str):
+            missing.append(repo)
+    return missing
+
+
+def describe(preset: Preset) -> str:
+    lines = [f"{preset.name}: {preset.description} (model {preset.model}, sized for {preset.device})"]
+    if preset.saes:
+        lines.append(f"  SAE Lens SAEs: {', '.join(preset.saes)}")
+    for exp in EXPERIMENTS:
+        s = preset.setting(exp)
+        over = ", ".join(f"{k}={v!r}" for k, v in s.overrides.items())
+        lines.append(f"  {exp}: {s.base}{' + ' + over if over else ''}{'; ' + s.note if s.note else ''}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", metavar="PRESET", help="validate one preset offline and list hub weights missing from the cache")
+    a = ap.parse_args()
+    if a.check:
+        p = resolve(a.check)
+        print(describe(p))
+        issues = validate(p)
+        print("\n".join(f"problem: {i}" for i in issues) or "valid")
+        missing = check_weights(p)
+        print(f"missing from the Hugging Face cache (downloaded on first use when online): {', '.join(missing)}" if missing
+              else "weights: all in the local cache" if p.hub_models else "weights: embedded")
+    else:
+        print("\n\n".join(describe(p) for p in PRESETS.values()))
