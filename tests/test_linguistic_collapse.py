@@ -221,6 +221,46 @@ def test_real_run_counts_and_ranges(tiny_result):
     assert res.geometry["ids"].tolist() == top
 
 
+def _cached_features(model, brown, scfg):
+    """Every (feature, next token, logits) of a slice from a plain cached forward pass, no accumulator."""
+    from workbench.slices import corpus_batches
+
+    xs, ys, logits_all = [], [], []
+    for batch in corpus_batches(model, brown, scfg):
+        logits, cache = model.run_with_cache(batch.tokens, names_filter=["ln_final.hook_normalized"])
+        feats = cache["ln_final.hook_normalized"] * model.ln_final.w + model.ln_final.b
+        for i in range(batch.tokens.shape[0]):
+            for t in range(batch.tokens.shape[1] - 1):
+                if batch.valid[i, t] and batch.valid[i, t + 1] and not batch.is_bos[i, t]:
+                    xs.append(feats[i, t]), ys.append(int(batch.tokens[i, t + 1])), logits_all.append(logits[i, t])
+    return torch.stack(xs).double(), torch.tensor(ys), torch.stack(logits_all).double()
+
+
+def test_streamed_run_equals_brute_force_on_cached_features(tiny, brown, tiny_result):
+    """The whole streamed pipeline (counts, two-pass-free variances, metrics, NC4, loss) against dense
+    statistics of every feature row kept in memory, class by class."""
+    cfg = lc.LinguisticCollapseConfig(**SMALL)
+    with torch.no_grad():
+        x, y, _ = _cached_features(tiny, brown, cfg)
+        xh, yh, logits_h = _cached_features(tiny, brown, cfg.heldout_stream())
+    ids = torch.unique(y)
+    means = torch.stack([x[y == c].mean(0) for c in ids])
+    var = torch.stack([((x[y == c] - x[y == c].mean(0)) ** 2).sum(1).mean() for c in ids])
+    w = tiny.W_U.detach().double()[:, ids].T
+    ref = _dense_reference(means, var, w)
+    m = tiny_result.metrics
+    assert m["n_classes"] == len(ids) and m["n_tokens"] == len(y)
+    for key, value in ref.items():
+        assert m[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    seen = torch.isin(yh, ids)
+    ncc = ids[torch.cdist(xh[seen], means).argmin(1)]
+    assert m["nc4_positions"] == int(seen.sum())
+    assert m["nc4_mismatch"] == pytest.approx(float((ncc != logits_h[seen].argmax(1)).double().mean()), abs=1.5 / int(seen.sum()))
+    loss = torch.nn.functional.cross_entropy(logits_h, yh)
+    assert m["heldout_loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert m["heldout_positions"] == len(yh)
+
+
 def test_config_errors(tiny, brown):
     with pytest.raises(ConfigError, match="overlap"):
         lc.LinguisticCollapseConfig(split="all").validate()
