@@ -16,10 +16,12 @@ from scipy.stats import t as student_t
 
 from dashboards.figures import linguistic_collapse as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
-from probes._nc_sweep import EXPECTED_SIGN, GRIDS, METRICS, run_sweep
+from probes import _nc_metrics as ncm
+from probes._nc_sweep import EXPECTED_SIGN, GRIDS, METRICS, correlations, run_sweep
 from workbench.corpora import load_corpus
 from workbench.models import load_model
 from workbench.runner import run_probe
+from workbench.store import ResultStore
 from workbench.zoo import train_batches
 
 # SmolLM2's forward is ~300 tokens/s on 2 free cores (far less on a shared machine): 40k + 10k tokens.
@@ -75,6 +77,24 @@ def _smol_md(metrics: dict) -> str:
     return _md_table(pd.DataFrame(rows))
 
 
+HEADLINE = ["nc1_cdnv", "nc2_equinorm_cov", "gnc2_uniformity", "nc3_duality_mean", "nc4_mismatch"]
+
+
+def _budget_correlations_md(table: pd.DataFrame) -> str:
+    """Spearman correlations inside each step budget (size varies, training length fixed)."""
+    rows = []
+    for steps, sub in table.groupby("steps"):
+        for _, r in correlations(sub, HEADLINE).iterrows():
+            rows.append({"steps": f"{int(steps)}", "n": f"{len(sub)}", "metric": figs.metric_label(r["metric"]),
+                         "paper's trend vs loss": "+" if EXPECTED_SIGN[r["metric"]] > 0 else "−",
+                         "ρ(val loss)": r["rho_loss"], "p": r["p_loss"], "ρ(params)": r["rho_params"], "p ": r["p_params"]})
+    return _md_table(pd.DataFrame(rows))
+
+
+def _minutes(seconds) -> str:
+    return "–" if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)) else f"{seconds / 60:.1f} min"
+
+
 def _critical_rho(n: int) -> float:
     """|rho| above which a rank correlation of n points has p < 0.05 (t approximation, as scipy's p-values)."""
     if n < 4:
@@ -86,8 +106,10 @@ def _critical_rho(n: int) -> float:
 def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     out = Path(out)
     grid = GRIDS["quick" if quick else preset]
+    store = ResultStore()
     with Timer() as t_sweep:
-        sweep, sweep_run = run_sweep(grid)
+        sweep, sweep_run = run_sweep(grid, store=store)
+    sweep_reused = (store.get_run(sweep_run) or {}).get("status") == "reused"
     corpus = load_corpus("brown")
     with Timer() as t_smol:
         smol = load_model("smollm2-135m", numerics="raw")
@@ -111,6 +133,17 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     r_crit = _critical_rho(n)
     epoch = train_batches(cfg.recipes()[0], "train").n_positions
     max_tokens = max(cfg.steps) * cfg.batch_size * cfg.n_ctx
+    sweep_compute = sweep.meta.get("wall_s", t_sweep.seconds if not sweep_reused else None)
+    probe_s = float(sweep.table["probe_s"].sum()) if "probe_s" in sweep.table else None
+    sweep_time = (f"sweep {_minutes(sweep_compute)} wall when computed"
+                  + (f" (probe passes {_minutes(probe_s)}, the rest training or loading zoo models)" if probe_s else "")
+                  + (f"; reused from the store in this run ({t_sweep.seconds:.0f} s)" if sweep_reused else ""))
+    smol_time = f"SmolLM2 {_minutes(res.meta.get('wall_s'))} wall when computed" + (
+        f"; reused from the store in this run ({t_smol.seconds:.0f} s)" if outcome.reused else "")
+    sens = res.sensitivity.set_index("min_count")
+    top_m = int(sens.index.max())
+    floor_zoo = ncm.etf_error_floor(int(sweep.table["n_classes"].median()), max(cfg.widths))
+    floor_smol = ncm.etf_error_floor(int(m["n_classes"]), int(m["d_model"]))
     md = f"""
 **Claim.** As causal LMs grow and train longer, their top-layer features (next tokens as classes) move toward
 neural collapse, and the NC properties track validation loss. The paper (about 230 GPT-Neo models on TinyStories)
@@ -122,14 +155,19 @@ batch {cfg.batch_size}, lr {cfg.lr}, cosine schedule, seeds {cfg.seeds}): depth 
 steps {cfg.steps} (each budget its own run). For each: class statistics over {cfg.probe.get('max_tokens'):,} train-split
 tokens, NC4 and validation loss over {cfg.probe.get('heldout_max_tokens'):,} validation-split tokens (min_count 1, as
 the paper). SmolLM2-135M (raw numerics) over {m['n_tokens']:,} Brown train-split positions and
-{m['heldout_positions']:,} validation positions. Hardware: {hardware()}. Sweep wall time {t_sweep.seconds / 60:.1f} min
-(training cached between runs), SmolLM2 {t_smol.seconds / 60:.1f} min. Sweep run #{sweep_run}, SmolLM2 run
-#{outcome.run_id}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
+{m['heldout_positions']:,} validation positions. Hardware: {hardware()}. Time: {sweep_time}; {smol_time}.
+Sweep run #{sweep_run}, SmolLM2 run #{outcome.run_id}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
 formulas follow the paper's final `analyze.py` (CDNV with distance^4); see `probes/_nc_metrics.py`.
 
 **Rank correlations over the sweep** (Spearman, n = {len(sweep.table)}; "agrees" = sign of the paper's trend):
 
 {_correlation_md(sweep.correlations)}
+
+**Inside each step budget** (model size varies, training length fixed; n = {len(sweep.table) // len(cfg.steps)} per
+budget, |ρ| > {_critical_rho(len(sweep.table) // len(cfg.steps)):.2f} for p < 0.05). Pooling the budgets mixes two effects:
+training length moves every metric far more than size does.
+
+{_budget_correlations_md(sweep.table)}
 
 **Sweep models.**
 
@@ -147,7 +185,13 @@ NC4 {largest['nc4_mismatch']:.3f}).
 epochs of Brown's train split), far from the paper's regime, so absolute values are far from collapse; with
 n = {n} models a correlation needs |ρ| > {r_crit:.2f} to reach p < 0.05 (two-sided). Statistics use a slice of the train
 split, not the whole of it. NCC uses only classes seen in the slice; the linear decision is the model's own argmax
-(unembedding bias included). `min_count` sensitivity for SmolLM2 is in the last figure.
+(unembedding bias included). NC4 near 1 is partly the rarest classes: with min_count {top_m}
+({int(sens.loc[top_m, 'n_classes']):,} classes, {sens.loc[top_m, 'coverage']:.0%} of positions) SmolLM2's NC4 is
+{sens.loc[top_m, 'nc4_mismatch']:.3f} and its CDNV {sens.loc[top_m, 'nc1_cdnv']:.3g} (the last figure has every threshold).
+The ETF and dual errors cannot approach 0 when K − 1 > d: their floor is sqrt(2 − 2 sqrt(d/(K−1))), about
+{floor_zoo:.2f} for the widest sweep models (K ≈ {int(sweep.table['n_classes'].median()):,}, d = {max(cfg.widths)}) and {floor_smol:.2f} for SmolLM2
+(K = {int(m['n_classes']):,}, d = {int(m['d_model'])}), against a value of about 1.41 for means with no ETF structure; read
+them against that floor.
 """
     return ReportSection(title="Linguistic collapse (NC1–NC4) and a model-size sweep", markdown=md, figures=files,
                          wall_s=t_sweep.seconds + t_smol.seconds)

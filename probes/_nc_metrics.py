@@ -161,6 +161,19 @@ def etf_structure_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.sqrt(max(0.0, 2.0 - 2.0 * inner_ideal / frob))
 
 
+def etf_error_floor(k: int, d: int) -> float:
+    """Smallest possible ETF (and dual) error of K centred means in d dimensions.
+
+    With centred means the Gram G has 1^T G 1 = 0, so <G, E> = tr(G) / sqrt(K-1) for the ideal E, and
+    ||G||_F >= tr(G) / sqrt(rank) with rank <= d: the error sqrt(2 - 2<G/||G||, E>) is at least
+    sqrt(2 - 2 sqrt(d / (K-1))) whenever K - 1 > d. The same holds for the dual error: S = W (M - mu_G)^T
+    also has 1^T S 1 = 0 and rank <= d.
+    """
+    if k - 1 <= d:
+        return 0.0
+    return math.sqrt(2.0 - 2.0 * math.sqrt(d / (k - 1)))
+
+
 def norm_stats(centred: torch.Tensor) -> dict[str, float]:
     """NC2 equinorm: spread of log ||mu_c - mu_G|| (and of the plain norms, for reference)."""
     norms = centred.double().norm(dim=1)

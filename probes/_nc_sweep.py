@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import inspect
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def model_row(recipe: LMRecipe, model, result, run_id: int, key: str) -> dict:
            "seed": recipe.seed, "train_tokens": recipe.steps * recipe.batch_size * recipe.n_ctx,
            "n_params": model_info(model).n_params, "n_params_nonembed": non_embedding_params(model),
            "train_loss": train_loss, "val_loss": m["heldout_loss"], "val_top1": m["heldout_top1"],
-           "n_classes": m["n_classes"], "run_id": run_id, "key": key}
+           "n_classes": m["n_classes"], "run_id": run_id, "key": key, "probe_s": result.meta.get("wall_s", math.nan)}
     row.update({k: m.get(k, math.nan) for k in METRICS})
     return row
 
@@ -167,6 +168,7 @@ def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str = 
         store.finish_run(run_id, "reused", artifact=str(path), summary=result.summary())
         return result, run_id
     rows = []
+    t0 = time.time()
     bar = progress_bar(len(recipes), "linguistic-collapse sweep", unit="model", enabled=progress)
     try:
         for recipe in recipes:
@@ -184,7 +186,8 @@ def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str = 
         bar.close()
     table = pd.DataFrame(rows)
     result = SweepResult(meta={"config": dataclasses.asdict(cfg), "code_version": version, "corpus": corpus.id,
-                               "probe": SWEEP_PROBE, "key": key}, table=table, correlations=correlations(table))
+                               "probe": SWEEP_PROBE, "key": key, "wall_s": time.time() - t0,
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, table=table, correlations=correlations(table))
     store.save(SWEEP_PROBE, key, result)
     store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
     return result, run_id

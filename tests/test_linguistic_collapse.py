@@ -144,6 +144,21 @@ def test_tiled_pairwise_equals_dense(tile):
     assert got["n_pairs"] == k * (k - 1) // 2 and got["nc1_degenerate_pairs"] == 0
 
 
+def test_etf_error_floor_bounds_the_error_and_is_attained_by_a_tight_frame():
+    g = torch.Generator().manual_seed(11)
+    k, d = 40, 6
+    for scale in (torch.ones(d), torch.logspace(0, 2, d)):
+        c = torch.randn(k, d, generator=g, dtype=torch.float64) * scale
+        c = c - c.mean(0)
+        assert ncm.etf_structure_error(c, c) >= ncm.etf_error_floor(k, d) - 1e-12
+    # d orthonormal columns orthogonal to the all-ones vector: a rank-d projection Gram, the floor exactly
+    basis = torch.cat([torch.ones(k, 1, dtype=torch.float64), torch.randn(k, d, generator=g, dtype=torch.float64)], 1)
+    q, _ = torch.linalg.qr(basis)
+    frame = 3.0 * q[:, 1:]
+    assert ncm.etf_structure_error(frame, frame) == pytest.approx(ncm.etf_error_floor(k, d), abs=1e-12)
+    assert ncm.etf_error_floor(d + 1, d) == 0.0  # a simplex ETF fits
+
+
 def test_coincident_means_are_left_out_and_counted():
     means = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]], dtype=torch.float64)
     var = torch.ones(4, dtype=torch.float64)
