@@ -390,10 +390,12 @@ class _Answers:
 
 
 def _distinct_running(matches: Sequence[str | None]) -> list[int]:
+    """Running count of distinct gold entries. Anything but a string is "no match": a pandas column
+    mixing strings and None reads None back as NaN (pandas >= 3 string dtype), which is not None."""
     seen: set[str] = set()
     out = []
     for m in matches:
-        if m is not None:
+        if isinstance(m, str):
             seen.add(m)
         out.append(len(seen))
     return out

@@ -282,11 +282,22 @@ def test_icn_rounds_follow_the_updated_distribution(small_run):
                 assert by_tok[t] == a
         for method, g in ((m, r.icn[(r.icn["category"] == cat) & (r.icn["method"] == m)].sort_values("step")) for m in ("icn", "baseline")):
             seen, want_dc = set(), []
-            for m in g["match"]:
-                if m is not None:
+            for ok, m in zip(g["correct"], g["match"]):
+                if ok:
                     seen.add(m)
                 want_dc.append(len(seen))
             assert g["distinct_correct"].tolist() == want_dc, method
+
+
+def test_distinct_running_reads_a_mixed_pandas_column():
+    """None next to strings in a DataFrame column reads back as NaN under pandas' string dtype:
+    a wrong answer must not count as a distinct correct one."""
+    from probes.key_space import _distinct_running
+
+    df = pd.DataFrame([{"match": None}, {"match": "Ohio"}, {"match": None}, {"match": "Ohio"}, {"match": "Utah"}])
+    assert _distinct_running(list(df["match"])) == [0, 1, 1, 1, 2]
+    assert _distinct_running([None, None]) == [0, 0]
+    assert _distinct_running([float("nan"), "Ohio"]) == [0, 1]
 
 
 def test_dots_are_query_key_products(small_run):
