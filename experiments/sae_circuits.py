@@ -10,9 +10,11 @@ of ACDC-style search. GPT-2 and attn-only-4l need the hub, so here the ground tr
   attention (trigger positions attend to the preceding token).
 Both methods' wall times are measured on the same machine.
 
-Each run is saved under `<out>/runs/<name>/` and reused by later calls (the SmolLM2 runs take
-tens of minutes on a CPU); `fresh=True` recomputes. The report names the code version each run
-was computed with.
+Budgets (see PRESETS): the cpu preset takes about 15 minutes on 2 CPU cores from a cold start
+(100 + 100 prompts per SmolLM2 task, 250 SAE epochs, patching on 8 pairs, a small BB model); the
+gpu preset keeps the paper's 250 + 250 prompts and 500 epochs, patches 100 pairs and adds docstring.
+Each run is saved under `<out>/runs/<name>/` and reused by later calls; `fresh=True` recomputes.
+The report names the code version each run was computed with.
 
 Usage: python -m experiments.sae_circuits [--quick] [--preset cpu|gpu] [--fresh] [--out DIR]
 """
@@ -30,12 +32,20 @@ import torch
 
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 
-SMOLLM2 = dict(n_prompts=250, n_seeds=10, baseline="patching", baseline_prompts=64, threshold=0.05, batch_size=16)
-BB_RECIPE = dict(n_layers=3, batch_size=8, steps=1000)  # the attention-sinks experiment's CPU recipe (shared cache)
+# CPU preset: sized so a cold run (model load, BB training, both SmolLM2 tasks, figures) takes about
+# 15 minutes on 2 shared cores. Against the paper: 100 + 100 prompts instead of 250 + 250, 250 SAE
+# epochs instead of 500 (10 seeds, 10 training examples, 200 features as in the paper), and the
+# patching baseline on 8 pairs (it costs about 140 forward passes per pair on SmolLM2's 270 heads).
+SMOLLM2_CPU = dict(n_prompts=100, n_seeds=10, epochs=250, baseline="patching", baseline_prompts=8, threshold=0.05,
+                   batch_size=32)
+SMOLLM2_GPU = dict(n_prompts=250, n_seeds=10, baseline="patching", baseline_prompts=100, threshold=0.05, batch_size=16)
+# A small 3-layer BB model (d_model 64, 64-token sequences, lr 3e-3): its backcopy risk falls below 0.1
+# nats within a few hundred steps, about a minute on a CPU. The gpu preset trains the paper's size.
+BB_CPU = dict(n_layers=3, d_model=64, batch_size=16, seq_len=64, lr=3e-3, steps=400)
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than"], "lm_config": SMOLLM2,
-            "bb_recipe": BB_RECIPE, "bb_config": dict(n_prompts=250, n_seeds=10, baseline_prompts=64)},
-    "gpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than", "docstring"], "lm_config": dict(SMOLLM2, baseline_prompts=100),
+    "cpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than"], "lm_config": SMOLLM2_CPU,
+            "bb_recipe": BB_CPU, "bb_config": dict(n_prompts=250, n_seeds=10, baseline_prompts=64)},
+    "gpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than", "docstring"], "lm_config": SMOLLM2_GPU,
             "bb_recipe": dict(n_layers=3, batch_size=512, steps=10_000), "bb_config": dict(n_prompts=250, n_seeds=10, baseline_prompts=100)},
     "quick": {"lm": "tiny-llama", "tasks": ["greater-than"],
               "lm_config": dict(n_prompts=16, n_seeds=2, epochs=40, n_features=16, baseline_prompts=8, threshold=0.1, batch_size=8),
@@ -117,6 +127,18 @@ def threshold_table(results: dict[str, Any]) -> pd.DataFrame:
                          "node_auc": f"{np.nanmean(node):.3f} ± {np.nanstd(node):.3f}" if not np.isnan(node).all() else "n/a",
                          "edge_auc": f"{np.nanmean(edge):.3f} ± {np.nanstd(edge):.3f}" if not np.isnan(edge).all() else "n/a"})
     return pd.DataFrame(rows)
+
+
+def _budget_text(preset: str) -> str:
+    c, bb = PRESETS[preset]["lm_config"], PRESETS[preset]["bb_recipe"]
+    epochs = c.get("epochs", 500)
+    text = (f"Budget ({preset} preset): {c['n_prompts']} + {c['n_prompts']} prompts per SmolLM2 task (the paper: 250 + 250), "
+            f"{epochs} SAE epochs (the paper: 500), {c['n_seeds']} seeds, the patching baseline on the first "
+            f"{c['baseline_prompts']} pairs; ")
+    text += (f"BB model: {bb['n_layers']} layers, d_model {bb.get('d_model', 256)}, batch {bb['batch_size']} x "
+             f"{bb.get('seq_len', 256)} tokens, {bb['steps']} AdamW steps at lr {bb.get('lr', 3e-4):g} "
+             "(the paper's BB models: d_model 256, batch 512 x 256, 10k steps at 3e-4). ")
+    return text
 
 
 def _s(seconds: float) -> str:
@@ -201,7 +223,9 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False
         "Setting here: the published circuits need GPT-2 / attn-only-4l from the hub, so the ground truth on "
         "SmolLM2-135M (270 heads, GQA) is the workbench's activation-patching baseline, and on the "
         "Bigram-Backcopy model the backcopy head. Greater-than is adapted to SmolLM2's one-digit-per-token "
-        "years (the model predicts the tens digit; positives YY in 10..89). Deviations from the public code: "
+        "years (the model predicts the tens digit; positives YY in 10..89). "
+        + (_budget_text(preset) if not quick else "") +
+        "Deviations from the public code: "
         "no encoder bias, unit-norm dictionary columns (see probes/_discrete_sae.py); ties in the edge ranking "
         "are broken at random from the trial's seed.",
         "### Results", _md(summary_table(results)),

@@ -53,7 +53,9 @@ class DiscreteSAE(torch.nn.Module):
         self.W_dec.register_hook(lambda g: g - (g * self.W_dec.detach()).sum(0, keepdim=True) * self.W_dec.detach())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu((x - self.b) @ self.W_enc.T)
+        # W_enc (x - b) written as W_enc x - W_enc b: the same value, but autograd then needs no
+        # [inputs, d_in] gradient for x - b (one of the six large matmuls of a training step)
+        return F.relu(x @ self.W_enc.T - self.W_enc @ self.b)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encode(x)
