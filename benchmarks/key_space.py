@@ -8,7 +8,7 @@ ways, on the same candidates, with identical outputs checked:
 3. one at a time without a cache (the whole sequence re-run for every new token, as the paper's script did).
 
 Reports seconds and the ratios 2/1 and 3/1 (how many times faster batching is).
-Usage: flock /tmp/wb-heavy.lock python -m benchmarks.key_space [--n 50] [--naive 10] [--threads 2]
+Usage: python -m benchmarks.key_space [--n 50] [--naive 10] [--threads 2]
 """
 
 from __future__ import annotations
