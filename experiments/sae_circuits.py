@@ -199,17 +199,19 @@ def bb_lines(r) -> str:
             f"(log-odds of the backcopy token > 0) {r.stats['accuracy']:.2f}.")
 
 
-def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False) -> ReportSection:
+def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None) -> ReportSection:
     from dashboards.figures import sae_circuits as figs
 
     out = Path(out)
     preset = "quick" if quick else preset
     figures: list[str] = []
     with Timer() as timer:
-        results = compute_all(out, preset, fresh)
+        results = compute_all(out, preset, fresh, only)
         for name, r in results.items():
             figures += write_figure(figs.score_heatmaps(r), out, f"{name}_heatmaps")
             figures += write_figure(figs.circuit_graph_figure(r.graph, r.stats["n_layers"]), out, f"{name}_circuit_graph")
+        if not results:
+            raise SystemExit(f"no run selected: --only takes tasks of the preset ({', '.join(PRESETS[preset]['tasks'])}) or bigram-backcopy")
         figures += write_figure(figs.roc_figure(results), out, "roc_curves")
         figures += write_figure(figs.runtime_figure(results), out, "runtimes")
     lm_runs = {k: v for k, v in results.items() if k != "bb3"}
@@ -240,7 +242,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False
         "### Bigram-Backcopy", bb_lines(results["bb3"]) if "bb3" in results else "(not run)",
         f"Hardware: {hardware()}, {torch.get_num_threads()} torch threads (a CPU shared with other jobs: wall times "
         f"are upper bounds). Code versions: {', '.join(versions)}. Reproduce: `python -m experiments.sae_circuits "
-        f"{'--quick' if quick else '--preset ' + preset}`.",
+        f"{'--quick' if quick else '--preset ' + preset}{''.join(' --only ' + t for t in only or [])}`.",
     ])
     return ReportSection(title="SAE circuit discovery", markdown=md, figures=figures, wall_s=timer.seconds)
 
@@ -251,12 +253,12 @@ if __name__ == "__main__":
     ap.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--fresh", action="store_true", help="recompute runs saved under <out>/runs")
     ap.add_argument("--compute-only", action="store_true", help="run and save the probes, no figures")
-    ap.add_argument("--only", action="append", help="with --compute-only: only these tasks (repeatable)")
+    ap.add_argument("--only", action="append", help="only these tasks (repeatable; bigram-backcopy for the BB model)")
     ap.add_argument("--out", default=str(DEFAULT_OUT / "sae_circuits"))
     args = ap.parse_args()
     if args.compute_only:
         compute_all(Path(args.out), "quick" if args.quick else args.preset, args.fresh, args.only)
     else:
-        section = run(Path(args.out), quick=args.quick, preset=args.preset, fresh=args.fresh)
+        section = run(Path(args.out), quick=args.quick, preset=args.preset, fresh=args.fresh, only=args.only)
         (Path(args.out) / "section.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
         print(section.markdown)
