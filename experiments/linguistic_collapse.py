@@ -3,6 +3,7 @@ validation loss per model, correlate, run the embedded SmolLM2 on Brown, and wri
 report section with our numbers beside the paper's trends.
 
 Usage: python -m experiments.linguistic_collapse [--quick] [--preset cpu|gpu] [--out DIR]
+       python -m experiments.linguistic_collapse --sweep-run ID --smollm2-run ID   (report stored runs as they are)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from scipy.stats import t as student_t
 from dashboards.figures import linguistic_collapse as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes import _nc_metrics as ncm
-from probes._nc_sweep import EXPECTED_SIGN, GRIDS, METRICS, correlations, run_sweep
+from probes._nc_sweep import EXPECTED_SIGN, GRIDS, METRICS, SweepConfig, correlations, load_sweep, run_sweep
+from probes.linguistic_collapse import LinguisticCollapseResult
 from workbench.corpora import load_corpus
 from workbench.models import load_model
 from workbench.runner import run_probe
@@ -103,18 +105,59 @@ def _critical_rho(n: int) -> float:
     return float(t / math.sqrt(n - 2 + t * t))
 
 
-def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
+def _findings(sweep) -> str:
+    """Which headline metrics follow the paper's trend, pooled and inside the longest step budget."""
+    corr = sweep.correlations.set_index("metric")
+    longest = int(sweep.table["steps"].max())
+    lc = correlations(sweep.table[sweep.table["steps"] == longest], HEADLINE).set_index("metric")
+
+    def part(metrics, table):
+        return ", ".join(f"{figs.metric_label(k)} ρ = {table.loc[k, 'rho_loss']:+.2f} (p = {table.loc[k, 'p_loss']:.2g})" for k in metrics)
+
+    paper = ["nc1_cdnv", "nc2_equinorm_cov", "nc4_mismatch"]
+    against = [k for k in METRICS if k in corr.index and corr.loc[k, "rho_loss"] * EXPECTED_SIGN[k] < 0]
+    size = ", ".join(f"{figs.metric_label(k)} {lc.loc[k, 'rho_params']:+.2f}" for k in paper)
+    text = (f"Pooled over the sweep, with validation loss: {part(paper, corr)}; the paper expects all three positive. "
+            f"Inside the {longest}-step budget: {part(paper, lc)}, and with parameter count {size} "
+            f"(the paper's direction is negative). ")
+    if against:
+        text += f"Against the paper's direction (pooled): {part(against, corr)}."
+    return text
+
+
+def _stored_smollm2(store: ResultStore, run_id: int) -> tuple[LinguisticCollapseResult, dict]:
+    row = store.get_run(int(run_id))
+    if row is None or row["probe"] != "linguistic-collapse" or row["status"] not in ("done", "reused") or not row["artifact"]:
+        raise LookupError(f"run {run_id} is not a finished linguistic-collapse run")
+    return LinguisticCollapseResult.load(Path(row["artifact"])), row
+
+
+def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | None = None,
+        smollm2_run: int | None = None) -> ReportSection:
+    """Run (or reuse) the sweep and the SmolLM2 probe; with run ids, report those stored runs as they are."""
     out = Path(out)
     grid = GRIDS["quick" if quick else preset]
     store = ResultStore()
+    stored_note = []
     with Timer() as t_sweep:
-        sweep, sweep_run = run_sweep(grid, store=store)
-    sweep_reused = (store.get_run(sweep_run) or {}).get("status") == "reused"
+        if sweep_run is None:
+            sweep, sweep_run = run_sweep(grid, store=store)
+        else:
+            sweep = load_sweep(store, sweep_run)
+            grid = SweepConfig(**sweep.meta["config"])
+            stored_note.append(f"sweep #{sweep_run} (code version {sweep.meta.get('code_version')})")
+    sweep_row = store.get_run(sweep_run) or {}
+    sweep_reused = sweep_row.get("status") == "reused" or bool(stored_note)
     corpus = load_corpus("brown")
     with Timer() as t_smol:
-        smol = load_model("smollm2-135m", numerics="raw")
-        outcome = run_probe("linguistic-collapse", smol, corpus, SMOL_QUICK if quick else SMOL_CONFIG)
-    res = outcome.result
+        if smollm2_run is None:
+            smol = load_model("smollm2-135m", numerics="raw")
+            outcome = run_probe("linguistic-collapse", smol, corpus, SMOL_QUICK if quick else SMOL_CONFIG)
+            res, smol_run_id, smol_reused = outcome.result, outcome.run_id, outcome.reused
+        else:
+            res, _ = _stored_smollm2(store, smollm2_run)
+            smol_run_id, smol_reused = smollm2_run, True
+            stored_note.append(f"SmolLM2 #{smollm2_run} (code version {res.meta.get('code_version')})")
 
     files: list[str] = []
     files += write_figure(figs.scaling_grid(sweep.table, ["nc1_cdnv", "nc2_equinorm_cov", "gnc2_uniformity", "nc3_duality_mean",
@@ -133,13 +176,16 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     r_crit = _critical_rho(n)
     epoch = train_batches(cfg.recipes()[0], "train").n_positions
     max_tokens = max(cfg.steps) * cfg.batch_size * cfg.n_ctx
-    sweep_compute = sweep.meta.get("wall_s", t_sweep.seconds if not sweep_reused else None)
+    sweep_compute = sweep.meta.get("wall_s") or (t_sweep.seconds if not sweep_reused else
+                                                 sweep_row.get("wall_s") if sweep_row.get("status") == "done" else None)
     probe_s = float(sweep.table["probe_s"].sum()) if "probe_s" in sweep.table else None
     sweep_time = (f"sweep {_minutes(sweep_compute)} wall when computed"
                   + (f" (probe passes {_minutes(probe_s)}, the rest training or loading zoo models)" if probe_s else "")
                   + (f"; reused from the store in this run ({t_sweep.seconds:.0f} s)" if sweep_reused else ""))
     smol_time = f"SmolLM2 {_minutes(res.meta.get('wall_s'))} wall when computed" + (
-        f"; reused from the store in this run ({t_smol.seconds:.0f} s)" if outcome.reused else "")
+        f"; reused from the store in this run ({t_smol.seconds:.0f} s)" if smol_reused else "")
+    if stored_note:
+        smol_time += ". Reported from stored runs as they were computed: " + ", ".join(stored_note)
     sens = res.sensitivity.set_index("min_count")
     top_m = int(sens.index.max())
     floor_zoo = ncm.etf_error_floor(int(sweep.table["n_classes"].median()), max(cfg.widths))
@@ -156,12 +202,14 @@ steps {cfg.steps} (each budget its own run). For each: class statistics over {cf
 tokens, NC4 and validation loss over {cfg.probe.get('heldout_max_tokens'):,} validation-split tokens (min_count 1, as
 the paper). SmolLM2-135M (raw numerics) over {m['n_tokens']:,} Brown train-split positions and
 {m['heldout_positions']:,} validation positions. Hardware: {hardware()}. Time: {sweep_time}; {smol_time}.
-Sweep run #{sweep_run}, SmolLM2 run #{outcome.run_id}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
+Sweep run #{sweep_run}, SmolLM2 run #{smol_run_id}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
 formulas follow the paper's final `analyze.py` (CDNV with distance^4); see `probes/_nc_metrics.py`.
 
 **Rank correlations over the sweep** (Spearman, n = {len(sweep.table)}; "agrees" = sign of the paper's trend):
 
 {_correlation_md(sweep.correlations)}
+
+**Findings.** {_findings(sweep)}
 
 **Inside each step budget** (model size varies, training length fixed; n = {len(sweep.table) // len(cfg.steps)} per
 budget, |ρ| > {_critical_rho(len(sweep.table) // len(cfg.steps)):.2f} for p < 0.05). Pooling the budgets mixes two effects:
@@ -202,8 +250,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke settings: a two-model grid and a tiny SmolLM2 slice")
     p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="sweep grid: cpu (default) or the larger gpu grid")
     p.add_argument("--out", default=str(DEFAULT_OUT / "linguistic_collapse"))
+    p.add_argument("--sweep-run", type=int, help="report this stored sweep run (registry id) instead of running the grid")
+    p.add_argument("--smollm2-run", type=int, help="report this stored SmolLM2 linguistic-collapse run (registry id)")
     args = p.parse_args()
-    section = run(Path(args.out), quick=args.quick, preset=args.preset)
+    section = run(Path(args.out), quick=args.quick, preset=args.preset, sweep_run=args.sweep_run, smollm2_run=args.smollm2_run)
     print(section.markdown)
 
 
