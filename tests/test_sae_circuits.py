@@ -34,6 +34,29 @@ def test_sae_codes_deterministic_under_seed():
     assert a.b.abs().sum() > 0
 
 
+def test_encoder_and_gradients_follow_the_definition():
+    """encode computes ReLU(W_enc (x - b)) (written as W_enc x - W_enc b) with the same gradients."""
+    import torch.nn.functional as F
+
+    from probes._discrete_sae import DiscreteSAE, sae_loss
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 16, generator=g)
+    sae = DiscreteSAE(16, 10, g)
+    with torch.no_grad():
+        sae.b.copy_(0.5 * torch.randn(16, generator=g))
+    f, x_hat = sae(x)
+    sae_loss(x, f, x_hat, 0.05).backward()
+    got = [p.grad.clone() for p in (sae.W_enc, sae.W_dec, sae.b)]
+    for p in sae.parameters():
+        p.grad = None
+    f_ref = F.relu((x - sae.b) @ sae.W_enc.T)
+    assert torch.allclose(f, f_ref, atol=1e-6) and (f_ref > 0).any() and (f_ref == 0).any()
+    sae_loss(x, f_ref, f_ref @ sae.W_dec.T + sae.b, 0.05).backward()
+    for a, b in zip(got, (sae.W_enc.grad, sae.W_dec.grad, sae.b.grad)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_all_zero_rows_get_code_zero():
     acts = torch.randn(4, 3, 8)
     sae, _, _ = train_sae(acts, SAESettings(n_features=5, epochs=1, n_train=2), seed=0)
