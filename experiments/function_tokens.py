@@ -9,7 +9,9 @@
 4. the case study and steering at the last function token, with the content-token control.
 
 Presets: "cpu" (SAEs from one pass over 24,576 tokens, 98,304 samples each; a 24,576-token
-graph slice; about 20 minutes on 2 cores with the SAEs), "gpu" (4M-token SAEs, 1M-token slice). `quick` runs the whole pipeline on the tiny random model with seconds-long SAEs (a smoke
+graph slice; measured on 2 shared cores: 10 minutes for the SAEs, 15 for this script, of which 9.5 train
+the 1500-step Brown LM for the over-training curves and are cached for reruns), "gpu" (4M-token
+SAEs, 1M-token slice). `quick` runs the whole pipeline on the tiny random model with seconds-long SAEs (a smoke
 test; its numbers mean nothing). Everything goes through the store and caches, so a rerun reuses it.
 
 Usage: python -m experiments.function_tokens [--quick] [--preset cpu|gpu] [--out DIR]
