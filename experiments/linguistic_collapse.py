@@ -125,6 +125,15 @@ def _findings(sweep) -> str:
     return text
 
 
+def _computed_run(store: ResultStore, run_id: int) -> str:
+    """'#N' for a run that computed its result, '#N (reused as #M)' for a reuse of run N."""
+    row = store.get_run(int(run_id)) or {}
+    if row.get("status") != "reused":
+        return f"#{run_id}"
+    done = [r["run_id"] for r in store.runs(limit=100_000, probe=row["probe"]) if r["key"] == row["key"] and r["status"] == "done"]
+    return f"#{max(done)} (reused as #{run_id})" if done else f"#{run_id}"
+
+
 def _stored_smollm2(store: ResultStore, run_id: int) -> tuple[LinguisticCollapseResult, dict]:
     row = store.get_run(int(run_id))
     if row is None or row["probe"] != "linguistic-collapse" or row["status"] not in ("done", "reused") or not row["artifact"]:
@@ -180,7 +189,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | No
                                                  sweep_row.get("wall_s") if sweep_row.get("status") == "done" else None)
     probe_s = float(sweep.table["probe_s"].sum()) if "probe_s" in sweep.table else None
     sweep_time = (f"sweep {_minutes(sweep_compute)} wall when computed"
-                  + (f" (probe passes {_minutes(probe_s)}, the rest training or loading zoo models)" if probe_s else "")
+                  + (f" (probe passes {_minutes(probe_s)}; training, or loading cached zoo models, "
+                     f"{_minutes(max(0.0, sweep_compute - probe_s))})" if probe_s and sweep_compute else "")
                   + (f"; reused from the store in this run ({t_sweep.seconds:.0f} s)" if sweep_reused else ""))
     smol_time = f"SmolLM2 {_minutes(res.meta.get('wall_s'))} wall when computed" + (
         f"; reused from the store in this run ({t_smol.seconds:.0f} s)" if smol_reused else "")
@@ -202,7 +212,7 @@ steps {cfg.steps} (each budget its own run). For each: class statistics over {cf
 tokens, NC4 and validation loss over {cfg.probe.get('heldout_max_tokens'):,} validation-split tokens (min_count 1, as
 the paper). SmolLM2-135M (raw numerics) over {m['n_tokens']:,} Brown train-split positions and
 {m['heldout_positions']:,} validation positions. Hardware: {hardware()}. Time: {sweep_time}; {smol_time}.
-Sweep run #{sweep_run}, SmolLM2 run #{smol_run_id}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
+Sweep run {_computed_run(store, sweep_run)}, SmolLM2 run {_computed_run(store, smol_run_id)}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
 formulas follow the paper's final `analyze.py` (CDNV with distance^4); see `probes/_nc_metrics.py`.
 
 **Rank correlations over the sweep** (Spearman, n = {len(sweep.table)}; "agrees" = sign of the paper's trend):
