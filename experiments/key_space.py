@@ -235,8 +235,9 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", categories: list[st
         main = _probe(model, cfg).result
         other = {}
         if main.geometry.get("prompt_style") == "chat":
-            raw_cats = None if (quick or categories) else PRESETS[preset]["raw_categories"]
-            if raw_cats != []:  # [] = no raw-prompt comparison
+            raw_cats = None if quick else PRESETS[preset]["raw_categories"]
+            if raw_cats != []:  # [] = no raw-prompt comparison; with --categories, the same categories
+                raw_cats = categories or raw_cats
                 raw_cfg = {**cfg, "prompt_style": "raw", **({"categories": list(raw_cats)} if raw_cats else {})}
                 other["raw"] = _probe(model, raw_cfg).result
         figs = figures(main, out, png=True)
@@ -255,7 +256,7 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="budget (see PRESETS)")
     ap.add_argument("--categories", nargs="+", default=None,
-                    help="gold categories to probe (default: all; the raw-prompt comparison then uses the same ones)")
+                    help="gold categories to probe (default: all; a raw-prompt comparison, if the preset has one, uses the same ones)")
     ap.add_argument("--threads", type=int, default=0, help="torch and OpenMP/BLAS threads (0: leave as is)")
     a = ap.parse_args()
     from contextlib import nullcontext
