@@ -39,8 +39,8 @@ from plotly.subplots import make_subplots
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # ablation on 256 Brown tokens (2 chunks of 128): ~140 forward-equivalents on SmolLM2, a few CPU minutes
-    "cpu": dict(model="smollm2-135m", max_tokens=4096, seq_len=128, batch_size=8, ablation_tokens=256, saes=[],
+    # zero-ablation of all 270 heads on one 128-token chunk: ~140 forward-equivalents, about 5 min on 2 shared cores
+    "cpu": dict(model="smollm2-135m", max_tokens=2048, seq_len=128, batch_size=8, ablation_tokens=128, saes=[],
                 sae_layers=(5, 15, 25), min_fires=20, purity=0.9, n_promoted=10, resid_tokens=8192),
     "gpu": dict(model="smollm2-135m", max_tokens=65_536, seq_len=256, batch_size=16, ablation_tokens=8192, saes=[],
                 sae_layers=(5, 15, 25), min_fires=50, purity=0.9, n_promoted=10, resid_tokens=65_536),
