@@ -23,6 +23,34 @@ class ReportSection:
     markdown: str
     figures: list[str] = field(default_factory=list)  # paths relative to the output folder
     wall_s: float = 0.0
+    preset: str = ""
+    finished: str = ""  # UTC time the experiment finished, set by save()
+
+    SECTION_FILE = "section.json"
+
+    def save(self, out: Path, preset: str | None = None) -> Path:
+        """Write this section to `out`/section.json (atomically), so that a report can be assembled
+        later without rerunning the experiment (`python -m experiments.run_all --assemble`)."""
+        import json
+
+        from workbench.io import atomic_path
+
+        self.preset = preset if preset is not None else self.preset
+        self.finished = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / self.SECTION_FILE
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(dict(title=self.title, markdown=self.markdown, figures=self.figures,
+                                           wall_s=self.wall_s, preset=self.preset, finished=self.finished), indent=1))
+        return target
+
+    @classmethod
+    def load(cls, out: Path) -> "ReportSection":
+        """The section saved in `out` by save(); FileNotFoundError when the experiment never finished there."""
+        import json
+
+        d = json.loads((out / cls.SECTION_FILE).read_text())
+        return cls(**{k: d[k] for k in ("title", "markdown", "figures", "wall_s", "preset", "finished") if k in d})
 
 
 def hardware() -> str:

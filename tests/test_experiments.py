@@ -84,6 +84,21 @@ def test_run_all_quick_cross_analysis_writes_the_report(tmp_path, store, html_on
     assert len(heads) == 1 + 2 * 4  # tiny: 2 layers x 4 heads
 
 
+def test_assemble_writes_the_report_from_saved_sections_without_running(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    saved = common.ReportSection(title="Attention sinks", markdown="sink mass 0.91", figures=["a.png"], wall_s=120.0)
+    saved.save(out / "attention_sinks", "cpu")
+    monkeypatch.setattr(run_all, "run_one", lambda *a, **k: pytest.fail("assemble must not run an experiment"))
+    sections = run_all.main(only=["attention_sinks", "key_space"], out=out, assemble_only=True)
+    report = (out / "REPORT.md").read_text()
+    assert [s.title for s in sections] == ["Attention sinks", "key_space"]
+    assert "sink mass 0.91" in report and "by the `cpu` preset" in report and "(out/attention_sinks/a.png)" in report
+    assert "**Not run yet**" in report and "python -m experiments.key_space" in report
+    assert "total wall time: 2.0 min (sum of the saved sections' times)" in report
+    again = common.ReportSection.load(out / "attention_sinks")
+    assert again.markdown == "sink mass 0.91" and again.figures == ["a.png"] and again.finished
+
+
 def test_hub_preset_runs_offline_on_a_stand_in(tmp_path, store, html_only, monkeypatch):
     """`--preset gpt2-small` end to end through run_all, with a tiny GPT-2 in a local HF cache as `gpt2`
     (budgets shrunk, the SAE Lens release left out: it would need the hub)."""
