@@ -64,8 +64,24 @@ def assemble(out: Path, names: list[str]) -> list[ReportSection]:
             sec.markdown = f"*{stamp}.*\n\n{sec.markdown.strip()}"
             sections.append(_prefixed(sec, name))
         except FileNotFoundError:
-            sections.append(ReportSection(title=name, markdown=f"**Not run yet** in `{out}`: `python -m experiments.{name}`."))
+            sections.append(_from_markdown(out / name, name) or
+                            ReportSection(title=name, markdown=f"**Not run yet** in `{out}`: `python -m experiments.{name}`."))
     return sections
+
+
+def _from_markdown(folder: Path, name: str) -> ReportSection | None:
+    """A section an experiment script wrote as markdown only (`section.md` or `<name>.md`, headed
+    '## title'); its figures are the PNGs beside it. None when there is neither."""
+    for md in (folder / "section.md", folder / f"{name}.md"):
+        if md.is_file():
+            text = md.read_text().strip()
+            first, _, rest = text.partition("\n")
+            title = first[3:].strip() if first.startswith("## ") else name
+            body = rest if first.startswith("## ") else text
+            stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(md.stat().st_mtime))
+            figures = sorted(f"{name}/{f.name}" for f in folder.glob("*.png"))
+            return ReportSection(title=title, markdown=f"*Section written {stamp}.*\n\n{body.strip()}", figures=figures)
+    return None
 
 
 def render(sections: list[ReportSection], total_s: float, quick: bool, preset: str, assembled: bool = False) -> str:

@@ -89,9 +89,13 @@ def test_assemble_writes_the_report_from_saved_sections_without_running(tmp_path
     saved = common.ReportSection(title="Attention sinks", markdown="sink mass 0.91", figures=["a.png"], wall_s=120.0)
     saved.save(out / "attention_sinks", "cpu")
     monkeypatch.setattr(run_all, "run_one", lambda *a, **k: pytest.fail("assemble must not run an experiment"))
-    sections = run_all.main(only=["attention_sinks", "key_space"], out=out, assemble_only=True)
+    (out / "function_tokens").mkdir(parents=True)
+    (out / "function_tokens" / "function_tokens.md").write_text("## Function tokens\n\ncoverage 71%\n")
+    (out / "function_tokens" / "graph.png").write_bytes(b"png")
+    sections = run_all.main(only=["attention_sinks", "function_tokens", "key_space"], out=out, assemble_only=True)
     report = (out / "REPORT.md").read_text()
-    assert [s.title for s in sections] == ["Attention sinks", "key_space"]
+    assert [s.title for s in sections] == ["Attention sinks", "Function tokens", "key_space"]
+    assert "coverage 71%" in report and "(out/function_tokens/graph.png)" in report  # a markdown-only section
     assert "sink mass 0.91" in report and "by the `cpu` preset" in report and "(out/attention_sinks/a.png)" in report
     assert "**Not run yet**" in report and "python -m experiments.key_space" in report
     assert "total wall time: 2.0 min (sum of the saved sections' times)" in report

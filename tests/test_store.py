@@ -118,3 +118,37 @@ def test_bad_inputs_give_clear_errors(tiny, store):
         run_probe("no-such-probe", tiny, small_corpus(), None, store=store)
     failed = [r for r in store.runs() if r["status"] == "failed"]
     assert failed and "EmptyCorpusError" in failed[0]["error"]
+
+
+def test_code_version_follows_private_helpers_and_named_data(tmp_path, monkeypatch):
+    """Editing a probe's helper module or a data file it names changes the version; an unrelated module does not."""
+    import importlib
+    import sys
+    import types
+
+    from workbench.probe_api import code_version, local_dependencies
+
+    pkg = tmp_path / "toyprobes"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_helper.py").write_text("SCALE = 1\n")
+    (pkg / "_other.py").write_text("X = 1\n")
+    (pkg / "data" / "gold.json").write_text('{"a": 1}')
+    (pkg / "toy.py").write_text("from toyprobes._helper import SCALE\nGOLD = 'gold.json'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def version() -> str:
+        for name in [m for m in sys.modules if m.startswith("toyprobes")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+        return code_version(types.SimpleNamespace(module="toyprobes.toy"))
+
+    assert local_dependencies("toyprobes.toy") == ["toyprobes.toy", "toyprobes._helper"]
+    v0 = version()
+    (pkg / "_other.py").write_text("X = 2\n")
+    assert version() == v0
+    (pkg / "_helper.py").write_text("SCALE = 2\n")
+    v1 = version()
+    assert v1 != v0
+    (pkg / "data" / "gold.json").write_text('{"a": 2}')
+    assert version() != v1

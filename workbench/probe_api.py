@@ -78,12 +78,54 @@ def _core_hash() -> str:
 
 
 def code_version(spec: ProbeSpec) -> str:
-    """Package version + hash of the core and of the probe's module source."""
+    """Package version + hash of the core + hash of the probe's module and of every module of its
+    own package that it imports, directly or not (a probe's private helpers change its results too)."""
     from workbench import __version__
 
-    module = importlib.import_module(spec.module)
-    src = inspect.getsource(module).encode()
-    return f"{__version__}+{_core_hash()}.{hashlib.sha1(src).hexdigest()[:8]}"
+    h = hashlib.sha1()
+    sources = [inspect.getsource(importlib.import_module(name)) for name in local_dependencies(spec.module)]
+    for src in sources:
+        h.update(src.encode())
+    data_dir = Path(importlib.import_module(spec.module.split(".")[0]).__file__).parent / "data"
+    for f in sorted(data_dir.glob("*")) if data_dir.is_dir() else []:
+        if any(f.name in src for src in sources):  # a data file the probe's code names (gold lists ...)
+            h.update(f.read_bytes())
+    return f"{__version__}+{_core_hash()}.{h.hexdigest()[:8]}"
+
+
+def local_dependencies(module_name: str) -> list[str]:
+    """`module_name` followed by the modules of its top-level package that it imports, transitively
+    (found by reading import statements, in first-seen order)."""
+    import ast
+
+    package = module_name.split(".")[0]
+    seen: list[str] = []
+    todo = [module_name]
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.append(name)
+        module = importlib.import_module(name)
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            found: list[str] = []
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for cand in found:
+                if cand.split(".")[0] == package and cand != package and _is_module(cand):
+                    todo.append(cand)
+    return seen
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def describe_config(spec: ProbeSpec) -> list[dict[str, Any]]:
