@@ -62,9 +62,32 @@ def _fmt(x: float, nd: int = 4) -> str:
     return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
 
 
+def _bigram_oracle(res, recipe) -> float:
+    """The true transition matrix's bigram risk on the probe's evaluation batch (recorded by the
+    probe; recomputed from the task, the batch seed and size for results stored before it was)."""
+    if "bigram_oracle_risk" in res.bb:
+        return float(res.bb["bigram_oracle_risk"])
+    from workbench.tasks.bigram_backcopy import SEQ_LEN, load_bb_task
+
+    cfg = res.meta["config"]
+    task = load_bb_task(recipe.corpus, recipe.n_triggers)
+    # the probe samples sequences of the model's context length, which BB models fix at SEQ_LEN
+    return task.oracle_bigram_risk(task.sample(cfg["bb_sequences"], SEQ_LEN, cfg["bb_seed"]))
+
+
 def bb1_section(res, timing: dict | None, recipe) -> str:
+    """The 1-layer acceptance table. The bigram criterion ("within 3%") is judged on the paired gap:
+    the model's bigram risk against the true transition matrix's cross-entropy on the same positions
+    of the same evaluation batch. The gap to the exact population optimum is shown too, but on a
+    batch of a few dozen looping BB sequences the oracle's own risk moves several percent around
+    that optimum, so the unpaired gap mixes model error with sampling noise."""
+    from workbench.tasks.bigram_backcopy import paired_gap
+
     bb, h = res.bb, res.heads.iloc[0]
     gap = (bb["bigram_risk"] - bb["bigram_optimum"]) / bb["bigram_optimum"]
+    oracle = _bigram_oracle(res, recipe)
+    pgap = paired_gap(bb["bigram_risk"], oracle)
+    n_seqs = res.meta["config"]["bb_sequences"]
     tok = res.tokens[res.tokens["layer"] == 0]
     active = sorted(tok[tok["active"]]["token"].tolist())
     lines = [
@@ -74,8 +97,9 @@ def bb1_section(res, timing: dict | None, recipe) -> str:
         "| quantity | paper (tiny Shakespeare, batch 512, 10k steps) | ours (Brown) | acceptance |",
         "|---|---|---|---|",
         f"| backcopy risk | {PAPER['backcopy_risk']} | {_fmt(bb['backcopy_risk'])} | < 0.01: {'met' if bb['backcopy_risk'] < 0.01 else 'NOT met'} |",
-        f"| bigram risk | {PAPER['bigram_risk']} (its optimum) | {_fmt(bb['bigram_risk'])} (optimum {_fmt(bb['bigram_optimum'])}, gap {gap:+.2%}) | "
-        f"within 3%: {'met' if gap < 0.03 else 'NOT met'} |",
+        f"| bigram risk | {PAPER['bigram_risk']} (its optimum) | {_fmt(bb['bigram_risk'])} (true transition matrix on the same "
+        f"positions {_fmt(oracle)}: paired gap {pgap:+.2%}; population optimum {_fmt(bb['bigram_optimum'])}, gap {gap:+.2%}) | "
+        f"within 3% (paired): {'met' if pgap < 0.03 else 'NOT met'} |",
         f"| sink mass, non-trigger queries | ≈ 0.9+ | {h['sink_mass']:.3f} (trigger queries {h['sink_mass_trigger']:.3f}) | "
         f"> 0.8: {'met' if h['sink_mass'] > 0.8 else 'NOT met'} |",
         f"| token-level active set (threshold {res.meta['config']['dormant_threshold']}) | the triggers | {active!r} | "
@@ -87,6 +111,10 @@ def bb1_section(res, timing: dict | None, recipe) -> str:
         f"| value norm ⟨s⟩ / others (after W_O) | small (drain) | {h['value_norm_first']:.3g} / {h['value_norm_rest']:.3g} | |",
         f"| residual norm ⟨s⟩ / others (output) | peak | {h['resid_first']:.3g} / {h['resid_rest']:.3g} | |",
     ]
+    lines += ["", f"The bigram risk is measured on {n_seqs} sampled sequences. BB sequences fall into long loops, so the "
+                  f"true transition matrix's own cross-entropy on such a batch varies by several percent around the population "
+                  f"optimum; the 3% criterion is therefore judged on the paired gap (model risk − oracle risk) / oracle risk "
+                  f"on exactly the same bigram positions, and the gap to the optimum is shown for reference."]
     if timing:
         lines += ["", f"Training cost: {timing['seconds'] / 60:.1f} min for {timing['steps']} steps "
                       f"({timing['seconds_per_step']:.2f} s/step at batch {recipe.batch_size}, {timing['threads']} threads, {timing['device']})."]

@@ -272,13 +272,37 @@ def test_bb_analysis_matches_direct_computation(bb_run):
     from workbench.tasks.bigram_backcopy import bb_risks
 
     ref = bb_risks(model, task, n_seqs=8, seed=2024)  # an independent pass over the same sequences
-    for k in ("backcopy_risk", "bigram_risk", "loss", "bigram_optimum"):
+    for k in ("backcopy_risk", "bigram_risk", "loss", "bigram_optimum", "bigram_oracle_risk", "bigram_paired_gap"):
         assert res.bb[k] == pytest.approx(ref[k], rel=1e-5)
+    assert res.bb["bigram_oracle_risk"] == pytest.approx(task.oracle_bigram_risk(data), rel=1e-12)
+    assert {"bigram_oracle_risk", "bigram_paired_gap"} <= set(res.summary())
     last = res.dynamics[res.dynamics["step"] == res.dynamics["step"].max()]
     assert last["bigram_risk"].iloc[0] == pytest.approx(ref["bigram_risk"], rel=1e-5)
     loaded = AttentionSinksResult.load(out.path)
     pd.testing.assert_frame_equal(loaded.dynamics, res.dynamics)
     pd.testing.assert_frame_equal(loaded.tokens, res.tokens)
+
+
+def test_bb_report_judges_bigram_risk_on_the_paired_gap(bb_run):
+    import copy
+
+    from experiments.attention_sinks import bb1_section
+
+    model, task, out, recipe = bb_run
+    res = copy.deepcopy(out.result)
+    oracle = res.bb["bigram_oracle_risk"]
+    # 2% above the oracle on the same positions, 13% above the population optimum: met (paired)
+    res.bb.update(bigram_risk=oracle * 1.02, bigram_optimum=oracle * 0.9)
+    md = bb1_section(res, None, recipe)
+    assert "paired gap +2.00%" in md and "gap +13.33%" in md and "within 3% (paired): met" in md
+    # equal to the population optimum but 5% above the oracle: not met
+    res.bb.update(bigram_risk=oracle * 1.05, bigram_optimum=oracle * 1.05)
+    assert "within 3% (paired): NOT met" in bb1_section(res, None, recipe)
+    # a result stored before the oracle was recorded: recomputed from the task and the batch seed
+    del res.bb["bigram_oracle_risk"], res.bb["bigram_paired_gap"]
+    assert "within 3% (paired): NOT met" in bb1_section(res, None, recipe)
+    res.bb["bigram_risk"] = oracle
+    assert "paired gap +0.00%" in bb1_section(res, None, recipe)
 
 
 def test_figures_build_on_real_results(lm_run, bb_run):

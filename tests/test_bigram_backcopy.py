@@ -1,4 +1,5 @@
-"""The Bigram-Backcopy task: generator rules, exact optimum, model config, ReLU attention, training."""
+"""The Bigram-Backcopy task: generator rules, exact optimum, paired oracle risk, model config, ReLU
+attention, training."""
 
 from __future__ import annotations
 
@@ -88,6 +89,57 @@ def test_bigram_optimum_matches_monte_carlo(small_task):
     # and it is the exact conditional entropy: a deterministic chain has optimum 0
     det = BBTask.from_texts(["abcabcabcxyzxyz"], "det", n_triggers=1)
     assert det.bigram_optimum(16) < 0.7 * small_task.bigram_optimum(16)
+
+
+class _TransitionModel(torch.nn.Module):
+    """A stand-in "model" whose logits are exactly log P[x_t] (the true transition row) at every
+    character input, and uniform elsewhere."""
+
+    def __init__(self, task: BBTask, scale: float = 1.0):
+        super().__init__()
+        V = task.n_chars
+        logits = torch.zeros(task.d_vocab, task.d_vocab, dtype=torch.float64)
+        P = torch.from_numpy(task.transition)
+        logits[:V, :V] = torch.where(P > 0, P.log(), torch.tensor(-1e30, dtype=torch.float64)) * scale
+        logits[:V, V:] = -1e30
+        self.table = torch.nn.Parameter(logits, requires_grad=False)
+
+    def forward(self, inputs: torch.Tensor, return_type: str = "logits") -> torch.Tensor:
+        return self.table[inputs]
+
+
+def test_oracle_bigram_risk_matches_brute_force_and_pairs_to_zero(small_task):
+    import math
+
+    data = small_task.sample(6, 40, seed=3)
+    P, trig = small_task.transition, small_task.is_trigger
+    total, n = 0.0, 0
+    for row in data.tolist():
+        for t in range(len(row) - 1):  # input position t predicts row[t + 1]
+            a, b = row[t], row[t + 1]
+            if a < small_task.n_chars and not trig[a]:
+                total -= math.log(P[a, b])
+                n += 1
+    assert n > 50
+    oracle = small_task.oracle_bigram_risk(data)
+    assert oracle == pytest.approx(total / n, rel=1e-12)
+    per = small_task.oracle_bigram_ce(data)
+    _, bigram = small_task.position_masks(data[:, :-1])
+    assert per[bigram].isfinite().all() and per[~bigram].isnan().all()
+
+    # a model that outputs the transition matrix's log-probs has exactly the oracle risk: paired gap 0
+    r = bb_risks(_TransitionModel(small_task), small_task, n_seqs=6, seed=3, seq_len=40)
+    assert r["bigram_oracle_risk"] == pytest.approx(oracle, rel=1e-12)
+    assert r["bigram_risk"] == pytest.approx(oracle, rel=1e-9)
+    assert abs(r["bigram_paired_gap"]) < 1e-9
+    # a tempered (worse) model has a positive paired gap
+    worse = bb_risks(_TransitionModel(small_task, scale=0.5), small_task, n_seqs=6, seed=3, seq_len=40)
+    assert worse["bigram_oracle_risk"] == r["bigram_oracle_risk"] and worse["bigram_paired_gap"] > 0.01
+    # the batch oracle risk is noisy around the population optimum, its expectation
+    small = [small_task.oracle_bigram_risk(small_task.sample(4, 40, seed=s)) for s in range(8)]
+    assert max(small) - min(small) > 0.01
+    big = small_task.oracle_bigram_risk(small_task.sample(10_000, 40, seed=11))
+    assert big == pytest.approx(small_task.bigram_optimum(40), abs=0.01)
 
 
 def test_model_config_matches_paper(brown_task):

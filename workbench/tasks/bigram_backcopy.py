@@ -14,7 +14,11 @@ Risks: cross-entropy on backcopy positions (input token is a trigger) and on big
 (input token is a character that is not a trigger; the ⟨s⟩ position is in neither). The Bayes
 risk on bigram positions is the conditional entropy of the transition rows weighted by how often
 each character occurs at a bigram position of a BB sequence; `BBTask.bigram_optimum` computes it
-exactly by propagating the (previous, current) token distribution through all positions.
+exactly by propagating the (previous, current) token distribution through all positions. On a
+finite evaluation set the empirical risk of the true transition matrix varies by several percent
+around that optimum (sequences fall into long loops), so a model's bigram risk is also compared,
+paired, with the oracle risk on the very same positions (`BBTask.oracle_bigram_risk`,
+`paired_gap`).
 
 Model (the paper's): pre-LN, learned absolute positions, one head with d_head = d_model = 256,
 ReLU MLP of width 4d, untied unembedding, no biases (b_Q, b_K, b_V, b_O, b_in, b_out, b_U and
@@ -181,6 +185,31 @@ class BBTask:
             nxt[:V] += (Q[:V] * trig[None, :]).T  # backcopy: (a, trigger b) -> (b, a)
             Q = nxt
         return num / den
+
+    def oracle_bigram_ce(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-position cross-entropy of the true rule's next-token distribution on BB sequences
+        `tokens` [N, T+1]: -log P[x_t, x_{t+1}] at input positions t = 0..T-1 (float64, [N, T]).
+        Only bigram positions (`position_masks(inputs)[1]`) are meaningful; the others are NaN."""
+        inputs, targets = tokens[:, :-1].cpu(), tokens[:, 1:].cpu()
+        _, bigram = self.position_masks(inputs)
+        with np.errstate(divide="ignore"):
+            logP = torch.from_numpy(np.log(self.transition))  # -inf where a transition never occurs
+        out = torch.full(inputs.shape, float("nan"), dtype=torch.float64)
+        out[bigram] = -logP[inputs[bigram], targets[bigram]]
+        return out
+
+    def oracle_bigram_risk(self, tokens: torch.Tensor) -> float:
+        """The true transition matrix's mean cross-entropy on exactly the bigram positions of
+        `tokens` [N, T+1]: the paired reference for a model's bigram risk on the same sequences.
+
+        BB sequences fall into long loops, so on a batch of a few dozen sequences this empirical
+        risk of the Bayes predictor moves by several percent around `bigram_optimum` (its
+        expectation); comparing a model's batch risk with it, rather than with the optimum,
+        removes that sampling noise."""
+        _, bigram = self.position_masks(tokens[:, :-1].cpu())
+        if not bool(bigram.any()):
+            raise ConfigError("these sequences have no bigram position")
+        return float(self.oracle_bigram_ce(tokens)[bigram].mean())
 
     def dormancy_inputs(self) -> torch.Tensor:
         """The paper's active/dormant probe: one row per character tok, [⟨s⟩, all non-triggers, tok]."""
@@ -526,10 +555,17 @@ def task_of_model(model: HookedTransformer) -> BBTask | None:
     return task
 
 
+def paired_gap(model_risk: float, oracle_risk: float) -> float:
+    """Relative excess of a model's bigram risk over the oracle risk on the same positions."""
+    return (model_risk - oracle_risk) / oracle_risk
+
+
 @torch.inference_mode()
 def bb_risks(model: HookedTransformer, task: BBTask, n_seqs: int = 256, seed: int = 10_000, batch_size: int = 64,
              seq_len: int = SEQ_LEN) -> dict[str, float]:
-    """Backcopy and bigram risks (pooled over positions) on a fixed evaluation set, with the optimum."""
+    """Backcopy and bigram risks (pooled over positions) on a fixed evaluation set, with the exact
+    population optimum, the oracle risk (the true transition matrix's cross-entropy on the same
+    bigram positions) and the paired gap (bigram_risk - oracle) / oracle."""
     data = task.sample(n_seqs, seq_len, seed)
     device = next(model.parameters()).device
     sums = {"backcopy": 0.0, "bigram": 0.0, "all": 0.0}
@@ -543,9 +579,13 @@ def bb_risks(model: HookedTransformer, task: BBTask, n_seqs: int = 256, seed: in
         for k, m in (("backcopy", backcopy), ("bigram", bigram), ("all", torch.ones_like(backcopy))):
             sums[k] += float(per[m].sum())
             counts[k] += int(m.sum())
+    bigram_risk = sums["bigram"] / max(counts["bigram"], 1)
+    oracle = task.oracle_bigram_risk(data)
     return {
         "backcopy_risk": sums["backcopy"] / max(counts["backcopy"], 1),
-        "bigram_risk": sums["bigram"] / max(counts["bigram"], 1),
+        "bigram_risk": bigram_risk,
         "loss": sums["all"] / max(counts["all"], 1),
         "bigram_optimum": task.bigram_optimum(seq_len),
+        "bigram_oracle_risk": oracle,
+        "bigram_paired_gap": paired_gap(bigram_risk, oracle),
     }
