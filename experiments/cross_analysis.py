@@ -515,11 +515,15 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
             for r in t_b.itertuples():
                 md.append(f"| {r.layer} | {_f(getattr(r, 'kept_share_bigram', None))} | {_f(getattr(r, 'kept_share_optimal', None))} | "
                           f"{r.resid_ratio_after:.2f} | {r.resid_ratio_growth:+.2f} |")
-            md += ["", f"The bigram subnetwork is densest in block {sb['bigram_layer']}; the BOS residual ratio grows most in block "
-                   f"{sb['growth_layer']} (from {sb['embed_ratio']:.2f} at the embeddings to a peak of {sb['peak_ratio']:.2f} after block "
-                   f"{sb['peak_layer']}); Spearman ρ over blocks between kept share and growth: {_f(sb['rho_share_vs_growth'], 2)} "
-                   f"({len(t_b)} blocks, so this is descriptive only). "
-                   + ("They coincide." if sb["bigram_layer"] == sb["growth_layer"] else "They are different blocks.")]
+            grows = float(t_b["resid_ratio_growth"].max()) > 0
+            where = (f"the BOS residual ratio grows most in block {sb['growth_layer']} (from {sb['embed_ratio']:.2f} at the "
+                     f"embeddings to a peak of {sb['peak_ratio']:.2f} after block {sb['peak_layer']})" if grows else
+                     f"no residual peak forms in this model: the BOS/rest ratio never grows (from {sb['embed_ratio']:.2f} at the "
+                     f"embeddings to {float(t_b['resid_ratio_after'].iloc[-1]):.2f} after the last block), so there is no peak layer "
+                     "to compare with")
+            md += ["", f"The bigram subnetwork is densest in block {sb['bigram_layer']}; {where}; Spearman ρ over blocks between "
+                   f"kept share and growth: {_f(sb['rho_share_vs_growth'], 2)} ({len(t_b)} blocks, so this is descriptive only). "
+                   + (("They coincide." if sb["bigram_layer"] == sb["growth_layer"] else "They are different blocks.") if grows else "")]
 
         md += ["", "**(c) Key-space clusters of the tokens function-token features promote.**"]
         if saes:
