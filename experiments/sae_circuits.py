@@ -11,7 +11,7 @@ of ACDC-style search. GPT-2 and attn-only-4l need the hub, so here the ground tr
 Both methods' wall times are measured on the same machine.
 
 Budgets (see PRESETS): the cpu preset takes about 10-15 minutes on 2 CPU cores from a cold start
-(60 + 60 prompts per SmolLM2 task, 150 SAE epochs, 4 seeds, patching on 2 pairs, a small BB model); the
+(60 + 60 prompts per SmolLM2 task, 150 SAE epochs, 10 seeds, patching on 2 pairs, a small BB model); the
 gpu preset keeps the paper's 250 + 250 prompts and 500 epochs, patches 100 pairs and adds docstring.
 Each run is saved under `<out>/runs/<name>/` and reused by later calls; `fresh=True` recomputes.
 The report names the code version each run was computed with.
@@ -33,10 +33,10 @@ import torch
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 
 # CPU preset: sized for a shared 2-core CPU (about 5 minutes per SmolLM2 task). Against the paper:
-# 60 + 60 prompts instead of 250 + 250, 150 SAE epochs instead of 500 and 4 seeds instead of 10
-# (10 training examples and 200 features as in the paper), and the patching baseline on 2 pairs
+# 60 + 60 prompts instead of 250 + 250 and 150 SAE epochs instead of 500 (10 seeds, 10 training
+# examples and 200 features as in the paper), and the patching baseline on 2 pairs
 # (about 140 forward passes per pair on SmolLM2's 270 heads); attribution patching runs beside it.
-SMOLLM2_CPU = dict(n_prompts=60, n_seeds=4, epochs=150, baseline="patching", baseline_prompts=2, threshold=0.05,
+SMOLLM2_CPU = dict(n_prompts=60, n_seeds=10, epochs=150, baseline="patching", baseline_prompts=2, threshold=0.05,
                    batch_size=32)
 SMOLLM2_GPU = dict(n_prompts=250, n_seeds=10, baseline="patching", baseline_prompts=100, threshold=0.05, batch_size=16)
 # A small 3-layer BB model (d_model 64, 64-token sequences, lr 3e-3): its backcopy risk falls below 0.1
