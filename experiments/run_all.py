@@ -96,7 +96,9 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
         "",
         f"- hardware: {hardware()}",
         f"- preset: {preset}{' (quick smoke settings, not the real experiment)' if quick else ''}",
-        f"- total wall time: {total_s / 60:.1f} min" + (" (sum of the saved sections' times)" if assembled else ""),
+        f"- total wall time: {total_s / 60:.1f} min" + (" (sum of the saved sections' last runs; a section whose results "
+                                                         "were reused from the store shows little time here, and states its "
+                                                         "compute time in its text)" if assembled else ""),
         "",
         *preset_notes(preset, [s.title for s in sections], quick),
         "| analysis | wall time | figures |",

@@ -98,7 +98,7 @@ def test_assemble_writes_the_report_from_saved_sections_without_running(tmp_path
     assert "coverage 71%" in report and "(out/function_tokens/graph.png)" in report  # a markdown-only section
     assert "sink mass 0.91" in report and "by the `cpu` preset" in report and "(out/attention_sinks/a.png)" in report
     assert "**Not run yet**" in report and "python -m experiments.key_space" in report
-    assert "total wall time: 2.0 min (sum of the saved sections' times)" in report
+    assert "total wall time: 2.0 min (sum of the saved sections' last runs" in report
     again = common.ReportSection.load(out / "attention_sinks")
     assert again.markdown == "sink mass 0.91" and again.figures == ["a.png"] and again.finished
 
