@@ -34,7 +34,8 @@ class StaticExportError(WorkbenchError):
 
 
 def _figure_dict(fig: go.Figure | dict) -> dict[str, Any]:
-    return fig.to_plotly_json() if isinstance(fig, go.Figure) else go.Figure(fig).to_plotly_json()
+    """Plain JSON data of a figure (numpy arrays and the like converted by plotly itself)."""
+    return json.loads((fig if isinstance(fig, go.Figure) else go.Figure(fig)).to_json())
 
 
 def _job(fig: go.Figure | dict, path: Path, fmt: str, width: int | None, height: int | None, scale: float) -> dict:
@@ -43,14 +44,7 @@ def _job(fig: go.Figure | dict, path: Path, fmt: str, width: int | None, height:
     d = _figure_dict(fig)
     layout = d.get("layout", {})
     opts = dict(format=fmt, width=width or layout.get("width") or 900, height=height or layout.get("height") or 500, scale=scale)
-    return {"fig": json.loads(json.dumps(d, cls=_PlotlyEncoder)), "path": str(path), "opts": opts}
-
-
-class _PlotlyEncoder(json.JSONEncoder):
-    def default(self, o: Any) -> Any:
-        from plotly.utils import PlotlyJSONEncoder
-
-        return PlotlyJSONEncoder().default(o)
+    return {"fig": d, "path": str(path), "opts": opts}
 
 
 def write_images(items: Iterable[tuple[go.Figure | dict, str | Path]], fmt: str | None = None, *, width: int | None = None,

@@ -254,4 +254,4 @@ if __name__ == "__main__":
     args = ap.parse_args()
     section = run(Path(args.out), quick=args.quick, preset=args.preset)
     (Path(args.out) / "section.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
-    print(section.markdown)
+    section.publish(Path(args.out), "quick" if args.quick else args.preset)

@@ -230,9 +230,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(DEFAULT_OUT / "bigram_subnetworks"))
     a = ap.parse_args()
     sec = run(Path(a.out), quick=a.quick, preset=a.preset)
-    sec.save(Path(a.out), "quick" if a.quick else a.preset)
-    print(sec.markdown)
-    print("figures:", ", ".join(sec.figures))
+    sec.publish(Path(a.out), "quick" if a.quick else a.preset)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ class ReportSection:
                                            wall_s=self.wall_s, preset=self.preset, finished=self.finished), indent=1))
         return target
 
+    def publish(self, out: Path, preset: str) -> None:
+        """The end of every experiment script: save the section (for `run_all --assemble`) and print it."""
+        self.save(out, preset)
+        print(self.markdown)
+        print("figures:", ", ".join(self.figures))
+
     @classmethod
     def load(cls, out: Path) -> "ReportSection":
         """The section saved in `out` by save(); FileNotFoundError when the experiment never finished there."""

@@ -587,6 +587,4 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=str(DEFAULT_OUT / "cross_analysis"))
     a = ap.parse_args()
     sec = run(Path(a.out), quick=a.quick, preset=a.preset)
-    sec.save(Path(a.out), "quick" if a.quick else a.preset)
-    print(sec.markdown)
-    print("figures:", ", ".join(sec.figures))
+    sec.publish(Path(a.out), "quick" if a.quick else a.preset)

@@ -234,9 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     section = run(args.out, quick=args.quick, preset=args.preset)
     (args.out / "function_tokens.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
-    section.save(args.out, "quick" if args.quick else args.preset)
-    print(section.markdown)
-    print(f"\nfigures in {args.out}: {', '.join(section.figures)}  ({section.wall_s:.0f} s)")
+    section.publish(args.out, "quick" if args.quick else args.preset)
 
 
 if __name__ == "__main__":

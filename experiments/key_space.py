@@ -268,6 +268,4 @@ if __name__ == "__main__":
         torch.set_num_threads(a.threads)
     with threadpool_limits(a.threads) if a.threads else nullcontext():
         section = run(Path(a.out), quick=a.quick, preset=a.preset, categories=a.categories)
-    section.save(Path(a.out), "quick" if a.quick else a.preset)
-    print(section.markdown)
-    print("figures:", section.figures)
+    section.publish(Path(a.out), "quick" if a.quick else a.preset)

@@ -264,8 +264,7 @@ def main() -> None:
     p.add_argument("--smollm2-run", type=int, help="report this stored SmolLM2 linguistic-collapse run (registry id)")
     args = p.parse_args()
     section = run(Path(args.out), quick=args.quick, preset=args.preset, sweep_run=args.sweep_run, smollm2_run=args.smollm2_run)
-    section.save(Path(args.out), "quick" if args.quick else args.preset)
-    print(section.markdown)
+    section.publish(Path(args.out), "quick" if args.quick else args.preset)
 
 
 if __name__ == "__main__":

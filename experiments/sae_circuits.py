@@ -261,5 +261,4 @@ if __name__ == "__main__":
     else:
         section = run(Path(args.out), quick=args.quick, preset=args.preset, fresh=args.fresh, only=args.only)
         (Path(args.out) / "section.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
-        section.save(Path(args.out), "quick" if args.quick else args.preset)
-        print(section.markdown)
+        section.publish(Path(args.out), "quick" if args.quick else args.preset)
