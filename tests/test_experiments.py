@@ -9,6 +9,7 @@ import importlib
 import types
 
 import pytest
+import torch
 
 from experiments import common, cross_analysis, presets, run_all
 from sae_standins import mini_corpus, random_topk_sae
@@ -318,6 +319,31 @@ def test_bigram_subnetworks_masks_a_pretrained_model_when_the_setting_names_one(
     assert "not on the pretraining text of `gpt2`" in section.markdown and "Brown LM" not in section.markdown
     (run,) = store.runs(probe="bigram-subnetworks")
     assert run["model"].split("|")[0] == "gpt2" and run["status"] == "done"
+
+
+def test_bigram_subnetworks_trains_and_masks_a_byte_level_brown_lm(tmp_path, store, monkeypatch, own_tables):
+    """The workbench-LM path end to end (quick): the byte-level Brown LM is trained, masked and reported as such."""
+    from safetensors.torch import load_file
+
+    from probes._masking import load_masks
+
+    bs = own_tables["bigram_subnetworks"]
+    assert bs.PRESETS["cpu"]["recipe"]["tokenizer"] == "bytes" and bs.PRESETS["quick"]["recipe"]["tokenizer"] == "bytes"
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))  # the quick LM is trained here, not reused
+    monkeypatch.setattr(bs, "write_figure", lambda fig, out, name, png=True: common.write_figure(fig, out, name, png=False))
+    section = bs.run(tmp_path / "out", quick=True)
+    md = section.markdown
+    assert md.startswith("Model: workbench-trained Brown LM `brownlm-L2-d32-s30"), md[:200]
+    assert "tokenizer `bytes`" in md and "as bytes (the paper's models use subword tokens)" in md
+    assert "sparser rows" not in md  # byte bigram rows are dense: no such caveat
+    assert "of contexts unseen" in md and "LM training" in md  # trained in this call, so its cost is reported
+    (run,) = store.runs(probe="bigram-subnetworks")
+    assert run["status"] == "done"
+    (mask_file,) = (tmp_path / "out" / "masks").glob("bigram-lambda*.safetensors")
+    assert all(m.dtype == torch.bool for m in load_file(str(mask_file)).values())  # stored boolean
+    masks, meta = load_masks(mask_file)
+    assert meta["label"].startswith("bigram:") and len(masks) == 2 * 6  # Q, K, V, O, MLP in/out per layer
+    assert (tmp_path / "out" / "section.md").read_text() == md
 
 
 def test_linguistic_collapse_pretrained_part_runs_on_the_settings_model(tmp_path, store, monkeypatch, own_tables):
