@@ -424,6 +424,7 @@ def test_bb3_and_full_charset_report_sections(bb_run):
     res["relu"].examples["bb"][:, 0, 0, 0] = 3.5
     md = bb3_section(res, {v: None for v in res}, {v: recipe for v in res})
     assert "2.00× the SGD run" in md and "1.00× the ReLU-attention run" in md and "layer 0: 3.50" in md
+    assert "after the first block" in md and "grows most after layer" not in md  # one layer: block 0 is also the peak
 
     r = out.result
     tok = r.tokens[r.tokens.layer == 0]
