@@ -410,6 +410,25 @@ def test_page_in_browser_shows_heatmaps_and_prompt_pattern(dash_duo, lm_run):
         app.workbench_ctx.jobs.shutdown()
 
 
+def test_bb3_section_compares_the_first_block_and_the_peak_layer():
+    """On 3 layers the paper's layer (block 0) and the layer where Adam's <s> residual peaks are both
+    reported, each ratio read from that layer at the last common step."""
+    import types
+
+    from experiments.attention_sinks import bb3_section
+
+    def run(last: dict[int, float]) -> types.SimpleNamespace:
+        rows = [{"step": step, "layer": l, "resid_first": 10.0 if step == 0 else last[l], "resid_rest": 5.0, "sink_mass": 0.5,
+                 "bigram_risk": 2.0, "backcopy_risk": 0.1} for step in (0, 100) for l in range(3)]
+        return types.SimpleNamespace(dynamics=pd.DataFrame(rows), examples={})
+
+    res = {"adam": run({0: 30.0, 1: 50.0, 2: 80.0}), "sgd": run({0: 15.0, 1: 20.0, 2: 20.0}), "relu": run({0: 60.0, 1: 40.0, 2: 40.0})}
+    rec = types.SimpleNamespace(charset="letters", batch_size=8, lr=1e-3)
+    md = bb3_section(res, {v: None for v in res}, {v: rec for v in res})
+    assert "that norm is 30.0 under Adam (from 10.0 at step 0): 2.00× the SGD run and 0.50× the ReLU-attention run" in md
+    assert "grows most after layer 2: 80.0 under Adam (from 10.0 at step 0): 4.00× the SGD run and 2.00× the ReLU-attention run" in md
+
+
 def test_bb3_and_full_charset_report_sections(bb_run):
     """The 3-layer comparison reads its ratios from the dynamics at the last common step, and the
     full-charset paragraph splits the pooled sink mass consistently with the head's sink mass."""
