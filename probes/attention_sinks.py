@@ -159,12 +159,13 @@ class SinkHooks:
         self.pending: dict[str, dict[int, torch.Tensor]] = {}
         self.example: dict[int, torch.Tensor] = {}
         self.want_example = example_len > 0
-        self.key_mask: torch.Tensor | None = None  # [B, T] bool: also sum each query's attention on these keys
-        self.same_token: torch.Tensor | None = None  # [B, T, T] bool: query and key hold the same token
+        # named boolean key masks, [B, K] (the same keys for every query) or [B, Q, K]: each query's
+        # attention on its masked keys is also summed, as its own reduction under that name
+        self.masks: dict[str, torch.Tensor] = {}
         self.clear()
 
     def clear(self) -> None:
-        self.pending = {"sink": {}, "dl": {}, "vn": {}, "rn": {}, "km": {}, "st": {}}
+        self.pending = {"sink": {}, "dl": {}, "vn": {}, "rn": {}}
 
     def hooks(self) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = [("blocks.0.hook_resid_pre", self._resid(0))]
@@ -185,10 +186,10 @@ class SinkHooks:
     def _pattern(self, l: int):
         def fn(pattern: torch.Tensor, hook) -> None:
             self.pending["sink"][l] = pattern[..., 0].float()
-            if self.key_mask is not None:
-                self.pending["km"][l] = torch.einsum("bhqk,bk->bhq", pattern.float(), self.key_mask.to(pattern.device).float())
-            if self.same_token is not None:
-                self.pending["st"][l] = torch.einsum("bhqk,bqk->bhq", pattern.float(), self.same_token.to(pattern.device).float())
+            for name, mask in self.masks.items():
+                m = mask.to(pattern.device).float()
+                m = m[:, None, None, :] if m.dim() == 2 else m[:, None]  # -> [B, 1, 1 or Q, K]
+                self.pending.setdefault(name, {})[l] = (pattern.float() * m).sum(-1)
             if self.want_example:
                 te = min(self.example_len, pattern.shape[-1])
                 self.example[l] = pattern[0, :, :te, :te].detach().float().clone()
@@ -207,12 +208,10 @@ class SinkHooks:
         return fn
 
     def stacked(self) -> dict[str, torch.Tensor]:
-        """This batch's reductions: sink/dl [L, B, H, T], vn [L, B, H, T], rn [L+1, B, T], and with a
-        key mask km [L, B, H, T] (attention on the masked keys), with same-token masks st [L, B, H, T]
-        (attention on keys holding the query's token)."""
+        """This batch's reductions: sink/dl [L, B, H, T], vn [L, B, H, T], rn [L+1, B, T], and one
+        [L, B, H, T] per named key mask (each query's attention on its masked keys)."""
         p = self.pending
-        extra = {k: torch.stack([p[k][l] for l in range(self.L)]) for k in ("km", "st") if p[k]}
-        return {**extra,
+        return {**{name: torch.stack([p[name][l] for l in range(self.L)]) for name in self.masks},
             "sink": torch.stack([p["sink"][l] for l in range(self.L)]),
             "dl": torch.stack([p["dl"][l] for l in range(self.L)]),
             "vn": torch.stack([p["vn"][l].transpose(1, 2) for l in range(self.L)]),
@@ -561,9 +560,9 @@ def reduce_inputs(model: HookedTransformer, inputs: torch.Tensor, targets: torch
     with model.hooks(fwd_hooks=hooks.hooks()):
         for i, x in enumerate(_batched(inputs, batch_size)):
             if key_mask is not None:
-                hooks.key_mask = key_mask[i * batch_size : i * batch_size + x.shape[0]]
+                hooks.masks["km"] = key_mask[i * batch_size : i * batch_size + x.shape[0]]
             if same_token:
-                hooks.same_token = x[:, :, None] == x[:, None, :]
+                hooks.masks["st"] = x[:, :, None] == x[:, None, :]
             logits = model(x.to(device), return_type="logits" if targets is not None else None)
             part = {k: v.cpu() for k, v in hooks.stacked().items()}
             if targets is not None:
