@@ -30,10 +30,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "bb1_other_lr": dict(batch_size=32, steps=1700, lr=6e-4, charset="letters"),
             "bb1_fast": dict(batch_size=8, steps=1000, lr=1e-3, charset="letters"),
             "bb1_full": dict(batch_size=8, steps=1000, lr=1e-3),
-            "bb3": dict(batch_size=8, steps=400, charset="letters"), "bb3_adam_lr": 1e-3,
+            "bb3": dict(batch_size=8, steps=400, charset="letters"), "bb3_adam_lr": 1e-3, "bb3_relu_inactive_seed": True,
             "survey": dict(max_tokens=2048, seq_len=128, batch_size=8, ablation_tokens=128), "lm": "smollm2-135m"},
     "gpu": {"bb1": dict(batch_size=512, steps=10_000, charset="letters"), "bb1_full": dict(batch_size=512, steps=10_000),
-            "bb3": dict(batch_size=512, steps=10_000, charset="letters"),
+            "bb3": dict(batch_size=512, steps=10_000, charset="letters"), "bb3_relu_inactive_seed": True,
             "survey": dict(max_tokens=65_536, seq_len=256, batch_size=16, ablation_tokens=8192), "lm": "smollm2-135m"},
     "quick": {"bb1": dict(batch_size=4, steps=30, d_model=32, lr=3e-3, charset="letters"),
               "bb3": dict(batch_size=4, steps=10, d_model=32, charset="letters"),
@@ -43,7 +43,27 @@ PAPER = {
     "backcopy_risk": 5.5e-6, "bigram_risk": 2.2299, "no_attention": (7.69, 2.23), "no_mlp": (3.17, 4.21),
     "resid_adam": (20, 140), "ratio_10k": 7.0,
 }
+# Reference curves read from the figure data the authors released with the paper (their repository's
+# BBM/figures/BBM/dynamics.pt, massive_dynamics_sgd_relu.pt and ReLU_dynamics.pt), by training step.
+PAPER_RELEASED = {
+    # 1-layer model, AdamW lr 3e-4, batch 512: (sink mass on non-trigger queries, backcopy risk, bigram risk)
+    "bb1": {400: (0.628, 0.283, 2.2465), 1000: (0.779, 0.0074, 2.2324), 2000: (0.798, 3.8e-4, 2.2302),
+            5000: (0.807, 1.5e-4, 2.2297), 10_000: (0.811, 7.8e-5, 2.2292), 100_000: (0.870, 6e-6, 2.2299)},
+    # 3-layer models: norm of <s>'s residual after block 0 under (AdamW, SGD, ReLU attention)
+    "bb3_block0": {0: (24.3, 24.3, 23.4), 100: (28.2, 23.9, 23.2), 200: (29.4, 23.7, 22.9), 400: (28.3, 24.1, 23.3),
+                   1000: (34.4, 29.1, 23.6), 2000: (43.2, 26.3, 23.9), 5000: (70.9, 23.1, 24.2), 10_000: (140.7, 20.4, 24.5)},
+    # 1-layer model with ReLU attention, AdamW lr 3e-3: norm of <s>'s residual after block 0
+    "bb1_relu_block0": {0: 23.4, 400: 66.7, 1000: 191.4, 10_000: 6867.8},
+}
 VARIANTS = ("adam", "sgd", "relu")
+
+
+def released_at(curve: dict[int, Any], step: int) -> tuple[int, Any]:
+    """The released reference point nearest to `step` (on a log scale), as (its step, its value)."""
+    import math
+
+    near = min(curve, key=lambda s: abs(math.log1p(s) - math.log1p(step)))
+    return near, curve[near]
 
 
 def _device() -> str:
@@ -182,6 +202,16 @@ def fast_lr_section(res, recipe) -> str:
     return text
 
 
+def _first_above(curve: dict[int, tuple], threshold: float) -> str:
+    """Where a released 1-layer curve's sink mass first exceeds `threshold`, in words."""
+    steps = sorted(curve)
+    for before, after in zip(steps, steps[1:]):
+        if curve[before][0] <= threshold < curve[after][0]:
+            return (f"It first exceeds {threshold} between steps {before:,} ({curve[before][0]:.3f}) and {after:,} "
+                    f"({curve[after][0]:.3f}), at batch 512.")
+    return ""
+
+
 def bb1_section(res, timing: dict | None, recipe) -> str:
     """The 1-layer acceptance table. The bigram criterion ("within 3%") is judged on the paired gap:
     the model's bigram risk against the true transition matrix's cross-entropy on the same positions
@@ -197,27 +227,33 @@ def bb1_section(res, timing: dict | None, recipe) -> str:
     n_seqs = res.meta["config"]["bb_sequences"]
     tok = _bb1_tokens(res)
     active = sorted(tok[tok["active"]]["token"].tolist())
+    rs, (r_sink, r_bc, r_bg) = released_at(PAPER_RELEASED["bb1"], recipe.steps)
     lines = [
         f"1-layer BB model (d_model {recipe.d_model}, 1 head, batch {recipe.batch_size}, {recipe.steps} AdamW steps, lr {recipe.lr}; "
         f"Brown characters, charset '{bb.get('charset', 'all')}': V = {bb['n_chars']}, triggers {bb['triggers']!r}).",
         "",
-        "| quantity | paper (tiny Shakespeare, batch 512, 10k steps) | ours (Brown) | acceptance |",
-        "|---|---|---|---|",
-        f"| backcopy risk | {PAPER['backcopy_risk']} | {_fmt(bb['backcopy_risk'])} | < 0.01: {'met' if bb['backcopy_risk'] < 0.01 else 'NOT met'} |",
-        f"| bigram risk | {PAPER['bigram_risk']} (its optimum) | {_fmt(bb['bigram_risk'])} (true transition matrix on the same "
+        f"| quantity | paper (tiny Shakespeare, batch 512) | paper's released 1-layer curve at step {rs:,} | ours (Brown, step {recipe.steps:,}) | acceptance |",
+        "|---|---|---|---|---|",
+        f"| backcopy risk | {PAPER['backcopy_risk']} | {r_bc:.2g} | {_fmt(bb['backcopy_risk'])} | < 0.01: {'met' if bb['backcopy_risk'] < 0.01 else 'NOT met'} |",
+        f"| bigram risk | {PAPER['bigram_risk']} (its optimum) | {r_bg} | {_fmt(bb['bigram_risk'])} (true transition matrix on the same "
         f"positions {_fmt(oracle)}: paired gap {pgap:+.2%}; population optimum {_fmt(bb['bigram_optimum'])}, gap {gap:+.2%}) | "
         f"within 3% (paired): {'met' if pgap < 0.03 else 'NOT met'} |",
-        f"| sink mass, non-trigger queries | ≈ 0.9+ | {h['sink_mass']:.3f} (trigger queries {h['sink_mass_trigger']:.3f}) | "
+        f"| sink mass, non-trigger queries | ≈ 0.9 | {r_sink:.3f} | {h['sink_mass']:.3f} (trigger queries {h['sink_mass_trigger']:.3f}) | "
         f"> 0.8: {'met' if h['sink_mass'] > 0.8 else 'NOT met'} |",
-        f"| token-level active set (threshold {res.meta['config']['dormant_threshold']}) | the triggers | {active!r} | "
+        f"| token-level active set (threshold {res.meta['config']['dormant_threshold']}) | the triggers | | {active!r} | "
         f"same split: {'met' if bool(tok['agrees'].all()) else 'NOT met'} ({tok['agrees'].mean():.0%} agree) |",
-        f"| no attention: backcopy / bigram | {PAPER['no_attention'][0]} / {PAPER['no_attention'][1]} | "
+        f"| no attention: backcopy / bigram | {PAPER['no_attention'][0]} / {PAPER['no_attention'][1]} | | "
         f"{_fmt(bb['no_attention_backcopy_risk'], 3)} / {_fmt(bb['no_attention_bigram_risk'], 3)} | |",
-        f"| no MLP: backcopy / bigram | {PAPER['no_mlp'][0]} / {PAPER['no_mlp'][1]} | "
+        f"| no MLP: backcopy / bigram | {PAPER['no_mlp'][0]} / {PAPER['no_mlp'][1]} | | "
         f"{_fmt(bb['no_mlp_backcopy_risk'], 3)} / {_fmt(bb['no_mlp_bigram_risk'], 3)} | |",
-        f"| value norm ⟨s⟩ / others (after W_O) | small (drain) | {h['value_norm_first']:.3g} / {h['value_norm_rest']:.3g} | |",
-        f"| residual norm ⟨s⟩ / others (output) | peak | {h['resid_first']:.3g} / {h['resid_rest']:.3g} | |",
+        f"| value norm ⟨s⟩ / others (after W_O) | small (drain) | | {h['value_norm_first']:.3g} / {h['value_norm_rest']:.3g} | |",
+        f"| residual norm ⟨s⟩ / others (output) | peak | | {h['resid_first']:.3g} / {h['resid_rest']:.3g} | |",
     ]
+    lines += ["", "The released curve (the authors' own 1-layer run at lr 3e-4, read from the figure data in their repository) "
+                  "puts the sink mass at " + ", ".join(f"{v[0]:.3f} at step {k:,}" for k, v in PAPER_RELEASED["bb1"].items() if k >= 1000)
+                  + f"; the reported risks ({PAPER['backcopy_risk']} / {PAPER['bigram_risk']}) are those of its step 100,000. "
+                  + _first_above(PAPER_RELEASED["bb1"], 0.8)
+                  + f" Even at step 100,000, {1 - PAPER_RELEASED['bb1'][100_000][0]:.0%} of its non-trigger attention is not on ⟨s⟩."]
     lines += ["", f"The bigram risk is measured on {n_seqs} sampled sequences. BB sequences fall into long loops, so the "
                   f"true transition matrix's own cross-entropy on such a batch varies by several percent around the population "
                   f"optimum; the 3% criterion is therefore judged on the paired gap (model risk − oracle risk) / oracle risk "
@@ -272,13 +308,30 @@ def bb3_section(results: dict[str, Any], timings: dict[str, dict | None], recipe
         "at 10k steps with batch 512."
         + (f" Here the ⟨s⟩ residual grows most after layer {peak_layer}: {comparison(peak_layer)}." if peak_layer != 0 else ""),
     ]
-    if "relu" in results and results["relu"].examples.get("bb") is not None:
-        w00 = results["relu"].examples["bb"][:, 0, 0, 0].tolist()  # [L, H, q, k] -> ⟨s⟩'s weight on itself per layer
-        lines += ["", "Under ReLU attention the weights are ReLU(score)/i and need not sum to 1; at the ⟨s⟩ position (i = 1) "
-                      "the weight of ⟨s⟩ on itself is the raw ReLU score: " + ", ".join(f"layer {l}: {w:.2f}" for l, w in enumerate(w00))
-                      + ". A weight far above 1 multiplies ⟨s⟩'s own value into its residual stream, which is where a large "
-                      "⟨s⟩ residual under ReLU attention comes from; later positions can put (almost) no weight anywhere, so "
-                      "their heads go quiet without a sink."]
+    rs, (r_adam, r_sgd, r_relu) = released_at(PAPER_RELEASED["bb3_block0"], last)
+    r10 = PAPER_RELEASED["bb3_block0"][10_000]
+    lines += ["", f"The authors' released curves (read from their figure data) give, at step {rs:,}: {r_adam} under Adam, {r_sgd} under "
+                  f"SGD and {r_relu} under ReLU attention ({r_adam / r_sgd:.2f}× and {r_adam / r_relu:.2f}×; from "
+                  f"{PAPER_RELEASED['bb3_block0'][0][0]} at step 0), and {r10[0]} / {r10[1]} / {r10[2]} at step 10,000 "
+                  f"({r10[0] / r10[1]:.1f}× and {r10[0] / r10[2]:.1f}×). The peak grows slowly at first there too."]
+    relu = dyn.get("relu")
+    if relu is not None and "sink_self_weight" in relu:
+        def self_weights(step: int) -> list[float]:
+            return relu[relu["step"] == step].sort_values("layer")["sink_self_weight"].tolist()
+
+        w0, wl = self_weights(0), self_weights(last)
+        lines += ["", "Under ReLU attention the weights are ReLU(score)/i and need not sum to 1; at the ⟨s⟩ position (i = 1) ⟨s⟩'s "
+                      "weight on itself is ReLU of its raw self-score, per layer " + ", ".join(f"{w:.2f}" for w in w0)
+                      + " at step 0 and " + ", ".join(f"{w:.2f}" for w in wl) + f" at step {last}."]
+        if w0[0] > 0:
+            lines[-1] += (" In block 0 it starts positive, so it is trainable and unbounded: Adam scales ⟨s⟩'s own value into its "
+                          "residual stream, a route to a large ⟨s⟩ residual that softmax attention (weight 1 at i = 1) does not "
+                          "have. The authors' released 1-layer ReLU-attention run (lr 3e-3) shows the same growth: "
+                          + ", ".join(f"{v:,.1f} at step {k:,}" for k, v in PAPER_RELEASED["bb1_relu_block0"].items()) + ".")
+        else:
+            lines[-1] += (" In block 0 it starts at zero (a negative self-score) and a zero ReLU passes no gradient, so that route is "
+                          "closed; whatever growth remains comes from the other sublayers. (The authors' 3-layer ReLU curve is flat; "
+                          "their init's self-score is not published.)")
     cost = []
     for v, t in timings.items():
         if t:
@@ -326,7 +379,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     from workbench.models import load_model
     from workbench.runner import run_probe
     from workbench.store import ResultStore
-    from workbench.tasks.bigram_backcopy import bb_recipe, bb_train_time
+    from workbench.tasks.bigram_backcopy import bb_recipe, relu_inactive_seed
 
     p = PRESETS["quick" if quick else preset]
     out = Path(out)
@@ -352,13 +405,32 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
                                 out, "bb1_attention_map")
 
         adam_lr = {"lr": p["bb3_adam_lr"]} if "bb3_adam_lr" in p else {}  # AdamW variants only; SGD keeps its 0.03
-        recipes = {v: bb_recipe(v, n_layers=3, **p["bb3"], **({} if v == "sgd" else adam_lr)) for v in VARIANTS}
-        res3, times3 = {}, {}
-        for v, r in recipes.items():
-            res3[v], times3[v] = _train_and_analyse(r, store, device, brown)
-        figures += write_figure(figs.dynamics_figure({v: r.dynamics for v, r in res3.items()}, res3["adam"].bb["bigram_optimum"]),
-                                out, "bb3_dynamics_adam_sgd_relu")
-        figures += write_figure(figs.delta_logit_bands_figure({v: r.dynamics for v, r in res3.items()}), out, "bb3_delta_logit")
+
+        def trio(seed: int) -> dict[str, Any]:
+            return {v: bb_recipe(v, n_layers=3, **p["bb3"], seed=seed, **({} if v == "sgd" else adam_lr)) for v in VARIANTS}
+
+        main_seed = p["bb3"].get("seed", 0)
+        seeds = [main_seed]
+        if p.get("bb3_relu_inactive_seed"):  # a second seed whose ReLU model starts with block 0's <s> self-weight at 0
+            seeds.append(relu_inactive_seed(trio(main_seed)["relu"], start=main_seed + 1))
+        bb3_md, all_recipes = [], []
+        for seed in seeds:
+            recipes = trio(seed)
+            res3, times3 = {}, {}
+            for v, r in recipes.items():
+                res3[v], times3[v] = _train_and_analyse(r, store, device, brown)
+            suffix = "" if seed == main_seed else f"_seed{seed}"
+            figures += write_figure(figs.dynamics_figure({v: r.dynamics for v, r in res3.items()}, res3["adam"].bb["bigram_optimum"]),
+                                    out, f"bb3_dynamics_adam_sgd_relu{suffix}")
+            if seed == main_seed:
+                figures += write_figure(figs.delta_logit_bands_figure({v: r.dynamics for v, r in res3.items()}), out, "bb3_delta_logit")
+            bb3_md.append(bb3_section(res3, times3, recipes))
+            all_recipes += recipes.values()
+        if len(seeds) > 1:
+            bb3_md = [f"#### Seed {main_seed}\n\n{bb3_md[0]}",
+                      f"#### Seed {seeds[1]}\n\nSeed {seeds[1]} is the first seed after {main_seed} whose ReLU-attention model starts "
+                      "with a negative ⟨s⟩ self-score in block 0 (read from the initialisation alone, before any training), so that "
+                      "both cases of ReLU attention are shown.\n\n" + bb3_md[1]]
 
         lm = load_model(p["lm"], device=device)
         cfg = AttentionSinksConfig(**p["survey"], domains=["python-stdlib"])
@@ -381,11 +453,11 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
         "(so the bigram optimum differs; the full Brown character set is shown for comparison), "
         "smaller batches and fewer steps on CPU, Brown prose and Python standard-library code as the LM domains.",
         "### Bigram-Backcopy, 1 layer", bb1_section(res1, time1, r1), *([full_md] if full_md else []),
-        "### Bigram-Backcopy, 3 layers: Adam against SGD and ReLU attention", bb3_section(res3, times3, recipes),
+        "### Bigram-Backcopy, 3 layers: Adam against SGD and ReLU attention", *bb3_md,
         "### Head survey on a pretrained LM", lm_section(lm_res, p["lm"]),
         f"Reproduce: `python -m experiments.attention_sinks{' --quick' if quick else ''} --preset {preset}` "
         f"(BB models are cached under the workbench cache by recipe: {r1.name}, "
-        + ", ".join(r.name for r in recipes.values()) + ").",
+        + ", ".join(r.name for r in all_recipes) + ").",
     ])
     return ReportSection(title="Attention sinks and active-dormant heads", markdown=md, figures=figures, wall_s=timer.seconds)
 

@@ -605,6 +605,8 @@ def bb_snapshot(model: HookedTransformer, task, data: torch.Tensor,
             rows.append({
                 "layer": l, "head": h,
                 "sink_mass": float(sink[bigram].mean()), "sink_mass_trigger": float(sink[trig].mean()),
+                # ⟨s⟩'s weight on itself: 1 under softmax, the raw ReLU(score) under ReLU attention (i = 1)
+                "sink_self_weight": float(sink[:, 0].mean()),
                 "trigger_key_mass": float(r["km"][l, :, h][bigram].mean()),
                 "delta_logit": float(dl[bigram & dl_ok].mean()), "delta_logit_trigger": float(dl[trig & dl_ok].mean()),
                 "delta_logit_q10": q_nt[0], "delta_logit_q50": q_nt[1], "delta_logit_q90": q_nt[2],

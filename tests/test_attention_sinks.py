@@ -440,10 +440,18 @@ def test_bb3_and_full_charset_report_sections(bb_run):
     res = {v: copy.deepcopy(out.result) for v in ("adam", "sgd", "relu")}
     d = res["sgd"].dynamics
     d.loc[d["step"] == d["step"].max(), "resid_first"] /= 2  # SGD's <s> residual: half of Adam's at the last step
-    res["relu"].examples["bb"][:, 0, 0, 0] = 3.5
+    d = res["relu"].dynamics
+    d["sink_self_weight"] = np.where(d["step"] == 0, 0.25, 3.5)  # <s>'s ReLU self-weight: 0.25 at step 0, then 3.5
     md = bb3_section(res, {v: None for v in res}, {v: recipe for v in res})
-    assert "2.00× the SGD run" in md and "1.00× the ReLU-attention run" in md and "layer 0: 3.50" in md
+    assert "2.00× the SGD run" in md and "1.00× the ReLU-attention run" in md
+    assert "per layer 0.25 at step 0 and 3.50 at step" in md and "it starts positive, so it is trainable" in md
     assert "after the first block" in md and "grows most after layer" not in md  # one layer: block 0 is also the peak
+    d["sink_self_weight"] = np.where(d["step"] == 0, 0.0, 0.0)
+    assert "it starts at zero (a negative self-score)" in bb3_section(res, {v: None for v in res}, {v: recipe for v in res})
+    from experiments.attention_sinks import PAPER_RELEASED
+
+    last = int(d["step"].max())
+    assert f"at step {min(PAPER_RELEASED['bb3_block0'], key=lambda s: abs(np.log1p(s) - np.log1p(last))):,}:" in md
 
     r = out.result
     tok = r.tokens[r.tokens.layer == 0]

@@ -278,3 +278,28 @@ def test_letters_charset_counts_and_keys():
         bb_recipe("adam", charset="greek")
     with pytest.raises(ConfigError, match="unknown BB charset"):
         BBTask.from_texts(texts, "toy", 1, charset="greek")
+
+
+def test_bos_self_scores_match_hand_computation_and_pick_an_inactive_seed(monkeypatch, brown_task):
+    """The <s> self-score is LN1(e_<s> + p_0) W_Q . LN1(e_<s> + p_0) W_K / sqrt(d_head) per layer; under
+    ReLU attention <s>'s weight on itself is ReLU of it; the seed search returns the first seed whose
+    block-0 score is negative."""
+    from workbench.tasks.bigram_backcopy import bos_self_scores, relu_inactive_seed
+
+    m = bb_model(brown_task, n_layers=2, d_model=32, seed=0)
+    x = m.embed.W_E[brown_task.bos_id] + m.pos_embed.W_pos[0]
+    ln = m.blocks[0].ln1
+    h = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + m.cfg.eps) * ln.w + ln.b
+    q, k = h @ m.blocks[0].attn.W_Q[0], h @ m.blocks[0].attn.W_K[0]
+    scores = bos_self_scores(m, brown_task.bos_id)
+    assert len(scores) == 2 and abs(scores[0] - float(q @ k) / 32 ** 0.5) < 1e-4
+
+    install_relu_attention(m)
+    _, cache = m.run_with_cache(brown_task.sample(1, 8, 0)[:, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
+    assert abs(float(cache["blocks.0.attn.hook_pattern"][0, 0, 0, 0]) - max(scores[0], 0.0)) < 1e-4
+
+    monkeypatch.setattr("workbench.tasks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
+    recipe = bb_recipe("relu", n_layers=1, d_model=32)
+    seed = relu_inactive_seed(recipe, start=0)
+    first = [bos_self_scores(install_relu_attention(bb_model(brown_task, 1, 32, s)), brown_task.bos_id)[0] for s in range(seed + 1)]
+    assert first[-1] < 0 and all(v >= 0 for v in first[:-1])

@@ -137,7 +137,7 @@ def train(
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps or done == 1:
                 log.append({"step": done, "loss": float(loss.detach()), **extra})
-                bar.bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if done in cfg.checkpoint_steps:
                 model.eval()
                 checkpoints[done] = save_checkpoint(model, out_dir / "checkpoints" / f"step_{done:06d}", {**(meta or {}), "step": done})

@@ -461,6 +461,29 @@ def install_relu_attention(model: HookedTransformer) -> HookedTransformer:
     return model
 
 
+@torch.inference_mode()
+def bos_self_scores(model: HookedTransformer, bos_id: int) -> list[float]:
+    """Per layer, the attention score (already divided by √d_head) of ⟨s⟩ at position 0 on itself,
+    head 0. Under ReLU attention ⟨s⟩'s weight on itself is ReLU(this score) / 1: unbounded, and its
+    gradient is zero while the score is negative. Position 0 sees only itself, so one token is fed."""
+    x = torch.tensor([[bos_id]], device=next(model.parameters()).device)
+    _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_attn_scores"))
+    return [float(cache[f"blocks.{l}.attn.hook_attn_scores"][0, 0, 0, 0]) for l in range(model.cfg.n_layers)]
+
+
+def relu_inactive_seed(recipe: "BBRecipe", start: int = 1, tries: int = 64) -> int:
+    """The first seed >= `start` whose freshly initialised ReLU-attention model has a negative
+    ⟨s⟩ self-score in block 0: there ⟨s⟩'s self-weight starts at zero and gets no gradient, the case
+    in which ReLU attention cannot grow ⟨s⟩'s residual through its own value."""
+    task = load_bb_task(recipe.corpus, recipe.n_triggers, recipe.charset)
+    for seed in range(start, start + tries):
+        model = install_relu_attention(bb_model(task, recipe.n_layers, recipe.d_model, seed, init=recipe.init,
+                                                layernorm_bias=recipe.layernorm_bias))
+        if bos_self_scores(model, task.bos_id)[0] < 0:
+            return seed
+    raise ConfigError(f"no seed in [{start}, {start + tries}) starts with a negative block-0 <s> self-score")
+
+
 # ----------------------------------------------------------------------------- training
 
 
