@@ -56,6 +56,8 @@ PAPER_RELEASED = {
     "bb1_relu_block0": {0: 23.4, 400: 66.7, 1000: 191.4, 10_000: 6867.8},
 }
 VARIANTS = ("adam", "sgd", "relu")
+# the released block-0 <s> residual curves as figure references, per variant
+BB3_REFERENCE = {v: {"resid_first": {k: vals[i] for k, vals in PAPER_RELEASED["bb3_block0"].items()}} for i, v in enumerate(VARIANTS)}
 
 
 def released_at(curve: dict[int, Any], step: int) -> tuple[int, Any]:
@@ -400,7 +402,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
             r_full = bb_recipe("adam", n_layers=1, **p["bb1_full"])
             full_md += full_charset_section(_train_and_analyse(r_full, store, device, brown)[0], r_full)
         figures += write_figure(figs.token_dormancy_figure(res1.tokens, res1.meta["config"]["dormant_threshold"]), out, "bb1_token_dormancy")
-        figures += write_figure(figs.dynamics_figure({"adam": res1.dynamics}, res1.bb["bigram_optimum"]), out, "bb1_dynamics")
+        bb1_ref = {"adam": {"sink_mass": {k: v[0] for k, v in PAPER_RELEASED["bb1"].items()}}}
+        figures += write_figure(figs.dynamics_figure({"adam": res1.dynamics}, res1.bb["bigram_optimum"], reference=bb1_ref), out, "bb1_dynamics")
         figures += write_figure(figs.attention_map(res1.examples["bb"][0, 0].numpy(), res1.example_tokens["bb"], "1-layer BB head"),
                                 out, "bb1_attention_map")
 
@@ -420,8 +423,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
             for v, r in recipes.items():
                 res3[v], times3[v] = _train_and_analyse(r, store, device, brown)
             suffix = "" if seed == main_seed else f"_seed{seed}"
-            figures += write_figure(figs.dynamics_figure({v: r.dynamics for v, r in res3.items()}, res3["adam"].bb["bigram_optimum"]),
-                                    out, f"bb3_dynamics_adam_sgd_relu{suffix}")
+            figures += write_figure(figs.dynamics_figure({v: r.dynamics for v, r in res3.items()}, res3["adam"].bb["bigram_optimum"],
+                                                         reference=BB3_REFERENCE), out, f"bb3_dynamics_adam_sgd_relu{suffix}")
             if seed == main_seed:
                 figures += write_figure(figs.delta_logit_bands_figure({v: r.dynamics for v, r in res3.items()}), out, "bb3_delta_logit")
             bb3_md.append(bb3_section(res3, times3, recipes))

@@ -349,6 +349,12 @@ def test_figures_build_on_real_results(lm_run, bb_run):
     assert all(isinstance(f, go.Figure) and len(f.data) > 0 for f in built)
     hm = built[1].data[0]
     assert np.asarray(hm.z).shape == (lm_run[0].cfg.n_layers, lm_run[0].cfg.n_heads)
+    # reference points: drawn once per variant that has them, only within the run's steps, one legend entry
+    last = int(bb.dynamics["step"].max())
+    ref = {"sgd": {"resid_first": {0: 24.0, last: 30.0, last * 10: 99.0}}, "relu": {"resid_first": {0: 23.0}}}
+    fig = figs.dynamics_figure({"adam": bb.dynamics, "sgd": bb.dynamics, "relu": bb.dynamics}, reference=ref)
+    refs = [t for t in fig.data if t.name == "paper (released curve)"]
+    assert [list(t.y) for t in refs] == [[24.0, 30.0], [23.0]] and [t.showlegend for t in refs] == [True, False]
 
 
 def test_page_layout_builds_and_registers(lm_run):

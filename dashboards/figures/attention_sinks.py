@@ -168,15 +168,19 @@ def _steps(d: pd.DataFrame) -> pd.Series:
     return d["step"].astype(float).where(d["step"] > 0, STEP0_X)
 
 
-def dynamics_figure(runs: Mapping[str, pd.DataFrame], optimum: float | None = None) -> go.Figure:
+def dynamics_figure(runs: Mapping[str, pd.DataFrame], optimum: float | None = None,
+                    reference: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None) -> go.Figure:
     """Training dynamics per variant (columns) against log step: attention sink on non-trigger
     queries, residual and value norm of ⟨s⟩ (solid) against the other tokens (dashed), and the
     bigram (solid) and backcopy (dashed) risks. One colour per layer; step 0 is drawn at 0.5.
-    Each row shares one y range across the variants so they compare at a glance."""
+    Each row shares one y range across the variants so they compare at a glance. `reference`
+    (variant -> row column -> {step: value}, e.g. a paper's published curve) is drawn as grey
+    diamonds, within the run's step range."""
     names = [VARIANT_NAMES.get(k, k) for k in runs]
     fig = make_subplots(rows=len(DYNAMICS_ROWS), cols=len(runs), shared_xaxes=True, column_titles=names,
                         vertical_spacing=0.05, horizontal_spacing=0.04)
     seen: dict[int, list[float]] = {r: [] for r in range(1, len(DYNAMICS_ROWS) + 1)}
+    ref_shown = False
     for c, (variant, d) in enumerate(runs.items(), start=1):
         if d.empty:
             continue
@@ -193,6 +197,14 @@ def dynamics_figure(runs: Mapping[str, pd.DataFrame], optimum: float | None = No
                     show = c == 1 and (r == 1 or (l is None and r == len(DYNAMICS_ROWS))) and label is not None
                     fig.add_trace(go.Scatter(x=_steps(t), y=y, name=label or name, legendgroup=label or name, showlegend=show,
                                              line=dict(color=color, dash=dash), mode="lines+markers", marker=dict(size=4)), row=r, col=c)
+        for r, (col, _, _, _) in enumerate(DYNAMICS_ROWS, start=1):
+            points = {k: v for k, v in ((reference or {}).get(variant, {}).get(col, {})).items() if k <= d["step"].max()}
+            if points:
+                seen[r] += list(points.values())
+                fig.add_trace(go.Scatter(x=[k if k > 0 else STEP0_X for k in points], y=list(points.values()), mode="markers",
+                                         name="paper (released curve)", legendgroup="paper", showlegend=not ref_shown,
+                                         marker=dict(symbol="diamond", size=9, color="grey")), row=r, col=c)
+                ref_shown = True
         if optimum is not None:
             x = _steps(d)
             fig.add_trace(go.Scatter(x=[x.min(), x.max()], y=[optimum, optimum], name="bigram optimum", showlegend=c == 1,
