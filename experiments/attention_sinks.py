@@ -46,7 +46,7 @@ PAPER = {
 # Reference curves read from the figure data the authors released with the paper (their repository's
 # BBM/figures/BBM/dynamics.pt, massive_dynamics_sgd_relu.pt and ReLU_dynamics.pt), by training step.
 PAPER_RELEASED = {
-    # 1-layer model, AdamW lr 3e-4, batch 512: (sink mass on non-trigger queries, backcopy risk, bigram risk)
+    # 1-layer model, AdamW lr 3e-4 (the scripts' batch is 512): (sink mass on non-trigger queries, backcopy risk, bigram risk)
     "bb1": {400: (0.628, 0.283, 2.2465), 1000: (0.779, 0.0074, 2.2324), 2000: (0.798, 3.8e-4, 2.2302),
             5000: (0.807, 1.5e-4, 2.2297), 10_000: (0.811, 7.8e-5, 2.2292), 100_000: (0.870, 6e-6, 2.2299)},
     # 3-layer models: norm of <s>'s residual after block 0 under (AdamW, SGD, ReLU attention)
@@ -210,7 +210,7 @@ def _first_above(curve: dict[int, tuple], threshold: float) -> str:
     for before, after in zip(steps, steps[1:]):
         if curve[before][0] <= threshold < curve[after][0]:
             return (f"It first exceeds {threshold} between steps {before:,} ({curve[before][0]:.3f}) and {after:,} "
-                    f"({curve[after][0]:.3f}), at batch 512.")
+                    f"({curve[after][0]:.3f}).")
     return ""
 
 
@@ -251,7 +251,8 @@ def bb1_section(res, timing: dict | None, recipe) -> str:
         f"| value norm ⟨s⟩ / others (after W_O) | small (drain) | | {h['value_norm_first']:.3g} / {h['value_norm_rest']:.3g} | |",
         f"| residual norm ⟨s⟩ / others (output) | peak | | {h['resid_first']:.3g} / {h['resid_rest']:.3g} | |",
     ]
-    lines += ["", "The released curve (the authors' own 1-layer run at lr 3e-4, read from the figure data in their repository) "
+    lines += ["", "The released curve (the authors' own 1-layer run at lr 3e-4, read from the figure data in their repository; their "
+                  "training scripts use batch 512) "
                   "puts the sink mass at " + ", ".join(f"{v[0]:.3f} at step {k:,}" for k, v in PAPER_RELEASED["bb1"].items() if k >= 1000)
                   + f"; the reported risks ({PAPER['backcopy_risk']} / {PAPER['bigram_risk']}) are those of its step 100,000. "
                   + _first_above(PAPER_RELEASED["bb1"], 0.8)
@@ -315,7 +316,8 @@ def bb3_section(results: dict[str, Any], timings: dict[str, dict | None], recipe
     lines += ["", f"The authors' released curves (read from their figure data) give, at step {rs:,}: {r_adam} under Adam, {r_sgd} under "
                   f"SGD and {r_relu} under ReLU attention ({r_adam / r_sgd:.2f}× and {r_adam / r_relu:.2f}×; from "
                   f"{PAPER_RELEASED['bb3_block0'][0][0]} at step 0), and {r10[0]} / {r10[1]} / {r10[2]} at step 10,000 "
-                  f"({r10[0] / r10[1]:.1f}× and {r10[0] / r10[2]:.1f}×). The peak grows slowly at first there too."]
+                  f"({r10[0] / r10[1]:.1f}× and {r10[0] / r10[2]:.1f}×)."
+                  + (" The Adam peak there separates from the others only after about 1,000 steps." if rs < 1000 else "")]
     relu = dyn.get("relu")
     if relu is not None and "sink_self_weight" in relu:
         def self_weights(step: int) -> list[float]:
