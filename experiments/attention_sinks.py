@@ -405,7 +405,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
             full_md += full_charset_section(_train_and_analyse(r_full, store, device, brown)[0], r_full)
         figures += write_figure(figs.token_dormancy_figure(res1.tokens, res1.meta["config"]["dormant_threshold"]), out, "bb1_token_dormancy")
         bb1_ref = {"adam": {"sink_mass": {k: v[0] for k, v in PAPER_RELEASED["bb1"].items()}}}
-        figures += write_figure(figs.dynamics_figure({"adam": res1.dynamics}, res1.bb["bigram_optimum"], reference=bb1_ref), out, "bb1_dynamics")
+        figures += write_figure(figs.dynamics_figure({"adam": res1.dynamics}, res1.bb["bigram_optimum"], reference=bb1_ref,
+                                                    reference_label="paper, sink mass (released)"), out, "bb1_dynamics")
         figures += write_figure(figs.attention_map(res1.examples["bb"][0, 0].numpy(), res1.example_tokens["bb"], "1-layer BB head"),
                                 out, "bb1_attention_map")
 
@@ -426,7 +427,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
                 res3[v], times3[v] = _train_and_analyse(r, store, device, brown)
             suffix = "" if seed == main_seed else f"_seed{seed}"
             figures += write_figure(figs.dynamics_figure({v: r.dynamics for v, r in res3.items()}, res3["adam"].bb["bigram_optimum"],
-                                                         reference=BB3_REFERENCE), out, f"bb3_dynamics_adam_sgd_relu{suffix}")
+                                                         reference=BB3_REFERENCE, reference_label="paper, ⟨s⟩ after block 0 (released)"),
+                                    out, f"bb3_dynamics_adam_sgd_relu{suffix}")
             if seed == main_seed:
                 figures += write_figure(figs.delta_logit_bands_figure({v: r.dynamics for v, r in res3.items()}), out, "bb3_delta_logit")
             bb3_md.append(bb3_section(res3, times3, recipes))

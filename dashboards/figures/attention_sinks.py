@@ -169,7 +169,8 @@ def _steps(d: pd.DataFrame) -> pd.Series:
 
 
 def dynamics_figure(runs: Mapping[str, pd.DataFrame], optimum: float | None = None,
-                    reference: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None) -> go.Figure:
+                    reference: Mapping[str, Mapping[str, Mapping[int, float]]] | None = None,
+                    reference_label: str = "paper (released curve)") -> go.Figure:
     """Training dynamics per variant (columns) against log step: attention sink on non-trigger
     queries, residual and value norm of ⟨s⟩ (solid) against the other tokens (dashed), and the
     bigram (solid) and backcopy (dashed) risks. One colour per layer; step 0 is drawn at 0.5.
@@ -202,7 +203,7 @@ def dynamics_figure(runs: Mapping[str, pd.DataFrame], optimum: float | None = No
             if points:
                 seen[r] += list(points.values())
                 fig.add_trace(go.Scatter(x=[k if k > 0 else STEP0_X for k in points], y=list(points.values()), mode="markers",
-                                         name="paper (released curve)", legendgroup="paper", showlegend=not ref_shown,
+                                         name=reference_label, legendgroup="paper", showlegend=not ref_shown,
                                          marker=dict(symbol="diamond", size=9, color="grey")), row=r, col=c)
                 ref_shown = True
         if optimum is not None:
@@ -226,7 +227,7 @@ def dynamics_figure(runs: Mapping[str, pd.DataFrame], optimum: float | None = No
                 pad = 0.05 * max(vals.max() - vals.min(), 1e-3)
                 fig.update_yaxes(range=[min(0.0, vals.min() - pad), vals.max() + pad], row=r)
     fig.update_layout(template=TEMPLATE, title="Bigram-Backcopy training dynamics<br><sup>norm rows: ⟨s⟩ solid, the other "
-                      "tokens dashed; sink mass over non-trigger queries</sup>", height=240 * len(DYNAMICS_ROWS),
+                      "tokens dashed; sink mass over non-trigger queries</sup>", height=240 * len(DYNAMICS_ROWS), margin=dict(t=110),
                       legend=dict(orientation="h", y=-0.06))
     return fig
 
