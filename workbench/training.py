@@ -136,8 +136,9 @@ def train(
             opt.step()
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps or done == 1:
-                log.append({"step": done, "loss": float(loss.detach()), **extra})
-                bar.bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                value = float(loss.detach())
+                log.append({"step": done, "loss": value, **extra})
+                bar.bar.set_postfix(loss=f"{value:.4f}")
             if done in cfg.checkpoint_steps:
                 model.eval()
                 checkpoints[done] = save_checkpoint(model, out_dir / "checkpoints" / f"step_{done:06d}", {**(meta or {}), "step": done})

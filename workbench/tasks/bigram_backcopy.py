@@ -472,13 +472,13 @@ def bos_self_scores(model: HookedTransformer, bos_id: int) -> list[float]:
 
 
 def relu_inactive_seed(recipe: "BBRecipe", start: int = 1, tries: int = 64) -> int:
-    """The first seed >= `start` whose freshly initialised ReLU-attention model has a negative
-    ⟨s⟩ self-score in block 0: there ⟨s⟩'s self-weight starts at zero and gets no gradient, the case
-    in which ReLU attention cannot grow ⟨s⟩'s residual through its own value."""
+    """The first seed >= `start` whose freshly initialised model has a negative ⟨s⟩ self-score in
+    block 0: under ReLU attention ⟨s⟩'s self-weight then starts at zero and gets no gradient, the case
+    in which ReLU attention cannot grow ⟨s⟩'s residual through its own value. Block 0's scores come
+    before any attention pattern, so the softmax model of the recipe's shape (same init) gives them."""
     task = load_bb_task(recipe.corpus, recipe.n_triggers, recipe.charset)
     for seed in range(start, start + tries):
-        model = install_relu_attention(bb_model(task, recipe.n_layers, recipe.d_model, seed, init=recipe.init,
-                                                layernorm_bias=recipe.layernorm_bias))
+        model = bb_model(task, recipe.n_layers, recipe.d_model, seed, init=recipe.init, layernorm_bias=recipe.layernorm_bias)
         if bos_self_scores(model, task.bos_id)[0] < 0:
             return seed
     raise ConfigError(f"no seed in [{start}, {start + tries}) starts with a negative block-0 <s> self-score")
