@@ -513,3 +513,38 @@ def test_bb3_and_full_charset_report_sections(bb_run):
     assert "earlier copies" not in dormant_modes_section(modes)
     t.loc[nt, "data_sink"] = 0.95
     assert dormant_modes_section(modes) == ""
+
+
+def test_seed_spread_section_counts_the_seeds_that_meet_all_four(bb_run):
+    """The seed table reads each seed's four acceptance numbers from its result, counts the seeds
+    that meet all four, and names the self-copying characters where a seed has them."""
+    import copy
+
+    from experiments.attention_sinks import bb1_acceptance, bb1_section, seed_spread_section
+
+    model, task, out, recipe = bb_run
+    good = copy.deepcopy(out.result)
+    t = good.tokens
+    first = t.index[t.layer == 0]
+    t.loc[first, "agrees"] = True
+    nt = t.index[(t.layer == 0) & ~t.is_trigger & (t.data_share > 0)]
+    t.loc[nt, ["data_sink", "data_same_token"]] = [0.95, 0.0]
+    good.heads.loc[0, "sink_mass"] = 0.85
+    good.bb.update(backcopy_risk=0.001, bigram_risk=good.bb["bigram_oracle_risk"] * 1.01)
+    acc = bb1_acceptance(good, recipe)
+    assert acc["all_met"] and acc["agreement"] == 1.0 and acc["paired_gap"] == pytest.approx(0.01)
+    assert "> 0.8: met" in bb1_section(good, None, recipe) and "same split: met (100% agree)" in bb1_section(good, None, recipe)
+
+    bad = copy.deepcopy(good)
+    bt = bad.tokens
+    bt.loc[nt[0], ["data_sink", "data_same_token", "agrees"]] = [0.02, 0.97, False]
+    bad.heads.loc[0, "sink_mass"] = 0.7
+    low = bt.loc[nt[0]]
+    acc = bb1_acceptance(bad, recipe)
+    assert not acc["all_met"] and acc["met"]["backcopy"] and not acc["met"]["sink"] and acc["off_split"] == [low.token]
+    md = seed_spread_section([(0, bad), (1, good), (2, good)], recipe)
+    assert "2 of 3 meet all four acceptance criteria" in md and "0.800 on average (from 0.700 to 0.850)" in md
+    row0 = next(line for line in md.splitlines() if line.startswith("| 0 |"))
+    assert f"{low.token!r} {low.data_share:.0%}" in row0 and row0.endswith("| no |")
+    assert next(line for line in md.splitlines() if line.startswith("| 1 |")).endswith("| none | none | yes |")
+    assert "self-copy mode" in md and "self-copy mode" not in seed_spread_section([(1, good)], recipe)
