@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ablation_tokens > 0:
         chunks = spread_chunks(batches, max(1, args.ablation_tokens // args.seq_len))
         t0 = time.perf_counter()
-        _, _, cost = head_ablation(model, chunks, "ablation", progress=False)
+        cost = head_ablation(model, chunks, "ablation", progress=False).cost
         n_tok = sum(int(c[0].numel()) for c in chunks)
         sec = time.perf_counter() - t0
         L, H = model.cfg.n_layers, model.cfg.n_heads

@@ -25,14 +25,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # lr 1e-3 with batch 8 x 1000 steps (where a larger, noisier step parks the dormant attention on trigger tokens),
     # and that recipe on Brown's full character set; 3-layer models batch 8 x 400 steps per variant (AdamW and ReLU
     # attention at lr 1e-3, SGD at the paper's 0.03); the main 1-layer recipe again on seeds 1-3 (the
-    # spread over initialisations, about 25 minutes each); SmolLM2 slices of 2048 tokens per domain for the survey and 128
-    # tokens (one sequence) per domain for the 270-head zero-ablation.
+    # spread over initialisations, about 25 minutes each); SmolLM2 slices of 2048 tokens per domain for the survey and 512
+    # tokens (four sequences spread over the slice) per domain for the 270-head zero-ablation.
     "cpu": {"bb1": dict(batch_size=32, steps=1700, lr=3e-4, charset="letters"),
             "bb1_other_lr": dict(batch_size=32, steps=1700, lr=6e-4, charset="letters"),
             "bb1_fast": dict(batch_size=8, steps=1000, lr=1e-3, charset="letters"),
             "bb1_full": dict(batch_size=8, steps=1000, lr=1e-3), "bb1_seeds": (1, 2, 3),
             "bb3": dict(batch_size=8, steps=400, charset="letters"), "bb3_adam_lr": 1e-3, "bb3_relu_inactive_seed": True,
-            "survey": dict(max_tokens=2048, seq_len=128, batch_size=8, ablation_tokens=128), "lm": "smollm2-135m"},
+            "survey": dict(max_tokens=2048, seq_len=128, batch_size=8, ablation_tokens=512), "lm": "smollm2-135m"},
     "gpu": {"bb1": dict(batch_size=512, steps=10_000, charset="letters"), "bb1_full": dict(batch_size=512, steps=10_000),
             "bb1_seeds": (1, 2, 3),
             "bb3": dict(batch_size=512, steps=10_000, charset="letters"), "bb3_relu_inactive_seed": True,
@@ -422,12 +422,33 @@ def lm_section(res, model_name: str) -> str:
         lines += ["", f"Heads whose dormancy differs most between {doms[0]} and {doms[1]} (dormant: sink ≥ "
                       f"{res.meta['config']['dormant_sink']} and |Δloss| ≤ {res.meta['config']['dormant_loss']} nats):", "",
                   f"| head | sink {doms[0]} | sink {doms[1]} | Δloss {doms[0]} | Δloss {doms[1]} | dormant on |", "|---|---|---|---|---|---|"]
+        has_se = "delta_loss_se_a" in t
+
+        def dl(r, side: str) -> str:
+            se = f" ± {r['delta_loss_se_' + side]:.4f}" if has_se else ""
+            return f"{r['delta_loss_' + side]:+.4f}{se}"
+
         for _, r in t.iterrows():
             where = ", ".join(d for d, f in ((doms[0], r["dormant_a"]), (doms[1], r["dormant_b"])) if f) or "neither"
             lines.append(f"| L{int(r['layer'])}H{int(r['head'])} | {r['sink_mass_a']:.3f} | {r['sink_mass_b']:.3f} | "
-                         f"{r['delta_loss_a']:+.4f} | {r['delta_loss_b']:+.4f} | {where} |")
+                         f"{dl(r, 'a')} | {dl(r, 'b')} | {where} |")
+        if has_se:
+            lines += ["", close_calls_line(res.heads, doms, res.meta["config"])]
         lines += ["", "The paper's example is Llama-2-7B L16H25: dormant on Wikipedia, active on GitHub code."]
     return "\n".join(lines)
+
+
+def close_calls_line(heads: pd.DataFrame, domains: list[str], config: dict[str, Any]) -> str:
+    """How firmly the ablation slice decides dormancy: per domain, how many heads above the sink
+    threshold have a loss change within two standard errors of the |Δloss| threshold."""
+    parts, n_tok = [], []
+    for d in domains:
+        h = heads[(heads["domain"] == d) & (heads["sink_mass"] >= config["dormant_sink"])]
+        close = ((h["delta_loss"].abs() - config["dormant_loss"]).abs() <= 2 * h["delta_loss_se"]).sum()
+        parts.append(f"{int(close)} of the {len(h)} heads with sink ≥ {config['dormant_sink']} on {d}")
+    return ("The ± values are standard errors of the mean per-token loss change on the ablation slice (tokens "
+            "treated as independent, so they understate the spread). Verdicts within two standard errors of the "
+            f"{config['dormant_loss']}-nat threshold: " + "; ".join(parts) + ".")
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:

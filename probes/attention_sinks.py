@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -363,16 +363,29 @@ def histogram_quantiles(hist: torch.Tensor, rng: float, qs: tuple[float, ...]) -
 
 def _chunked_token_ce(model: HookedTransformer, resid: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                       rows: int = 8) -> torch.Tensor:
-    """Per-row summed next-token CE from final residuals, unembedding `rows` sequences at a time."""
+    """Per-token next-token CE from final residuals ([rows, T], 0 where `mask` is 0), unembedding
+    `rows` sequences at a time."""
     out = []
     for i in range(0, resid.shape[0], rows):
         logits = model.unembed(model.ln_final(resid[i : i + rows])).float()
         ce = F.cross_entropy(logits.transpose(1, 2), targets[i : i + rows], reduction="none")
-        out.append((ce * mask[i : i + rows]).sum(-1))
+        out.append(ce * mask[i : i + rows])
     return torch.cat(out)
 
 
 Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs [B, T], targets [B, T], scored [B, T]
+
+
+class HeadAblation(NamedTuple):
+    """Zero-ablation of every head: the clean mean loss, the mean loss with each head zeroed
+    ([L, H]), the standard error of each head's loss change ([L, H]; per scored token, treating
+    tokens as independent, so it understates the spread when nearby tokens move together) and the
+    cost of the run."""
+
+    clean: float
+    ablated: torch.Tensor
+    delta_se: torch.Tensor
+    cost: dict[str, float]
 
 
 def next_token_chunk(tokens: torch.Tensor, valid: torch.Tensor) -> Chunk:
@@ -385,15 +398,15 @@ def next_token_chunk(tokens: torch.Tensor, valid: torch.Tensor) -> Chunk:
 
 
 @torch.inference_mode()
-def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str,
-                  progress: bool = True) -> tuple[float, torch.Tensor, dict[str, float]]:
+def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str, progress: bool = True) -> HeadAblation:
     """Mean loss on the scored positions, clean and with each head's z zeroed ([L, H]), over
-    `chunks`. Layer l re-runs only blocks l.. from the cached resid_pre, with the batch repeated
-    once per head (copy h has head h zeroed)."""
+    `chunks`, with the per-token standard error of each loss change. Layer l re-runs only blocks
+    l.. from the cached resid_pre, with the batch repeated once per head (copy h has head h zeroed)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     device = next(model.parameters()).device
     clean_sum, count = 0.0, 0
     abl_sum = torch.zeros(L, H, dtype=torch.float64)
+    diff_sq = torch.zeros(L, H, dtype=torch.float64)  # sum over scored tokens of (ablated - clean CE)^2
     n_block_runs = 0
     t0 = time.perf_counter()
     bar = progress_bar(len(chunks) * L, desc, unit="layer", enabled=progress)
@@ -408,7 +421,8 @@ def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str,
 
             with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", keep) for l in range(L)]):
                 final = model(tokens, stop_at_layer=L)
-            clean_sum += float(_chunked_token_ce(model, final, targets, mask).sum())
+            clean_ce = _chunked_token_ce(model, final, targets, mask)
+            clean_sum += float(clean_ce.sum())
             count += int(mask.sum())
             keep_heads = torch.ones(H * B, 1, H, 1, device=device, dtype=final.dtype)
             for c in range(H):
@@ -421,8 +435,9 @@ def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str,
 
                 with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_head)]):
                     out = model(x, start_at_layer=l, stop_at_layer=L)
-                per_row = _chunked_token_ce(model, out, targets.repeat(H, 1), mask.repeat(H, 1))
-                abl_sum[l] += per_row.view(H, B).sum(1).double().cpu()
+                ce = _chunked_token_ce(model, out, targets.repeat(H, 1), mask.repeat(H, 1)).view(H, B, -1)
+                abl_sum[l] += ce.sum((1, 2)).double().cpu()
+                diff_sq[l] += ((ce - clean_ce[None]) ** 2).sum((1, 2)).double().cpu()
                 n_block_runs += (L - l) * H * B
                 bar.update(1)
     finally:
@@ -431,7 +446,10 @@ def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str,
     n_seqs = sum(c[0].shape[0] for c in chunks)
     cost = {"ablation_seconds": seconds, "ablation_sequences": n_seqs,
             "forward_equivalents": n_block_runs / max(L * n_seqs, 1) + 1.0}
-    return clean_sum / max(count, 1), abl_sum / max(count, 1), cost
+    n = max(count, 1)
+    mean_diff = abl_sum / n - clean_sum / n
+    var = (diff_sq / n - mean_diff**2).clamp(min=0) * n / max(n - 1, 1)
+    return HeadAblation(clean_sum / n, abl_sum / n, (var / n).sqrt(), cost)
 
 
 def spread_chunks(batches, n_chunks: int) -> list[Chunk]:
@@ -482,12 +500,14 @@ def survey_domain(model: HookedTransformer, corpus: Corpus, config: AttentionSin
     if config.ablation_tokens > 0:
         batches = corpus_batches(model, corpus, config)
         chunks = spread_chunks(batches, max(1, config.ablation_tokens // config.seq_len))
-        clean_abl, ablated, cost = head_ablation(model, chunks, f"head ablation {label}")
-        heads["loss_clean"] = clean_abl
-        heads["loss_ablated"] = ablated.flatten().numpy()
-        heads["delta_loss"] = heads["loss_ablated"] - clean_abl
+        abl = head_ablation(model, chunks, f"head ablation {label}")
+        cost = abl.cost
+        heads["loss_clean"] = abl.clean
+        heads["loss_ablated"] = abl.ablated.flatten().numpy()
+        heads["delta_loss"] = heads["loss_ablated"] - abl.clean
+        heads["delta_loss_se"] = abl.delta_se.flatten().numpy()
     else:
-        heads["loss_clean"] = heads["loss_ablated"] = heads["delta_loss"] = float("nan")
+        heads["loss_clean"] = heads["loss_ablated"] = heads["delta_loss"] = heads["delta_loss_se"] = float("nan")
     heads["dormant"] = (heads["sink_mass"] >= config.dormant_sink) & (heads["delta_loss"].abs() <= config.dormant_loss)
     sink_prof, val_prof = acc.profiles()
     ex_ids = acc.state["example_tokens"].long().cpu()
@@ -505,7 +525,7 @@ def survey_domain(model: HookedTransformer, corpus: Corpus, config: AttentionSin
 def domain_contrast(heads: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     """Per head: sink mass and zero-ablation loss change on domains a and b, and their differences,
     sorted by how much the head's dormancy differs (|Δ sink mass|, then |Δ loss change|)."""
-    cols = ["layer", "head", "sink_mass", "delta_loss", "dormant"]
+    cols = ["layer", "head", "sink_mass", "delta_loss", "dormant"] + (["delta_loss_se"] if "delta_loss_se" in heads else [])
     ha = heads[heads["domain"] == a][cols].set_index(["layer", "head"]).add_suffix("_a")
     hb = heads[heads["domain"] == b][cols].set_index(["layer", "head"]).add_suffix("_b")
     if ha.empty or hb.empty:
@@ -711,9 +731,11 @@ def bb_analysis(model: HookedTransformer, task, config: AttentionSinksConfig) ->
     snap, r = bb_snapshot(model, task, data, same_token=True)
     scored = torch.ones_like(inputs, dtype=torch.bool)
     chunks = [(inputs[i : i + 32], data[i : i + 32, 1:], scored[i : i + 32]) for i in range(0, inputs.shape[0], 32)]
-    clean, ablated, cost = head_ablation(model, chunks, "BB head ablation", progress=False)
-    heads = snap.assign(domain="bb", kv_group=snap["head"], loss_clean=clean, loss_ablated=ablated.flatten().numpy())
-    heads["delta_loss"] = heads["loss_ablated"] - clean
+    abl = head_ablation(model, chunks, "BB head ablation", progress=False)
+    cost = abl.cost
+    heads = snap.assign(domain="bb", kv_group=snap["head"], loss_clean=abl.clean, loss_ablated=abl.ablated.flatten().numpy())
+    heads["delta_loss"] = heads["loss_ablated"] - abl.clean
+    heads["delta_loss_se"] = abl.delta_se.flatten().numpy()
     heads["dormant"] = (heads["sink_mass"] >= config.dormant_sink) & (heads["delta_loss"].abs() <= config.dormant_loss)
     L = model.cfg.n_layers
     rn = r["rn"]

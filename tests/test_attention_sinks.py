@@ -117,11 +117,12 @@ def test_head_ablation_matches_full_forward(fixture, request):
     valid = torch.ones_like(tokens, dtype=torch.bool)
     valid[2, 9:] = False
     chunk = next_token_chunk(tokens, valid)
-    clean, ablated, cost = head_ablation(model, [chunk], "test", progress=False)
+    clean, ablated, delta_se, cost = head_ablation(model, [chunk], "test", progress=False)
     mask = chunk[2]
     logits = model(tokens)
     ref_clean = F.cross_entropy(logits[mask], chunk[1][mask]).item()
     assert clean == pytest.approx(ref_clean, rel=1e-5)
+    clean_tok = F.cross_entropy(logits[mask], chunk[1][mask], reduction="none").detach().double().numpy()
     for l, h in ((0, 1), (1, 3)):
         def zero(z, hook, h=h):
             z = z.clone()
@@ -131,6 +132,10 @@ def test_head_ablation_matches_full_forward(fixture, request):
         lg = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero)])
         ref = F.cross_entropy(lg[mask], chunk[1][mask]).item()
         assert ablated[l, h].item() == pytest.approx(ref, rel=1e-5)
+        # the standard error of the mean per-token loss change, from the per-token losses directly
+        diff = F.cross_entropy(lg[mask], chunk[1][mask], reduction="none").detach().double().numpy() - clean_tok
+        assert delta_se[l, h].item() == pytest.approx(diff.std(ddof=1) / np.sqrt(diff.size), rel=1e-3, abs=1e-9)
+        assert delta_se[l, h].item() > 0
     assert cost["forward_equivalents"] == pytest.approx(1 + 4 * (2 + 1) / 2)
 
 
@@ -208,8 +213,33 @@ def test_domain_contrast_and_errors(lm_run):
     h = out.result.heads
     a = h[(h.domain == "brown") & (h.layer == row.layer) & (h["head"] == row["head"])].sink_mass.item()
     assert row.sink_mass_a == pytest.approx(a)
+    assert row.delta_loss_se_a == pytest.approx(h[(h.domain == "brown") & (h.layer == row.layer) & (h["head"] == row["head"])]
+                                                .delta_loss_se.item())
+    assert (h["delta_loss_se"] > 0).all()
     with pytest.raises(ConfigError, match="must both be in the result"):
         domain_contrast(h, "brown", "nope")
+
+
+def test_lm_report_gives_loss_changes_with_standard_errors_and_counts_close_calls(lm_run):
+    import copy
+
+    from experiments.attention_sinks import close_calls_line, lm_section
+
+    _, _, out = lm_run
+    res = copy.deepcopy(out.result)
+    h = res.heads
+    cfg = {**res.meta["config"], "dormant_sink": 0.5, "dormant_loss": 0.01}
+    h["sink_mass"], h["delta_loss"], h["delta_loss_se"] = 0.2, 0.5, 0.001
+    brown = h.index[h.domain == "brown"]
+    # three brown heads above the sink threshold: one close call (|0.012 - 0.01| <= 2 * 0.002), two clear
+    h.loc[brown[:3], "sink_mass"] = 0.9
+    h.loc[brown[:3], "delta_loss"] = [-0.012, 0.05, 0.0]
+    h.loc[brown[:3], "delta_loss_se"] = 0.002
+    line = close_calls_line(h, ["brown", "python-stdlib"], cfg)
+    assert "1 of the 3 heads with sink ≥ 0.5 on brown" in line and "0 of the 0 heads with sink ≥ 0.5 on python-stdlib" in line
+    md = lm_section(out.result, "tiny")
+    r = domain_contrast(out.result.heads, "brown", "python-stdlib").iloc[0]
+    assert f"{r.delta_loss_a:+.4f} ± {r.delta_loss_se_a:.4f}" in md and "Verdicts within two standard errors" in md
     with pytest.raises(ConfigError):
         AttentionSinksConfig(dormant_sink=1.5).validate()
 

@@ -112,11 +112,15 @@ def _contrast_table(result, a: str, b: str) -> html.Div:
     t = domain_contrast(result.heads, a, b).head(10)
     head = html.Tr([html.Th(c) for c in ("head", f"sink {a}", f"sink {b}", f"Δloss {a}", f"Δloss {b}", "dormant on")])
     body = []
+
+    def dl(r, side: str) -> str:  # the loss change, with its standard error where the result has one
+        se = r.get(f"delta_loss_se_{side}", float("nan"))
+        return f"{r[f'delta_loss_{side}']:+.4f}" + (f" ± {se:.4f}" if se == se else "")
+
     for _, r in t.iterrows():
         where = ", ".join(d for d, flag in ((a, r["dormant_a"]), (b, r["dormant_b"])) if flag) or "neither"
         body.append(html.Tr([html.Td(f"L{int(r['layer'])}H{int(r['head'])}"), html.Td(f"{r['sink_mass_a']:.3f}"),
-                             html.Td(f"{r['sink_mass_b']:.3f}"), html.Td(f"{r['delta_loss_a']:.4f}"),
-                             html.Td(f"{r['delta_loss_b']:.4f}"), html.Td(where)]))
+                             html.Td(f"{r['sink_mass_b']:.3f}"), html.Td(dl(r, "a")), html.Td(dl(r, "b")), html.Td(where)]))
     return html.Div([html.H4(f"Heads whose dormancy differs most: {a} vs {b}"), html.Table([html.Thead(head), html.Tbody(body)], className="summary-table")])
 
 
