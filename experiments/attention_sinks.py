@@ -239,12 +239,25 @@ def self_copy_characters(res) -> pd.DataFrame:
     return tok[~tok["is_trigger"] & (tok["data_share"] > 0) & (tok["data_sink"] < 0.5) & (tok["data_same_token"] >= 0.5)]
 
 
+def last_sink_slope(res) -> float | None:
+    """How fast a 1-layer run's sink mass was still moving at its end: the change over its last two
+    checkpoints per doubling of the step count (None without two checkpoints after step 0)."""
+    import math
+
+    d = _bb1_dynamics(res)
+    d = d[d["step"] > 0].sort_values("step")
+    if len(d) < 2:
+        return None
+    a, b = d.iloc[-2], d.iloc[-1]
+    return float((b["sink_mass"] - a["sink_mass"]) / math.log2(b["step"] / a["step"]))
+
+
 def seed_spread_section(runs: list[tuple[int, Any]], recipe) -> str:
     """The main 1-layer recipe over several seeds (`runs`: (seed, result), the main seed first):
     the four acceptance numbers per seed, how many seeds meet all of them, and which characters
     took the self-copy mode where the sink mass falls short."""
     rows = ["| seed | sink mass, non-trigger queries | backcopy risk | bigram paired gap | token-level agreement | "
-            "characters off the paper's split | self-copying characters (share of non-trigger positions) | all four met |",
+            "characters off the paper's split (share of positions) | self-copying characters (share of non-trigger positions) | all four met |",
             "|---|---|---|---|---|---|---|---|"]
     sinks, n_met, any_copying = [], 0, False
     for seed, res in runs:
@@ -254,14 +267,20 @@ def seed_spread_section(runs: list[tuple[int, Any]], recipe) -> str:
         selfish = self_copy_characters(res)
         any_copying |= not selfish.empty
         copying = ", ".join(f"{t.token!r} {t.data_share:.0%}" for t in selfish.itertuples()) or "none"
+        share = _bb1_tokens(res).set_index("token")["data_share"]
+        off = ", ".join(f"{c!r} {share.get(c, 0):.1%}" for c in a["off_split"]) or "none"
         rows.append(f"| {seed} | {a['sink_mass']:.3f} | {a['backcopy_risk']:.2g} | {a['paired_gap']:+.2%} | {a['agreement']:.0%} | "
-                    f"{', '.join(repr(c) for c in a['off_split']) or 'none'} | {copying} | {'yes' if a['all_met'] else 'no'} |")
+                    f"{off} | {copying} | {'yes' if a['all_met'] else 'no'} |")
     mean = sum(sinks) / len(sinks)
     seeds = ", ".join(str(s) for s, _ in runs)
+    slopes = [s for s in (last_sink_slope(res) for _, res in runs) if s is not None]
     text = (f"The same recipe (batch {recipe.batch_size}, {recipe.steps} steps, lr {recipe.lr:g}) on seeds {seeds}: {n_met} of "
             f"{len(runs)} meet all four acceptance criteria; the sink mass on non-trigger queries is {mean:.3f} on average "
             f"(from {min(sinks):.3f} to {max(sinks):.3f}), against {released_at(PAPER_RELEASED['bb1'], recipe.steps)[1][0]:.3f} on "
             "the authors' single released run at the nearest step.")
+    if slopes and min(slopes) > 0.01:
+        text += (f" None of them has levelled off: over the last two checkpoints every seed's sink mass still rises, by "
+                 f"{min(slopes):.2f} to {max(slopes):.2f} per doubling of the step count.")
     if any_copying:
         text += (" A character that settles into the self-copy mode (attention on earlier copies of itself, a harmless second "
                  "dormant mode) keeps its attention off ⟨s⟩ and lowers the pooled sink mass by its share of the positions; "

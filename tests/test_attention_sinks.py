@@ -575,6 +575,17 @@ def test_seed_spread_section_counts_the_seeds_that_meet_all_four(bb_run):
     md = seed_spread_section([(0, bad), (1, good), (2, good)], recipe)
     assert "2 of 3 meet all four acceptance criteria" in md and "0.800 on average (from 0.700 to 0.850)" in md
     row0 = next(line for line in md.splitlines() if line.startswith("| 0 |"))
-    assert f"{low.token!r} {low.data_share:.0%}" in row0 and row0.endswith("| no |")
+    assert f"{low.token!r} {low.data_share:.0%}" in row0 and f"{low.token!r} {low.data_share:.1%}" in row0 and row0.endswith("| no |")
     assert next(line for line in md.splitlines() if line.startswith("| 1 |")).endswith("| none | none | yes |")
     assert "self-copy mode" in md and "self-copy mode" not in seed_spread_section([(1, good)], recipe)
+    # the still-rising sentence reads the last two checkpoints: sink mass +0.1 over one doubling of the step count
+    from experiments.attention_sinks import last_sink_slope
+
+    d = good.dynamics
+    steps = sorted(d.loc[(d.layer == 0) & (d.step > 0), "step"].unique())
+    d.loc[d.step == steps[-2], "sink_mass"], d.loc[d.step == steps[-1], "sink_mass"] = 0.5, 0.6
+    d.loc[d.step == steps[-1], "step"] = 2 * steps[-2]
+    assert last_sink_slope(good) == pytest.approx(0.1)
+    assert "still rises, by 0.10 to 0.10 per doubling" in seed_spread_section([(1, good)], recipe)
+    d.loc[d.step == 2 * steps[-2], "sink_mass"] = 0.5
+    assert "still rises" not in seed_spread_section([(1, good)], recipe)
