@@ -460,13 +460,13 @@ def lm_section(res, model_name: str) -> str:
 def close_calls_line(heads: pd.DataFrame, domains: list[str], config: dict[str, Any]) -> str:
     """How firmly the ablation slice decides dormancy: per domain, how many heads above the sink
     threshold have a loss change within two standard errors of the |Δloss| threshold."""
-    parts, n_tok = [], []
+    parts = []
     for d in domains:
         h = heads[(heads["domain"] == d) & (heads["sink_mass"] >= config["dormant_sink"])]
         close = ((h["delta_loss"].abs() - config["dormant_loss"]).abs() <= 2 * h["delta_loss_se"]).sum()
         parts.append(f"{int(close)} of the {len(h)} heads with sink ≥ {config['dormant_sink']} on {d}")
-    return ("The ± values are standard errors of the mean per-token loss change on the ablation slice (tokens "
-            "treated as independent, so they understate the spread). Verdicts within two standard errors of the "
+    return (f"The ± values are standard errors of the mean per-token loss change on the ablation slice (about "
+            f"{config['ablation_tokens']} tokens per domain; tokens treated as independent, so they understate the spread). Verdicts within two standard errors of the "
             f"{config['dormant_loss']}-nat threshold: " + "; ".join(parts) + ".")
 
 
