@@ -218,6 +218,8 @@ def test_domain_contrast_and_errors(lm_run):
     assert (h["delta_loss_se"] > 0).all()
     with pytest.raises(ConfigError, match="must both be in the result"):
         domain_contrast(h, "brown", "nope")
+    with pytest.raises(ConfigError):
+        AttentionSinksConfig(dormant_sink=1.5).validate()
 
 
 def test_lm_report_gives_loss_changes_with_standard_errors_and_counts_close_calls(lm_run):
@@ -240,8 +242,6 @@ def test_lm_report_gives_loss_changes_with_standard_errors_and_counts_close_call
     md = lm_section(out.result, "tiny")
     r = domain_contrast(out.result.heads, "brown", "python-stdlib").iloc[0]
     assert f"{r.delta_loss_a:+.4f} ± {r.delta_loss_se_a:.4f}" in md and "Verdicts within two standard errors" in md
-    with pytest.raises(ConfigError):
-        AttentionSinksConfig(dormant_sink=1.5).validate()
 
 
 def test_prompt_head_and_bounds(tiny):
