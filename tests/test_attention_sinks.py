@@ -463,6 +463,15 @@ def test_bb3_section_compares_the_first_block_and_the_peak_layer():
     md = bb3_section(res, {v: None for v in res}, {v: rec for v in res})
     assert "that norm is 30.0 under Adam (from 10.0 at step 0): 2.00× the SGD run and 0.50× the ReLU-attention run" in md
     assert "grows most after layer 2: 80.0 under Adam (from 10.0 at step 0): 4.00× the SGD run and 2.00× the ReLU-attention run" in md
+    assert "counted in optimiser steps" in md  # a small CPU batch says why it trades batch for steps
+    timing = {"seconds_per_step": 0.19, "threads": 1}
+    md = bb3_section(res, {v: timing for v in res}, {v: types.SimpleNamespace(charset="letters", batch_size=512, lr=1e-3) for v in res})
+    assert "counted in optimiser steps" not in md  # the paper's batch needs no such note
+    assert "adam: 0.19 s/step at batch 512, 1 thread (≈ 0.5 h for 10k steps)" in md and "GPU work" in md  # device defaults to cpu
+    md = bb3_section(res, {v: {"seconds_per_step": 0.19, "threads": 2, "device": "cpu"} for v in res}, {v: rec for v in res})
+    assert "sgd: 0.19 s/step at batch 8, 2 threads (≈ 12 s/step at batch 512 by linear scaling, ≈ 33.8 h for 10k steps)" in md
+    md = bb3_section(res, {v: {"seconds_per_step": 0.05, "threads": 16, "device": "cuda"} for v in res}, {v: rec for v in res})
+    assert "Cost per step" in md and "GPU work" not in md  # a GPU run needs no pointer to the GPU preset
 
 
 def test_bb3_and_full_charset_report_sections(bb_run):
