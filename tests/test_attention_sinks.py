@@ -474,6 +474,29 @@ def test_bb3_section_compares_the_first_block_and_the_peak_layer():
     assert "Cost per step" in md and "GPU work" not in md  # a GPU run needs no pointer to the GPU preset
 
 
+def test_peak_and_sink_lines_tell_a_peak_from_whole_stream_growth():
+    """The 3-layer verdict reads <s>'s norm against the other positions and the largest sink mass:
+    a peak under Adam, a sink without a peak, or neither (the whole stream grew)."""
+    from experiments.attention_sinks import peak_and_sink_lines
+
+    def dyn(first: float, rest: float, sink: float) -> pd.DataFrame:
+        return pd.DataFrame([{"step": step, "layer": l, "resid_first": 10.0 if step == 0 else first * (l + 1),
+                              "resid_rest": 10.0 if step == 0 else rest, "sink_mass": 0.0 if step == 0 else sink * (l == 1)}
+                             for step in (0, 50) for l in range(3)])
+
+    whole = {"adam": dyn(20.0, 40.0, 0.3), "sgd": dyn(10.0, 10.0, 0.2)}
+    line = peak_and_sink_lines(whole, 50)[1]
+    assert "adam 0.50, 1.00, 1.50 (from 1.00, 1.00, 1.00 at step 0); sgd 1.00, 2.00, 3.00" in line
+    assert "adam 0.30 (layer 1), sgd 0.20 (layer 1)" in line
+    assert "No run has formed an attention sink" in line and "at most 1.50× the other positions" in line
+    peak = {"adam": dyn(20.0, 10.0, 0.9), "sgd": dyn(10.0, 10.0, 0.2)}
+    line = peak_and_sink_lines(peak, 50)[1]
+    assert "Under Adam ⟨s⟩ is a peak: 6.0× the other positions after layer 2." in line
+    sink_only = {"adam": dyn(10.0, 40.0, 0.9), "sgd": dyn(10.0, 10.0, 0.2)}
+    line = peak_and_sink_lines(sink_only, 50)[1]
+    assert "A sink has formed (adam), but ⟨s⟩ is no peak under Adam yet (at most 0.75×" in line
+
+
 def test_bb3_and_full_charset_report_sections(bb_run):
     """The 3-layer comparison reads its ratios from the dynamics at the last common step, and the
     full-charset paragraph splits the pooled sink mass consistently with the head's sink mass."""
