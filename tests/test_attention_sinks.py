@@ -476,25 +476,27 @@ def test_bb3_section_compares_the_first_block_and_the_peak_layer():
 
 def test_peak_and_sink_lines_tell_a_peak_from_whole_stream_growth():
     """The 3-layer verdict reads <s>'s norm against the other positions and the largest sink mass:
-    a peak under Adam, a sink without a peak, or neither (the whole stream grew)."""
+    a peak under Adam, <s> pulling away, or growth of the whole stream; a sink present or not."""
     from experiments.attention_sinks import peak_and_sink_lines
 
-    def dyn(first: float, rest: float, sink: float) -> pd.DataFrame:
-        return pd.DataFrame([{"step": step, "layer": l, "resid_first": 10.0 if step == 0 else first * (l + 1),
+    def dyn(first: float, rest: float, sink: float) -> pd.DataFrame:  # every layer alike; step 0 at norm 10 everywhere
+        return pd.DataFrame([{"step": step, "layer": l, "resid_first": 10.0 if step == 0 else first,
                               "resid_rest": 10.0 if step == 0 else rest, "sink_mass": 0.0 if step == 0 else sink * (l == 1)}
                              for step in (0, 50) for l in range(3)])
 
-    whole = {"adam": dyn(20.0, 40.0, 0.3), "sgd": dyn(10.0, 10.0, 0.2)}
+    whole = {"adam": dyn(40.0, 40.0, 0.3), "sgd": dyn(10.0, 20.0, 0.2)}
     line = peak_and_sink_lines(whole, 50)[1]
-    assert "adam 0.50, 1.00, 1.50 (from 1.00, 1.00, 1.00 at step 0); sgd 1.00, 2.00, 3.00" in line
-    assert "adam 0.30 (layer 1), sgd 0.20 (layer 1)" in line
-    assert "No run has formed an attention sink" in line and "at most 1.50× the other positions" in line
-    peak = {"adam": dyn(20.0, 10.0, 0.9), "sgd": dyn(10.0, 10.0, 0.2)}
-    line = peak_and_sink_lines(peak, 50)[1]
-    assert "Under Adam ⟨s⟩ is a peak: 6.0× the other positions after layer 2." in line
-    sink_only = {"adam": dyn(10.0, 40.0, 0.9), "sgd": dyn(10.0, 10.0, 0.2)}
-    line = peak_and_sink_lines(sink_only, 50)[1]
-    assert "A sink has formed (adam), but ⟨s⟩ is no peak under Adam yet (at most 0.75×" in line
+    assert "adam 1.00, 1.00, 1.00 (from 1.00, 1.00, 1.00 at step 0); sgd 0.50, 0.50, 0.50" in line
+    assert "at step 50: adam 0.30 (layer 1), sgd 0.20 (layer 1); at any checkpoint: adam 0.30 (layer 1, step 50)" in line
+    assert "No run has an attention sink at step 50" in line and "growth of the whole residual stream" in line
+    assert "has not started at this budget" in line  # neither a sink nor <s> pulling away
+    whole["adam"].loc[0, "sink_mass"] = 0.7  # a sink at step 0, layer 0 that has dissolved by the last step
+    assert "at any checkpoint: adam 0.70 (layer 0, step 0)" in peak_and_sink_lines(whole, 50)[1]
+    line = peak_and_sink_lines({"adam": dyn(60.0, 20.0, 0.9), "sgd": dyn(10.0, 10.0, 0.2)}, 50)[1]
+    assert "A sink is present at step 50 (adam)." in line and "Under Adam ⟨s⟩ is a peak: 3.0× the other positions after layer 0." in line
+    line = peak_and_sink_lines({"adam": dyn(30.0, 20.0, 0.1), "sgd": dyn(10.0, 10.0, 0.2)}, 50)[1]
+    assert "⟨s⟩ is pulling away from the other positions (after layer 0 its ratio to them went from 1.00 to 1.50)" in line
+    assert "no peak yet (below 2×)" in line and "whole residual stream" not in line
 
 
 def test_bb3_and_full_charset_report_sections(bb_run):
