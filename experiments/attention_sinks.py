@@ -26,10 +26,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # lr 1e-3 with batch 8 x 1000 steps (where a larger, noisier step parks the dormant attention on trigger tokens),
     # and that recipe on Brown's full character set; 3-layer models batch 2 x 3000 steps per variant at the paper's
     # learning rates (AdamW and ReLU attention 3e-4, SGD 0.03; the residual growth is counted in steps, and a batch-2 step
-    # costs a quarter of a batch-8 one, about 0.19 s; at lr 1e-3 the whole residual stream grows instead of <s>);
-    # the main 1-layer recipe again on seeds 1-3 (the
-    # spread over initialisations, about 25 minutes each); SmolLM2 slices of 2048 tokens per domain for the survey and 512
-    # tokens (four sequences spread over the slice) per domain for the 270-head zero-ablation.
+    # costs a quarter of a batch-8 one, about 0.19 s; at lr 1e-3 the whole residual stream grows instead of <s>); the main
+    # 1-layer recipe again on seeds 1-3 (the spread over initialisations, about 25 minutes each); SmolLM2 slices of 2048
+    # tokens per domain for the survey and 512 tokens (four sequences spread over the slice) per domain for the 270-head
+    # zero-ablation.
     "cpu": {"bb1": dict(batch_size=32, steps=1700, lr=3e-4, charset="letters"),
             "bb1_other_lr": dict(batch_size=32, steps=1700, lr=6e-4, charset="letters"),
             "bb1_fast": dict(batch_size=8, steps=1000, lr=1e-3, charset="letters"),
@@ -435,26 +435,27 @@ def peak_and_sink_lines(dyn: dict[str, pd.DataFrame], last: int) -> list[str]:
     """Whether the paper's mechanism has started in each 3-layer run: <s>'s residual norm over the
     other positions' mean per layer (a peak, or growth of the whole stream?) and the largest sink
     mass over layers (has a sink formed at all?)."""
-    ratios, starts, sinks, parts = {}, {}, {}, []
+    ratios, starts, parts = {}, {}, []
     for v, d in dyn.items():
         s0, sl = d[d["step"] == 0].sort_values("layer"), d[d["step"] == last].sort_values("layer")
         ratios[v] = (sl["resid_first"] / sl["resid_rest"]).to_numpy()
-        r0 = starts[v] = (s0["resid_first"] / s0["resid_rest"]).to_numpy()
-        sinks[v] = (float(sl["sink_mass"].max()), int(sl.loc[sl["sink_mass"].idxmax(), "layer"]))
-        parts.append(f"{v} {', '.join(f'{x:.2f}' for x in ratios[v])} (from {', '.join(f'{x:.2f}' for x in r0)} at step 0)")
+        starts[v] = (s0["resid_first"] / s0["resid_rest"]).to_numpy()
+        parts.append(f"{v} {', '.join(f'{x:.2f}' for x in ratios[v])} (from {', '.join(f'{x:.2f}' for x in starts[v])} at step 0)")
+    at_last = {v: d.loc[d.loc[d["step"] == last, "sink_mass"].idxmax()] for v, d in dyn.items()}  # its highest-sink layer
     ever = {v: d.loc[d["sink_mass"].idxmax()] for v, d in dyn.items()}  # the highest sink mass at any checkpoint
     line = (f"Is ⟨s⟩ a peak? Its residual norm over the mean of the other positions at step {last}, per layer: " + "; ".join(parts)
-            + f". The largest sink mass in any layer at step {last}: " + ", ".join(f"{v} {m:.2f} (layer {l})" for v, (m, l) in sinks.items())
+            + f". The largest sink mass in any layer at step {last}: "
+            + ", ".join(f"{v} {float(r['sink_mass']):.2f} (layer {int(r['layer'])})" for v, r in at_last.items())
             + "; at any checkpoint: " + ", ".join(f"{v} {float(r['sink_mass']):.2f} (layer {int(r['layer'])}, step {int(r['step'])})"
                                                   for v, r in ever.items()) + ".")
-    adam_peak = float(ratios["adam"].max()) if "adam" in ratios else 0.0
-    formed = [v for v, (m, _) in sinks.items() if m > SINK_FORMED]
+    formed = [v for v, r in at_last.items() if r["sink_mass"] > SINK_FORMED]
     line += (f" A sink is present at step {last} ({', '.join(formed)})." if formed else
              f" No run has an attention sink at step {last} (no layer above {SINK_FORMED}).")
-    growth = ratios["adam"] / starts["adam"] if "adam" in ratios else None  # how far <s> has pulled away, per layer
+    adam_peak = float(ratios["adam"].max())
+    growth = ratios["adam"] / starts["adam"]  # how far <s> has pulled away from the other positions, per layer
     if adam_peak >= PEAK_RATIO:
         line += f" Under Adam ⟨s⟩ is a peak: {adam_peak:.1f}× the other positions after layer {int(ratios['adam'].argmax())}."
-    elif growth is not None and growth.max() >= PULLING_AWAY:
+    elif growth.max() >= PULLING_AWAY:
         l = int(growth.argmax())
         line += (f" Under Adam ⟨s⟩ is pulling away from the other positions (after layer {l} its ratio to them went from "
                  f"{starts['adam'][l]:.2f} to {ratios['adam'][l]:.2f}) but is no peak yet (below {PEAK_RATIO:g}×).")
