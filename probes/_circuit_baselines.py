@@ -25,7 +25,6 @@ than `threshold` times the total effect |mean(positive) - mean(negative)|, in ei
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -36,6 +35,7 @@ from workbench.errors import ConfigError
 from workbench.models.info import model_info
 from workbench.progress import progress_bar
 from workbench.tasks.contrast import ContrastPrompts, pad_right
+from workbench.training import frozen
 
 BaselineMethod = Literal["patching", "mean-ablation", "attribution"]
 
@@ -237,19 +237,6 @@ def head_patching(
                            time.perf_counter() - t0, len(prompts))
 
 
-@contextmanager
-def _frozen(model: HookedTransformer):
-    """Weights out of the backward pass (no .grad written into the model), restored afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-
-
 def head_attribution(model: HookedTransformer, prompts: ContrastPrompts, batch_size: int = 16, progress: bool = True) -> BaselineOutcome:
     """First-order estimate of every head's patching effect from one backward pass per batch."""
     t0 = time.perf_counter()
@@ -280,7 +267,7 @@ def head_attribution(model: HookedTransformer, prompts: ContrastPrompts, batch_s
             def track(e: torch.Tensor, hook) -> torch.Tensor:
                 return e.detach().requires_grad_(True)  # a graph through every activation, none through weights
 
-            with torch.enable_grad(), _frozen(model):
+            with torch.enable_grad(), frozen(model):
                 hooks = [("hook_embed", track)] + [(f"blocks.{l}.attn.hook_z", keep) for l in range(L)]
                 r_pos = final_resid(model, pos, hooks=hooks)
                 metric = metric_from_resid(model, last_rows(r_pos, last), ans)

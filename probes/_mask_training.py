@@ -15,10 +15,9 @@ import dataclasses
 import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,7 +30,7 @@ from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import ConfigError
 from workbench.io import _json_default, read_json, read_tensors, write_json, write_tensors
 from workbench.progress import progress_bar
-from workbench.training import _flatten_optimizer, _unflatten_optimizer
+from workbench.training import _flatten_optimizer, _unflatten_optimizer, frozen
 
 TargetFn = Callable[[TokenBatch], torch.Tensor]  # batch -> next-token probabilities [B, T, V]
 
@@ -89,18 +88,6 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, valid: torch.
     logp = F.log_softmax(logits[..., :V].float(), dim=-1)
     per_pos = -(target * logp).sum(-1)
     return (per_pos * valid).sum() / valid.sum().clamp(min=1)
-
-
-@contextmanager
-def frozen(model: HookedTransformer) -> Iterator[None]:
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
 
 
 def mask_step(model: HookedTransformer, logits: MaskLogits, batch: TokenBatch, target: torch.Tensor,

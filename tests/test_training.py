@@ -7,7 +7,7 @@ import torch
 
 from workbench.errors import ConfigError
 from workbench.models import load_model, tiny_model
-from workbench.training import TrainConfig, log_spaced_steps, train
+from workbench.training import TrainConfig, frozen, log_spaced_steps, train
 
 
 def repeating_batches(vocab: int = 50, batch: int = 8, seq: int = 16):
@@ -97,3 +97,15 @@ def test_log_spaced_steps():
     steps = log_spaced_steps(10_000, 9)
     assert steps[0] == 1 and steps[-1] == 10_000
     assert all(b > a for a, b in zip(steps, steps[1:]))
+
+
+def test_frozen_keeps_gradients_out_of_the_weights_and_restores_their_flags():
+    model = fresh()
+    model.embed.W_E.requires_grad_(False)  # a weight frozen beforehand stays frozen afterwards
+    x = torch.zeros(1, 4, model.cfg.d_model, requires_grad=True)
+    with frozen(model):
+        model.blocks[0].mlp(x).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert flags.pop("embed.W_E") is False and all(flags.values())

@@ -21,13 +21,15 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD]
 
 
-def _save_and_reload(tok: Tokenizer, path: Path) -> PreTrainedTokenizerFast:
-    """Save as a Hugging Face tokenizer directory and load it back from there.
+def save_and_reload(tok: Tokenizer, path: Path, **special_tokens: str) -> PreTrainedTokenizerFast:
+    """Save as a Hugging Face tokenizer directory (once, atomically) and load it back from there.
 
     Loading from a directory matters: TransformerLens re-opens tokenizers by `name_or_path`.
+    `special_tokens` (bos_token=..., eos_token=...) default to the workbench's BOS, EOS and PAD.
     """
     if not (path / "tokenizer.json").exists():
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+        specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, **special_tokens}
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fast.save_pretrained(str(tmp))
         if path.exists():
@@ -47,7 +49,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL_TOKENS)
-    return _save_and_reload(tok, cache_dir() / "tokenizers" / "bytes-v1")
+    return save_and_reload(tok, cache_dir() / "tokenizers" / "bytes-v1")
 
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int, path: Path) -> PreTrainedTokenizerFast:
@@ -62,7 +64,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, path: Path) -> PreTra
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return _save_and_reload(tok, path)
+    return save_and_reload(tok, path)
 
 
 def corpus_bpe_tokenizer(corpus_name: str = "brown", vocab_size: int = 4096) -> PreTrainedTokenizerFast:

@@ -13,8 +13,9 @@ import dataclasses
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,20 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """The model's own weights out of the backward pass (no .grad written into them, for training
+    something else through the model: masks, probes, attribution inputs); restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
 
 
 def log_spaced_steps(steps: int, n: int = 12) -> tuple[int, ...]:

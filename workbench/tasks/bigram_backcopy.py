@@ -252,13 +252,16 @@ class BBTask:
         EOS/pad/unknown. Cached on disk (TransformerLens reloads tokenizers from their path)."""
         from tokenizers import Tokenizer, decoders, models
 
+        from workbench.tokenizers import save_and_reload
+
         vocab = {c: i for i, c in enumerate(self.chars)}
         vocab[BOS_TOKEN], vocab[DELIM_TOKEN] = self.bos_id, self.delim_id
         tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=DELIM_TOKEN))
         tok.add_special_tokens([BOS_TOKEN, DELIM_TOKEN])
         tok.decoder = decoders.Fuse()
         path = cache_dir() / "tokenizers" / f"bb-chars-{self.fingerprint}"
-        return _saved_tokenizer(tok, path)
+        return save_and_reload(tok, path, bos_token=BOS_TOKEN, eos_token=DELIM_TOKEN, pad_token=DELIM_TOKEN,
+                               unk_token=DELIM_TOKEN)
 
     # ----- persistence
     def to_json(self) -> dict[str, Any]:
@@ -307,25 +310,6 @@ CHARSETS: dict[str, Callable[[str], str]] = {"all": lambda text: text, "letters"
 def check_charset(charset: str) -> None:
     if charset not in CHARSETS:
         raise ConfigError(f"unknown BB charset {charset!r}; choose one of {sorted(CHARSETS)}")
-
-
-def _saved_tokenizer(tok, path: Path):
-    """Save `tok` once as a Hugging Face tokenizer directory and load it from there."""
-    import os
-    import shutil
-
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if not (path / "tokenizer.json").exists():
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=DELIM_TOKEN,
-                                       pad_token=DELIM_TOKEN, unk_token=DELIM_TOKEN)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fast.save_pretrained(str(tmp))
-        if path.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(path)
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def _safe_cdf(P: np.ndarray) -> np.ndarray:
