@@ -45,6 +45,21 @@ def test_unknown_model_lists_known_names():
         load_model("no-such-model-xyz", device="cpu")
     msg = str(e.value)
     assert "no-such-model-xyz" in msg and "smollm2-135m" in msg and "tiny" in msg
+    assert "directory" not in msg.split(".")[0]  # a bare name is no path: nothing said about directories
+    with pytest.raises(UnknownModelError) as e:
+        load_model("no-such-org/no-such-model", device="cpu")
+    assert "no such directory" not in str(e.value)  # reads as a hub name, not as a path
+
+
+def test_a_model_path_that_is_not_a_model_says_what_is_wrong_with_it(tmp_path):
+    with pytest.raises(UnknownModelError, match="no such directory: .*step_000123"):
+        load_model(str(tmp_path / "checkpoints" / "step_000123"), device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnknownModelError, match="holds neither a workbench checkpoint .*model.safetensors.* nor a Hugging Face model"):
+        load_model(str(tmp_path / "empty"), device="cpu")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(UnknownModelError, match="is a file"):
+        load_model(str(tmp_path / "weights.bin"), device="cpu")
 
 
 def test_bad_numerics_mode():

@@ -8,10 +8,10 @@ class WorkbenchError(Exception):
 
 
 class UnknownModelError(WorkbenchError, KeyError):
-    def __init__(self, name: str, known: list[str]):
+    def __init__(self, name: str, known: list[str], detail: str = ""):
         self.name, self.known = name, known
         super().__init__(
-            f"Unknown model {name!r}. Known names: {', '.join(known)}; "
+            f"Unknown model {name!r}{f' ({detail})' if detail else ''}. Known names: {', '.join(known)}; "
             "or a TransformerLens pretrained name (needs the hub), a local Hugging Face "
             "directory, or a workbench checkpoint directory."
         )

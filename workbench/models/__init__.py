@@ -18,7 +18,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.errors import ConfigError, UnknownModelError
-from workbench.models.checkpoint import checkpoint_fingerprint, is_checkpoint, load_checkpoint, save_checkpoint
+from workbench.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_fingerprint, is_checkpoint, load_checkpoint, save_checkpoint
 from workbench.models.embedded import embedded_dir
 from workbench.models.hf_local import dir_fingerprint, hooked_from_hf_dir
 from workbench.models.info import NUMERICS, PROCESSING_FLAGS, ModelInfo, Numerics, attach_info, default_device, model_info
@@ -107,8 +107,20 @@ def load_model(
         model.eval()
         info = ModelInfo(name, "transformer-lens", numerics, tied_embeddings=_hub_tied_embeddings(name))
     else:
-        raise UnknownModelError(name, _known_names())
+        raise UnknownModelError(name, _known_names(), _path_problem(path))
     return attach_info(model, info)
+
+
+def _path_problem(path: Path) -> str:
+    """What is wrong with a name that is a path on disk, or that reads as one (empty otherwise)."""
+    if path.is_dir():
+        return (f"the directory {str(path)!r} holds neither a workbench checkpoint ({CONFIG_FILE} and {WEIGHTS_FILE}) "
+                "nor a Hugging Face model (config.json)")
+    if path.exists():
+        return f"{str(path)!r} is a file; a model on disk is a directory"
+    if path.is_absolute() or len(path.parts) > 2 or str(path).startswith("."):  # "org/name" reads as a hub name
+        return f"no such directory: {str(path)!r}"
+    return ""
 
 
 def _hub_tied_embeddings(name: str) -> bool | None:
