@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import re
 import time
 import traceback
 from pathlib import Path
@@ -48,25 +49,62 @@ def run_one(name: str, out: Path, quick: bool, preset: str) -> ReportSection:
     return _prefixed(section, name)
 
 
+def _with_the_others(sections: list[ReportSection], names: list[str], out: Path, target: Path) -> list[ReportSection]:
+    """The sections just run, in report order among those of the analyses not run this time (their
+    saved sections in `out`, or their sections of the report being replaced), so that `--only` does
+    not drop the rest of the report; an analysis with neither stays out."""
+    ran = dict(zip(names, sections))
+    carried = sections_in_report(target)
+    others = {n: _saved_section(out, n) or carried.get(n) for n in ANALYSES if n not in ran}
+    return [sec for n in ANALYSES for sec in [ran.get(n) or others.get(n)] if sec is not None]
+
+
 def _prefixed(section: ReportSection, name: str) -> ReportSection:
     section.figures = [f"{name}/{f}" if not f.startswith(f"{name}/") else f for f in section.figures]
     return section
 
 
-def assemble(out: Path, names: list[str]) -> list[ReportSection]:
-    """Sections saved by each experiment's last finished run in `out` (nothing is recomputed);
-    an experiment that never finished there gets a section saying how to run it."""
-    sections = []
-    for name in names:
-        try:
-            sec = ReportSection.load(out / name)
-            stamp = f"Section written {sec.finished}" + (f" by the `{sec.preset}` preset" if sec.preset else "")
-            sec.markdown = f"*{stamp}.*\n\n{sec.markdown.strip()}"
-            sections.append(_prefixed(sec, name))
-        except FileNotFoundError:
-            sections.append(_from_markdown(out / name, name) or
-                            ReportSection(title=name, markdown=f"**Not run yet** in `{out}`: `python -m experiments.{name}`."))
-    return sections
+def assemble(out: Path, names: list[str], previous: Path | None = None) -> list[ReportSection]:
+    """Sections saved by each experiment's last finished run in `out` (nothing is recomputed); an
+    experiment with no saved section keeps its section of the `previous` report (a fresh clone has
+    REPORT.md but not the sections, which git ignores); one in neither gets a section saying how to
+    run it."""
+    carried = sections_in_report(previous) if previous is not None else {}
+    return [_saved_section(out, name) or carried.get(name)
+            or ReportSection(title=name, markdown=f"**Not run yet** in `{out}`: `python -m experiments.{name}`.") for name in names]
+
+
+def _saved_section(out: Path, name: str) -> ReportSection | None:
+    """The section an experiment saved in `out` when it last finished, stamped with its time and preset."""
+    try:
+        sec = ReportSection.load(out / name)
+    except FileNotFoundError:
+        return _from_markdown(out / name, name)
+    stamp = f"Section written {sec.finished}" + (f" by the `{sec.preset}` preset" if sec.preset else "")
+    sec.markdown = f"*{stamp}.*\n\n{sec.markdown.strip()}"
+    return _prefixed(sec, name)
+
+
+def sections_in_report(path: Path) -> dict[str, ReportSection]:
+    """The sections of a report `render` wrote, by analysis (named by its figure links, out/<name>/...),
+    with their text as it stands (time stamp included), PNG figures and wall time; {} without a report.
+    A section without figure links names no analysis and is left out."""
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    walls = {m[1]: float(m[2]) * 60 for m in re.finditer(r"^\| (.+?) \| ([\d.]+) min \| \d+ \|$", text, re.M)}
+    found: dict[str, ReportSection] = {}
+    for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
+        title, _, body = chunk.partition("\n")
+        head, _, last = body.strip().rpartition("\n")
+        if not last.startswith("Figures: "):
+            continue
+        figures = re.findall(r"\]\(out/([^)]+)\)", last)
+        analyses = {f.split("/")[0] for f in figures}
+        if len(analyses) == 1:
+            found[analyses.pop()] = ReportSection(title=title.strip(), markdown=head.strip(), figures=figures,
+                                                  wall_s=walls.get(title.strip(), 0.0))
+    return found
 
 
 def _from_markdown(folder: Path, name: str) -> ReportSection | None:
@@ -101,11 +139,11 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
                                                          "compute time in its text)" if assembled else ""),
         "",
         *preset_notes(preset, [s.title for s in sections], quick),
-        "| analysis | wall time | figures |",
+        "| analysis | wall time | figures (PNG, each also as HTML where made) |",
         "|---|---|---|",
     ]
     for s in sections:
-        lines.append(f"| {s.title} | {s.wall_s / 60:.1f} min | {len(s.figures)} |")
+        lines.append(f"| {s.title} | {s.wall_s / 60:.1f} min | {sum(f.endswith('.png') for f in s.figures)} |")
     for s in sections:
         lines += ["", f"## {s.title}", "", s.markdown.strip(), ""]
         pngs = [f for f in s.figures if f.endswith(".png")]
@@ -154,8 +192,8 @@ def main(only: list[str] | None = None, out: str | Path | None = None, quick: bo
     if unknown:
         raise SystemExit(f"Unknown analyses {unknown}; choose from {ANALYSES}")
     if assemble_only:
-        sections = assemble(out, names)
         target = report or (REPORT if out == DEFAULT_OUT else out / "REPORT.md")
+        sections = assemble(out, names, previous=target)
         with atomic_path(target) as tmp:
             tmp.write_text(render(sections, sum(x.wall_s for x in sections), quick, preset, assembled=True))
         print(f"report: {target}")
@@ -172,7 +210,7 @@ def main(only: list[str] | None = None, out: str | Path | None = None, quick: bo
             print(traceback.format_exc())
     target = report or (REPORT if not quick and out == DEFAULT_OUT else out / "REPORT.md")
     with atomic_path(target) as tmp:
-        tmp.write_text(render(sections, time.perf_counter() - t0, quick, preset))
+        tmp.write_text(render(_with_the_others(sections, names, out, target), time.perf_counter() - t0, quick, preset))
     print(f"report: {target}")
     return sections
 

@@ -195,6 +195,46 @@ def test_function_tokens_loads_release_saes_by_id_and_scores_them(tmp_path, monk
     assert "`gpt2-small-res-jb:blocks.1.hook_resid_pre`" in table and table.count("\n") == 3
 
 
+def test_a_fresh_clone_keeps_the_sections_it_has_no_saved_copy_of(tmp_path, monkeypatch):
+    """REPORT.md is tracked, the saved sections are not: assembling after one experiment reran keeps
+    every other section as the report had it, and its summary row counts the PNG figures listed."""
+    out, report = tmp_path / "out", tmp_path / "REPORT.md"
+    old = [common.ReportSection(title="Attention sinks", markdown="*Section written then.*\n\nsink mass 0.73",
+                                figures=["attention_sinks/a.png", "attention_sinks/a.html"], wall_s=600.0),
+           common.ReportSection(title="Key space", markdown="*Section written then.*\n\n## not a heading here\n\nrho 0.4",
+                                figures=["key_space/k.png"], wall_s=90.0)]
+    old[1].markdown = old[1].markdown.replace("## not", "### not")
+    report.write_text(run_all.render(old, 690.0, False, "cpu", assembled=True))
+    carried = run_all.sections_in_report(report)
+    assert set(carried) == {"attention_sinks", "key_space"}
+    assert carried["key_space"].markdown == old[1].markdown and carried["key_space"].figures == ["key_space/k.png"]
+    assert carried["attention_sinks"].wall_s == pytest.approx(600.0) and carried["attention_sinks"].title == "Attention sinks"
+
+    common.ReportSection(title="Attention sinks", markdown="sink mass 0.85", figures=["b.png"], wall_s=60.0).save(out / "attention_sinks", "cpu")
+    monkeypatch.setattr(run_all, "run_one", lambda *a, **k: pytest.fail("assemble must not run an experiment"))
+    run_all.main(only=["attention_sinks", "key_space", "sae_circuits"], out=out, report=report, assemble_only=True)
+    text = report.read_text()
+    assert "sink mass 0.85" in text and "sink mass 0.73" not in text  # the saved section wins over the old report
+    assert "rho 0.4" in text and text.count("*Section written then.*") == 1  # carried as it stood, stamp not doubled
+    assert "**Not run yet**" in text and "python -m experiments.sae_circuits" in text
+    assert "| Key space | 1.5 min | 1 |" in text and "| Attention sinks | 1.0 min | 1 |" in text
+    assert run_all.sections_in_report(tmp_path / "none.md") == {}
+
+
+def test_only_rewrites_its_own_sections_and_keeps_the_others(tmp_path, monkeypatch):
+    out, report = tmp_path / "out", tmp_path / "R.md"
+    before = [common.ReportSection(title="Attention sinks", markdown="old sinks", figures=["attention_sinks/a.png"]),
+              common.ReportSection(title="Key space", markdown="old keys", figures=["key_space/k.png"])]
+    report.write_text(run_all.render(before, 0.0, False, "cpu"))
+    fresh = common.ReportSection(title="Key space", markdown="new keys", figures=["key_space/k.png"])
+    monkeypatch.setattr(run_all, "run_one", lambda name, *a: fresh if name == "key_space" else pytest.fail(name))
+    sections = run_all.main(only=["key_space"], out=out, report=report)
+    text = report.read_text()
+    assert sections == [fresh] and "new keys" in text and "old keys" not in text
+    assert "old sinks" in text and text.index("## Attention sinks") < text.index("## Key space")  # report order kept
+    assert "Not run yet" not in text  # analyses in neither place stay out of an --only report
+
+
 def test_key_space_under_a_hub_preset_runs_on_the_stand_in(tmp_path, store, monkeypatch, own_tables):
     """key_space end to end through run_all under `gpt2-small` (its quick budget), on the stand-in `gpt2`."""
     ks = own_tables["key_space"]
