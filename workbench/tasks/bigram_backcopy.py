@@ -32,6 +32,12 @@ mass 0.057 at step 709, batch 32, lr 3e-4), so "tl" is the default. Optimisers: 
 wd 1e-4, betas 0.9/0.99), SGD (momentum 0.9, lr 0.03, wd 1e-4), and AdamW with ReLU attention
 (weights ReLU(scores/√d_head)/i, i the 1-based query position). No gradient clipping, constant
 learning rate, as in the paper.
+
+A recipe fixes the data (each step's batch is a function of the seed and the step) and the init,
+so training is repeatable on one machine with one thread count. Another thread count sums in
+another order (after 20 AdamW steps W_Q differs in the 7th digit), and the training dynamics
+amplify that: the 1-layer recipe at seed 1, batch 32, reached sink mass 0.817 at step 1700 on one
+2-core machine and 0.745 at step 1759 on another. Read one run's sink mass as one draw.
 """
 
 from __future__ import annotations
