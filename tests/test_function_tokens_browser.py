@@ -62,8 +62,27 @@ def _node(dash_duo, selector: str, timeout: float = 15):
     return pos
 
 
-def test_graph_hover_click_and_lookups(dash_duo, app):
+def _act_on_node_until(dash_duo, selector: str, click: bool, target: str, text: str, timeout: float = 20):
+    """Hover (or click) the first node matching `selector` until `target` shows `text`. The node's
+    position is read again on every try: the graph may still be laid out again after it first
+    renders (a preselected layer redraws it), and a pointer sent to the old position misses."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.action_chains import ActionChains
+
+    deadline = time.time() + timeout
+    while True:
+        x, y, feature = _node(dash_duo, selector)
+        chain = ActionChains(dash_duo.driver).move_to_location(1, 1).move_to_location(int(x), int(y))
+        (chain.click() if click else chain).perform()
+        try:
+            dash_duo.wait_for_contains_text(target, text(feature) if callable(text) else text, timeout=2)
+            return
+        except TimeoutException:
+            if time.time() > deadline:
+                raise
+
+
+def test_graph_hover_click_and_lookups(dash_duo, app):
     from selenium.webdriver.common.keys import Keys
 
     with socket.socket() as s:
@@ -75,13 +94,8 @@ def test_graph_hover_click_and_lookups(dash_duo, app):
     dash_duo.wait_for_contains_text("#ft-summary", "function tokens", timeout=20)
     dash_duo.wait_for_contains_text("#ft-layer", "L1", timeout=10)  # the middle SAE is preselected
 
-    x, y, _ = _node(dash_duo, '[kind = "token"]')
-    ActionChains(dash_duo.driver).move_to_location(int(x), int(y)).perform()
-    dash_duo.wait_for_contains_text(".graph-hover", "strongest", timeout=10)
-
-    x, y, feature = _node(dash_duo, '[kind = "feature"]')
-    ActionChains(dash_duo.driver).move_to_location(int(x), int(y)).click().perform()
-    dash_duo.wait_for_contains_text("#ft-contexts", f"feature {feature}", timeout=10)
+    _act_on_node_until(dash_duo, '[kind = "token"]', click=False, target=".graph-hover", text="strongest")
+    _act_on_node_until(dash_duo, '[kind = "feature"]', click=True, target="#ft-contexts", text=lambda feature: f"feature {feature}")
     assert dash_duo.find_elements("#ft-contexts li"), "no top contexts listed"
 
     box = dash_duo.find_element("#ft-token")
