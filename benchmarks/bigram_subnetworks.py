@@ -40,10 +40,10 @@ def build(preset: str):
 
 
 def main() -> None:
-    from probes._mask_training import frozen, optimizer_step
+    from probes._mask_training import optimizer_step
     from probes._masking import MaskLogits
     from workbench.bigrams import BigramModel
-    from workbench.training import TrainConfig, make_optimizer, next_token_loss
+    from workbench.training import TrainConfig, frozen, make_optimizer, next_token_loss
     from workbench.zoo import train_batches
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

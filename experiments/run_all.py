@@ -53,7 +53,8 @@ def _with_the_others(sections: list[ReportSection], names: list[str], out: Path,
     """The report's sections: those just run, and for the other analyses their saved section in `out`
     or their section of the report being replaced (so that `--only` keeps the rest of the report);
     in report order, without the analyses found nowhere."""
-    ran, carried = dict(zip(names, sections)), sections_in_report(target)
+    ran = dict(zip(names, sections))
+    carried = sections_in_report(target) if set(ANALYSES) - set(ran) else {}  # a full run replaces every section
     kept = [ran.get(n) or _saved_section(out, n) or carried.get(n) for n in ANALYSES]
     return [sec for sec in kept if sec is not None]
 
