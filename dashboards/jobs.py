@@ -1,11 +1,15 @@
 """Background runs for the dashboard: the UI never computes a probe itself.
 
-`JobManager.submit` checks a request (probe, model and corpus names from the registries, config
-fields through `config_from_dict`), registers it in the store as a *queued* run and hands its id
-to a worker process (`python -m dashboards.worker`). The worker loads models once, runs queued
-runs one after another through `run_probe(..., run_id=...)`, and records progress, results and
-failures in the store, where the Home page reads them. A worker that dies takes no run with it
-silently: its unfinished runs are marked failed with the exit code and the log's path.
+`JobManager.submit` checks a request against what the server offers (`check_request`), registers
+it in the store as a *queued* run and makes sure a worker process (`python -m dashboards.worker`)
+is running. Workers take queued runs from the store with one atomic claim, so any number of
+workers on one store never run a job twice, and a queued run survives a restart of the app.
+Progress, results and failures are recorded in the store, where the Home page reads them.
+
+A worker that dies takes no run with it silently: the run it held becomes "interrupted" (its
+pid is gone) and can be retried; if the worker cannot start at all, the runs this app queued
+become "failed" with the exit code and the log's path. A running job can be cancelled: the probe
+stops at its next progress report, or after CANCEL_GRACE_S the worker is killed.
 """
 
 from __future__ import annotations
@@ -17,23 +21,26 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import typing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from workbench.config import config_fields, config_from_dict
-from workbench.errors import ConfigError
+from workbench.config import check_bounds, config_fields, config_from_dict
+from workbench.errors import ConfigError, WorkbenchError
 from workbench.probe_api import ProbeSpec, describe_config, get_probe
-from workbench.store import ResultStore
+from workbench.store import ACTIVE, ResultStore
 
 log = logging.getLogger("workbench.dashboard")
-ACTIVE = ("queued", "running")
+MAX_ACTIVE = 20  # queued + running runs the dashboard accepts at once
+CANCEL_GRACE_S = 10.0  # a running job that has not stopped this long after Cancel is killed
+MAX_NAME_CHARS = 200
 
 
 @dataclass
 class RunRequest:
-    """What a queued run asks for, as stored in its registry row until the worker takes it."""
+    """What a queued run asks for, as stored in its registry row until a worker takes it."""
 
     probe: str
     model: str
@@ -43,28 +50,61 @@ class RunRequest:
 
 
 def corpus_names() -> list[str]:
-    from workbench.corpora import known_corpora
+    from workbench.resources import offered_corpora
 
-    return known_corpora()
+    return offered_corpora()
 
 
-def check_request(probe: Any, model: Any, corpus: Any, config: dict[str, Any] | None) -> RunRequest:
-    """Validate a run request from the UI; raises ConfigError with a readable message."""
+def check_request(probe: Any, model: Any, corpus: Any, config: Any) -> RunRequest:
+    """Validate a run request from the UI against what the server offers.
+
+    Only registered probes, the offline model names, the built-in corpora, SAEs the workbench
+    trained or SAE Lens lists, and numbers within each field's declared range pass. Anything
+    else, of any type, raises ConfigError with a message that names the field.
+    """
     from dashboards.base import check_model_name
+    from workbench.resources import check_offered_sae, resource_fields
 
-    if not isinstance(probe, str):
+    if not isinstance(probe, str) or len(probe) > MAX_NAME_CHARS:
         raise ConfigError("choose a probe")
     spec = get_probe(probe)  # unknown names raise ConfigError listing the known ones
     check_model_name(model)
     if spec.needs_corpus:
-        if corpus not in corpus_names():
+        if not isinstance(corpus, str) or corpus not in corpus_names():
             raise ConfigError(f"unknown corpus {str(corpus)[:80]!r}; choose one of: {', '.join(corpus_names())}")
     else:
         corpus = None
-    cfg = config_from_dict(spec.config_cls, config or {})
-    from dataclasses import asdict
-
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        raise ConfigError(f"the config must be a mapping of field names to values, got {type(config).__name__}")
+    try:
+        cfg = config_from_dict(spec.config_cls, config)
+    except WorkbenchError:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a validate() that is not ours to word
+        raise ConfigError(f"{spec.config_cls.__name__}: {e}") from None
+    check_bounds(cfg)
+    n_layers = _offline_n_layers(model)
+    for name, kind in resource_fields(spec.config_cls).items():
+        value = getattr(cfg, name)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if kind == "corpus" and v not in corpus_names():
+                raise ConfigError(f"{spec.config_cls.__name__}.{name}: corpus {str(v)[:80]!r} is not offered here; "
+                                  f"choose from: {', '.join(corpus_names())}")
+            if kind == "sae":
+                try:
+                    check_offered_sae(v, n_layers)
+                except ConfigError as e:
+                    raise ConfigError(f"{spec.config_cls.__name__}.{name}: {e}") from None
     return RunRequest(spec.name, model, corpus, asdict(cfg), spec.numerics)
+
+
+def _offline_n_layers(model: str) -> int | None:
+    from workbench.models import offline_n_layers
+
+    return offline_n_layers(model)
 
 
 # ----- config forms -----
@@ -132,44 +172,58 @@ def form_to_config(spec: ProbeSpec, values: dict[str, Any]) -> dict[str, Any]:
 
 # ----- the manager -----
 class JobManager:
-    """Queues runs in the store and feeds their ids to one long-lived worker process."""
+    """Queues runs in the store and keeps one long-lived worker process taking them."""
 
-    def __init__(self, store: ResultStore, python: str | None = None):
+    def __init__(self, store: ResultStore, python: str | None = None, max_active: int = MAX_ACTIVE):
         self.store = store
         self.python = python or sys.executable
+        self.max_active = max_active
         self.log_path = Path(store.root) / "worker.log"
         self._proc: subprocess.Popen | None = None
-        self._sent: set[int] = set()
+        self._queued_here: set[int] = set()
+        self._cancels: dict[int, float] = {}
         self._lock = threading.Lock()
         atexit.register(self.shutdown)
 
-    def submit(self, probe: Any, model: Any, corpus: Any, config: dict[str, Any] | None) -> int:
-        """Check and queue a run; returns its run id at once (the worker does the work)."""
+    def submit(self, probe: Any, model: Any, corpus: Any, config: Any) -> int:
+        """Check and queue a run; returns its run id at once (a worker does the work)."""
         req = check_request(probe, model, corpus, config)
+        active = self.store.count(ACTIVE)
+        if active >= self.max_active:
+            raise ConfigError(f"the queue is full ({active} runs waiting or running, at most {self.max_active}); "
+                              "wait for one to finish or cancel one")
         run_id = self.store.start_run(
             key="queued", probe=req.probe, model=req.model, numerics=req.numerics, corpus=req.corpus,
             config=req.config, code_version="", status="queued",
         )
-        self.store.update_run(run_id, message="waiting for the worker", started=None)
-        self._send(run_id)
+        self.store.update_run(run_id, message="waiting for the worker")
+        with self._lock:
+            self._queued_here.add(run_id)
+            self._ensure_worker()
         return run_id
+
+    def cancel(self, run_id: int) -> str:
+        """Cancel a queued run at once, a running one at its next progress report (or kill it after
+        CANCEL_GRACE_S); returns the status now."""
+        status = self.store.request_cancel(int(run_id))
+        if status == "running":
+            with self._lock:
+                self._cancels.setdefault(int(run_id), time.monotonic())
+        return status
+
+    def retry(self, run_id: int) -> bool:
+        """Queue an interrupted, failed or cancelled run again; it resumes from its checkpoints."""
+        ok = self.store.requeue(int(run_id))
+        if ok:
+            with self._lock:
+                self._queued_here.add(int(run_id))
+                self._ensure_worker()
+        return ok
 
     def start_worker(self) -> None:
         """Start the worker now (it imports torch and the probes, which takes a while) instead of on the first run."""
         with self._lock:
             self._ensure_worker()
-
-    def _send(self, run_id: int) -> None:
-        with self._lock:
-            proc = self._ensure_worker()
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(f"{run_id}\n")
-                proc.stdin.flush()
-            except (BrokenPipeError, OSError) as e:
-                self.store.finish_run(run_id, "failed", error=f"could not reach the worker: {e}")
-                return
-            self._sent.add(run_id)
 
     def _ensure_worker(self) -> subprocess.Popen:
         if self._proc is None or self._proc.poll() is not None:
@@ -182,37 +236,54 @@ class JobManager:
                 [self.python, "-m", "dashboards.worker", "--store", str(self.store.root)],
                 stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(root),
             )
+            self._started_at = time.monotonic()
             logf.close()
             log.info("started run worker (pid %d), log: %s", self._proc.pid, self.log_path)
         return self._proc
 
     def _reap(self) -> None:
-        """Mark the unfinished runs of a dead worker as failed."""
+        """After the worker exited: the run it held is marked interrupted (its pid is gone); if it
+        exited without taking anything, the runs queued here cannot run and are marked failed."""
         if self._proc is None:
             return
         code = self._proc.poll()
-        for run_id in sorted(self._sent):
-            row = self.store.get_run(run_id)
-            if row is not None and row["status"] in ACTIVE:
-                self.store.finish_run(run_id, "failed", error=f"the worker process exited (code {code}) before this run finished; see {self.log_path}")
-        self._sent.clear()
+        pid = self._proc.pid
         self._proc = None
+        self.store.mark_interrupted()
+        held = [r for r in self.store.runs(limit=500) if r["pid"] == pid]
+        if not held and code not in (0, None):
+            for run_id in sorted(self._queued_here):
+                row = self.store.get_run(run_id)
+                if row is not None and row["status"] == "queued":
+                    self.store.finish_run(run_id, "failed", error=f"the worker process could not start (exit code {code}); see {self.log_path}")
+            self._queued_here.clear()
 
     def check(self) -> None:
-        """Called by the Home page's poll: notice a dead worker and forget finished runs."""
+        """Called by the Home page's poll: notice a dead worker, enforce cancellations, restart the
+        worker while runs are waiting."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is not None:
                 self._reap()
-            done = {r for r in self._sent if (row := self.store.get_run(r)) is None or row["status"] not in ACTIVE}
-            self._sent -= done
+            now = time.monotonic()
+            for run_id, asked in list(self._cancels.items()):
+                row = self.store.get_run(run_id)
+                if row is None or row["status"] != "running":
+                    del self._cancels[run_id]
+                elif now - asked > CANCEL_GRACE_S and self._proc is not None and row["pid"] == self._proc.pid:
+                    log.warning("run %s did not stop within %.0f s of Cancel; stopping its worker", run_id, CANCEL_GRACE_S)
+                    self._proc.kill()
+                    self._proc.wait(timeout=10)
+                    self._proc = None
+                    self.store.finish_run(run_id, "cancelled", error=f"cancelled (its worker was stopped after {CANCEL_GRACE_S:.0f} s)")
+                    del self._cancels[run_id]
+            self._queued_here = {r for r in self._queued_here if (row := self.store.get_run(r)) is not None and row["status"] in ACTIVE}
+            if self._queued_here and (self._proc is None or self._proc.poll() is not None):
+                self._ensure_worker()
 
     def active(self) -> list[int]:
+        """Runs this app queued that are still waiting or running."""
         with self._lock:
-            return sorted(self._sent)
-
-    @property
-    def worker_pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+            return sorted(self._queued_here)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Close the worker's input (it exits after its current run) and wait a little for it."""

@@ -1,10 +1,11 @@
 """The dashboard's run worker: `python -m dashboards.worker --store DIR [RUN_ID ...]`.
 
-With run ids on the command line it runs those queued runs and exits; otherwise it reads one run
-id per line from stdin until stdin closes (the dashboard keeps that pipe open). Each run's request
-(probe, model name, corpus name, config) is read from its registry row; the run goes through
-`run_probe(..., run_id=...)`, which records progress, the result and any failure. Models and
-corpora stay loaded between runs.
+Without run ids it takes queued runs from the store (one atomic claim each, oldest first) until
+its stdin closes; the dashboard keeps that pipe open, so the worker ends with the app. With run
+ids it takes just those and exits. Several workers may serve one store: a run is claimed by
+exactly one. Each run's request (probe, model name, corpus name, config) is read from its
+registry row and checked again; the run goes through `run_probe(..., run_id=...)`, which records
+progress, the result and any failure. Models and corpora stay loaded between runs.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
 
+from workbench.errors import RunCancelled
 from workbench.store import ResultStore
 
 log = logging.getLogger("workbench.worker")
+POLL_S = 0.3
 
 
 class Worker:
@@ -37,6 +41,7 @@ class Worker:
         if key not in self._models:
             while len(self._models) >= self.max_models:
                 self._models.pop(next(iter(self._models)))
+                _free_device_memory()
             self._models[key] = load_model(name, numerics=numerics)
         return self._models[key]
 
@@ -47,34 +52,54 @@ class Worker:
             self._corpora[name] = load_corpus(name)
         return self._corpora[name]
 
-    def run(self, run_id: int) -> str:
-        """Run one queued run; returns its final status (never raises for a failed probe)."""
-        from dashboards.jobs import check_request
-        from workbench.runner import run_probe
+    def take_next(self) -> int | None:
+        """Claim the oldest queued run and run it; its id, or None when the queue is empty."""
+        run_id = self.store.claim()
+        if run_id is not None:
+            self._run_claimed(run_id)
+        return run_id
 
+    def run(self, run_id: int) -> str:
+        """Claim and run one queued run; returns its final status (never raises for a failed probe)."""
         row = self.store.get_run(run_id)
         if row is None:
             log.error("run %s is not in the registry", run_id)
             return "missing"
-        if row["status"] != "queued":
-            log.warning("run %s is %s, not queued; skipped", run_id, row["status"])
-            return row["status"]
+        if self.store.claim(run_id) is None:
+            status = self.store.get_run(run_id)["status"]
+            log.warning("run %s is %s, not queued; skipped", run_id, status)
+            return status
+        return self._run_claimed(run_id)
+
+    def _run_claimed(self, run_id: int) -> str:
+        from dashboards.jobs import check_request
+        from workbench.runner import run_probe
+
+        row = self.store.get_run(run_id)
         t0 = time.time()
         taken = False
         try:
             req = check_request(row["probe"], row["model"], row["corpus"], json.loads(row["config"] or "{}"))
-            self.store.update_run(run_id, status="running", started=t0, message=f"loading {req.model}")
+            self.store.update_run(run_id, message=f"loading {req.model}")
             model = self.model(req.model, req.numerics)
             corpus = None
             if req.corpus is not None:
                 self.store.update_run(run_id, message=f"loading corpus {req.corpus}")
                 corpus = self.corpus(req.corpus)
-            taken = True  # from here on run_probe records a failure itself
+            if self.store.cancel_requested(run_id):
+                raise RunCancelled(f"run {run_id} was cancelled")
+            taken = True  # from here on run_probe records the outcome itself
             outcome = run_probe(req.probe, model, corpus, req.config, store=self.store, run_id=run_id)
             status = "reused" if outcome.reused else "done"
+        except RunCancelled as e:
+            if not taken:
+                self.store.finish_run(run_id, "cancelled", error=str(e))
+            status = "cancelled"
         except BaseException as e:
-            if not taken or self.store.get_run(run_id)["status"] in ("queued", "running"):
-                self.store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+            current = self.store.get_run(run_id)["status"]
+            if not taken or current in ("queued", "running"):
+                kind = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                self.store.finish_run(run_id, kind, error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             status = "failed"
@@ -82,13 +107,29 @@ class Worker:
         return status
 
 
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _interrupt(signum, _frame):
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
+def _watch_stdin(stop: threading.Event) -> None:
+    for _ in sys.stdin:  # the dashboard writes nothing; end of input means it has gone
+        pass
+    stop.set()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.worker", description=__doc__.split("\n")[0])
-    parser.add_argument("run_ids", nargs="*", type=int, help="queued runs to run (default: read ids from stdin)")
+    parser.add_argument("run_ids", nargs="*", type=int, help="queued runs to run (default: take queued runs until stdin closes)")
     parser.add_argument("--store", default=None, help="result store directory (default: the workbench store)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
@@ -99,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_ids:
             statuses = [worker.run(r) for r in args.run_ids]
             return 0 if all(s in ("done", "reused") for s in statuses) else 1
-        for line in sys.stdin:
-            line = line.strip()
-            if line.isdigit():
-                worker.run(int(line))
+        stop = threading.Event()
+        threading.Thread(target=_watch_stdin, args=(stop,), daemon=True).start()
+        while not stop.is_set():
+            if worker.take_next() is None:
+                stop.wait(POLL_S)
     except KeyboardInterrupt:
         log.info("worker stopped")
         return 130

@@ -66,8 +66,9 @@ def _attention_sinks_result(model, corpus, p: dict, preset: str, store) -> tuple
     if theirs and theirs.get("lm") == p["model"]:
         cfg = AttentionSinksConfig(**theirs["survey"], domains=["python-stdlib"])
         key = probe_key(spec, model, corpus, cfg)
-        if store.has(spec.name, key):
-            return store.load(spec.name, key, spec.result_cls), f"the attention-sinks experiment's stored survey (key {key})"
+        stored = store.get(spec.name, key, spec.result_cls)
+        if stored is not None:
+            return stored, f"the attention-sinks experiment's stored survey (key {key})"
     cfg = AttentionSinksConfig(max_tokens=p["max_tokens"], seq_len=p["seq_len"], batch_size=p["batch_size"],
                                ablation_tokens=p["ablation_tokens"], domains=[])
     out = run_probe("attention-sinks", model, corpus, cfg, store=store)
@@ -251,8 +252,9 @@ def find_bigram_result(preset: str, quick: bool) -> tuple[Any, dict] | None:
             if recipe.steps in checkpoints(recipe):
                 model = load_lm(recipe)
                 key = probe_key(spec, model, load_corpus(recipe.corpus), resolve_config(spec, p["probe"]))
-                if store.has(spec.name, key):
-                    return store.load(spec.name, key, spec.result_cls), {"how": "the bigram-subnetworks experiment's result", "key": key}
+                stored = store.get(spec.name, key, spec.result_cls)
+                if stored is not None:
+                    return stored, {"how": "the bigram-subnetworks experiment's result", "key": key}
     except Exception:  # noqa: BLE001 - fall back to the registry below
         pass
     for run in store.runs(limit=500, probe=spec.name):

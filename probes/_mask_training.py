@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from probes._masking import MaskLogits, load_masks, masked_forward, save_masks
+from probes._masking import MaskLogits, masked_forward
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import ConfigError
-from workbench.io import _json_default, read_json, read_tensors, write_json, write_tensors
+from workbench.io import _json_default
 from workbench.progress import progress_bar
+from workbench.statefile import load_state, save_state
 from workbench.training import _flatten_optimizer, _unflatten_optimizer, frozen
 
 TargetFn = Callable[[TokenBatch], torch.Tensor]  # batch -> next-token probabilities [B, T, V]
@@ -172,23 +173,21 @@ def train_mask(
     return run
 
 
-# ----- state on disk (safetensors + JSON, no pickle) -----
+# ----- state on disk (one verified file each, see workbench.statefile) -----
+STATE_FILE, FINISHED_FILE = "mask_state.safetensors", "mask_run.safetensors"
+
 
 def _save_state(d: Path, ident: dict, logits: MaskLogits, opt: torch.optim.Optimizer, step: int, log: list[dict]) -> None:
     opt_t, opt_s = _flatten_optimizer(opt)
-    write_tensors(d / "mask_state.safetensors", {**{f"mask.{k}": v for k, v in logits.state_tensors().items()}, **opt_t})
-    write_json(d / "mask_state.json", {"step": step, "optimizer": opt_s, "log": log, "identity": ident})
+    save_state(d / STATE_FILE, {**{f"mask.{k}": v for k, v in logits.state_tensors().items()}, **opt_t},
+               {"step": step, "optimizer": opt_s, "log": log, "identity": ident})
 
 
 def _load_state(d: Path, ident: dict, logits: MaskLogits, opt: torch.optim.Optimizer, log: list[dict]) -> int:
-    tp, jp = d / "mask_state.safetensors", d / "mask_state.json"
-    if not (tp.exists() and jp.exists()):
-        return 0
-    meta = read_json(jp)
-    if meta.get("identity") != ident:
-        return 0  # a different run used this directory: start afresh (it will be overwritten)
-    device = next(logits.parameters()).device
-    t = read_tensors(tp, device=str(device))
+    saved = load_state(d / STATE_FILE, device=str(next(logits.parameters()).device), expect={"identity": ident})
+    if saved is None:
+        return 0  # none, unreadable, or another run's: start afresh (it will be overwritten)
+    t, meta = saved
     logits.load_state_tensors({k[5:]: v for k, v in t.items() if k.startswith("mask.")})
     opt.load_state_dict(_unflatten_optimizer(t, meta["optimizer"]))
     log.extend(meta["log"])
@@ -196,18 +195,15 @@ def _load_state(d: Path, ident: dict, logits: MaskLogits, opt: torch.optim.Optim
 
 
 def _save_finished(d: Path, ident: dict, run: MaskRun) -> None:
-    save_masks(d / "masks.safetensors", run.masks, {"label": run.label})
-    write_json(d / "run.json", {"identity": ident, "label": run.label, "steps": run.steps, "stopped": run.stopped,
-                                "temperature": run.temperature, "seconds": run.seconds, "log": run.log.to_dict("records")})
-    for p in (d / "mask_state.safetensors", d / "mask_state.json"):
-        p.unlink(missing_ok=True)
+    save_state(d / FINISHED_FILE, {n: m.bool() for n, m in run.masks.items()},
+               {"identity": ident, "label": run.label, "steps": run.steps, "stopped": run.stopped,
+                "temperature": run.temperature, "seconds": run.seconds, "log": run.log.to_dict("records")})
+    (d / STATE_FILE).unlink(missing_ok=True)
 
 
 def _load_finished(d: Path | None, ident: dict, label: str) -> MaskRun | None:
-    if d is None or not ((d / "run.json").exists() and (d / "masks.safetensors").exists()):
+    saved = load_state(d / FINISHED_FILE, expect={"identity": ident}) if d is not None else None
+    if saved is None:
         return None
-    meta = read_json(d / "run.json")
-    if meta.get("identity") != ident:
-        return None
-    masks, _ = load_masks(d / "masks.safetensors")
+    masks, meta = saved
     return MaskRun(label, masks, pd.DataFrame(meta["log"]), int(meta["steps"]), meta["stopped"], float(meta["temperature"]), float(meta["seconds"]))

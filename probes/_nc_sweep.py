@@ -29,6 +29,7 @@ from workbench.probe_api import code_version, get_probe
 from workbench.progress import progress_bar
 from workbench.results import Result
 from workbench.runner import run_probe
+from workbench.identity import runtime_versions
 from workbench.store import ResultStore, result_key
 from workbench.zoo import LMRecipe, load_lm, recipe_dir, train_lm
 
@@ -149,7 +150,8 @@ def sweep_code_version() -> str:
 
 
 def sweep_key(cfg: SweepConfig) -> str:
-    return result_key(f"zoo-grid:{cfg.corpus}", f"{cfg.corpus}", SWEEP_PROBE, dataclasses.asdict(cfg), sweep_code_version())
+    return result_key(f"zoo-grid:{cfg.corpus}", f"{cfg.corpus}", SWEEP_PROBE, dataclasses.asdict(cfg), sweep_code_version(),
+                      runtime=runtime_versions())
 
 
 def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str = "cpu", progress: bool = True,
@@ -163,8 +165,8 @@ def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str = 
     recipes = cfg.recipes()
     run_id = store.start_run(key, SWEEP_PROBE, f"zoo grid ({len(recipes)} models)", "raw", corpus.id, dataclasses.asdict(cfg), version)
     path = store.path(SWEEP_PROBE, key)
-    if store.has(SWEEP_PROBE, key) and not force:
-        result = SweepResult.load(path)
+    result = store.get(SWEEP_PROBE, key, SweepResult) if not force else None
+    if result is not None:
         store.finish_run(run_id, "reused", artifact=str(path), summary=result.summary())
         return result, run_id
     rows = []

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from workbench.config import StreamConfig
+from workbench.config import StreamConfig, setting
 from workbench.corpora import known_corpora, load_corpus
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
@@ -66,16 +66,16 @@ N_BINS = 240
 @dataclass
 class AttentionSinksConfig(StreamConfig):
     max_tokens: int | None = 8192  # survey positions per domain
-    domains: list[str] = field(default_factory=lambda: ["python-stdlib"])  # besides the given corpus
-    ablation_tokens: int = 1024  # per domain; 0 = no head ablation
-    dormant_sink: float = 0.7
-    dormant_loss: float = 0.01
-    delta_range: float = 30.0  # Δlogit histogram covers [-range, range]; outside values go to the edge bins
-    example_len: int = 32  # positions kept of one example attention pattern per domain
-    bb_sequences: int = 64  # BB models: size of the fixed evaluation batch (sequences of 256)
-    dynamics_sequences: int = 32  # BB models: the first this many of them, at every checkpoint
-    bb_seed: int = 2024
-    dormant_threshold: float = 0.89  # BB token-level test (paper: 0.89)
+    domains: list[str] = setting(default_factory=lambda: ["python-stdlib"], names="corpus", max_items=8, why="each domain is surveyed and ablated")  # besides the given corpus
+    ablation_tokens: int = setting(1024, min=0, max=1_000_000, why="one forward pass per head per batch")  # per domain; 0 = no head ablation
+    dormant_sink: float = setting(0.7, min=0.0, max=1.0, why="a share of attention")
+    dormant_loss: float = setting(0.01, min=0.0, max=100.0, why="a loss change in nats")
+    delta_range: float = setting(30.0, min=0.1, max=1000.0, why="the histogram range in logits")  # Δlogit histogram covers [-range, range]; outside values go to the edge bins
+    example_len: int = setting(32, min=1, max=8192, why="longer than any supported context")  # positions kept of one example attention pattern per domain
+    bb_sequences: int = setting(64, min=1, max=4096, why="one evaluation batch in memory")  # BB models: size of the fixed evaluation batch (sequences of 256)
+    dynamics_sequences: int = setting(32, min=1, max=4096, why="one evaluation batch in memory")  # BB models: the first this many of them, at every checkpoint
+    bb_seed: int = setting(2024, min=0, max=2**31 - 1, why="seeds are 31-bit")
+    dormant_threshold: float = setting(0.89, min=0.0, max=1.0, why="a share of attention")  # BB token-level test (paper: 0.89)
     dynamics: bool = True  # BB models: measure every saved checkpoint of the run
 
     def validate(self) -> None:

@@ -47,7 +47,7 @@ from probes._subnetwork_metrics import (
 )
 from workbench.activations import available_memory_bytes, estimate_memory_bytes
 from workbench.bigrams import BigramModel
-from workbench.config import StreamConfig
+from workbench.config import StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import ConfigError, MemoryBudgetError
@@ -69,27 +69,28 @@ PAPER = {
 
 @dataclass
 class BigramSubnetworksConfig:
-    lambdas: list[float] = field(default_factory=lambda: [0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0])
-    max_steps: int = 15_000  # step cap per mask
-    lr: float = 5e-5
-    temp_growth: float = 1.001  # temperature multiplier per step
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    seq_len: int = 128
-    stop_fraction: float = 0.01  # stop when undecided < this x (mask > 0.9)
-    min_count: int = 1  # bigrams seen fewer times are dropped (contexts left empty back off)
-    r_tolerance: float = 0.04
+    lambdas: list[float] = setting(default_factory=lambda: [0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0], min=0.0, max=1e6, max_items=16,
+                                   why="one mask is trained per lambda")
+    max_steps: int = setting(15_000, min=1, max=1_000_000, why="a step cap per mask")  # step cap per mask
+    lr: float = setting(5e-5, min=0.0, max=10.0, why="a learning rate")
+    temp_growth: float = setting(1.001, min=1.0, max=2.0, why="the temperature overflows beyond")  # temperature multiplier per step
+    weight_decay: float = setting(0.01, min=0.0, max=10.0, why="a decay rate")
+    batch_size: int = setting(32, min=1, max=1024, why="larger batches do not fit in memory")
+    seq_len: int = setting(128, min=2, max=8192, why="longer than any supported model's context")
+    stop_fraction: float = setting(0.01, min=0.0, max=1.0, why="a share of mask entries")  # stop when undecided < this x (mask > 0.9)
+    min_count: int = setting(1, min=1, max=1_000_000, why="a bigram count")  # bigrams seen fewer times are dropped (contexts left empty back off)
+    r_tolerance: float = setting(0.04, min=0.0, max=2.0, why="a correlation difference")
     optimal: bool = True
-    optimal_lambda: float | None = None  # None: the selected bigram lambda
+    optimal_lambda: float | None = setting(None, min=0.0, max=1e6, why="a sparsity weight")  # None: the selected bigram lambda
     train_split: str = "train"
     eval_split: str = "validation"
-    eval_tokens: int = 32_768
-    rotation_tokens: int = 100_000  # 0 skips the rotation analysis
-    rotation_alpha: float = 1.0
-    n_random: int = 3  # count-matched random masks in the ablation
-    overlap_samples: int = 10_000
-    resume_every: int = 100
-    seed: int = 0
+    eval_tokens: int = setting(32_768, min=1, max=10_000_000, why="a dashboard run streams at most 10M tokens")
+    rotation_tokens: int = setting(100_000, min=0, max=10_000_000, why="a dashboard run streams at most 10M tokens")  # 0 skips the rotation analysis
+    rotation_alpha: float = setting(1.0, min=0.0, max=1e6, why="a ridge penalty")
+    n_random: int = setting(3, min=0, max=100, why="one ablation pass per random mask")  # count-matched random masks in the ablation
+    overlap_samples: int = setting(10_000, min=1, max=10_000_000, why="null-distribution samples")
+    resume_every: int = setting(100, min=1, max=1_000_000, why="steps between checkpoints")
+    seed: int = setting(0, min=0, max=2**31 - 1, why="seeds are 31-bit")
 
     def validate(self) -> None:
         if not self.lambdas:
@@ -230,8 +231,9 @@ def _batches(model: HookedTransformer, corpus: Corpus, cfg: BigramSubnetworksCon
 
 def _bigram_model(model: HookedTransformer, train: TokenBatches, cfg: BigramSubnetworksConfig) -> BigramModel:
     d = scratch_dir("bigram")
-    if d is not None and BigramModel.exists(d):
-        return BigramModel.load(d)
+    saved = BigramModel.try_load(d) if d is not None else None
+    if saved is not None:
+        return saved
     bg = BigramModel.from_batches(train, model.cfg.d_vocab, cfg.min_count, progress=True)
     if d is not None:
         bg.save(d)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from workbench.config import StreamConfig
+from workbench.config import StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch
 from workbench.errors import ConfigError
@@ -38,7 +38,7 @@ GROUPS = ("F->F", "F->C", "C->F", "C->C")
 
 @dataclass
 class FunctionTokenLossConfig(StreamConfig):
-    mass: float = 0.4
+    mass: float = setting(0.4, min=0.0, max=1.0, why="a share of token occurrences")
     count_split: str = "all"
 
     def validate(self) -> None:

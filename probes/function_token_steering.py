@@ -24,6 +24,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.corpora.base import SPLITS, Corpus
+from workbench.config import setting
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
@@ -36,15 +37,16 @@ MAX_PROMPT_CHARS = 2000
 
 @dataclass
 class FunctionTokenSteeringConfig:
-    sae: str = "trained:15"
+    sae: str = setting("trained:15", names="sae")
     prompt_a: str = "Q: What is the capital of Japan?\nA:"
     prompt_b: str = "Q: What is the capital of UK?\nA:"
-    feature: int = -1  # -1: the strongest feature reactivated at A's final token and silent at B's
-    strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # multiples of the feature's activation at A's final token
-    control_position: int = -1  # a content position of B for the control; -1: the differing word's last token
-    max_new_tokens: int = 12
-    n_features: int = 12  # features shown in the heatmaps
-    mass: float = 0.4
+    feature: int = setting(-1, min=-1, max=10_000_000, why="an SAE feature index")  # -1: the strongest feature reactivated at A's final token and silent at B's
+    strengths: list[float] = setting(default_factory=lambda: [2.0, 4.0, 8.0], min=-1000.0, max=1000.0, max_items=32,
+                                     why="one generation per strength")  # multiples of the feature's activation at A's final token
+    control_position: int = setting(-1, min=-1, max=8192, why="a prompt position")  # a content position of B for the control; -1: the differing word's last token
+    max_new_tokens: int = setting(12, min=1, max=256, why="tokens generated per continuation")
+    n_features: int = setting(12, min=1, max=1000, why="rows of a heatmap")  # features shown in the heatmaps
+    mass: float = setting(0.4, min=0.0, max=1.0, why="a share of token occurrences")
     count_split: str = "all"
 
     def validate(self) -> None:

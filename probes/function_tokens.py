@@ -37,7 +37,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.activations import stream
-from workbench.config import StreamConfig
+from workbench.config import StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch, tokenize_corpus, tokenizer_id
 from workbench.errors import ConfigError, EmptyCorpusError
@@ -379,17 +379,17 @@ DEFAULT_SAES = ["trained:5", "trained:15", "trained:25"]
 
 @dataclass
 class FunctionTokensConfig(StreamConfig):
-    saes: list[str] = field(default_factory=lambda: list(DEFAULT_SAES))  # SAE dirs, "release:id" or "trained:<layer>"
-    mass: float = 0.4  # share of token occurrences the function-token set covers
+    saes: list[str] = setting(default_factory=lambda: list(DEFAULT_SAES), names="sae", max_items=8, why="every SAE encodes every batch")  # SAE dirs, "release:id" or "trained:<layer>"
+    mass: float = setting(0.4, min=0.0, max=1.0, why="a share of token occurrences")  # share of token occurrences the function-token set covers
     count_split: str = "all"  # corpus split whose frequencies define ranks and the function set
     max_tokens: int | None = 50_000
-    graph_tokens: int = 20  # tokens in the networkx graph
-    graph_features: int = 8  # strongest features per token in the graph
-    weighted_tokens: int = 100  # most frequent tokens whose edge weights are kept (plus the compared content tokens)
-    n_compare: int = 10  # top-n function tokens against top-n content tokens
-    top_contexts: int = 5  # top activating contexts kept per feature (0: none)
-    context_before: int = 10
-    context_after: int = 3
+    graph_tokens: int = setting(20, min=1, max=1000, why="nodes a graph view can show")  # tokens in the networkx graph
+    graph_features: int = setting(8, min=1, max=100, why="edges per node a graph view can show")  # strongest features per token in the graph
+    weighted_tokens: int = setting(100, min=0, max=100_000, why="tokens with stored edge weights")  # most frequent tokens whose edge weights are kept (plus the compared content tokens)
+    n_compare: int = setting(10, min=1, max=1000, why="tokens compared per side")  # top-n function tokens against top-n content tokens
+    top_contexts: int = setting(5, min=0, max=100, why="contexts kept per feature")  # top activating contexts kept per feature (0: none)
+    context_before: int = setting(10, min=0, max=256, why="tokens shown per context")
+    context_after: int = setting(3, min=0, max=256, why="tokens shown per context")
 
     def validate(self) -> None:
         super().validate()

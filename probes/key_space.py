@@ -46,6 +46,7 @@ from transformer_lens import HookedTransformer
 
 from probes._key_space_gold import GoldList, get_gold, gold_lists
 from workbench.corpora.base import Corpus
+from workbench.config import setting
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.generation import greedy_continue
 from workbench.models.info import model_info
@@ -60,19 +61,19 @@ PromptStyle = Literal["auto", "chat", "raw"]
 
 @dataclass
 class KeySpaceConfig:
-    categories: list[str] = field(default_factory=list)  # gold categories to probe; empty = all
+    categories: list[str] = setting(default_factory=list, max_items=100, why="the gold lists hold fewer")  # gold categories to probe; empty = all
     prompt_style: PromptStyle = "auto"  # auto = chat when the tokenizer has a chat template
-    n_clusters: int = 0  # 0 = round(d_vocab / 125)
-    kmeans_max_iter: int = 100
-    seed: int = 0
-    top_n: int = 100  # first tokens probed per category
-    top_k: int = 10  # their clusters are the main clusters
-    max_new_tokens: int = 24  # cap per answer (answers are a few tokens; the paper allowed 64)
-    n_explore: int = 20  # answers explored by ICN and by the baseline
-    icn_per_round: int = 1
-    batch_size: int = 50  # continuations decoded together
-    n_neighbours: int = 10
-    neighbour_tokens: list[str] = field(default_factory=lambda: list(DEFAULT_NEIGHBOUR_TOKENS))
+    n_clusters: int = setting(0, min=0, max=100_000, why="at most one cluster per key")  # 0 = round(d_vocab / 125)
+    kmeans_max_iter: int = setting(100, min=1, max=10_000, why="k-means iterations")
+    seed: int = setting(0, min=0, max=2**31 - 1, why="seeds are 31-bit")
+    top_n: int = setting(100, min=1, max=10_000, why="first tokens probed per category")  # first tokens probed per category
+    top_k: int = setting(10, min=1, max=1000, why="main clusters per category")  # their clusters are the main clusters
+    max_new_tokens: int = setting(24, min=1, max=256, why="tokens generated per answer")  # cap per answer (answers are a few tokens; the paper allowed 64)
+    n_explore: int = setting(20, min=1, max=1000, why="answers generated per category")  # answers explored by ICN and by the baseline
+    icn_per_round: int = setting(1, min=1, max=100, why="answers added per round")
+    batch_size: int = setting(50, min=1, max=1024, why="larger batches do not fit in memory")  # continuations decoded together
+    n_neighbours: int = setting(10, min=1, max=1000, why="neighbours listed per token")
+    neighbour_tokens: list[str] = setting(default_factory=lambda: list(DEFAULT_NEIGHBOUR_TOKENS), max_items=200, why="tokens listed")
 
     def validate(self) -> None:
         for name in ("top_n", "top_k", "max_new_tokens", "n_explore", "icn_per_round", "batch_size", "n_neighbours", "kmeans_max_iter"):
@@ -182,19 +183,18 @@ def cached_cluster_keys(keys: torch.Tensor, n_clusters: int, seed: int = 0, max_
 
     import sklearn
 
-    from workbench.io import read_json, read_tensors, write_json, write_tensors
     from workbench.paths import cache_dir
+    from workbench.statefile import load_state, save_state
 
     h = hashlib.sha1(keys.float().contiguous().numpy().tobytes())
     h.update(json.dumps([n_clusters, seed, max_iter, sklearn.__version__]).encode())
-    base = cache_dir() / "key_space" / h.hexdigest()[:20]
-    tensors, meta = base.with_suffix(".safetensors"), base.with_suffix(".json")
-    if tensors.exists() and meta.exists():
-        t, m = read_tensors(tensors), read_json(meta)
+    path = cache_dir() / "key_space" / f"{h.hexdigest()[:20]}.safetensors"
+    saved = load_state(path)
+    if saved is not None:
+        t, m = saved
         return KMeansFit(t["labels"], t["centers"], m["inertia"], m["n_iter"], {**m["settings"], "cached": True})
     fit = cluster_keys(keys, n_clusters, seed, max_iter)
-    write_tensors(tensors, {"labels": fit.labels, "centers": fit.centers})
-    write_json(meta, {"inertia": fit.inertia, "n_iter": fit.n_iter, "settings": fit.settings})
+    save_state(path, {"labels": fit.labels, "centers": fit.centers}, {"inertia": fit.inertia, "n_iter": fit.n_iter, "settings": fit.settings})
     return fit
 
 

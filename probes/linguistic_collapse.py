@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from probes import _nc_metrics as ncm
-from workbench.config import StreamConfig
+from workbench.config import StreamConfig, setting
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
 from workbench.errors import ConfigError
-from workbench.io import read_json, read_tensors, write_json, write_tensors
+from workbench.statefile import load_state, save_state
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
 from workbench.runner import scratch_dir
@@ -55,13 +55,14 @@ class LinguisticCollapseConfig(StreamConfig):
     split: str = "train"
     max_tokens: int | None = 50_000
     heldout_split: str = "validation"  # NC4 and validation loss; must not overlap `split`
-    heldout_max_tokens: int | None = 10_000
-    min_count: int = 1  # keep classes with at least this many samples (the paper keeps >= 1)
-    sensitivity_min_counts: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 25])
+    heldout_max_tokens: int | None = setting(10_000, min=1, max=10_000_000, why="a dashboard run streams at most 10M tokens")
+    min_count: int = setting(1, min=1, max=1_000_000, why="samples per class")  # keep classes with at least this many samples (the paper keeps >= 1)
+    sensitivity_min_counts: list[int] = setting(default_factory=lambda: [1, 2, 5, 10, 25], min=1, max=1_000_000, max_items=16,
+                                                why="one metric pass per threshold")
     variance: Literal["one-pass", "two-pass"] = "one-pass"
-    tile_size: int = 1024  # pairwise tiles are tile_size x tile_size
+    tile_size: int = setting(1024, min=16, max=16_384, why="a tile x tile block must fit in memory")  # pairwise tiles are tile_size x tile_size
     skip_bos: bool = True  # skip positions whose input token is the prepended BOS
-    top_classes: int = 48  # most frequent classes kept for the geometry views
+    top_classes: int = setting(48, min=2, max=10_000, why="classes in the geometry views")  # most frequent classes kept for the geometry views
 
     def validate(self) -> None:
         super().validate()
@@ -275,15 +276,14 @@ class HeldoutAccumulator(_Base):
 def _pass(model: HookedTransformer, corpus: Corpus, cfg: StreamConfig, acc, name: str) -> dict:
     """Stream one pass; inside a stored run a finished pass is saved and not redone on resume."""
     done_dir = scratch_dir(f"lc-pass-{name}")
-    if done_dir is not None and (done_dir / "done.json").exists():
-        meta = read_json(done_dir / "done.json")
-        if meta.get("identity") == acc.identity():
-            acc.load_state_dict(read_tensors(done_dir / "state.safetensors", device=str(acc.device)))
-            return meta["slice"]
+    done = done_dir / "done.safetensors" if done_dir is not None else None
+    saved = load_state(done, device=str(acc.device), expect={"identity": acc.identity()}) if done is not None else None
+    if saved is not None:
+        acc.load_state_dict(saved[0])
+        return saved[1]["slice"]
     _, info = stream_corpus(model, corpus, cfg, acc, desc=f"linguistic-collapse-{name}")
-    if done_dir is not None:
-        write_tensors(done_dir / "state.safetensors", acc.state_dict())
-        write_json(done_dir / "done.json", {"identity": acc.identity(), "slice": info})
+    if done is not None:
+        save_state(done, acc.state_dict(), {"identity": acc.identity(), "slice": info})
     return info
 
 

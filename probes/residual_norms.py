@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from workbench.config import StreamConfig
+from workbench.config import StreamConfig, setting
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
 from workbench.errors import ConfigError
@@ -27,7 +27,7 @@ from workbench.slices import stream_corpus
 
 @dataclass
 class ResidualNormsConfig(StreamConfig):
-    lens_positions: int = 32  # positions per sequence scored by the logit lens; 0 = all
+    lens_positions: int = setting(32, min=0, max=8192, why="positions per sequence")  # positions per sequence scored by the logit lens; 0 = all
 
     def validate(self) -> None:
         super().validate()

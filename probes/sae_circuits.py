@@ -34,6 +34,7 @@ from probes._circuit_baselines import (
     BaselineOutcome, answers_of, final_resid, head_patching, known_circuit, last_rows, metric_from_resid,
 )
 from probes._discrete_sae import SAESettings, edge_scores, node_scores, sae_codes, train_sae, unique_cooccurrence
+from workbench.config import setting
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.progress import progress_bar
@@ -62,21 +63,21 @@ PAPER_AUC = {"ioi": (0.868, 0.840), "greater-than": (0.855, 0.873), "docstring":
 @dataclass
 class SAECircuitsConfig:
     task: str = "ioi"  # ioi | greater-than | docstring | bigram-backcopy (on a BB checkpoint)
-    n_prompts: int = 250  # positive/negative pairs (the paper: 250 + 250)
-    task_seed: int = 0
-    n_features: int = 200
-    l1: float | None = None  # None: the paper's value for the task (0.02 IOI and greater-than, 0.05 docstring)
-    lr: float = 1e-3
-    epochs: int = 500
-    n_train: int = 10  # examples the SAE is trained on
-    n_seeds: int = 10  # trials (SAE init and training examples)
+    n_prompts: int = setting(250, min=2, max=10_000, why="pairs held in memory")  # positive/negative pairs (the paper: 250 + 250)
+    task_seed: int = setting(0, min=0, max=2**31 - 1, why="seeds are 31-bit")
+    n_features: int = setting(200, min=1, max=100_000, why="SAE width")
+    l1: float | None = setting(None, min=0.0, max=100.0, why="a sparsity penalty")  # None: the paper's value for the task (0.02 IOI and greater-than, 0.05 docstring)
+    lr: float = setting(1e-3, min=0.0, max=10.0, why="a learning rate")
+    epochs: int = setting(500, min=1, max=100_000, why="training epochs")
+    n_train: int = setting(10, min=1, max=10_000, why="training examples")  # examples the SAE is trained on
+    n_seeds: int = setting(10, min=1, max=1000, why="one SAE per seed and head")  # trials (SAE init and training examples)
     ground_truth: Literal["auto", "known", "baseline"] = "auto"  # auto: published circuit if the model has one
     baseline: Literal["patching", "mean-ablation", "attribution", "none"] = "patching"
-    baseline_prompts: int = 64  # pairs the baseline patches (the first of the task's pairs)
-    threshold: float = 0.05  # baseline circuit: |share of the total effect| above this
+    baseline_prompts: int = setting(64, min=1, max=10_000, why="one patched pass per head per pair")  # pairs the baseline patches (the first of the task's pairs)
+    threshold: float = setting(0.05, min=0.0, max=1.0, why="a share of the total effect")  # baseline circuit: |share of the total effect| above this
     attribution_too: bool = True  # with patching, also run attribution patching on the same pairs (cheap; compared in stats)
-    batch_size: int = 16
-    graph_pairs: int = 30  # head pairs (by mean edge co-occurrence) in the circuit graph
+    batch_size: int = setting(16, min=1, max=1024, why="larger batches do not fit in memory")
+    graph_pairs: int = setting(30, min=1, max=10_000, why="edges a graph view can show")  # head pairs (by mean edge co-occurrence) in the circuit graph
 
     def validate(self) -> None:
         if self.task not in TASKS:

@@ -204,7 +204,7 @@ def test_training_stops_by_rule_and_resumes_exactly(tiny, toy_batches, tmp_path)
 
     with pytest.raises(KeyboardInterrupt):
         train_mask(tiny, dying, target, cfg, tmp_path / "cut", "cut", progress=False)
-    assert (tmp_path / "cut" / "mask_state.json").exists()
+    assert (tmp_path / "cut" / "mask_state.safetensors").exists()
     resumed = train_mask(tiny, fn, target, cfg, tmp_path / "cut", "cut", progress=False)
     assert resumed.steps == ref.steps
     np.testing.assert_allclose(resumed.log["loss"].to_numpy(), ref.log["loss"].to_numpy(), rtol=1e-5)

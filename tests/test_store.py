@@ -46,7 +46,7 @@ def test_result_round_trip(tmp_path):
                    table=pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), graph=g, numbers=[1.5, 2.5])
     path = r.save(tmp_path / "r")
     files = sorted(p.name for p in path.iterdir())
-    assert files == ["graph.graph.json", "result.json", "table.parquet", "tensors.safetensors"]
+    assert files == ["files.json", "graph.graph.json", "result.json", "table.parquet", "tensors.safetensors"]
     assert not any(p.suffix in (".pkl", ".pt", ".pickle") for p in path.iterdir())
     back = DemoResult.load(path)
     assert torch.equal(back.weights, r.weights)

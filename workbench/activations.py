@@ -22,8 +22,8 @@ from transformer_lens import HookedTransformer
 
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import MemoryBudgetError
-from workbench.io import read_json, read_tensors, write_json, write_tensors
 from workbench.progress import progress_bar
+from workbench.statefile import load_state, save_state
 
 
 class Accumulator(Protocol):
@@ -58,6 +58,8 @@ class StreamStats:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
+CHECKPOINT_FILE = "stream_state.safetensors"  # one verified file: accumulator state + next batch
+CHECKPOINT_EVERY = 20  # batches between checkpoints when the caller does not say
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -149,7 +151,7 @@ def stream(
     accumulator: Accumulator,
     *,
     checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 20,
+    checkpoint_every: int | None = None,
     progress: bool = True,
     check_memory_first: bool = True,
     desc: str = "streaming",
@@ -162,20 +164,20 @@ def stream(
     """
     device = next(model.parameters()).device
     hook_names = list(accumulator.hook_names)
+    checkpoint_every = checkpoint_every or CHECKPOINT_EVERY
     if check_memory_first:
         check_memory(model, batches.spec.batch_size, batches.spec.seq_len, hook_names, accumulator.needs_logits)
 
     start = 0
-    ckpt_state = ckpt_meta = None
+    ckpt = None
     fingerprint = _fingerprint(model, batches, accumulator)
     if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        ckpt_state, ckpt_meta = checkpoint_dir / "stream_state.safetensors", checkpoint_dir / "stream_state.json"
-        if ckpt_state.exists() and ckpt_meta.exists():
-            meta = read_json(ckpt_meta)
-            if meta.get("fingerprint") == fingerprint:
-                accumulator.load_state_dict(read_tensors(ckpt_state, device=str(device)))
-                start = int(meta["next_batch"])
+        ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE
+        saved = load_state(ckpt, device=str(device), expect={"fingerprint": fingerprint})
+        if saved is not None:
+            state, meta = saved
+            accumulator.load_state_dict(state)
+            start = int(meta["next_batch"])
 
     micro = batches.spec.batch_size
     done_tokens = 0
@@ -192,32 +194,26 @@ def stream(
                     part = _slice_batch(batch, i, i + micro)
                     try:
                         acts, logits = forward_with_hooks(model, part.tokens, hook_names, accumulator.needs_logits)
-                        accumulator.update(part, acts, logits)
-                    except RuntimeError as e:
+                    except RuntimeError as e:  # only the forward pass retries: an update may have half-run
                         if not _is_oom(e) or micro == 1:
                             raise
                         micro = max(1, micro // 2)
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                         continue
+                    accumulator.update(part, acts, logits)
                     i += part.tokens.shape[0]
                 n = batch.n_tokens
                 done_tokens += n
                 n_batches += 1
                 bar.update(n)
-                if ckpt_state is not None and (batch.index + 1) % checkpoint_every == 0 and batch.index + 1 < len(batches):
-                    _save_checkpoint(accumulator, ckpt_state, ckpt_meta, fingerprint, batch.index + 1)
+                if ckpt is not None and (batch.index + 1) % checkpoint_every == 0 and batch.index + 1 < len(batches):
+                    save_state(ckpt, accumulator.state_dict(), {"fingerprint": fingerprint, "next_batch": batch.index + 1})
     finally:
         bar.close()
-    if ckpt_state is not None:
-        for p in (ckpt_state, ckpt_meta):
-            p.unlink(missing_ok=True)
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     return StreamStats(done_tokens, n_batches, time.perf_counter() - t0, start, micro)
-
-
-def _save_checkpoint(acc: Accumulator, state_path: Path, meta_path: Path, fingerprint: str, next_batch: int) -> None:
-    write_tensors(state_path, acc.state_dict())
-    write_json(meta_path, {"fingerprint": fingerprint, "next_batch": next_batch})
 
 
 def _positions_before(batches: TokenBatches, start: int) -> int:
@@ -227,9 +223,10 @@ def _positions_before(batches: TokenBatches, start: int) -> int:
 
 
 def _fingerprint(model: HookedTransformer, batches: TokenBatches, acc: Accumulator) -> str:
-    info = getattr(model, "workbench_info", None)
+    from workbench.models.info import model_key
+
     blob = json.dumps({
-        "model": info.key if info is not None else model.cfg.model_name,
+        "model": model_key(model),
         "batches": batches.describe(),
         "hooks": list(acc.hook_names),
         "acc": type(acc).__name__,

@@ -23,7 +23,7 @@ import torch
 
 from workbench.corpora.tokenized import TokenBatches
 from workbench.errors import ConfigError, EmptyCorpusError
-from workbench.io import read_json, read_tensors, write_json, write_tensors
+from workbench.statefile import load_state, save_state
 from workbench.progress import progress_bar
 
 
@@ -168,32 +168,41 @@ class BigramModel:
             out[back] = uni
         return out.reshape(*context.shape, V)
 
-    # ----- persistence (safetensors + JSON) -----
+    # ----- persistence (one verified file, see workbench.statefile) -----
+    FILE = "bigram_counts.safetensors"
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         c = self.counts
-        write_tensors(path / "bigram_counts.safetensors", {
+        save_state(path / self.FILE, {
             "indptr": torch.from_numpy(c.indptr.astype(np.int64)),
             "indices": torch.from_numpy(c.indices.astype(np.int64)),
             "data": torch.from_numpy(c.data.astype(np.int64)),
             "unigram_counts": torch.from_numpy(self.unigram_counts.astype(np.int64)),
-        })
-        write_json(path / "bigram_meta.json", {"vocab_size": self.vocab_size, "min_count": self.min_count, "description": self.description})
+        }, {"vocab_size": self.vocab_size, "min_count": self.min_count, "description": self.description})
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "BigramModel":
-        path = Path(path)
-        meta = read_json(path / "bigram_meta.json")
-        t = read_tensors(path / "bigram_counts.safetensors")
+    def try_load(cls, path: str | Path) -> "BigramModel | None":
+        """The saved model, or None when there is none or it does not verify (then it is removed)."""
+        saved = load_state(Path(path) / cls.FILE)
+        if saved is None:
+            return None
+        t, meta = saved
         V = int(meta["vocab_size"])
         counts = sp.csr_matrix((t["data"].numpy(), t["indices"].numpy(), t["indptr"].numpy()), shape=(V, V))
         return cls(counts, t["unigram_counts"].numpy(), int(meta["min_count"]), meta.get("description") or {})
 
-    @staticmethod
-    def exists(path: str | Path) -> bool:
-        return (Path(path) / "bigram_meta.json").exists() and (Path(path) / "bigram_counts.safetensors").exists()
+    @classmethod
+    def load(cls, path: str | Path) -> "BigramModel":
+        model = cls.try_load(path)
+        if model is None:
+            raise FileNotFoundError(f"no readable bigram model in {path}")
+        return model
+
+    @classmethod
+    def exists(cls, path: str | Path) -> bool:
+        return (Path(path) / cls.FILE).exists()
 
 
 def _np(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,31 @@ from workbench.corpora.tokenized import ChunkSpec
 from workbench.errors import ConfigError
 
 C = TypeVar("C")
+MAX_TEXT_CHARS = 2000  # the longest string any request field may hold
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    names: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    max_items: int | None = None,
+    why: str = "",
+) -> Any:
+    """A config field with what the workbench must know about it besides its type.
+
+    names: "corpus" or "sae" when the field names such resources (their identities go into the
+        result key; the dashboard accepts only what it offers, see `workbench.resources`);
+    min / max: the range of a number, or of each number in a list, that a request may ask for,
+        with `why` (shown in the error) saying what the bound protects;
+    max_items: the longest list a request may hold.
+    """
+    meta = {k: v for k, v in dict(names=names, min=min, max=max, max_items=max_items, why=why).items() if v not in (None, "")}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclasses.dataclass
@@ -22,12 +48,12 @@ class StreamConfig:
     """Which slice of a corpus a probe streams, and how it is cut into batches."""
 
     split: str = "all"
-    max_tokens: int | None = 20_000
-    seq_len: int = 128
-    batch_size: int = 8
+    max_tokens: int | None = setting(20_000, min=1, max=10_000_000, why="a dashboard run streams at most 10M tokens")
+    seq_len: int = setting(128, min=2, max=8192, why="longer than any supported model's context")
+    batch_size: int = setting(8, min=1, max=1024, why="larger batches do not fit in memory")
     prepend_bos: bool = True
     shuffle_docs: bool = True  # seeded document order, so a small slice spans the corpus's genres
-    seed: int = 0
+    seed: int = setting(0, min=0, max=2**31 - 1, why="seeds are 31-bit")
 
     def validate(self) -> None:
         if self.split not in SPLITS:
@@ -86,6 +112,40 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def field_meta(cls: type, name: str) -> Mapping[str, Any]:
+    """The `setting` metadata of field `name`: its own, or that of the nearest base class that
+    declares it (a subclass that only changes a default keeps its base's bounds)."""
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for f in dataclasses.fields(klass):
+                if f.name == name and f.metadata:
+                    return f.metadata
+    return {}
+
+
+def check_bounds(cfg: Any) -> None:
+    """ConfigError naming the field when a number or list in `cfg` is outside what its `setting`
+    declares (or is not finite), or a string is longer than MAX_TEXT_CHARS."""
+    owner = type(cfg).__name__
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), field_meta(type(cfg), f.name)
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and "max_items" in meta and len(items) > meta["max_items"]:
+            raise ConfigError(f"{owner}.{f.name} holds {len(items)} items; at most {meta['max_items']} are accepted"
+                              + (f" ({meta['why']})" if meta.get("why") else ""))
+        for v in items:
+            if isinstance(v, str) and len(v) > MAX_TEXT_CHARS:
+                raise ConfigError(f"{owner}.{f.name} is {len(v)} characters long; the limit is {MAX_TEXT_CHARS}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{owner}.{f.name} must be a finite number, got {v!r}")
+            lo, hi = meta.get("min"), meta.get("max")
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                why = f" ({meta['why']})" if meta.get("why") else ""
+                raise ConfigError(f"{owner}.{f.name} = {v!r} is outside the accepted range [{lo}, {hi}]{why}")
+
+
 def _coerce(owner: str, name: str, value: Any, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
@@ -100,48 +160,64 @@ def _coerce(owner: str, name: str, value: Any, typ: Any) -> Any:
                 return _coerce(owner, name, value, a)
             except ConfigError:
                 pass
-        raise ConfigError(f"{owner}.{name}: cannot read {value!r} as {typ}")
+        raise ConfigError(f"{owner}.{name}: cannot read {_short(value)} as {typ}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{owner}.{name} must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be one of {list(args)}, got {_short(value)}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+            value = _json_field(owner, name, value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{owner}.{name} must be a list, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be a list, got {_short(value)}")
         inner = args[0] if args else Any
         items = [_coerce(owner, name, v, inner) for v in value]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if origin is dict or typ is dict:
         if isinstance(value, str):
-            value = json.loads(value)
+            value = _json_field(owner, name, value)
         if not isinstance(value, dict):
-            raise ConfigError(f"{owner}.{name} must be a mapping, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be a mapping, got {_short(value)}")
         return value
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{owner}.{name} must be true or false, got {value!r}")
+        raise ConfigError(f"{owner}.{name} must be true or false, got {_short(value)}")
     if typ is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be an integer, got {_short(value)}")
+        if isinstance(value, int):
+            return value
         try:
             f = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{owner}.{name} must be an integer, got {_short(value)}") from None
         if not f.is_integer():
-            raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be an integer, got {_short(value)}")
         return int(f)
     if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{owner}.{name} must be a number, got {_short(value)}")
         try:
             return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{owner}.{name} must be a number, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{owner}.{name} must be a number, got {_short(value)}") from None
     if typ is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{owner}.{name} must be a string, got {value!r}")
+            raise ConfigError(f"{owner}.{name} must be a string, got {_short(value)}")
         return value
     return value
+
+
+def _json_field(owner: str, name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{owner}.{name}: {_short(text)} is not valid JSON ({e})") from None
+
+
+def _short(value: Any, n: int = 60) -> str:
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 1] + "…"

@@ -49,3 +49,11 @@ class PromptTooLongError(WorkbenchError, ValueError):
 
 class MemoryBudgetError(WorkbenchError, MemoryError):
     """A run's estimated memory exceeds what the device has."""
+
+
+class CorruptResultError(WorkbenchError):
+    """A stored result's files are missing, truncated or changed since it was saved."""
+
+
+class RunCancelled(WorkbenchError):
+    """A run was cancelled by the user (from the dashboard or the registry)."""

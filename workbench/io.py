@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,7 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -27,6 +31,82 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def replace_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `path`; if the block succeeds it takes the place
+    of `path` (an old directory there is renamed away first, then removed).
+
+    Readers see the old directory, none, or the new one; never a mix. The temporary and old names
+    carry the writer's pid (`.<name>.tmp-<pid>-…`, `.<name>.old-<pid>-…`), so `remove_stale`
+    can clear what a killed writer left, and a leftover never blocks a later save.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.rename(path, old)
+            _rename_into_place(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            _rename_into_place(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rename_into_place(tmp: Path, path: Path) -> None:
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not path.exists():
+            raise
+        # another writer of the same path finished first; both wrote the same thing, keep theirs
+
+
+_STALE = re.compile(r"^\..+\.(tmp|old)-(\d+)-")
+
+
+def remove_stale(root: str | Path, min_age_s: float = 600.0) -> list[Path]:
+    """Remove temporary and replaced directories/files (see `replace_dir`, `atomic_path`) under
+    `root` whose writer process is gone and that are older than `min_age_s`; return them."""
+    removed: list[Path] = []
+    root = Path(root)
+    if not root.exists():
+        return removed
+    now = time.time()
+    for p in root.rglob(".*"):
+        m = _STALE.match(p.name)
+        if m is None:
+            continue
+        try:
+            age = now - p.lstat().st_mtime
+        except OSError:
+            continue
+        if age < min_age_s or _pid_alive(int(m.group(2))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -2,16 +2,16 @@
 
 A probe's result is a dataclass subclass of `Result`. On save, each field is written by what it
 holds: tensors (and dicts of tensors) to one safetensors file, pandas DataFrames to parquet,
-networkx graphs to node-link JSON, everything else to `result.json`. A manifest in
-`result.json` records each field's kind, so loading needs no type annotations.
+networkx graphs to node-link JSON, everything else to `result.json`. `result.json` records each
+field's kind, so loading needs no type annotations, and `files.json` records the SHA-256 of every
+file: a result whose files were truncated, edited or lost does not load (CorruptResultError).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,11 +19,13 @@ import networkx as nx
 import pandas as pd
 import torch
 
-from workbench.io import _json_default, read_json, read_tensors, write_tensors
+from workbench.errors import CorruptResultError
+from workbench.io import _json_default, read_json, read_tensors, replace_dir, write_tensors
 
 R = TypeVar("R", bound="Result")
 RESULT_FILE = "result.json"
 TENSOR_FILE = "tensors.safetensors"
+FILES_MANIFEST = "files.json"
 
 
 @dataclasses.dataclass
@@ -35,22 +37,10 @@ class Result:
     # ----- saving -----
     def save(self, path: str | Path) -> Path:
         """Write to directory `path` atomically (a temporary directory renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with replace_dir(path) as tmp:
             self._write(tmp)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        return path
+            write_files_manifest(tmp)
+        return Path(path)
 
     def _write(self, d: Path) -> None:
         manifest: dict[str, str] = {}
@@ -82,8 +72,14 @@ class Result:
     # ----- loading -----
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:
+        """Read a saved result after checking every file against `files.json` (CorruptResultError
+        if one is missing, changed or unreadable; TypeError if it holds another result class)."""
         path = Path(path)
-        blob = read_json(path / RESULT_FILE)
+        verify_files(path)
+        try:
+            blob = read_json(path / RESULT_FILE)
+        except ValueError as e:
+            raise CorruptResultError(f"{path / RESULT_FILE} is not valid JSON ({e})") from None
         if blob["type"] != cls.__name__:
             raise TypeError(f"{path} holds a {blob['type']}, not a {cls.__name__}")
         tensors = read_tensors(path / TENSOR_FILE) if (path / TENSOR_FILE).exists() else {}
@@ -106,6 +102,37 @@ class Result:
     def summary(self) -> dict[str, Any]:
         """A short, JSON-able summary for the CLI and the run registry. Probes override this."""
         return {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_files_manifest(d: Path) -> None:
+    """Record the SHA-256 of every file in directory `d` (recursively) in `d/files.json`."""
+    files = {p.relative_to(d).as_posix(): _sha256(p) for p in sorted(d.rglob("*")) if p.is_file() and p.name != FILES_MANIFEST}
+    (d / FILES_MANIFEST).write_text(json.dumps({"sha256": files}, indent=1, sort_keys=True))
+
+
+def verify_files(d: Path) -> None:
+    """Raise CorruptResultError unless `d` holds exactly the files its manifest lists, unchanged."""
+    if not d.is_dir():
+        raise CorruptResultError(f"{d} does not exist")
+    try:
+        listed: dict[str, str] = json.loads((d / FILES_MANIFEST).read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptResultError(f"{d / FILES_MANIFEST} is missing or unreadable ({type(e).__name__})") from None
+    present = {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and p.name != FILES_MANIFEST}
+    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing or extra:
+        raise CorruptResultError(f"{d}: files missing {missing[:3]} or unexpected {extra[:3]}")
+    for name, digest in listed.items():
+        if _sha256(d / name) != digest:
+            raise CorruptResultError(f"{d / name} does not match its recorded SHA-256 (truncated or edited)")
 
 
 def graph_to_json(g: nx.Graph) -> dict[str, Any]:

@@ -1,5 +1,11 @@
 """Run a probe through the store: look up its key, reuse a stored result only when every input
-matches, otherwise run it, record progress in the registry, and save the result atomically."""
+matches (and its files verify), otherwise run it, record progress in the registry, and save the
+result atomically.
+
+The registry row of a run ends in exactly one of: done, reused, failed (the error is recorded,
+a failed save included), interrupted (Ctrl-C or a signal; rerunning resumes from the run's
+checkpoints) or cancelled (asked for through the registry; noticed at the next progress report).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,12 @@ from transformer_lens import HookedTransformer
 
 from workbench.config import config_from_dict
 from workbench.corpora.base import Corpus
-from workbench.errors import ConfigError
-from workbench.models.info import model_info
+from workbench.errors import ConfigError, RunCancelled
+from workbench.identity import runtime_versions
+from workbench.models.info import model_info, model_key
 from workbench.probe_api import ProbeSpec, code_version, get_probe
 from workbench.progress import reporting_to
+from workbench.resources import resource_identities
 from workbench.results import Result
 from workbench.store import ResultStore, result_key
 
@@ -87,7 +95,14 @@ def resolve_config(spec: ProbeSpec, config: Any) -> Any:
 
 
 def probe_key(spec: ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any) -> str:
-    return result_key(model_info(model).key, corpus.id if corpus is not None else None, spec.name, asdict(config), code_version(spec))
+    """The store key of `spec` run on these inputs (everything that can change its result)."""
+    cfg = resolve_config(spec, config)
+    corpus_id = corpus.id if corpus is not None else None
+    resources = resource_identities(cfg, model, corpus.name if corpus is not None else None)
+    return result_key(model_key(model), corpus_id, spec.name, asdict(cfg), code_version(spec), resources, runtime_versions())
+
+
+INTERRUPTED_HINT = "interrupted; run the same command again to resume from its last checkpoint"
 
 
 def run_probe(
@@ -102,7 +117,8 @@ def run_probe(
 ) -> RunOutcome:
     """Run (or reuse) a probe's result and record it in the registry.
 
-    `run_id` lets a caller that already registered a queued run (the dashboard) take it over.
+    `run_id` lets a caller that already registered and claimed a queued run (the dashboard's
+    worker) take it over.
     """
     spec = probe if isinstance(probe, ProbeSpec) else get_probe(probe)
     cfg = resolve_config(spec, config)
@@ -115,19 +131,28 @@ def run_probe(
     if spec.needs_corpus and corpus is None:
         raise ConfigError(f"probe {spec.name!r} needs a corpus")
     store = store or ResultStore()
-    version = code_version(spec)
-    key = result_key(info.key, corpus.id if corpus is not None else None, spec.name, asdict(cfg), version)
     corpus_id = corpus.id if corpus is not None else None
+    try:
+        key = probe_key(spec, model, corpus, cfg)
+    except BaseException as e:  # a named resource is missing or unreadable: say so in the queued row
+        if run_id is not None:
+            store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    version = code_version(spec)
     if run_id is None:
         run_id = store.start_run(key, spec.name, info.id, info.numerics, corpus_id, asdict(cfg), version)
-    else:  # a queued run (registered with the request only) gets its full identity now
-        store.update_run(run_id, status="running", started=time.time(), key=key, model=info.id,
+    else:  # a queued run (registered with the request only) is taken and gets its full identity now
+        row = store.get_run(run_id)
+        if row is not None and row["status"] == "queued" and store.claim(run_id) is None:
+            raise ConfigError(f"run {run_id} was taken by another worker")
+        store.update_run(run_id, status="running", key=key, model=info.id,
                          numerics=info.numerics, corpus=corpus_id, config=asdict(cfg), code_version=version)
     path = store.path(spec.name, key)
-    if store.has(spec.name, key) and not force:
-        result = store.load(spec.name, key, spec.result_cls)
-        store.finish_run(run_id, "reused", artifact=str(path), summary=result.summary())
-        return RunOutcome(result, run_id, key, True, path)
+    if not force:
+        stored = store.get(spec.name, key, spec.result_cls)  # verified; a corrupt one is quarantined
+        if stored is not None:
+            store.finish_run(run_id, "reused", artifact=str(path), summary=stored.summary())
+            return RunOutcome(stored, run_id, key, True, path)
 
     last = [0.0]
 
@@ -136,25 +161,35 @@ def run_probe(
         if now - last[0] > 1.0 or fraction >= 1.0:
             last[0] = now
             store.update_run(run_id, progress=fraction, message=message)
+            if store.cancel_requested(run_id):
+                raise RunCancelled(f"run {run_id} was cancelled")
 
     t0 = time.time()
     try:
         with reporting_to(on_progress), _running(RunContext(store, spec.name, key, run_id)):
             result = spec.run(model, corpus, cfg)
+        result.meta.update({
+            "probe": spec.name,
+            "model": info.to_dict(),
+            "model_key": model_key(model),
+            "numerics": info.numerics,
+            "corpus": corpus_id,
+            "config": asdict(cfg),
+            "code_version": version,
+            "runtime": runtime_versions(),
+            "key": key,
+            "wall_s": time.time() - t0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+        store.save(spec.name, key, result)
+    except RunCancelled as e:
+        store.finish_run(run_id, "cancelled", error=str(e))
+        raise
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted", error=INTERRUPTED_HINT)
+        raise
     except BaseException as e:
         store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         raise
-    result.meta.update({
-        "probe": spec.name,
-        "model": info.to_dict(),
-        "numerics": info.numerics,
-        "corpus": corpus_id,
-        "config": asdict(cfg),
-        "code_version": version,
-        "key": key,
-        "wall_s": time.time() - t0,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
-    store.save(spec.name, key, result)
     store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
     return RunOutcome(result, run_id, key, False, path)

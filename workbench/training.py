@@ -2,9 +2,9 @@
 steps, and exact resume.
 
 Data come from `batch_fn(step) -> tokens` (deterministic in `step`), so a resumed run sees the
-same batches as an uninterrupted one. Resume state (weights, optimiser state, loss log) is
-written as safetensors + JSON every `resume_every` steps; model checkpoints for analyses over
-training are written at `checkpoint_steps` with `save_checkpoint`.
+same batches as an uninterrupted one. Resume state (weights, optimiser state, loss log, step) is
+one verified file (`workbench.statefile`) written every `resume_every` steps; model checkpoints
+for analyses over training are written at `checkpoint_steps` with `save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from transformer_lens import HookedTransformer
 
 from workbench.corpora.tokenized import TokenBatches
 from workbench.errors import ConfigError
-from workbench.io import _json_default, read_json, read_tensors, write_json, write_tensors
+from workbench.io import _json_default
 from workbench.models.checkpoint import save_checkpoint
 from workbench.progress import progress_bar
+from workbench.statefile import load_state, save_state
 
 BatchFn = Callable[[int], torch.Tensor]
 LossFn = Callable[[HookedTransformer, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -216,26 +217,27 @@ def _run_identity(cfg: TrainConfig, model: HookedTransformer) -> dict[str, Any]:
             "model": config_to_json(model.cfg)}
 
 
+RESUME_FILE = "resume_state.safetensors"
+
+
 def _save_resume_state(model: HookedTransformer, opt: torch.optim.Optimizer, out_dir: Path, step: int, log: list[dict], identity: dict) -> None:
     opt_t, opt_s = _flatten_optimizer(opt)
     weights = {f"model.{k}": v for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask", "rotary_cos", "rotary_sin"))}
-    write_tensors(out_dir / "resume_state.safetensors", {**weights, **opt_t})
-    write_json(out_dir / "resume_state.json", {"step": step, "optimizer": opt_s, "log": log, "identity": identity})
+    save_state(out_dir / RESUME_FILE, {**weights, **opt_t}, {"step": step, "optimizer": opt_s, "log": log, "identity": identity})
 
 
 def _load_resume_state(model: HookedTransformer, opt: torch.optim.Optimizer, out_dir: Path, log: list[dict], identity: dict) -> int:
-    tpath, jpath = out_dir / "resume_state.safetensors", out_dir / "resume_state.json"
-    if not (tpath.exists() and jpath.exists()):
+    saved = load_state(out_dir / RESUME_FILE)
+    if saved is None:
         return 0
-    meta = read_json(jpath)
+    tensors, meta = saved
     if json.loads(json.dumps(identity, default=_json_default)) != meta.get("identity"):
         raise ConfigError(
             f"{out_dir} holds a training run with a different config or model; "
             "use a new output directory (or delete this one) instead of resuming it."
         )
     device = next(model.parameters()).device
-    tensors = read_tensors(tpath, device=str(device))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
+    model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}, strict=False)
     opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     log.extend(meta["log"])
     return int(meta["step"])

@@ -66,7 +66,8 @@ def layout() -> html.Div:
                 ],
                 className="card start-card",
             ),
-            html.Div([html.H4("Registry"), html.Div(id="home-runs", className="runs-table-wrap")], className="card"),
+            html.Div([html.H4("Registry"), html.Div(id="home-row-msg", className="start-msg", role="status"),
+                      html.Div(id="home-runs", className="runs-table-wrap")], className="card"),
             dcc.Interval(id="home-poll", interval=1000),
             dcc.Store(id="home-sig"),
             dcc.Store(id="home-kick"),
@@ -101,17 +102,26 @@ def _summary_text(summary: str | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in list(d.items())[:4])
 
 
+RETRYABLE = ("failed", "interrupted", "cancelled")
+
+
 def _status_cell(r: dict) -> html.Td:
     s = r["status"]
     badge = html.Span(s, className=f"status status-{s}")
     if s in ACTIVE:
         pct = float(r["progress"] or 0)
-        return html.Td([badge, html.Progress(value=str(pct), max="1", className="run-progress"),
+        cancel = html.Button("Cancel", id={"type": "home-cancel", "run": r["run_id"]}, className="row-btn",
+                             title="stop this run (it keeps its checkpoints; Retry resumes it)")
+        return html.Td([badge, cancel, html.Progress(value=str(pct), max="1", className="run-progress"),
                         html.Span(f"{pct:.0%} {r['message'] or ''}", className="run-message")])
-    if s == "failed":
+    parts: list[Any] = [badge]
+    if s in RETRYABLE:
+        parts.append(html.Button("Retry", id={"type": "home-retry", "run": r["run_id"]}, className="row-btn",
+                                 title="queue this run again; it resumes from its checkpoints"))
         first = (r["error"] or "").strip().splitlines()[:1]
-        return html.Td([badge, html.Details([html.Summary(first[0][:120] if first else "error"), html.Pre(r["error"] or "", className="traceback")], className="run-error")])
-    return html.Td(badge)
+        if first:
+            parts.append(html.Details([html.Summary(first[0][:120]), html.Pre(r["error"] or "", className="traceback")], className="run-error"))
+    return html.Td(parts)
 
 
 def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
@@ -177,6 +187,22 @@ def register(app: Dash, ctx: AppContext) -> None:
         except Exception as e:
             return error_message(e), no_update
         return html.Span(f"Run #{run_id} queued.", className="ok", id="home-queued", **{"data-run": str(run_id)}), run_id
+
+    @app.callback(
+        Output("home-row-msg", "children"),
+        Input({"type": "home-cancel", "run": ALL}, "n_clicks"), Input({"type": "home-retry", "run": ALL}, "n_clicks"),
+        prevent_initial_call=True,
+    )
+    def _row_action(_cancels, _retries):
+        trig = callback_context.triggered_id
+        if not isinstance(trig, dict) or not any(t["value"] for t in callback_context.triggered):
+            return no_update  # the buttons were (re)drawn, not clicked
+        run_id = int(trig["run"])
+        if trig["type"] == "home-cancel":
+            status = ctx.jobs.cancel(run_id)
+            return f"Run #{run_id}: " + ("cancelled." if status == "cancelled" else "cancelling…" if status == "running" else f"it is {status}.")
+        ok = ctx.jobs.retry(run_id)
+        return f"Run #{run_id} queued again." if ok else f"Run #{run_id} cannot be retried now."
 
     @app.callback(
         Output("home-runs", "children"), Output("home-sig", "data"), Output("home-poll", "interval"),

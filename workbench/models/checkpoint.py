@@ -4,7 +4,6 @@ tokenizer. No pickle: configs are JSON, tensors are safetensors."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,17 @@ def config_from_json(d: dict[str, Any], device: str = "cpu") -> HookedTransforme
 
 
 def save_checkpoint(model: HookedTransformer, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write config, weights and tokenizer to `path` (each file atomically)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_tensors(path / WEIGHTS_FILE, {k: v for k, v in model.state_dict().items() if not _is_buffer_key(k)})
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(str(path / "tokenizer"))
-    write_json(path / CONFIG_FILE, {"config": config_to_json(model.cfg), "meta": meta or {}})
-    return path
+    """Write config, weights and tokenizer to the directory `path`, all at once: they are written
+    into a temporary directory that then replaces `path`, so a killed save leaves the old
+    checkpoint or none, never a mix."""
+    from workbench.io import replace_dir
+
+    with replace_dir(path) as tmp:
+        write_tensors(tmp / WEIGHTS_FILE, {k: v for k, v in model.state_dict().items() if not _is_buffer_key(k)})
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        write_json(tmp / CONFIG_FILE, {"config": config_to_json(model.cfg), "meta": meta or {}})
+    return Path(path)
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -55,7 +57,10 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
-    return hashlib.sha1((Path(path) / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
+    """Short content identity of a checkpoint's weights (cached SHA-256, see `workbench.identity`)."""
+    from workbench.identity import file_digest
+
+    return file_digest(Path(path) / WEIGHTS_FILE)[:12]
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[HookedTransformer, dict[str, Any]]:

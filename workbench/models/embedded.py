@@ -34,6 +34,13 @@ def gguf_path() -> Path:
     return path
 
 
+def embedded_weights() -> str:
+    """Identity of the embedded weights: the GGUF's SHA-256 (the dequantised copy derives from it)."""
+    from workbench.identity import file_digest
+
+    return f"gguf-sha256:{file_digest(gguf_path())}"
+
+
 def embedded_dir() -> Path:
     """The dequantised Hugging Face directory, created on first use."""
     target = cache_dir() / "models" / "smollm2-135m-instruct-q4_1"

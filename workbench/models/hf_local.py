@@ -22,6 +22,12 @@ def hf_config_dict(path: Path, n_ctx: int | None = None) -> dict:
     return cfg
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The files that determine a Hugging Face directory's weights: its config and weight shards."""
+    files = [path / "config.json"] + sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    return [f for f in files if f.is_file()]
+
+
 def dir_fingerprint(path: Path) -> str:
     """Cheap identity of a model directory: config text plus weight file sizes and mtimes."""
     h = hashlib.sha1()

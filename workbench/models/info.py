@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from transformer_lens import HookedTransformer
 
+from workbench.identity import tensors_digest
+
 Numerics = Literal["raw", "processed"]
 NUMERICS: tuple[str, ...] = ("raw", "processed")
 
@@ -22,7 +24,9 @@ PROCESSING_FLAGS = {
 class ModelInfo:
     """Identity and provenance of a loaded model.
 
-    `id` is stable for the same weights (it goes into store keys together with `numerics`).
+    `id` names the model for people; `weights` identifies what its weights hold (the GGUF's or the
+    weight files' SHA-256, a hub revision, or a digest of the tensors themselves). Store keys use
+    `model_key`, which adds the live dtype and device type and notices weights changed in place.
     """
 
     id: str
@@ -34,39 +38,87 @@ class ModelInfo:
     tokenizer: str | None = None
     path: str | None = None
     n_params: int = 0
+    weights: str = ""
     extra: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
-        return f"{self.id}|{self.numerics}"
+        """The weights' identity as loaded: name, numerics and content (no dtype or device)."""
+        return f"{self.id}|{self.numerics}|w:{self.weights}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def weight_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The model's learned tensors in state-dict order (no masks, rotary tables or other buffers)."""
+    return [(k, v) for k, v in model.state_dict().items() if not k.endswith(BUFFER_SUFFIXES)]
+
+
+BUFFER_SUFFIXES = ("IGNORE", ".mask", "rotary_cos", "rotary_sin")
+
+
+def weights_signature(model: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Where each parameter lives and its in-place version counter: it changes when an optimiser
+    step, `copy_`, `mul_` (under no_grad too) or a `.data` swap touches the weights.
+
+    Writes through `param.data.<op>_()` bypass the version counter; use `torch.no_grad()` instead.
+    """
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
 def attach_info(model: HookedTransformer, info: ModelInfo) -> HookedTransformer:
-    """Record `info` on the model (as `model.workbench_info`) and fill derived fields."""
+    """Record `info` on the model (as `model.workbench_info`) and fill derived fields.
+
+    An empty `info.weights` is filled with a digest of the tensors themselves.
+    """
     info.n_params = sum(p.numel() for p in model.parameters())
     tok = model.tokenizer
     if tok is not None:
         info.bos_token_id = info.bos_token_id if info.bos_token_id is not None else tok.bos_token_id
         info.eos_token_id = info.eos_token_id if info.eos_token_id is not None else tok.eos_token_id
         info.tokenizer = info.tokenizer or getattr(tok, "name_or_path", type(tok).__name__)
+    if not info.weights:
+        info.weights = "tensors:" + tensors_digest(weight_tensors(model))
     model.workbench_info = info
+    model.workbench_signature = weights_signature(model)
     return model
 
 
 def model_info(model: HookedTransformer) -> ModelInfo:
-    """The model's recorded info, or one derived from its config for models built by the user."""
+    """The model's recorded info, or one derived from its weights for models built by the user."""
     info = getattr(model, "workbench_info", None)
     if info is not None:
         return info
     cfg = model.cfg
-    import hashlib
-
-    digest = hashlib.sha1(repr(sorted(cfg.to_dict().items(), key=str)).encode()).hexdigest()[:10]
     numerics: Numerics = "processed" if cfg.normalization_type in ("LNPre", "RMSPre") else "raw"
-    return attach_info(model, ModelInfo(id=f"user:{cfg.model_name}:{digest}", source="user", numerics=numerics))
+    info = ModelInfo(id=f"user:{cfg.model_name}", source="user", numerics=numerics)
+    return attach_info(model, info)
+
+
+def current_weights(model: HookedTransformer) -> str:
+    """`model_info(model).weights`, or a digest of the tensors when they changed since loading."""
+    info = model_info(model)
+    sig = weights_signature(model)
+    if sig == getattr(model, "workbench_signature", None):
+        return info.weights
+    cached = getattr(model, "workbench_modified", None)
+    if cached is None or cached[0] != sig:
+        cached = (sig, "modified:" + tensors_digest(weight_tensors(model)))
+        model.workbench_modified = cached
+    return cached[1]
+
+
+def model_key(model: HookedTransformer, device: bool = True) -> str:
+    """Everything about a model that can change a result computed on it: name, numerics, the
+    weights' content (re-digested if they were changed in place), dtype and, unless
+    `device=False` (caches of trained artifacts), the device type."""
+    info = model_info(model)
+    p = next(model.parameters())
+    parts = [info.id, info.numerics, f"w:{current_weights(model)}", str(p.dtype).removeprefix("torch.")]
+    if device:
+        parts.append(p.device.type)
+    return "|".join(parts)
 
 
 def default_device() -> str:
