@@ -11,7 +11,6 @@ progress, the result and any failure. Models and corpora stay loaded between run
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -75,11 +74,11 @@ class Worker:
         from dashboards.jobs import check_request
         from workbench.runner import run_probe
 
-        row = self.store.get_run(run_id)
+        asked = self.store.request_of(run_id)
         t0 = time.time()
         taken = False
         try:
-            req = check_request(row["probe"], row["model"], row["corpus"], json.loads(row["config"] or "{}"))
+            req = check_request(asked["probe"], asked["model"], asked["corpus"], asked["config"])
             self.store.update_run(run_id, message=f"loading {req.model}")
             model = self.model(req.model, req.numerics)
             corpus = None

@@ -208,7 +208,7 @@ def test_domain_contrast_and_errors(lm_run):
     _, _, out = lm_run
     t = domain_contrast(out.result.heads, "brown", "python-stdlib")
     assert len(t) == out.result.heads.shape[0] // 2
-    assert (t["score"].diff().dropna() <= 1e-12).all()
+    assert (t["score"].diff().dropna() <= 0).all()  # sorted by this very column: exact
     row = t.iloc[0]
     h = out.result.heads
     a = h[(h.domain == "brown") & (h.layer == row.layer) & (h["head"] == row["head"])].sink_mass.item()

@@ -238,3 +238,31 @@ def test_bad_input_shows_errors_not_a_dead_app(dash_duo, app):
     dash_duo.wait_for_page(url=dash_duo.server_url + "/no-such-page")
     dash_duo.wait_for_contains_text("#page-root", "Page not found", timeout=10)
     assert dash_duo.get_logs() == []
+
+
+def test_cancel_a_running_job_and_retry_it(dash_duo, app):
+    """Cancel stops a running job (its row says cancelled); Retry queues it again."""
+    jobs = app.workbench_ctx.jobs
+    jobs.start_worker()
+    start(dash_duo, app)
+    wait_page(dash_duo, "/")
+    run_id = jobs.submit("residual-norms", "tiny", "brown", {"max_tokens": 2_000_000, "seq_len": 64})  # minutes of work
+    store = app.workbench_ctx.store
+    deadline = time.time() + 120
+    while store.get_run(run_id)["progress"] in (None, 0) and time.time() < deadline:
+        time.sleep(0.2)
+    assert store.get_run(run_id)["status"] == "running"
+    button = f'#run-row-{run_id} button[id*="home-cancel"]'
+    dash_duo.wait_for_element(button, timeout=15).click()
+    read = "const r = document.querySelector(arguments[0]); return r ? r.dataset.status : null;"
+    deadline = time.time() + 30
+    while dash_duo.driver.execute_script(read, f"#run-row-{run_id}") != "cancelled" and time.time() < deadline:
+        time.sleep(0.3)
+    assert store.get_run(run_id)["status"] == "cancelled"
+    assert dash_duo.driver.execute_script(read, f"#run-row-{run_id}") == "cancelled"
+    shot(dash_duo, "home_cancelled")
+    dash_duo.wait_for_element(f'#run-row-{run_id} button[id*="home-retry"]', timeout=10).click()
+    dash_duo.wait_for_contains_text("#home-row-msg", "queued again", timeout=10)
+    assert store.get_run(run_id)["status"] in ("queued", "running")
+    jobs.cancel(run_id)  # do not leave minutes of work behind
+    assert dash_duo.get_logs() == []

@@ -69,6 +69,7 @@ EXTRA_COLUMNS = {
     "attempts": "INTEGER DEFAULT 0",  # how many times a process took it
     "cancel_requested": "INTEGER DEFAULT 0",
     "world_size": "INTEGER DEFAULT 1",
+    "request": "TEXT",           # a queued run's request as asked (probe, model, corpus, config names), kept for retries
 }
 
 
@@ -247,13 +248,15 @@ class ResultStore:
                   status: str = "running", world_size: int = 1) -> int:
         now = time.time()
         proc = this_process() if status == "running" else {"pid": None, "host": None, "proc_start": None}
+        config_json = json.dumps(config, default=_json_default, sort_keys=True)
+        request = json.dumps({"probe": probe, "model": model, "corpus": corpus, "config": json.loads(config_json)}) if status == "queued" else None
         with self._db() as db:
             cur = db.execute(
                 "INSERT INTO runs (key, probe, model, numerics, corpus, config, code_version, status, created, started,"
-                " pid, host, proc_start, attempts, world_size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (key, probe, model, numerics, corpus, json.dumps(config, default=_json_default, sort_keys=True), code_version,
+                " pid, host, proc_start, attempts, world_size, request) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (key, probe, model, numerics, corpus, config_json, code_version,
                  status, now, now if status == "running" else None, proc["pid"], proc["host"], proc["proc_start"],
-                 1 if status == "running" else 0, world_size),
+                 1 if status == "running" else 0, world_size, request),
             )
             return int(cur.lastrowid)
 
@@ -353,6 +356,15 @@ class ResultStore:
         args = (probe, limit) if probe else (limit,)
         with self._db() as db:
             return [dict(r) for r in db.execute(q, args).fetchall()]
+
+    def request_of(self, run_id: int) -> dict[str, Any] | None:
+        """A queued run's request as it was asked (what a retry runs again), or None."""
+        row = self.get_run(run_id)
+        if row is None:
+            return None
+        if row.get("request"):
+            return json.loads(row["request"])
+        return {"probe": row["probe"], "model": row["model"], "corpus": row["corpus"], "config": json.loads(row["config"] or "{}")}
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         with self._db() as db:

@@ -93,7 +93,8 @@ def model_info(model: HookedTransformer) -> ModelInfo:
     cfg = model.cfg
     numerics: Numerics = "processed" if cfg.normalization_type in ("LNPre", "RMSPre") else "raw"
     info = ModelInfo(id=f"user:{cfg.model_name}", source="user", numerics=numerics)
-    return attach_info(model, info)
+    attach_info(model, info)
+    return info
 
 
 def current_weights(model: HookedTransformer) -> str:
