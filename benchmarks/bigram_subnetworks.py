@@ -3,7 +3,7 @@ same model and batch (target: at most 1.5x).
 
 - plain step: next-token cross-entropy, backward through every weight, AdamW on all parameters
   and gradient clipping (what `workbench.training.train` does per step);
-- mask step: what the mask trainer does per step (`probes._mask_training.optimizer_step`):
+- mask step: what the mask trainer does per step (`probes.bigram_subnetworks.mask_training.optimizer_step`):
   the masked forward through `functional_call` with W0 * sigmoid(T m), soft-target cross-entropy
   plus the penalty, backward to the mask logits only, AdamW on the logits, and the stopping-rule
   counts; measured with the bigram target rows given and, separately, built inside the step.
@@ -40,9 +40,7 @@ def build(preset: str):
 
 
 def main() -> None:
-    from probes._mask_training import optimizer_step
-    from probes._masking import MaskLogits
-    from workbench.bigrams import BigramModel
+    from probes.bigram_subnetworks import BigramModel, MaskLogits, optimizer_step
     from workbench.training import TrainConfig, frozen, make_optimizer, next_token_loss
     from workbench.zoo import train_batches
 

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from workbench import hooks
 from workbench.activations import bare_forward, stream
 from workbench.config import StreamConfig
 from workbench.corpora import load_corpus
@@ -35,7 +36,7 @@ class NormAccumulator:
     needs_logits = False
 
     def __init__(self, model):
-        self.hook_names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)] + ["ln_final.hook_normalized"]
+        self.hook_names = [hooks.resid_post(l) for l in range(model.cfg.n_layers)] + ["ln_final.hook_normalized"]
         self.sums = torch.zeros(len(self.hook_names), dtype=torch.float64)
 
     def update(self, batch, acts, logits):

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from probes.function_tokens import BipartiteAccumulator, sae_labels
+from workbench import hooks
 from workbench.activations import stream
 from workbench.config import StreamConfig
 from workbench.corpora import load_corpus
@@ -26,8 +28,6 @@ from workbench.models import load_model
 from workbench.saes import hook_name, load_sae, special_token_ids
 from workbench.saes.quality import scored_mask
 from workbench.slices import corpus_batches
-
-from probes.function_tokens import BipartiteAccumulator, sae_labels
 
 
 class EncodeOnly:
@@ -61,7 +61,7 @@ def _saes(model, args) -> dict:
         sys.path.insert(0, "tests")
         from sae_standins import random_topk_sae
 
-        saes = [random_topk_sae(hook=f"blocks.{l}.hook_resid_post", d_sae=512, k=16, seed=l) for l in range(model.cfg.n_layers)]
+        saes = [random_topk_sae(hook=hooks.resid_post(l), d_sae=512, k=16, seed=l) for l in range(model.cfg.n_layers)]
     else:
         saes = [load_sae(s, model=model) for s in args.saes]
     return dict(zip(sae_labels(saes), saes))

@@ -20,9 +20,17 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from probes._circuit_baselines import head_patching
-    from probes._discrete_sae import edge_scores, node_scores, sae_codes, train_sae, unique_cooccurrence
-    from probes.sae_circuits import SAECircuitsConfig, head_outputs, make_task
+    from probes.sae_circuits import (
+        SAECircuitsConfig,
+        edge_scores,
+        head_outputs,
+        head_patching,
+        make_task,
+        node_scores,
+        sae_codes,
+        train_sae,
+        unique_cooccurrence,
+    )
     from workbench.config import config_from_dict
     from workbench.models import load_model
 

@@ -16,6 +16,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from dashboards.base import check_prompt
+from workbench import hooks
 
 MAX_TOKENS = 256  # the explorer analyses at most this many tokens of a prompt
 TOPK_KEEP = 50  # top-k kept per position (the page shows up to this many)
@@ -87,8 +88,8 @@ def analyse_prompt(model: HookedTransformer, prompt: str, model_name: str = "", 
     probs = logits[0].float().softmax(-1)
     k = min(TOPK_KEEP, probs.shape[-1])
     top = probs.topk(k, dim=-1)
-    attn = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0] for l in range(L)]).to(torch.float16).cpu()
-    resid = [cache["blocks.0.hook_resid_pre"][0]] + [cache[f"blocks.{l}.hook_resid_post"][0] for l in range(L)]
+    attn = torch.stack([cache[hooks.attn_pattern(l)][0] for l in range(L)]).to(torch.float16).cpu()
+    resid = [cache["blocks.0.hook_resid_pre"][0]] + [cache[hooks.resid_post(l)][0] for l in range(L)]
     resid = torch.stack(resid)
     tok = model.tokenizer
     shown = [show_token(tok.decode([int(t)])) if tok is not None else str(int(t)) for t in tokens]

@@ -80,9 +80,13 @@ def _device() -> str:
 def _train_and_analyse(recipe, store, device: str, corpus):
     """Train (or reuse) a BB recipe and run the probe on its final checkpoint, with dynamics (the
     probe takes its data from the BB task; `corpus` is only recorded)."""
-    from probes.attention_sinks import AttentionSinksConfig
+    from probes.attention_sinks import (
+        AttentionSinksConfig,
+        bb_train_time,
+        load_bb,
+        train_bb,
+    )
     from workbench.runner import run_probe
-    from workbench.tasks.bigram_backcopy import bb_train_time, load_bb, train_bb
 
     train_bb(recipe, device=device)
     model = load_bb(recipe, device=device)
@@ -99,7 +103,7 @@ def _bigram_oracle(res, recipe) -> float:
     probe; recomputed from the task, the batch seed and size for results stored before it was)."""
     if "bigram_oracle_risk" in res.bb:
         return float(res.bb["bigram_oracle_risk"])
-    from workbench.tasks.bigram_backcopy import SEQ_LEN, load_bb_task
+    from probes.attention_sinks import SEQ_LEN, load_bb_task
 
     cfg = res.meta["config"]
     task = load_bb_task(recipe.corpus, recipe.n_triggers, recipe.charset)
@@ -222,7 +226,7 @@ def bb1_acceptance(res, recipe) -> dict[str, Any]:
     < 0.01, bigram risk within 3% of the true transition matrix on the same positions (paired),
     sink mass on non-trigger queries > 0.8, and the paper's token-level split (triggers active,
     every other character dormant)."""
-    from workbench.tasks.bigram_backcopy import paired_gap
+    from probes.attention_sinks import paired_gap
 
     tok = _bb1_tokens(res)
     oracle = _bigram_oracle(res, recipe)
@@ -518,12 +522,15 @@ def close_calls_line(heads: pd.DataFrame, domains: list[str], config: dict[str, 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     from dashboards.figures import attention_sinks as figs
-    from probes.attention_sinks import AttentionSinksConfig
+    from probes.attention_sinks import (
+        AttentionSinksConfig,
+        bb_recipe,
+        relu_inactive_seed,
+    )
     from workbench.corpora import load_corpus
     from workbench.models import load_model
     from workbench.runner import run_probe
     from workbench.store import ResultStore
-    from workbench.tasks.bigram_backcopy import bb_recipe, relu_inactive_seed
 
     p = PRESETS["quick" if quick else preset]
     out = Path(out)

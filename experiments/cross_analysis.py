@@ -37,6 +37,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from workbench import hooks
 
 PRESETS: dict[str, dict[str, Any]] = {
     # zero-ablation of all 270 heads on one 128-token chunk: ~140 forward-equivalents, about 5 min on 2 shared cores
@@ -87,7 +88,7 @@ class FunctionSinkAccumulator:
         self.is_function = is_function
         self.saes = saes or {}
         self.sae_hooks = {label: _sae_hook(sae) for label, sae in self.saes.items()}
-        self.hook_names = sorted(set(self.sae_hooks.values()) | {f"blocks.{self.L - 1}.hook_resid_post"})
+        self.hook_names = sorted(set(self.sae_hooks.values()) | {hooks.resid_post(self.L - 1)})
         self.pending: dict[int, torch.Tensor] = {}
         z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
         self.state = {"sink_f": z(self.L, self.H), "sink_c": z(self.L, self.H), "n_f": z(1), "n_c": z(1)}
@@ -100,7 +101,7 @@ class FunctionSinkAccumulator:
             def fn(pattern: torch.Tensor, hook) -> None:
                 self.pending[l] = pattern[..., 0].detach().double()  # [B, H, T]
             return fn
-        return [(f"blocks.{l}.attn.hook_pattern", grab(l)) for l in range(self.L)]
+        return [(hooks.attn_pattern(l), grab(l)) for l in range(self.L)]
 
     def identity(self) -> str:
         return f"fsink-{int(self.is_function.sum())}-" + ",".join(sorted(self.saes))
@@ -369,7 +370,12 @@ def concentration(labels: torch.Tensor, token_sets: torch.Tensor) -> np.ndarray:
 
 
 def cluster_view(model, saes: dict[str, Any], fires: dict, p: dict, is_function: torch.Tensor, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    from probes.key_space import cached_cluster_keys, default_n_clusters, token_strings, unembedding_keys
+    from probes.key_space import (
+        cached_cluster_keys,
+        default_n_clusters,
+        token_strings,
+        unembedding_keys,
+    )
 
     keys = unembedding_keys(model)
     n_clusters = default_n_clusters(keys.shape[0])

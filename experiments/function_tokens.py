@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from workbench import hooks
 
 # saes: SAE Lens "release:sae_id" sources, one per layer of `layers` (empty: train the workbench's own
 # SAEs at `layers` with the `sae_preset` recipe)
@@ -52,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def _train_saes(model, corpus, p: dict) -> dict[int, Path]:
     from workbench.saes import preset_spec, train_saes
 
-    specs = [preset_spec(f"blocks.{layer}.hook_resid_post", p["sae_preset"], **p["sae_overrides"]) for layer in p["layers"]]
+    specs = [preset_spec(hooks.resid_post(layer), p["sae_preset"], **p["sae_overrides"]) for layer in p["layers"]]
     return dict(zip(p["layers"], train_saes(model, corpus, specs)))
 
 
@@ -171,9 +172,13 @@ def training_markdown(df: pd.DataFrame) -> str:
 def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     from dashboards.figures import function_tokens as figs
     from experiments.train_saes import quality_table
-    from probes.function_token_loss import FunctionTokenLossConfig, loss_over_checkpoints
-    from probes.function_token_steering import FunctionTokenSteeringConfig
-    from probes.function_tokens import FunctionTokensConfig, export_graph
+    from probes.function_tokens import (
+        FunctionTokenLossConfig,
+        FunctionTokensConfig,
+        FunctionTokenSteeringConfig,
+        export_graph,
+        loss_over_checkpoints,
+    )
     from workbench.corpora import load_corpus
     from workbench.models import load_model
     from workbench.runner import run_probe
@@ -225,7 +230,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     cc = fs.get("closed_class") or {}
     gens = figs.generations_table(steer)
     info = steer.info
-    hooks = ", ".join(sorted({str(info["hook"]) for info in res.saes.values() if info.get("hook")}))
+    hook_list = ", ".join(sorted({str(info["hook"]) for info in res.saes.values() if info.get("hook")}))
     where = (f"pretrained SAE Lens SAEs {', '.join(f'`{s}`' for s in sae_dirs.values())}, loaded by id (not trained here)" if pretrained
              else f"SAEs trained by the workbench with SAE Lens at {', '.join(f'layer {layer}' for layer in p['layers'])} (resid_post)")
     md = [
@@ -234,7 +239,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
         f"machine: {hardware()}. Preset `{'quick' if quick else preset}`.",
         "",
         "**SAEs** (quality on Brown's validation split, BOS and special tokens excluded; ΔCE with the reconstruction spliced in"
-        + (f"; hooks {hooks}; measured here, as the releases were trained on other text):" if pretrained else "):"),
+        + (f"; hooks {hook_list}; measured here, as the releases were trained on other text):" if pretrained else "):"),
         "",
         pretrained_quality_table(pretrained) if pretrained else quality_table(sae_dirs),
         "",

@@ -2,7 +2,7 @@
 validation loss per model, correlate, run a pretrained model (the embedded SmolLM2 by default) on
 Brown, and write figures and a report section with our numbers beside the paper's trends.
 
-Settings (`PRESETS`): "grid" names the sweep grid (`probes._nc_sweep.GRIDS`), "model" the pretrained
+Settings (`PRESETS`): "grid" names the sweep grid (`probes.linguistic_collapse.sweep.GRIDS`), "model" the pretrained
 model of the second part (raw weights; the hub presets of `experiments.presets` put theirs here) and
 "pretrained" its token budget. The sweep always trains workbench models on Brown.
 
@@ -22,9 +22,17 @@ from scipy.stats import t as student_t
 
 from dashboards.figures import linguistic_collapse as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
-from probes import _nc_metrics as ncm
-from probes._nc_sweep import EXPECTED_SIGN, GRIDS, METRICS, SweepConfig, correlations, load_sweep, run_sweep
-from probes.linguistic_collapse import LinguisticCollapseResult
+from probes.linguistic_collapse import (
+    EXPECTED_SIGN,
+    GRIDS,
+    METRICS,
+    LinguisticCollapseResult,
+    SweepConfig,
+    correlations,
+    etf_error_floor,
+    load_sweep,
+    run_sweep,
+)
 from workbench.corpora import load_corpus
 from workbench.models import load_model
 from workbench.runner import run_probe
@@ -229,8 +237,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | No
         smol_time += ". Reported from stored runs as they were computed: " + ", ".join(stored_note)
     sens = res.sensitivity.set_index("min_count")
     top_m = int(sens.index.max())
-    floor_zoo = ncm.etf_error_floor(int(sweep.table["n_classes"].median()), max(cfg.widths))
-    floor_smol = ncm.etf_error_floor(int(m["n_classes"]), int(m["d_model"]))
+    floor_zoo = etf_error_floor(int(sweep.table["n_classes"].median()), max(cfg.widths))
+    floor_smol = etf_error_floor(int(m["n_classes"]), int(m["d_model"]))
     md = f"""
 **Claim.** As causal LMs grow and train longer, their top-layer features (next tokens as classes) move toward
 neural collapse, and the NC properties track validation loss. The paper (about 230 GPT-Neo models on TinyStories)

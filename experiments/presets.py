@@ -172,7 +172,9 @@ def validate(preset: Preset) -> list[str]:
         except ValueError:
             problems.append(f"{m!r} is not a TransformerLens model name")
     if preset.saes:
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        from sae_lens.loading.pretrained_saes_directory import (
+            get_pretrained_saes_directory,
+        )
 
         directory = get_pretrained_saes_directory()
         for src in preset.saes:
@@ -193,8 +195,8 @@ def validate(preset: Preset) -> list[str]:
 
 def check_weights(preset: Preset) -> list[str]:
     """Hub repositories the preset needs that are not in the local Hugging Face cache (nothing is downloaded)."""
-    from huggingface_hub import try_to_load_from_cache
     import transformer_lens.loading_from_pretrained as tl_loading
+    from huggingface_hub import try_to_load_from_cache
 
     missing = []
     for m in preset.hub_models:

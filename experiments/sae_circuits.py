@@ -83,8 +83,8 @@ def compute(name: str, load, config: dict, out: Path, fresh: bool = False):
 
 def compute_all(out: Path, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     """Every run of the preset (or those whose task is in `only`): {name: result}, LM tasks first, then BB."""
+    from probes.attention_sinks import bb_recipe, load_bb
     from workbench.models import load_model, set_numerics
-    from workbench.tasks.bigram_backcopy import bb_recipe, load_bb
 
     p = PRESETS[preset]
     device = _device()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from workbench import hooks
+
 LAYERS = (5, 15, 25)
 
 
@@ -33,7 +35,7 @@ def train_all(layers: tuple[int, ...] = LAYERS, preset: str = "cpu", model_name:
 
     model = load_model(model_name, numerics="raw", device=device)
     corpus = load_corpus(corpus_name)
-    specs = [preset_spec(f"blocks.{layer}.hook_resid_post", preset) for layer in layers]
+    specs = [preset_spec(hooks.resid_post(layer), preset) for layer in layers]
     return dict(zip(layers, train_saes(model, corpus, specs, progress=progress)))
 
 

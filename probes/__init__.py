@@ -1,19 +1,13 @@
-"""One module per analysis (compute only, no plotting). Importing this package registers every
-probe module in it (each calls `workbench.probe_api.register` at import).
-
-A module that fails to import does not take the others down: its error is kept in
-`IMPORT_ERRORS` (and the test suite asserts that this stays empty).
+"""The analyses: one package per analysis (`probes/<analysis>/`), each with a public `__init__`
+that exports its configs, results and `run`, and registers its probes and studies with
+`workbench.probe_api`. Importing this package imports every analysis package; an analysis that
+fails to import raises here, with its traceback.
 """
 
 import importlib
 import pkgutil
 
-IMPORT_ERRORS: dict[str, str] = {}
+ANALYSES = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg and not m.name.startswith("_"))
 
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _mod.startswith("_"):
-        continue
-    try:
-        importlib.import_module(f"{__name__}.{_mod}")
-    except Exception as _e:  # noqa: BLE001 - reported, and failed by tests/test_probe_registry.py
-        IMPORT_ERRORS[_mod] = f"{type(_e).__name__}: {_e}"
+for _name in ANALYSES:
+    importlib.import_module(f"{__name__}.{_name}")

@@ -13,15 +13,18 @@ from probes.attention_sinks import (
     AttentionSinksConfig,
     AttentionSinksResult,
     HeadSurveyAccumulator,
-    delta_logit,
     domain_contrast,
     head_ablation,
+    prompt_head,
+)
+from probes.attention_sinks.probe import (
+    delta_logit,
     head_groups,
     histogram_quantiles,
     next_token_chunk,
-    prompt_head,
     value_norms,
 )
+from workbench import hooks
 from workbench.activations import stream
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.slices import corpus_batches
@@ -64,7 +67,7 @@ def test_sink_metrics_on_hand_built_pattern(tiny, brown):
         return (causal.float() / causal.sum(-1, keepdim=True)).expand_as(p).clone()
 
     forced = [(n, f) for l in range(tiny.cfg.n_layers)
-              for n, f in ((f"blocks.{l}.attn.hook_attn_scores", scores), (f"blocks.{l}.attn.hook_pattern", pattern))]
+              for n, f in ((hooks.attn_scores(l), scores), (hooks.attn_pattern(l), pattern))]
     with tiny.hooks(fwd_hooks=forced + acc.sink_hooks.hooks()):
         stream(tiny, batches, acc, progress=False)
     q_sink, q_dl = [], []
@@ -88,8 +91,8 @@ def test_gqa_value_norms_match_brute_force(tiny_llama):
     assert head_groups(4, 2).tolist() == [0, 0, 1, 1]
     tokens = torch.randint(0, 256, (2, 10))
     layer = 1
-    _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.attn.hook_v")
-    got = value_norms(cache[f"blocks.{layer}.attn.hook_v"], model.blocks[layer].attn.W_O)  # [B, T, H]
+    _, cache = model.run_with_cache(tokens, names_filter=hooks.attn_v(layer))
+    got = value_norms(cache[hooks.attn_v(layer)], model.blocks[layer].attn.W_O)  # [B, T, H]
     model.set_use_attn_result(True)
     try:
         for p in (0, 3, 9):
@@ -100,7 +103,7 @@ def test_gqa_value_norms_match_brute_force(tiny_llama):
                 return out
 
             res = {}
-            with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", one_hot),
+            with model.hooks(fwd_hooks=[(hooks.attn_pattern(layer), one_hot),
                                         (f"blocks.{layer}.attn.hook_result", lambda r, hook: res.setdefault("r", r))]):
                 model(tokens)
             brute = res["r"][:, -1].norm(dim=-1)  # [B, H]: last query, attending only to p
@@ -129,7 +132,7 @@ def test_head_ablation_matches_full_forward(fixture, request):
             z[:, :, h] = 0
             return z
 
-        lg = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero)])
+        lg = model.run_with_hooks(tokens, fwd_hooks=[(hooks.attn_z(l), zero)])
         ref = F.cross_entropy(lg[mask], chunk[1][mask]).item()
         assert ablated[l, h].item() == pytest.approx(ref, rel=1e-5)
         # the standard error of the mean per-token loss change, from the per-token losses directly
@@ -181,9 +184,9 @@ def test_survey_matches_full_cache_and_round_trips(lm_run, brown):
         q = b.valid.clone()
         q[:, 0] = False
         for l in range(L):
-            sink_sum[l] += cache[f"blocks.{l}.attn.hook_pattern"][..., 0].permute(1, 0, 2)[:, q].sum(-1).double()
+            sink_sum[l] += cache[hooks.attn_pattern(l)][..., 0].permute(1, 0, 2)[:, q].sum(-1).double()
         n_q += int(q.sum())
-        for i, name in enumerate(["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(L)]):
+        for i, name in enumerate(["blocks.0.hook_resid_pre"] + [hooks.resid_post(l) for l in range(L)]):
             norms = cache[name].norm(dim=-1)
             first[i] += norms[:, 0][b.valid[:, 0]].sum()
             rest[i] += norms[q].sum()
@@ -259,7 +262,7 @@ def test_prompt_head_and_bounds(tiny):
 @pytest.fixture(scope="module")
 def bb_run(tmp_path_factory):
     """A tiny BB run (a few steps) analysed with dynamics over its checkpoints."""
-    import workbench.tasks.bigram_backcopy as bbm
+    import probes.attention_sinks.bigram_backcopy as bbm
     from workbench.models import load_model
     from workbench.runner import run_probe
     from workbench.store import ResultStore
@@ -322,7 +325,7 @@ def test_bb_analysis_matches_direct_computation(bb_run):
     assert set(res.dynamics["step"]) == set(recipe.checkpoint_steps())
     for k in ("backcopy_risk", "bigram_risk", "bigram_optimum", "no_attention_backcopy_risk", "no_mlp_bigram_risk"):
         assert np.isfinite(res.bb[k])
-    from workbench.tasks.bigram_backcopy import bb_risks
+    from probes.attention_sinks.bigram_backcopy import bb_risks
 
     ref = bb_risks(model, task, n_seqs=8, seed=2024)  # an independent pass over the same sequences
     for k in ("backcopy_risk", "bigram_risk", "loss", "bigram_optimum", "bigram_oracle_risk", "bigram_paired_gap"):
@@ -584,7 +587,11 @@ def test_seed_spread_section_counts_the_seeds_that_meet_all_four(bb_run):
     that meet all four, and names the self-copying characters where a seed has them."""
     import copy
 
-    from experiments.attention_sinks import bb1_acceptance, bb1_section, seed_spread_section
+    from experiments.attention_sinks import (
+        bb1_acceptance,
+        bb1_section,
+        seed_spread_section,
+    )
 
     model, task, out, recipe = bb_run
     good = copy.deepcopy(out.result)

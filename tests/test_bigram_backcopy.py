@@ -8,8 +8,7 @@ import pytest
 import torch
 from tolerances import rounding
 
-from workbench.errors import ConfigError
-from workbench.tasks.bigram_backcopy import (
+from probes.attention_sinks.bigram_backcopy import (
     BBTask,
     bb_model,
     bb_recipe,
@@ -20,6 +19,7 @@ from workbench.tasks.bigram_backcopy import (
     task_of_model,
     train_bb,
 )
+from workbench.errors import ConfigError
 
 TEXTS = ["the cat sat on the mat. ", "a tea set; eat at ten! ", "stone tests tent"]
 
@@ -212,7 +212,7 @@ def test_encode_rejects_unknown_characters(small_task):
 
 def test_fifty_step_training_lowers_loss(tmp_path, monkeypatch, brown_task):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr("workbench.tasks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
+    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
     recipe = bb_recipe("adam", d_model=64, batch_size=8, seq_len=64, steps=50, n_checkpoints=4, lr=3e-3)
     out = train_bb(recipe, progress=False)
     import pandas as pd
@@ -223,7 +223,7 @@ def test_fifty_step_training_lowers_loss(tmp_path, monkeypatch, brown_task):
     assert {"backcopy_risk", "bigram_risk"} <= set(log.columns)
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts[0] == "step_000000" and ckpts[-1] == "step_000050"
-    from workbench.tasks.bigram_backcopy import bb_train_time
+    from probes.attention_sinks.bigram_backcopy import bb_train_time
 
     timing = bb_train_time(recipe)
     assert timing["steps"] == 50 and timing["seconds_per_step"] > 0
@@ -239,7 +239,7 @@ def test_fifty_step_training_lowers_loss(tmp_path, monkeypatch, brown_task):
 
 def test_relu_variant_checkpoint_reloads_with_relu_attention(tmp_path, monkeypatch, brown_task):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr("workbench.tasks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
+    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
     recipe = bb_recipe("relu", d_model=32, batch_size=4, seq_len=32, steps=3, n_checkpoints=2)
     out = train_bb(recipe, progress=False)
     from workbench.models import load_model
@@ -253,7 +253,7 @@ def test_relu_variant_checkpoint_reloads_with_relu_attention(tmp_path, monkeypat
 def test_letters_charset_counts_and_keys():
     """The "letters" charset: lowercase a-z words joined by single spaces, counted like any text;
     "all" recipes keep the keys they had before the option existed; unknown charsets are refused."""
-    from workbench.tasks.bigram_backcopy import CHARSETS, bb_recipe
+    from probes.attention_sinks.bigram_backcopy import CHARSETS, bb_recipe
 
     texts = ["Hello, World!  It's 9 a.m.", "Zebra-crossing\nOK"]
     task = BBTask.from_texts(texts, "toy", n_triggers=1, charset="letters")
@@ -285,7 +285,10 @@ def test_bos_self_scores_match_hand_computation_and_pick_an_inactive_seed(monkey
     """The <s> self-score is LN1(e_<s> + p_0) W_Q . LN1(e_<s> + p_0) W_K / sqrt(d_head) per layer; under
     ReLU attention <s>'s weight on itself is ReLU of it; the seed search returns the first seed whose
     block-0 score is negative."""
-    from workbench.tasks.bigram_backcopy import bos_self_scores, relu_inactive_seed
+    from probes.attention_sinks.bigram_backcopy import (
+        bos_self_scores,
+        relu_inactive_seed,
+    )
 
     m = bb_model(brown_task, n_layers=2, d_model=32, seed=0)
     x = m.embed.W_E[brown_task.bos_id] + m.pos_embed.W_pos[0]
@@ -299,7 +302,7 @@ def test_bos_self_scores_match_hand_computation_and_pick_an_inactive_seed(monkey
     _, cache = m.run_with_cache(brown_task.sample(1, 8, 0)[:, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
     assert abs(float(cache["blocks.0.attn.hook_pattern"][0, 0, 0, 0]) - max(scores[0], 0.0)) < 1e-4
 
-    monkeypatch.setattr("workbench.tasks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
+    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
     recipe = bb_recipe("relu", n_layers=1, d_model=32)
     seed = relu_inactive_seed(recipe, start=0)
     first = [bos_self_scores(install_relu_attention(bb_model(brown_task, 1, 32, s)), brown_task.bos_id)[0] for s in range(seed + 1)]

@@ -11,8 +11,15 @@ import pytest
 import torch
 from sklearn.linear_model import Ridge
 
-from probes._mask_training import MaskTrainConfig, mask_step, seeded_batch_fn, soft_cross_entropy, train_mask
-from probes._masking import (
+from probes.bigram_subnetworks.bigrams import BigramModel
+from probes.bigram_subnetworks.mask_training import (
+    MaskTrainConfig,
+    mask_step,
+    seeded_batch_fn,
+    soft_cross_entropy,
+    train_mask,
+)
+from probes.bigram_subnetworks.masking import (
     MaskLogits,
     apply_masks,
     check_masks,
@@ -25,7 +32,7 @@ from probes._masking import (
     random_like,
     save_masks,
 )
-from probes._subnetwork_metrics import (
+from probes.bigram_subnetworks.metrics import (
     RidgeStatsAccumulator,
     SurprisalAccumulator,
     bigram_correlation,
@@ -33,9 +40,15 @@ from probes._subnetwork_metrics import (
     median_rotation_deg,
     overlap_with_null,
 )
-from workbench.bigrams import BigramModel
-from workbench.corpora import ChunkSpec, Corpus, TokenBatch, TokenBatches, tokenize_corpus
+from workbench.corpora import (
+    ChunkSpec,
+    Corpus,
+    TokenBatch,
+    TokenBatches,
+    tokenize_corpus,
+)
 from workbench.errors import ConfigError, MemoryBudgetError
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -357,8 +370,9 @@ def test_probe_end_to_end_and_reload(probe_run, tmp_path):
     res.save_masks(res.selected, tmp_path / "sub.safetensors")
     masks, meta = load_masks(tmp_path / "sub.safetensors")
     assert meta["label"] == res.selected
-    from probes._subnetwork_metrics import model_surprisals
-    from probes.bigram_subnetworks import BigramSubnetworksConfig, _batches, _bigram_model
+    from probes.bigram_subnetworks import BigramSubnetworksConfig
+    from probes.bigram_subnetworks.metrics import model_surprisals
+    from probes.bigram_subnetworks.probe import _batches, _bigram_model
 
     cfg = BigramSubnetworksConfig(**QUICK)
     eval_b = _batches(model, corpus, cfg, "validation", cfg.eval_tokens)
@@ -373,7 +387,7 @@ def test_probe_end_to_end_and_reload(probe_run, tmp_path):
 
 
 def test_probe_refuses_processed_numerics_and_reports_memory(small_corpus, monkeypatch):
-    import probes.bigram_subnetworks as bs
+    import probes.bigram_subnetworks.probe as bs
     from workbench.models import load_model
     from workbench.runner import run_probe
 
@@ -447,7 +461,7 @@ def test_page_in_browser_browses_masks(dash_duo, probe_run):
 @pytest.mark.slow
 def test_smollm2_masks_cover_gqa_weights_and_all_ones_is_exact(smollm2):
     """The embedded model through the same code: 30 layers of Q, K, V (3 KV heads), O, gate, in, out."""
-    from probes.bigram_subnetworks import estimate_bytes
+    from probes.bigram_subnetworks.probe import estimate_bytes
 
     slots = mask_slots(smollm2)
     d, dh, kv, mlp = 576, 64, 3, 1536

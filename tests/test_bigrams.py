@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from workbench.bigrams import BigramModel, count_pairs
+from probes.bigram_subnetworks.bigrams import BigramModel, count_pairs
 from workbench.corpora import ChunkSpec, Corpus, Document, TokenBatches, tokenize_corpus
 from workbench.errors import ConfigError
 

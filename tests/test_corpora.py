@@ -23,7 +23,12 @@ from workbench.corpora import (
     tokenize_corpus,
 )
 from workbench.corpora.hf_datasets import parse_hf_name
-from workbench.errors import ConfigError, EmptyCorpusError, MissingResourceError, UnknownCorpusError
+from workbench.errors import (
+    ConfigError,
+    EmptyCorpusError,
+    MissingResourceError,
+    UnknownCorpusError,
+)
 
 BROWN_GENRE_COUNTS = {
     "a": 44, "b": 27, "c": 17, "d": 17, "e": 36, "f": 48, "g": 75, "h": 30,
@@ -53,7 +58,14 @@ def raw_files(tarball: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def bpe(parsed: Corpus):
     """A tiny byte-level BPE trained on a few Brown documents, as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

@@ -135,7 +135,13 @@ def test_explorer_rejects_unregistered_model_and_long_prompt(store):
 
 
 def test_model_names_and_prompt_checks():
-    from dashboards.base import MAX_PROMPT_CHARS, check_model_name, check_prompt, model_names, run_from_search
+    from dashboards.base import (
+        MAX_PROMPT_CHARS,
+        check_model_name,
+        check_prompt,
+        model_names,
+        run_from_search,
+    )
 
     assert "smollm2-135m" in model_names() and "tiny" in model_names()
     assert check_model_name("tiny") == "tiny"
@@ -228,7 +234,13 @@ def test_job_manager_marks_runs_of_a_dead_worker_failed(store):
 def test_prompt_analysis_is_consistent(tiny_model):
     import torch
 
-    from dashboards.explorer import LENS_POSITIONS, MAX_TOKENS, analyse_prompt, attention_flow_graph, compute_lens
+    from dashboards.explorer import (
+        LENS_POSITIONS,
+        MAX_TOKENS,
+        analyse_prompt,
+        attention_flow_graph,
+        compute_lens,
+    )
 
     a = analyse_prompt(tiny_model, "Hello world", "tiny")
     T = a.n_tokens
@@ -253,7 +265,12 @@ def test_prompt_analysis_is_consistent(tiny_model):
 
 def test_explorer_figures_render(tiny_model):
     from dashboards.explorer import analyse_prompt, prompt_lens_figure
-    from dashboards.figures.explorer import attention_figure, head_grid_figure, prompt_norms_figure, topk_figure
+    from dashboards.figures.explorer import (
+        attention_figure,
+        head_grid_figure,
+        prompt_norms_figure,
+        topk_figure,
+    )
 
     a = analyse_prompt(tiny_model, "The cat sat", "tiny")
     figs = [
@@ -269,7 +286,13 @@ def test_explorer_figures_render(tiny_model):
 
 def test_residual_norm_figures_from_a_stored_result(store, done_run):
     from dashboards.base import AppContext
-    from dashboards.figures.residual_norms import bos_ratio_figure, label_of, lens_figure, norms_figure, summary_rows
+    from dashboards.figures.residual_norms import (
+        bos_ratio_figure,
+        label_of,
+        lens_figure,
+        norms_figure,
+        summary_rows,
+    )
 
     res = AppContext(store).result(done_run)
     series = [(label_of(res, done_run), res.table)]
@@ -282,7 +305,12 @@ def test_residual_norm_figures_from_a_stored_result(store, done_run):
 
 # ----- graphs and exports -----
 def test_graph_elements_round_trip_and_exports():
-    from dashboards.graphs import elements_to_nx, graphml_text, node_details, nx_to_elements
+    from dashboards.graphs import (
+        elements_to_nx,
+        graphml_text,
+        node_details,
+        nx_to_elements,
+    )
 
     G = nx.DiGraph()
     G.add_node(1, label="one", layer=0, tags=["a", "b"], token="\x06")

@@ -10,10 +10,11 @@ import types
 
 import pytest
 import torch
-
-from experiments import common, cross_analysis, presets, run_all
 from sae_standins import mini_corpus, random_topk_sae
 from standins import fake_hub_model, hub_snapshot_dir
+
+from experiments import common, cross_analysis, presets, run_all
+from workbench import hooks
 
 HUB_PRESETS = ("gpt2-small", "pythia-70m", "pythia-160m")
 # each experiment's settings key naming the model it runs on
@@ -184,7 +185,7 @@ def test_function_tokens_loads_release_saes_by_id_and_scores_them(tmp_path, monk
     _offline_hub(tmp_path, monkeypatch)
     snap = hub_snapshot_dir(tmp_path / "hf", "jbloom/GPT2-Small-SAEs-Reformatted")
     for layer in (0, 1):
-        random_topk_sae(hook=f"blocks.{layer}.hook_resid_pre", d_in=32, d_sae=48, k=4, seed=layer).save_model(snap / f"blocks.{layer}.hook_resid_pre")
+        random_topk_sae(hook=hooks.resid_pre(layer), d_in=32, d_sae=48, k=4, seed=layer).save_model(snap / hooks.resid_pre(layer))
     p = {**ft.PRESETS["quick"], "model": "gpt2", "steer_layer": 1,
          "saes": ("gpt2-small-res-jb:blocks.0.hook_resid_pre", "gpt2-small-res-jb:blocks.1.hook_resid_pre")}
     model = load_model("gpt2", numerics="raw", device="cpu")
@@ -365,7 +366,7 @@ def test_bigram_subnetworks_trains_and_masks_a_byte_level_brown_lm(tmp_path, sto
     """The workbench-LM path end to end (quick): the byte-level Brown LM is trained, masked and reported as such."""
     from safetensors.torch import load_file
 
-    from probes._masking import load_masks
+    from probes.bigram_subnetworks.masking import load_masks
 
     bs = own_tables["bigram_subnetworks"]
     assert bs.PRESETS["cpu"]["recipe"]["tokenizer"] == "bytes" and bs.PRESETS["quick"]["recipe"]["tokenizer"] == "bytes"

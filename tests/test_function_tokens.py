@@ -8,29 +8,27 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from sae_standins import mini_corpus, random_topk_sae, saved_sae
-from workbench.errors import ConfigError
-from workbench.saes import special_token_ids
-from workbench.slices import corpus_batches
 
-from probes.function_token_loss import GROUPS, FunctionTokenLossConfig
-from probes.function_token_loss import run as run_loss
-from probes.function_token_steering import (
+from probes.function_tokens import (
+    FunctionTokensConfig,
+    FunctionTokensResult,
+    export_graph,
+    function_token_ids,
+    run,
+)
+from probes.function_tokens.loss import GROUPS, FunctionTokenLossConfig
+from probes.function_tokens.loss import run as run_loss
+from probes.function_tokens.probe import coverage_curve, rank_tokens
+from probes.function_tokens.steering import (
     FunctionTokenSteeringConfig,
     add_at_position,
     differing_spans,
 )
-from probes.function_token_steering import run as run_steering
-from probes.function_tokens import (
-    FunctionTokensConfig,
-    FunctionTokensResult,
-    coverage_curve,
-    export_graph,
-    function_token_ids,
-    rank_tokens,
-    run,
-)
+from probes.function_tokens.steering import run as run_steering
+from workbench.errors import ConfigError
+from workbench.saes import special_token_ids
+from workbench.slices import corpus_batches
 
 HOOK0, HOOK1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
 
@@ -53,7 +51,7 @@ def test_forty_percent_rule_on_a_hand_made_table():
 
 
 def test_closed_class_overlap_on_a_hand_made_table():
-    from probes.function_tokens import TokenStats, closed_class_overlap
+    from probes.function_tokens.probe import TokenStats, closed_class_overlap
 
     #                 ids: 0    1    2    3   4   5
     counts = np.array([100, 80, 60, 10, 5, 5])

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sae_standins import mini_corpus, saved_sae
+
+from workbench import hooks
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).parent / "artifacts" / "screenshots"
@@ -35,7 +36,7 @@ def ft_store(tmp_path_factory):
     store = ResultStore(d / "store")
     model = load_model("tiny", device="cpu")
     corpus = mini_corpus(load_corpus("brown"), 8)
-    saes = [str(saved_sae(d / f"s{i}", hook=f"blocks.{i}.hook_resid_post", seed=i)) for i in (0, 1)]
+    saes = [str(saved_sae(d / f"s{i}", hook=hooks.resid_post(i), seed=i)) for i in (0, 1)]
     run_probe("function-tokens", model, corpus, {"saes": saes, "max_tokens": 1024, "seq_len": 64}, store=store)
     run_probe("function-token-loss", model, corpus, {"max_tokens": 512, "seq_len": 64}, store=store)
     return store

@@ -6,7 +6,6 @@ import json
 
 import plotly.graph_objects as go
 import pytest
-
 from sae_standins import mini_corpus, saved_sae
 
 

@@ -12,10 +12,24 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from probes._key_space_gold import GoldList, gold_lists, judge, normalise
-from probes.key_space import (KeySpaceConfig, KeySpaceResult, build_prompt, cluster_keys, expected_distinct, extract_answer,
-                              family_table, final_query, leading_space_pairs, nearest_neighbours, numbered_answers, prompt_tokens,
-                              unembedding_keys)
+from probes.key_space import (
+    KeySpaceConfig,
+    KeySpaceResult,
+    build_prompt,
+    nearest_neighbours,
+    numbered_answers,
+    prompt_tokens,
+    unembedding_keys,
+)
+from probes.key_space.gold import GoldList, gold_lists, judge, normalise
+from probes.key_space.probe import (
+    cluster_keys,
+    expected_distinct,
+    extract_answer,
+    family_table,
+    final_query,
+    leading_space_pairs,
+)
 from workbench.errors import ConfigError
 
 SMALL = {"categories": ["planets", "months"], "top_n": 16, "top_k": 4, "n_explore": 5, "max_new_tokens": 6, "icn_per_round": 2,
@@ -292,7 +306,7 @@ def test_icn_rounds_follow_the_updated_distribution(small_run):
 def test_distinct_running_reads_a_mixed_pandas_column():
     """None next to strings in a DataFrame column reads back as NaN under pandas' string dtype:
     a wrong answer must not count as a distinct correct one."""
-    from probes.key_space import _distinct_running
+    from probes.key_space.probe import _distinct_running
 
     df = pd.DataFrame([{"match": None}, {"match": "Ohio"}, {"match": None}, {"match": "Ohio"}, {"match": "Utah"}])
     assert _distinct_running(list(df["match"])) == [0, 1, 1, 1, 2]
@@ -411,7 +425,8 @@ def test_page_layout_and_views(small_run):
 
 @pytest.mark.slow
 def test_smollm2_keys_prompts_and_query(smollm2):
-    from probes.key_space import resolve_style, tie_state
+    from probes.key_space import resolve_style
+    from probes.key_space.probe import tie_state
 
     t = tie_state(smollm2)
     assert t["tied_embeddings"] is True and t["keys_equal_embeddings"] is True

@@ -11,9 +11,10 @@ import pytest
 import torch
 from tolerances import rounding
 
-from probes import _nc_metrics as ncm
-from probes import linguistic_collapse as lc
+from probes.linguistic_collapse import metrics as ncm
+from probes.linguistic_collapse import probe as lc
 from workbench.errors import ConfigError
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -363,7 +364,7 @@ def test_save_load_round_trip(tiny_result, tmp_path):
 def test_spearman_correlations_against_scipy_free_reference():
     table = pd.DataFrame({"val_loss": [4.0, 3.0, 2.0, 1.0, 5.0], "n_params": [1, 2, 3, 4, 0],
                           "nc1_cdnv": [0.4, 0.3, 0.2, 0.1, 0.5], "nc4_mismatch": [0.1, 0.2, 0.3, 0.4, 0.0]})
-    from probes._nc_sweep import correlations
+    from probes.linguistic_collapse.sweep import correlations
 
     c = correlations(table, ["nc1_cdnv", "nc4_mismatch"]).set_index("metric")
     assert c.loc["nc1_cdnv", "rho_loss"] == pytest.approx(1.0) and c.loc["nc1_cdnv", "rho_params"] == pytest.approx(-1.0)
@@ -377,7 +378,7 @@ def test_spearman_correlations_against_scipy_free_reference():
 @pytest.fixture(scope="module")
 def small_sweep(brown, tiny_result):
     """Real probe results on three random tiny models of different shapes, tabulated like a sweep."""
-    from probes._nc_sweep import SweepResult, correlations, model_row
+    from probes.linguistic_collapse.sweep import SweepResult, correlations, model_row
     from workbench.models import load_model
     from workbench.zoo import LMRecipe
 
@@ -429,7 +430,7 @@ def test_page_layout_and_callbacks_register(small_sweep, store):
 
 def test_run_sweep_trains_runs_stores_and_reuses(store, brown, monkeypatch):
     """The sweep's orchestration with the zoo stubbed by tiny random models (training is tested in the core)."""
-    from probes import _nc_sweep as sweep
+    from probes.linguistic_collapse import sweep
     from workbench.models import load_model
 
     trained: list[str] = []

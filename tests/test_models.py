@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 import torch
-
 from standins import fake_hub_model, tiny_gpt2_dir
+
 from workbench.errors import ConfigError, MissingResourceError, UnknownModelError
 from workbench.models import load_model, model_info, save_checkpoint, set_numerics
 

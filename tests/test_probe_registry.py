@@ -14,8 +14,9 @@ EXPECTED = {
 }
 
 
-def test_every_probe_module_imports():
-    assert probes.IMPORT_ERRORS == {}
+def test_every_analysis_package_imports():
+    assert set(probes.ANALYSES) == {"attention_sinks", "bigram_subnetworks", "function_tokens", "key_space",
+                                    "linguistic_collapse", "residual_norms", "sae_circuits"}
 
 
 def test_every_probe_has_the_standard_shape():

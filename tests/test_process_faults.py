@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from workbench.store import ResultStore
 
@@ -49,9 +48,9 @@ def _table(store_root: Path) -> pd.DataFrame:
 
 
 def test_kill_9_at_random_moments_and_inside_checkpoint_writes_resumes_bit_for_bit(tmp_path):
+    import faultkit
     import torch
 
-    import faultkit
     from workbench.models import load_model
     from workbench.runner import run_probe
 

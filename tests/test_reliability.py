@@ -311,7 +311,7 @@ def test_a_failed_save_marks_the_run_failed(tiny, store, monkeypatch):
 
 
 def test_ctrl_c_marks_the_run_interrupted_with_the_way_to_resume(tiny, store, monkeypatch):
-    import probes.residual_norms as rn
+    import probes.residual_norms.probe as rn
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

@@ -4,7 +4,7 @@ stored result is not reused); change nothing, the key stays."""
 from __future__ import annotations
 
 import shutil
-import pytest
+
 import torch
 
 from workbench.corpora import Corpus, Document

@@ -9,12 +9,20 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from probes._circuit_baselines import KNOWN_CIRCUITS, answers_of, head_patching
-from probes._discrete_sae import SAESettings, edge_scores, node_scores, sae_codes, train_sae, unique_cooccurrence
 from probes.sae_circuits import SAECircuitsConfig, SAECircuitsResult, run
+from probes.sae_circuits.baselines import KNOWN_CIRCUITS, answers_of, head_patching
+from probes.sae_circuits.discrete_sae import (
+    SAESettings,
+    edge_scores,
+    node_scores,
+    sae_codes,
+    train_sae,
+    unique_cooccurrence,
+)
+from probes.sae_circuits.tasks.contrast import ContrastPrompts, set_logit_diff
+from workbench import hooks
 from workbench.config import config_from_dict
 from workbench.errors import ConfigError
-from workbench.tasks.contrast import ContrastPrompts, set_logit_diff
 
 # ----------------------------------------------------------------------------- the SAE
 
@@ -38,7 +46,7 @@ def test_encoder_and_gradients_follow_the_definition():
     """encode computes ReLU(W_enc (x - b)) (written as W_enc x - W_enc b) with the same gradients."""
     import torch.nn.functional as F
 
-    from probes._discrete_sae import DiscreteSAE, sae_loss
+    from probes.sae_circuits.discrete_sae import DiscreteSAE, sae_loss
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(40, 16, generator=g)
@@ -134,8 +142,8 @@ def test_patching_matches_transformer_lens(tiny_llama):
     """Our layer-skipping, head-batched patching equals TL's get_act_patch_attn_head_out_all_pos (GQA model)."""
     import transformer_lens.patching as tl_patching
 
+    from probes.sae_circuits.tasks.greater_than import greater_than_prompts
     from workbench.models import set_numerics
-    from workbench.tasks.greater_than import greater_than_prompts
 
     model = set_numerics(tiny_llama, "processed")
     prompts = greater_than_prompts(model.tokenizer, n=10, seed=1)
@@ -270,7 +278,7 @@ def test_head_outputs_equal_cache_results(small_result):
     from probes.sae_circuits import head_outputs
 
     model, _ = small_result
-    from workbench.tasks.greater_than import greater_than_prompts
+    from probes.sae_circuits.tasks.greater_than import greater_than_prompts
 
     prompts = greater_than_prompts(model.tokenizer, n=3, seed=5)
     acts, _, _ = head_outputs(model, prompts, batch_size=2, progress=False)
@@ -359,13 +367,13 @@ def test_smollm2_ioi_head_outputs_and_metric():
 
 @pytest.fixture(scope="module")
 def bb_task():
-    from workbench.tasks.bigram_backcopy import load_bb_task
+    from probes.attention_sinks.bigram_backcopy import load_bb_task
 
     return load_bb_task("brown")
 
 
 def test_backcopy_prompts(bb_task):
-    from workbench.tasks.backcopy_contrast import backcopy_prompts
+    from probes.sae_circuits.tasks.backcopy_contrast import backcopy_prompts
 
     c = backcopy_prompts(bb_task, n=40, seed=0, min_len=8, max_len=20)
     trig = bb_task.is_trigger
@@ -382,8 +390,11 @@ def test_backcopy_prompts(bb_task):
 
 
 def test_backcopy_attention_matches_per_prompt_cache(bb_task):
-    from workbench.tasks.backcopy_contrast import backcopy_attention, backcopy_prompts
-    from workbench.tasks.bigram_backcopy import bb_model
+    from probes.attention_sinks.bigram_backcopy import bb_model
+    from probes.sae_circuits.tasks.backcopy_contrast import (
+        backcopy_attention,
+        backcopy_prompts,
+    )
 
     model = bb_model(bb_task, n_layers=2, d_model=32).eval()
     c = backcopy_prompts(bb_task, n=6, seed=1, min_len=8, max_len=16)
@@ -396,14 +407,14 @@ def test_backcopy_attention_matches_per_prompt_cache(bb_task):
             if trig[p[t]]:
                 den += 1
                 for l in range(2):
-                    num[l] += cache[f"blocks.{l}.attn.hook_pattern"][0, :, t, t - 1]
+                    num[l] += cache[hooks.attn_pattern(l)][0, :, t, t - 1]
     assert torch.allclose(got, num / den, atol=1e-5)
 
 
 def test_probe_on_trained_bb_model():
     """The whole probe on a (briefly) trained 3-layer BB model: BB prompts, backcopy-attention ground truth."""
+    from probes.attention_sinks.bigram_backcopy import bb_recipe, load_bb
     from workbench.models import set_numerics
-    from workbench.tasks.bigram_backcopy import bb_recipe, load_bb
 
     model = set_numerics(load_bb(bb_recipe("adam", n_layers=3, batch_size=4, steps=10, d_model=32)), "processed")
     r = run(model, None, config_from_dict(SAECircuitsConfig, dict(SMALL, task="bigram-backcopy", n_prompts=12)))

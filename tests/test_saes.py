@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from sae_standins import mini_corpus, random_topk_sae, saved_sae
 from standins import hub_snapshot_dir
+
+from workbench import hooks
 from workbench.config import StreamConfig
 from workbench.errors import ConfigError, MissingResourceError
 from workbench.saes import (
@@ -184,7 +185,7 @@ def test_in_memory_training_shares_one_pass(tiny, brown, tmp_path, monkeypatch):
     corpus = mini_corpus(brown, 40)
     common = dict(expansion=2, k=4, activation_tokens=512, training_tokens=1024, train_batch_tokens=128, context_size=32,
                   store_batch_prompts=4, n_batches_for_norm_estimate=2, eval_tokens=128, dead_feature_window=4, lr_warm_up_steps=2)
-    specs = [preset_spec(f"blocks.{layer}.hook_resid_post", **common) for layer in (0, 1)]
+    specs = [preset_spec(hooks.resid_post(layer), **common) for layer in (0, 1)]
     acts = training.collect_activations(tiny, corpus, [s.hook_name for s in specs], specs[0], progress=False)
     batches = corpus_batches(tiny, corpus, StreamConfig(split="train", max_tokens=512, seq_len=32, batch_size=4, prepend_bos=True,
                                                        shuffle_docs=True, seed=0))

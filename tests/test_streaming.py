@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from probes.residual_norms import ResidualNormsAccumulator
+from workbench import hooks
 from workbench.activations import StreamStats, stop_layer, stream
 from workbench.corpora import ChunkSpec, Corpus, Document, TokenBatches, tokenize_corpus
 from workbench.errors import MemoryBudgetError
@@ -24,7 +25,7 @@ class MeanResidAccumulator:
     needs_logits = False
 
     def __init__(self, model, fail_at: int | None = None):
-        self.hook_names = [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", "blocks.0.hook_resid_post"]
+        self.hook_names = [hooks.resid_post(model.cfg.n_layers - 1), "blocks.0.hook_resid_post"]
         self.sum = torch.zeros(model.cfg.d_model, dtype=torch.float64)
         self.count = torch.zeros((), dtype=torch.float64)
         self.fail_at, self.seen = fail_at, 0
@@ -48,7 +49,7 @@ def brute_force_mean(model, batches):
     rows = []
     for b in batches:
         _, cache = model.run_with_cache(b.tokens)
-        rows.append(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][b.valid])
+        rows.append(cache[hooks.resid_post(model.cfg.n_layers - 1)][b.valid])
     return torch.cat(rows).double().mean(0)
 
 
@@ -136,7 +137,7 @@ def test_residual_norms_accumulator_matches_brute_force(tiny):
     correct = {l: [0, 0] for l in range(tiny.cfg.n_layers + 1)}
     for b in batches:
         _, cache = tiny.run_with_cache(b.tokens)
-        layers = [cache["hook_embed"] + cache["hook_pos_embed"]] + [cache[f"blocks.{l}.hook_resid_post"] for l in range(tiny.cfg.n_layers)]
+        layers = [cache["hook_embed"] + cache["hook_pos_embed"]] + [cache[hooks.resid_post(l)] for l in range(tiny.cfg.n_layers)]
         for l, x in enumerate(layers):
             for i in range(b.tokens.shape[0]):
                 for t in range(b.tokens.shape[1]):

@@ -9,11 +9,20 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from probes.sae_circuits.tasks.contrast import ContrastPrompts, set_logit_diff
+from probes.sae_circuits.tasks.docstring import (
+    FUNC_NAMES,
+    PARAM_NAMES,
+    WORDS,
+    docstring_prompts,
+)
+from probes.sae_circuits.tasks.greater_than import (
+    NOUNS,
+    greater_than_prompts,
+    year_mode,
+)
+from probes.sae_circuits.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, ioi_prompts
 from workbench.errors import ConfigError
-from workbench.tasks.contrast import ContrastPrompts, set_logit_diff
-from workbench.tasks.docstring import FUNC_NAMES, PARAM_NAMES, WORDS, docstring_prompts
-from workbench.tasks.greater_than import NOUNS, greater_than_prompts, year_mode
-from workbench.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, ioi_prompts
 from workbench.tokenizers import byte_tokenizer
 
 

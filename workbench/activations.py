@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import psutil
 import torch
 from transformer_lens import HookedTransformer
 
+from workbench import hooks
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import MemoryBudgetError
 from workbench.progress import progress_bar
@@ -60,7 +60,6 @@ class StreamStats:
 
 CHECKPOINT_FILE = "stream_state.safetensors"  # one verified file: accumulator state + next batch
 CHECKPOINT_EVERY = 20  # batches between checkpoints when the caller does not say
-_LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
 def stop_layer(model: HookedTransformer, hook_names: Sequence[str], needs_logits: bool) -> int | None:
@@ -69,12 +68,12 @@ def stop_layer(model: HookedTransformer, hook_names: Sequence[str], needs_logits
         return None
     deepest = -1
     for name in hook_names:
-        m = _LAYER.match(name)
-        if m is None:
-            if name in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+        layer = hooks.layer_of(name)
+        if layer is None:
+            if name in (hooks.EMBED, hooks.POS_EMBED, "hook_tokens"):
                 continue
             return None  # ln_final.*, unembed: need the whole model
-        deepest = max(deepest, int(m.group(1)))
+        deepest = max(deepest, layer)
     if deepest + 1 >= model.cfg.n_layers:
         return None
     return deepest + 1

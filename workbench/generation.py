@@ -20,6 +20,7 @@ Stopping, per sequence: at the first token whose own decoded text contains one o
 from __future__ import annotations
 
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -28,8 +29,6 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from workbench.errors import ConfigError, PromptTooLongError
-from contextlib import nullcontext
-
 from workbench.progress import ProgressBar, progress_bar
 
 StopReason = Literal["stop-string", "eos", "max-tokens"]

@@ -1,18 +1,31 @@
-"""The probe registry: every analysis declares a config dataclass, a result class and a
-`run(model, corpus, config) -> Result` function, and registers itself here (modelled on SAE Lens's
-config dataclasses and registry)."""
+"""The analysis registry: probes and studies declare themselves here (modelled on SAE Lens's config
+dataclasses and registry).
+
+A **probe** is one analysis of one model on one corpus: a config dataclass, a result class and
+`run(model, corpus, config) -> Result`. A **study** composes probe runs (and the kernel's trainers)
+into one stored result: `run(config, ctx) -> Result`, where every probe run goes through
+`ctx.run_probe`, so each part is keyed, reused, registered and shown in the run table.
+
+Both register at import of their package under `probes/`; the registry imports that package by
+name the first time it is asked for a name (`discover`). A package that fails to import raises
+with its traceback. A name can be registered once.
+"""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
 import importlib
-import inspect
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import ConfigError
 from workbench.results import Result
+
+PROJECT_PACKAGES = ("workbench", "probes")  # the code a result can depend on
 
 
 @dataclass(frozen=True)
@@ -26,112 +39,195 @@ class ProbeSpec:
     needs_corpus: bool = True
     default_model: str = "smollm2-135m"
     default_corpus: str | None = "brown"
+    kind: str = "probe"
 
     @property
     def module(self) -> str:
         return self.run.__module__
 
 
-REGISTRY: dict[str, ProbeSpec] = {}
-_loaded = False
+@dataclass(frozen=True)
+class StudySpec:
+    """A registered composition of probe runs (see the module docstring)."""
+
+    name: str
+    description: str
+    config_cls: type
+    result_cls: type[Result]
+    run: Callable[..., Result]
+    kind: str = "study"
+
+    @property
+    def module(self) -> str:
+        return self.run.__module__
 
 
-def register(spec: ProbeSpec) -> ProbeSpec:
+Spec = ProbeSpec | StudySpec
+REGISTRY: dict[str, Spec] = {}
+_discovered = False
+
+
+def register(spec: Spec) -> Spec:
+    """Add a probe or study; a second spec under a registered name is refused."""
+    known = REGISTRY.get(spec.name)
+    if known is not None and known is not spec and (known.module, known.run.__qualname__) != (spec.module, spec.run.__qualname__):
+        raise ConfigError(f"{spec.kind} name {spec.name!r} is already registered by {known.module}")
     REGISTRY[spec.name] = spec
     return spec
 
 
-def _load_all() -> None:
-    global _loaded
-    if not _loaded:
+def discover() -> None:
+    """Import every analysis package under `probes/` once (each registers its probes and studies).
+
+    An import error propagates with its traceback: a broken analysis must not vanish silently.
+    """
+    global _discovered
+    if not _discovered:
         importlib.import_module("probes")
-        _loaded = True
+        _discovered = True
 
 
 def list_probes() -> list[ProbeSpec]:
-    _load_all()
-    return [REGISTRY[k] for k in sorted(REGISTRY)]
+    discover()
+    return [s for k, s in sorted(REGISTRY.items()) if isinstance(s, ProbeSpec)]
 
 
-def get_probe(name: str) -> ProbeSpec:
-    _load_all()
+def list_studies() -> list[StudySpec]:
+    discover()
+    return [s for k, s in sorted(REGISTRY.items()) if isinstance(s, StudySpec)]
+
+
+def get_spec(name: str) -> Spec:
+    """A probe or a study by name."""
+    discover()
     if name not in REGISTRY:
-        raise ConfigError(f"Unknown probe {name!r}; known probes: {sorted(REGISTRY)}")
+        raise ConfigError(f"Unknown analysis {name!r}; known probes: {[s.name for s in list_probes()]}; "
+                          f"studies: {[s.name for s in list_studies()]}")
     return REGISTRY[name]
 
 
-_CORE_HASH: str | None = None
+def get_probe(name: str) -> ProbeSpec:
+    discover()
+    spec = REGISTRY.get(name)
+    if not isinstance(spec, ProbeSpec):
+        raise ConfigError(f"Unknown probe {name!r}; known probes: {[s.name for s in list_probes()]}")
+    return spec
 
 
-def _core_hash() -> str:
-    """Hash of the workbench core sources: a change there may change any result."""
-    global _CORE_HASH
-    if _CORE_HASH is None:
-        root = Path(__file__).parent
-        h = hashlib.sha1()
-        for p in sorted(root.rglob("*.py")):
-            if p.name in ("cli.py",):
-                continue
-            h.update(p.read_bytes())
-        _CORE_HASH = h.hexdigest()[:8]
-    return _CORE_HASH
+def get_study(name: str) -> StudySpec:
+    discover()
+    spec = REGISTRY.get(name)
+    if not isinstance(spec, StudySpec):
+        raise ConfigError(f"Unknown study {name!r}; known studies: {[s.name for s in list_studies()]}")
+    return spec
 
 
-def code_version(spec: ProbeSpec) -> str:
-    """Package version + hash of the core + hash of the probe's module and of every module of its
-    own package that it imports, directly or not (a probe's private helpers change its results too)."""
+# ----- code versions -----
+_VERSIONS: dict[str, str] = {}
+
+
+def code_version(spec: Spec) -> str:
+    """Package version + a hash of every project module the analysis's package depends on
+    (its own modules and the kernel and other packages they import, transitively, whether at the
+    top or inside functions) and of the data files in those packages. Editing one analysis leaves
+    the code version of every analysis that does not import it unchanged."""
     from workbench import __version__
 
-    h = hashlib.sha1()
-    sources = [inspect.getsource(importlib.import_module(name)) for name in local_dependencies(spec.module)]
-    for src in sources:
-        h.update(src.encode())
-    data_dir = Path(importlib.import_module(spec.module.split(".")[0]).__file__).parent / "data"
-    for f in sorted(data_dir.glob("*")) if data_dir.is_dir() else []:
-        if any(f.name in src for src in sources):  # a data file the probe's code names (gold lists ...)
-            h.update(f.read_bytes())
-    return f"{__version__}+{_core_hash()}.{h.hexdigest()[:8]}"
+    package = analysis_package(spec.module)
+    if package not in _VERSIONS:
+        h = hashlib.sha1()
+        for name, path in sorted(dependencies(package).items()):
+            h.update(name.encode())
+            h.update(path.read_bytes())
+        for data in sorted(data_files(package)):
+            h.update(data.name.encode())
+            h.update(data.read_bytes())
+        _VERSIONS[package] = h.hexdigest()[:12]
+    return f"{__version__}+{_VERSIONS[package]}"
 
 
-def local_dependencies(module_name: str) -> list[str]:
-    """`module_name` followed by the modules of its top-level package that it imports, transitively
-    (found by reading import statements, in first-seen order)."""
-    import ast
+def analysis_package(module: str) -> str:
+    """`probes.<analysis>` for a module inside an analysis package, else the module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "probes" and len(parts) > 1 else module
 
-    package = module_name.split(".")[0]
-    seen: list[str] = []
-    todo = [module_name]
-    while todo:
-        name = todo.pop(0)
-        if name in seen:
+
+def _module_path(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _package_modules(name: str) -> list[str]:
+    """`name` and, when it is a package, every module inside it."""
+    path = _module_path(name)
+    if path is None:
+        return []
+    if path.name != "__init__.py":
+        return [name]
+    root = path.parent
+    return [".".join([name, *p.relative_to(root).with_suffix("").parts]).removesuffix(".__init__") for p in sorted(root.rglob("*.py"))]
+
+
+def imported_modules(path: Path, name: str) -> set[str]:
+    """Project modules that the source at `path` (module `name`) imports, anywhere in the file."""
+    found: set[str] = set()
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            cands = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = name.split(".")[: len(name.split(".")) - node.level + (1 if is_pkg else 0)]
+                base = ".".join(parent + ([base] if base else []))
+            cands = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
             continue
-        seen.append(name)
-        module = importlib.import_module(name)
-        for node in ast.walk(ast.parse(inspect.getsource(module))):
-            found: list[str] = []
-            if isinstance(node, ast.Import):
-                found = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            for cand in found:
-                if cand.split(".")[0] == package and cand != package and _is_module(cand):
-                    todo.append(cand)
+        for cand in cands:
+            if cand.split(".")[0] not in PROJECT_PACKAGES:
+                continue
+            while cand and _module_path(cand) is None:
+                cand = cand.rpartition(".")[0]
+            if cand:
+                found.add(cand)
+    return found
+
+
+def dependencies(package: str) -> dict[str, Path]:
+    """Module name -> source path of `package`'s modules and every project module they import,
+    transitively (the `probes` package's own `__init__`, which imports every analysis, excluded)."""
+    todo = _package_modules(package)
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen or name == "probes":
+            continue
+        path = _module_path(name)
+        if path is None:
+            continue
+        seen[name] = path
+        todo.extend(imported_modules(path, name) - set(seen))
     return seen
 
 
-def _is_module(name: str) -> bool:
-    import importlib.util
+def data_files(package: str) -> list[Path]:
+    """Files in the `data/` folders of the analysis packages `package` depends on."""
+    roots = {analysis_package(m) for m in dependencies(package) if m.startswith("probes.")}
+    out: list[Path] = []
+    for root in roots:
+        path = _module_path(root)
+        if path is not None and (path.parent / "data").is_dir():
+            out.extend(p for p in (path.parent / "data").rglob("*") if p.is_file())
+    return out
 
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
-
-def describe_config(spec: ProbeSpec) -> list[dict[str, Any]]:
-    """Fields of a probe's config with defaults and types, for the CLI and dashboard forms."""
-    import dataclasses
-
+def describe_config(spec: Spec) -> list[dict[str, Any]]:
+    """Fields of a config with defaults and types, for the CLI and dashboard forms."""
     from workbench.config import config_fields
 
     types = config_fields(spec.config_cls)

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 from transformer_lens import HookedTransformer
 
 from workbench.errors import ConfigError
+from workbench.identity import files_digest, hub_revision
+from workbench.saes.files import CFG_FILE, WEIGHTS_FILE, is_sae_dir
+from workbench.saes.loading import TRAINED_PREFIX, trained_hook
+from workbench.saes.recipes import find_trained
 
 RESOURCE_KINDS = ("corpus", "sae")
 
@@ -44,21 +49,13 @@ def sae_identity(source: str, model: HookedTransformer | None, corpus_name: str 
     A directory or a workbench-trained SAE: SHA-256 of its config and weights (cached by path,
     size and mtime). An SAE Lens release: release, id and the cached hub revision.
     """
-    from workbench.identity import files_digest, hub_revision
-    from workbench.saes.loading import CFG_FILE, TRAINED_PREFIX, WEIGHTS_FILE, is_sae_dir
-
     s = str(source)
     if is_sae_dir(s) or s.startswith(TRAINED_PREFIX):
         if is_sae_dir(s):
-            from pathlib import Path
-
             path = Path(s).expanduser()
         else:
             if model is None:
                 raise ConfigError(f"{s!r} names a workbench-trained SAE; it needs the model it was trained on")
-            from workbench.saes.loading import trained_hook
-            from workbench.saes.training import find_trained
-
             path = find_trained(model, corpus_name, trained_hook(s, model))
         return f"sae-sha256:{files_digest([path / CFG_FILE, path / WEIGHTS_FILE])}"
     if ":" in s:
@@ -72,7 +69,9 @@ def sae_identity(source: str, model: HookedTransformer | None, corpus_name: str 
 def release_repo(release: str) -> str | None:
     """The hub repository of an SAE Lens release, from SAE Lens's own directory (offline)."""
     try:
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        from sae_lens.loading.pretrained_saes_directory import (
+            get_pretrained_saes_directory,
+        )
 
         entry = get_pretrained_saes_directory().get(release)
     except Exception:  # an SAE Lens without the directory; the release name alone then identifies it
@@ -107,7 +106,9 @@ def offered_corpora() -> list[str]:
 def offered_release_ids() -> dict[str, set[str]]:
     """SAE Lens releases and their SAE ids, from SAE Lens's bundled directory (no download)."""
     try:
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        from sae_lens.loading.pretrained_saes_directory import (
+            get_pretrained_saes_directory,
+        )
 
         return {name: set(getattr(entry, "saes_map", {}) or {}) for name, entry in get_pretrained_saes_directory().items()}
     except Exception:

@@ -20,7 +20,13 @@ import pandas as pd
 import torch
 
 from workbench.errors import CorruptResultError
-from workbench.io import _json_default, read_json, read_tensors, replace_dir, write_tensors
+from workbench.io import (
+    _json_default,
+    read_json,
+    read_tensors,
+    replace_dir,
+    write_tensors,
+)
 
 R = TypeVar("R", bound="Result")
 RESULT_FILE = "result.json"

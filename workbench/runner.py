@@ -9,13 +9,11 @@ checkpoints) or cancelled (asked for through the registry; noticed at the next p
 
 from __future__ import annotations
 
-import contextvars
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from transformer_lens import HookedTransformer
 
@@ -28,48 +26,8 @@ from workbench.probe_api import ProbeSpec, code_version, get_probe
 from workbench.progress import reporting_to
 from workbench.resources import resource_identities
 from workbench.results import Result
+from workbench.run_context import RunContext, running
 from workbench.store import ResultStore, result_key
-
-
-@dataclass
-class RunContext:
-    """Where the running probe may keep resumable state (stream checkpoints, trainer state)."""
-
-    store: ResultStore
-    probe: str
-    key: str
-    run_id: int
-
-    @property
-    def scratch(self) -> Path:
-        return self.store.scratch(self.probe, self.key)
-
-
-_context: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wb_run", default=None)
-
-
-def current_run() -> RunContext | None:
-    """The run in progress, if the probe was started through `run_probe`."""
-    return _context.get()
-
-
-def scratch_dir(name: str) -> Path | None:
-    """A named, resumable scratch directory of the current run, or None outside a stored run."""
-    ctx = current_run()
-    if ctx is None:
-        return None
-    p = ctx.scratch / name
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-@contextmanager
-def _running(ctx: RunContext) -> Iterator[None]:
-    token = _context.set(ctx)
-    try:
-        yield
-    finally:
-        _context.reset(token)
 
 
 @dataclass
@@ -166,7 +124,7 @@ def run_probe(
 
     t0 = time.time()
     try:
-        with reporting_to(on_progress), _running(RunContext(store, spec.name, key, run_id)):
+        with reporting_to(on_progress), running(RunContext(store, spec.name, key, run_id)):
             result = spec.run(model, corpus, cfg)
         result.meta.update({
             "probe": spec.name,

@@ -12,7 +12,7 @@ from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatches, TokenizedCorpus, tokenize_corpus
 from workbench.errors import ConfigError, EmptyCorpusError
 from workbench.models.info import model_info
-from workbench.runner import scratch_dir
+from workbench.run_context import scratch_dir
 
 CHARS_PER_TOKEN_GUESS = 3.0
 

@@ -32,7 +32,7 @@ import psutil
 from workbench.errors import CorruptResultError
 from workbench.io import _json_default, remove_stale
 from workbench.paths import store_dir
-from workbench.results import R, RESULT_FILE
+from workbench.results import RESULT_FILE, R
 
 ACTIVE = ("queued", "running")
 FINISHED_OK = ("done", "reused")

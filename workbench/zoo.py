@@ -19,7 +19,6 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench.corpora import load_corpus
 from workbench.corpora.tokenized import ChunkSpec, TokenBatches, tokenize_corpus
-from workbench.models.checkpoint import load_checkpoint
 from workbench.paths import cache_dir
 from workbench.tokenizers import load_tokenizer
 from workbench.training import TrainConfig, corpus_batch_fn, log_spaced_steps, train

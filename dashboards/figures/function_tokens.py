@@ -1,5 +1,5 @@
-"""Figures of the function-token probes (`probes.function_tokens`, `probes.function_token_loss`,
-`probes.function_token_steering`): degree against frequency rank, coverage curves and the
+"""Figures of the function-token probes (`probes.function_tokens`, `probes.function_tokens.loss`,
+`probes.function_tokens.steering`): degree against frequency rank, coverage curves and the
 Table 1 comparison, top-n function against content tokens, the bipartite graph, the loss
 decomposition (bars, and curves over training), and the case-study heatmaps."""
 

@@ -1,5 +1,5 @@
 """Figures of the linguistic-collapse probe (`probes.linguistic_collapse`) and its scaling sweep
-(`probes._nc_sweep`): each metric against parameters and validation loss, the correlation table,
+(`probes.linguistic_collapse.sweep`): each metric against parameters and validation loss, the correlation table,
 the class-mean geometry of the most frequent classes, and the min_count sensitivity."""
 
 from __future__ import annotations

@@ -96,7 +96,6 @@ def roc_figure(results: Mapping[str, Any]) -> go.Figure:
             continue
         color = COLORS[c % len(COLORS)]
         for col, (kind, scores) in enumerate((("node", r.node_scores), ("edge", r.edge_scores)), start=1):
-            auc = r.stats[f"{kind}_auc_mean"]
             for s in range(scores.shape[0]):
                 fpr, tpr = roc_points(truth, scores[s].numpy())
                 fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", line=dict(color=color, width=1.5), opacity=0.45,

@@ -20,8 +20,8 @@ from dashboards.base import (
     register_run_picker,
     run_picker,
 )
-from dashboards.figures import empty_figure
 from dashboards.figures import attention_sinks as figs
+from dashboards.figures import empty_figure
 
 PROBE = "attention-sinks"
 DEFAULT_PROMPT = "The jury said it did find that many of the city's voters were not registered.\n"

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from dashboards.base import AppContext, DashPage, error_box, error_message, figure_card, graph, register_run_picker, run_picker
+from dashboards.base import (
+    AppContext,
+    DashPage,
+    error_box,
+    error_message,
+    figure_card,
+    graph,
+    register_run_picker,
+    run_picker,
+)
 from dashboards.figures import empty_figure
 from dashboards.figures.bigram_subnetworks import (
     ablation_bars,

@@ -5,9 +5,20 @@ features, click a feature for its top activating contexts), the loss decompositi
 from __future__ import annotations
 
 import pandas as pd
-from dash import Dash, Input, Output, State, ctx as dash_ctx, dcc, html, no_update
+from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import ctx as dash_ctx
 
-from dashboards.base import AppContext, DashPage, error_box, error_message, figure_card, graph, register_run_picker, run_picker, run_options
+from dashboards.base import (
+    AppContext,
+    DashPage,
+    error_box,
+    error_message,
+    figure_card,
+    graph,
+    register_run_picker,
+    run_options,
+    run_picker,
+)
 from dashboards.figures import empty_figure
 from dashboards.figures import function_tokens as figs
 from dashboards.graphs import cyto_graph, graph_card, nx_to_elements

@@ -14,10 +14,28 @@ import dataclasses
 import pandas as pd
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
-from dashboards.base import AppContext, DashPage, check_prompt, error_box, error_message, figure_card, graph, register_run_picker, run_picker
+from dashboards.base import (
+    AppContext,
+    DashPage,
+    check_prompt,
+    error_box,
+    error_message,
+    figure_card,
+    graph,
+    register_run_picker,
+    run_picker,
+)
 from dashboards.figures import empty_figure
-from dashboards.figures.key_space import (discovery_figure, family_figure, key_map_figure, precision_figure, query_key_figure,
-                                          ranking_figure, show_token, verdict)
+from dashboards.figures.key_space import (
+    discovery_figure,
+    family_figure,
+    key_map_figure,
+    precision_figure,
+    query_key_figure,
+    ranking_figure,
+    show_token,
+    verdict,
+)
 
 PROBE = "key-space"
 TYPED = "__typed__"
@@ -132,7 +150,7 @@ def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None, sh
     """(category options, chosen category, judge options, precision figure, family figure, summary table) of a stored run.
 
     `show_typed`: a typed instruction was just probed, so choose it."""
-    from probes._key_space_gold import gold_lists
+    from probes.key_space import gold_lists
 
     res = ctx.result(int(run_id))
     cats = list(dict.fromkeys(res.candidates["category"])) if not res.candidates.empty else list(res.prompts)  # probing order
@@ -165,8 +183,7 @@ def rounds_view(ctx: AppContext, run_id, category: str, live: dict | None, rnd: 
 
 def live_probe(ctx: AppContext, run_id, instruction, judge: str | None, top_n, explore) -> dict:
     """Probe a typed instruction on the run's model with the run's clusters; JSON-able tables for a dcc.Store."""
-    from probes._key_space_gold import get_gold
-    from probes.key_space import KeySpaceConfig, probe_instruction
+    from probes.key_space import KeySpaceConfig, get_gold, probe_instruction
     from workbench.config import config_from_dict
     from workbench.errors import ConfigError
 

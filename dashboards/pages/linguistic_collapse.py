@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from dash import Dash, Input, Output, dcc, html, no_update
 
-from dashboards.base import AppContext, DashPage, error_box, error_message, figure_card, graph, register_run_picker, run_picker
+from dashboards.base import (
+    AppContext,
+    DashPage,
+    error_box,
+    error_message,
+    figure_card,
+    graph,
+    register_run_picker,
+    run_picker,
+)
 from dashboards.figures import empty_figure
 from dashboards.figures import linguistic_collapse as figs
-from probes._nc_sweep import METRICS, SWEEP_PROBE, load_sweep
+from probes.linguistic_collapse import METRICS, SWEEP_PROBE, load_sweep
 
 PROBE = "linguistic-collapse"
 

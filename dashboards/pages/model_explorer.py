@@ -10,10 +10,32 @@ from urllib.parse import parse_qs
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
-from dashboards.base import MAX_PROMPT_CHARS, AppContext, DashPage, check_model_name, error_box, error_message, figure_card, graph, model_names
-from dashboards.explorer import MAX_TOKENS, TOPK_KEEP, AnalysisCache, attention_flow_graph, chip_text, flow_positions, prompt_lens_figure
+from dashboards.base import (
+    MAX_PROMPT_CHARS,
+    AppContext,
+    DashPage,
+    check_model_name,
+    error_box,
+    error_message,
+    figure_card,
+    graph,
+    model_names,
+)
+from dashboards.explorer import (
+    MAX_TOKENS,
+    TOPK_KEEP,
+    AnalysisCache,
+    attention_flow_graph,
+    chip_text,
+    flow_positions,
+    prompt_lens_figure,
+)
 from dashboards.figures import empty_figure
-from dashboards.figures.explorer import attention_figure, head_grid_figure, prompt_norms_figure
+from dashboards.figures.explorer import (
+    attention_figure,
+    head_grid_figure,
+    prompt_norms_figure,
+)
 from dashboards.graphs import cyto_graph, graph_card, nx_to_elements
 
 DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 from dash import Dash, Input, Output, dcc, html, no_update
 
-from dashboards.base import AppContext, DashPage, error_box, error_message, figure_card, graph, register_run_picker, run_picker
+from dashboards.base import (
+    AppContext,
+    DashPage,
+    error_box,
+    error_message,
+    figure_card,
+    graph,
+    register_run_picker,
+    run_picker,
+)
 from dashboards.figures import empty_figure
-from dashboards.figures.residual_norms import bos_ratio_figure, label_of, lens_figure, norms_figure, summary_rows
+from dashboards.figures.residual_norms import (
+    bos_ratio_figure,
+    label_of,
+    lens_figure,
+    norms_figure,
+    summary_rows,
+)
 
 PROBE = "residual-norms"
 

@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import json
 
-from dash import Dash, Input, Output, State, ctx as callback_ctx, dcc, html, no_update
+from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import ctx as callback_ctx
 
-from dashboards.base import AppContext, DashPage, error_box, error_message, figure_card, graph
+from dashboards.base import (
+    AppContext,
+    DashPage,
+    error_box,
+    error_message,
+    figure_card,
+    graph,
+)
 from dashboards.figures import empty_figure
-from dashboards.figures.sae_circuits import code_histogram, head_heatmap, layered_positions, roc_figure, runtime_figure, summary_rows
+from dashboards.figures.sae_circuits import (
+    code_histogram,
+    head_heatmap,
+    layered_positions,
+    roc_figure,
+    runtime_figure,
+    summary_rows,
+)
 from dashboards.graphs import cyto_graph, graph_card, nx_to_elements
 
 PROBE = "sae-circuits"

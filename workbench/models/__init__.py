@@ -19,7 +19,14 @@ from transformer_lens import HookedTransformer
 
 from workbench.errors import ConfigError, UnknownModelError
 from workbench.identity import files_digest, hub_revision
-from workbench.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_fingerprint, is_checkpoint, load_checkpoint, save_checkpoint
+from workbench.models.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    checkpoint_fingerprint,
+    is_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from workbench.models.embedded import GGUF_NAME, WHEEL, embedded_dir, embedded_weights
 from workbench.models.hf_local import dir_fingerprint, hooked_from_hf_dir, weight_files
 from workbench.models.info import (

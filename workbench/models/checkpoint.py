@@ -11,6 +11,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench.io import read_json, read_tensors, write_json, write_tensors
+from workbench.models.patches import apply_model_patches, patches_in
 
 CONFIG_FILE = "workbench_model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -79,10 +80,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[HookedTransf
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.to(device).eval()
-    if blob.get("meta", {}).get("attention") == "relu":  # trained with ReLU attention (workbench.tasks)
-        from workbench.tasks.bigram_backcopy import install_relu_attention
-
-        install_relu_attention(model)
+    apply_model_patches(model, patches_in(blob.get("meta", {})))
     return model, blob.get("meta", {})
 
 

@@ -16,7 +16,15 @@ from workbench.saes.loading import (
     source_of,
 )
 from workbench.saes.quality import SAEQuality, evaluate_sae, special_token_ids
-from workbench.saes.training import PRESETS, SAETrainSpec, find_trained, preset_spec, read_recipe, train_sae, train_saes, trained_dir
+from workbench.saes.recipes import (
+    PRESETS,
+    SAETrainSpec,
+    find_trained,
+    preset_spec,
+    read_recipe,
+    trained_dir,
+)
+from workbench.saes.training import train_sae, train_saes
 
 __all__ = [
     "PRESETS", "SAEQuality", "SAETrainSpec", "check_fits", "decoder_direction", "evaluate_sae", "find_trained", "hook_layer",

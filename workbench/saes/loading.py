@@ -16,20 +16,16 @@ from typing import TYPE_CHECKING
 import torch
 from transformer_lens import HookedTransformer
 
+from workbench import hooks
 from workbench.errors import ConfigError, MissingResourceError
+from workbench.saes.files import CFG_FILE, WEIGHTS_FILE, is_sae_dir
+from workbench.saes.recipes import find_trained
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
 TRAINED_PREFIX = "trained:"
 _LAYER_ONLY = re.compile(r"^L?(\d+)$")
-
-
-def is_sae_dir(path: str | Path) -> bool:
-    p = Path(path).expanduser()
-    return (p / CFG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
 
 
 def dir_fingerprint(path: str | Path) -> str:
@@ -79,7 +75,7 @@ def trained_hook(spec: str, model: HookedTransformer | None) -> str:
     """'trained:15', 'trained:L15' or 'trained:blocks.15.hook_resid_post' -> the hook name."""
     rest = spec[len(TRAINED_PREFIX):]
     m = _LAYER_ONLY.match(rest)
-    hook = f"blocks.{m.group(1)}.hook_resid_post" if m else rest
+    hook = hooks.resid_post(m.group(1)) if m else rest
     if model is not None and hook not in model.hook_dict:
         raise ConfigError(f"{spec!r}: the model has no hook {hook!r}")
     return hook
@@ -99,8 +95,6 @@ def load_sae(source: str | Path, device: str = "cpu", model: HookedTransformer |
     if s.startswith(TRAINED_PREFIX):
         if model is None:
             raise ConfigError(f"{s!r} names a workbench-trained SAE; it needs the model it was trained on")
-        from workbench.saes.training import find_trained
-
         return load_local(find_trained(model, corpus_name, trained_hook(s, model)), device)
     if ":" in s and not Path(s).expanduser().exists():
         release, sae_id = s.split(":", 1)

@@ -25,154 +25,33 @@ one to two minutes per SAE of SmolLM2 on 2 cores besides the shared forward pass
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 from transformer_lens import HookedTransformer
 
 from workbench.config import StreamConfig
-from workbench.corpora import load_corpus
-from workbench.corpora.base import SPLITS, Corpus
-from workbench.errors import ConfigError, MissingResourceError
-from workbench.io import read_json, write_json
+from workbench.corpora.base import Corpus
+from workbench.errors import ConfigError
+from workbench.io import write_json
 from workbench.models.info import model_info
-from workbench.paths import cache_dir
 from workbench.progress import progress_bar
-from workbench.saes.loading import is_sae_dir, load_local
+from workbench.saes.files import is_sae_dir
+from workbench.saes.loading import load_local
 from workbench.saes.quality import evaluate_sae, special_token_ids
+from workbench.saes.recipes import (
+    RECIPE_FILE,
+    SAETrainSpec,
+    resolved_d_sae,
+    trained_dir,
+)
 from workbench.slices import corpus_batches
-
-RECIPE_FILE = "workbench_sae.json"
-Architecture = Literal["topk", "batchtopk", "jumprelu"]
-
-
-@dataclass(frozen=True)
-class SAETrainSpec:
-    """Everything that determines a trained SAE (besides model and corpus)."""
-
-    hook_name: str
-    architecture: Architecture = "topk"
-    d_sae: int | None = None  # default: expansion x the hook's width
-    expansion: int = 8
-    k: int = 32  # topk / batchtopk: active features per token
-    l0_coefficient: float = 2.0  # jumprelu only
-    training_tokens: int = 150_000
-    train_batch_tokens: int = 512
-    context_size: int = 128
-    store_batch_prompts: int = 8
-    n_batches_in_buffer: int = 16  # mixing buffer holds n_batches_in_buffer x context_size activations
-    lr: float = 1e-3
-    lr_warm_up_steps: int = 10
-    lr_decay_fraction: float = 0.2  # linear decay over the last fraction of steps
-    dead_feature_window: int = 50  # steps without firing before TopK's auxiliary loss revives a feature
-    n_batches_for_norm_estimate: int = 10
-    split: str = "train"
-    seed: int = 0
-    eval_tokens: int = 10_000  # held-out (validation split) tokens for the quality record
-    # None: SAE Lens's LanguageModelSAETrainingRunner streams fresh activations (each token seen once).
-    # A number: that many training-split tokens are run through the model once, their activations kept
-    # in memory, and SAE Lens's SAETrainer trains on shuffled passes over them (training_tokens
-    # samples in all). Several such SAEs on one model share the forward pass (`train_saes`).
-    activation_tokens: int | None = None
-
-    def validate(self) -> None:
-        if self.architecture not in ("topk", "batchtopk", "jumprelu"):
-            raise ConfigError(f"architecture must be topk, batchtopk or jumprelu, got {self.architecture!r}")
-        if self.split not in SPLITS:
-            raise ConfigError(f"split must be one of {SPLITS}, got {self.split!r}")
-        for name in ("expansion", "k", "training_tokens", "train_batch_tokens", "context_size", "store_batch_prompts",
-                     "n_batches_in_buffer", "eval_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.training_tokens < self.train_batch_tokens:
-            raise ConfigError(f"training_tokens ({self.training_tokens}) is less than one batch ({self.train_batch_tokens})")
-        # SAE Lens's mixing buffer holds n_batches_in_buffer * context_size activations and refuses
-        # a training batch larger than that ("Buffer size must be greater than or equal to batch size").
-        if self.n_batches_in_buffer * self.context_size < self.train_batch_tokens:
-            raise ConfigError(
-                f"n_batches_in_buffer x context_size = {self.n_batches_in_buffer * self.context_size} must be at least "
-                f"train_batch_tokens = {self.train_batch_tokens} (SAE Lens's mixing buffer); raise n_batches_in_buffer"
-            )
-        if self.activation_tokens is not None and self.activation_tokens < self.train_batch_tokens:
-            raise ConfigError(f"activation_tokens ({self.activation_tokens}) is less than one batch ({self.train_batch_tokens})")
-        if self.d_sae is not None and self.architecture != "jumprelu" and self.k >= self.d_sae:
-            raise ConfigError(f"k ({self.k}) must be smaller than d_sae ({self.d_sae})")
-
-    @property
-    def n_steps(self) -> int:
-        return self.training_tokens // self.train_batch_tokens
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores: one forward pass over 24,576 Brown tokens, then 4 shuffled passes (98,304 samples,
-    # 384 steps of 256) for a 4x-wide TopK SAE; about a minute of SAE training per layer.
-    "cpu": dict(expansion=4, k=32, activation_tokens=24_576, training_tokens=98_304, train_batch_tokens=256,
-                eval_tokens=4096),
-    "gpu": dict(training_tokens=4_000_000, train_batch_tokens=4096, store_batch_prompts=32, n_batches_in_buffer=64,
-                lr=4e-4, lr_warm_up_steps=50, dead_feature_window=200, n_batches_for_norm_estimate=50, eval_tokens=100_000),
-}
-
-
-def preset_spec(hook_name: str, preset: str = "cpu", **overrides: Any) -> SAETrainSpec:
-    """A spec from a named preset ("cpu" or "gpu") plus field overrides."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown SAE training preset {preset!r}; known: {sorted(PRESETS)}")
-    spec = SAETrainSpec(hook_name=hook_name, **{**PRESETS[preset], **overrides})
-    spec.validate()
-    return spec
-
-
-def hook_width(model: HookedTransformer, hook: str) -> int:
-    """Width of the activation at `hook` (from a 2-token forward pass)."""
-    if hook not in model.hook_dict:
-        raise ConfigError(f"model {model.cfg.model_name!r} has no hook {hook!r}")
-    tokens = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=[hook])
-    act = cache[hook]
-    return int(act.shape[-1] if act.ndim == 3 else act.shape[-2] * act.shape[-1])
-
-
-def resolved_d_sae(model: HookedTransformer, spec: SAETrainSpec) -> tuple[int, int]:
-    d_in = hook_width(model, spec.hook_name)
-    return d_in, spec.d_sae or spec.expansion * d_in
-
-
-def recipe_key(model: HookedTransformer, corpus_id: str, spec: SAETrainSpec) -> str:
-    import sae_lens
-
-    blob = json.dumps({"model": model_info(model).key, "corpus": corpus_id, "spec": dataclasses.asdict(spec),
-                       "sae_lens": sae_lens.__version__}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def trained_dir(model: HookedTransformer, corpus_id: str, spec: SAETrainSpec) -> Path:
-    """Where the recipe's SAE is (or will be) cached."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_info(model).id)[:48]
-    hook = spec.hook_name.replace("blocks.", "L").replace(".hook_", "-")
-    return cache_dir() / "saes" / f"{slug}-{hook}-{spec.architecture}{spec.d_sae or f'x{spec.expansion}'}-{recipe_key(model, corpus_id, spec)}"
-
-
-def find_trained(model: HookedTransformer, corpus_name: str, hook: str, preset: str = "cpu") -> Path:
-    """The cached SAE of the preset recipe for this model, corpus and hook; error if not trained."""
-    corpus = load_corpus(corpus_name)
-    path = trained_dir(model, corpus.id, preset_spec(hook, preset))
-    if not (is_sae_dir(path) and (path / RECIPE_FILE).exists()):
-        raise MissingResourceError(
-            f"No workbench-trained SAE for {model_info(model).id} at {hook} on {corpus_name} (preset {preset}). "
-            f"Train it with `python -m experiments.train_saes` or `workbench.saes.train_sae(model, corpus, "
-            f"preset_spec({hook!r}))`."
-        )
-    return path
 
 
 def training_rows(model: HookedTransformer, corpus: Corpus, spec: SAETrainSpec) -> torch.Tensor:
@@ -194,7 +73,11 @@ def training_rows(model: HookedTransformer, corpus: Corpus, spec: SAETrainSpec) 
 
 
 def _sae_config(spec: SAETrainSpec, d_in: int, d_sae: int):
-    from sae_lens import BatchTopKTrainingSAEConfig, JumpReLUTrainingSAEConfig, TopKTrainingSAEConfig
+    from sae_lens import (
+        BatchTopKTrainingSAEConfig,
+        JumpReLUTrainingSAEConfig,
+        TopKTrainingSAEConfig,
+    )
 
     common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in")
     if spec.architecture == "topk":
@@ -290,10 +173,10 @@ def _shuffled_passes(acts: torch.Tensor, batch: int, seed: int):
 def _fit_in_memory(model: HookedTransformer, corpus: Corpus, spec: SAETrainSpec, acts: torch.Tensor, d_in: int, d_sae: int,
                    tmp: Path, progress: bool):
     """SAE Lens's SAETrainer on in-memory activations; saves SAE Lens's files into `tmp`."""
-    from safetensors.torch import save_file
     from sae_lens import TrainingSAE, TrainingSAEConfig
     from sae_lens.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
     from sae_lens.training.sae_trainer import SAETrainer
+    from safetensors.torch import save_file
 
     cfg = _runner_config(model, corpus, spec, d_in, d_sae, tmp)
     torch.manual_seed(spec.seed)
@@ -418,9 +301,3 @@ def train_sae(
     and `workbench_sae.json` (recipe, model, corpus, timings and held-out quality).
     """
     return train_saes(model, corpus, [spec], [out_dir], progress=progress, force=force)[0]
-
-
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The recipe and quality record written beside a workbench-trained SAE ({} for others)."""
-    p = Path(path) / RECIPE_FILE
-    return read_json(p) if p.exists() else {}

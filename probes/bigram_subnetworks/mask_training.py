@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from probes._masking import MaskLogits, masked_forward
+from probes.bigram_subnetworks.masking import MaskLogits, masked_forward
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import ConfigError
 from workbench.io import _json_default

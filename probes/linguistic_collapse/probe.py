@@ -12,7 +12,7 @@ Passes over the corpus, each streamed with float64 accumulators and resumable in
 3. the `heldout_split` slice: NC4 (nearest-class-centre decision against the model's argmax),
    validation loss and top-1 accuracy.
 Memory is O(d_vocab * d_model), never O(tokens * d_model). Metric formulas and the version of the
-paper's code they follow are in `probes._nc_metrics`.
+paper's code they follow are in `probes.linguistic_collapse.metrics`.
 
 Deviations from the paper, stated: NCC uses only the class means kept by `min_count` (the paper's
 code also lets never-seen classes, whose "mean" is the zero vector, win); the linear decision is the
@@ -33,16 +33,17 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from probes import _nc_metrics as ncm
+from probes.linguistic_collapse import metrics as ncm
+from workbench import hooks
 from workbench.config import StreamConfig, setting
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
 from workbench.errors import ConfigError
-from workbench.statefile import load_state, save_state
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.runner import scratch_dir
+from workbench.run_context import scratch_dir
 from workbench.slices import stream_corpus
+from workbench.statefile import load_state, save_state
 
 FORMULAS = "Wu & Papyan 2024, final analyze.py of rhubarbwu/linguistic-collapse (neural_collapse library); CDNV dist_exp=2"
 DISJOINT = {("train", "validation"), ("validation", "train")}
@@ -113,7 +114,7 @@ def feature_site(model: HookedTransformer) -> tuple[str, torch.Tensor | None, to
         raise ConfigError("linguistic collapse is defined on raw numerics (the final norm's gain unfolded); "
                           "load the model with numerics='raw'")
     if norm is None:
-        return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", None, None
+        return hooks.resid_post(model.cfg.n_layers - 1), None, None
     return "ln_final.hook_normalized", model.ln_final.w.detach(), getattr(model.ln_final, "b", None)
 
 

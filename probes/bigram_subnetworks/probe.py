@@ -3,7 +3,7 @@ Transformer Language Models"): continuous-sparsification masks over a model's ra
 matrices, trained so the masked model predicts bigram statistics.
 
 Steps, for one model and corpus:
-1. bigram counts over the training split's chunks (`workbench.bigrams`), unsmoothed, with
+1. bigram counts over the training split's chunks (`probes.bigram_subnetworks.bigrams`), unsmoothed, with
    back-off to unigram then uniform for unseen contexts;
 2. a lambda sweep of masks trained against the bigram rows (soft-target CE + lambda * mean mask);
 3. the "optimal" subnetwork: the same trainer with the full model's own output distribution as
@@ -33,9 +33,23 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from probes._mask_training import MaskRun, MaskTrainConfig, seeded_batch_fn, train_mask
-from probes._masking import complement, kept, mask_slots, masks_applied, n_maskable, random_like, save_masks
-from probes._subnetwork_metrics import (
+from probes.bigram_subnetworks.bigrams import BigramModel
+from probes.bigram_subnetworks.mask_training import (
+    MaskRun,
+    MaskTrainConfig,
+    seeded_batch_fn,
+    train_mask,
+)
+from probes.bigram_subnetworks.masking import (
+    complement,
+    kept,
+    mask_slots,
+    masks_applied,
+    n_maskable,
+    random_like,
+    save_masks,
+)
+from probes.bigram_subnetworks.metrics import (
     BigramCorrelation,
     bigram_correlation,
     block_summary,
@@ -46,7 +60,6 @@ from probes._subnetwork_metrics import (
     rotation_table,
 )
 from workbench.activations import available_memory_bytes, estimate_memory_bytes
-from workbench.bigrams import BigramModel
 from workbench.config import StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
@@ -54,7 +67,7 @@ from workbench.errors import ConfigError, MemoryBudgetError
 from workbench.models.info import model_info
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.runner import scratch_dir
+from workbench.run_context import scratch_dir
 from workbench.slices import corpus_batches
 
 PAPER = {
@@ -150,7 +163,7 @@ class BigramSubnetworksResult(Result):
         return out
 
     def save_masks(self, label: str, path) -> None:
-        """Write one subnetwork as boolean safetensors (load with `probes._masking.load_masks`)."""
+        """Write one subnetwork as boolean safetensors (load with `probes.bigram_subnetworks.masking.load_masks`)."""
         save_masks(path, self.masks_for(label), {"label": label, "model": str(self.meta.get("model", {}).get("id", ""))})
 
     def block_table(self) -> pd.DataFrame:

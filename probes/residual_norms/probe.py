@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from workbench import hooks
 from workbench.config import StreamConfig, setting
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
@@ -63,7 +64,7 @@ class ResidualNormsAccumulator:
         self.n_layers = model.cfg.n_layers
         self.lens_positions = lens_positions
         self.hook_names = ["hook_embed"] + (["hook_pos_embed"] if model.cfg.positional_embedding_type in ("standard", "shortformer") else []) + [
-            f"blocks.{l}.hook_resid_post" for l in range(self.n_layers)
+            hooks.resid_post(l) for l in range(self.n_layers)
         ]
         L = self.n_layers + 1
         dev = next(model.parameters()).device
@@ -76,7 +77,7 @@ class ResidualNormsAccumulator:
 
     def _layers(self, acts: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         resid0 = acts["hook_embed"] + acts.get("hook_pos_embed", 0)
-        return [resid0] + [acts[f"blocks.{l}.hook_resid_post"] for l in range(self.n_layers)]
+        return [resid0] + [acts[hooks.resid_post(l)] for l in range(self.n_layers)]
 
     def update(self, batch: TokenBatch, acts: dict[str, torch.Tensor], logits: torch.Tensor | None) -> None:
         s = self.state
@@ -116,7 +117,7 @@ class ResidualNormsAccumulator:
         var = (s["norm_sq"] / s["count"].clamp(min=1) - mean**2).clamp(min=0)
         return pd.DataFrame({
             "layer": list(range(self.n_layers + 1)),
-            "site": ["embed"] + [f"blocks.{l}.hook_resid_post" for l in range(self.n_layers)],
+            "site": ["embed"] + [hooks.resid_post(l) for l in range(self.n_layers)],
             "mean_norm": mean.numpy(),
             "std_norm": var.sqrt().numpy(),
             "bos_norm": (s["bos_sum"] / s["bos_count"].clamp(min=1)).numpy() if s["bos_count"][0] > 0 else float("nan"),

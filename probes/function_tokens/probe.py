@@ -45,8 +45,16 @@ from workbench.io import atomic_path
 from workbench.paths import cache_dir
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.runner import scratch_dir
-from workbench.saes import check_fits, hook_layer, hook_name, load_sae, read_recipe, source_of, special_token_ids
+from workbench.run_context import scratch_dir
+from workbench.saes import (
+    check_fits,
+    hook_layer,
+    hook_name,
+    load_sae,
+    read_recipe,
+    source_of,
+    special_token_ids,
+)
 from workbench.saes.quality import scored_mask
 from workbench.slices import corpus_batches
 

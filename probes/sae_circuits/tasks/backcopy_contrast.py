@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from transformer_lens import HookedTransformer
 
+from probes.attention_sinks import BBTask
+from probes.sae_circuits.tasks.contrast import ContrastPrompts, pad_right
+from workbench import hooks
 from workbench.errors import ConfigError
-from workbench.tasks.bigram_backcopy import BBTask
-from workbench.tasks.contrast import ContrastPrompts, pad_right
 
 
 def backcopy_prompts(task: BBTask, n: int = 250, seed: int = 0, min_len: int = 16, max_len: int = 32) -> ContrastPrompts:
@@ -74,7 +75,7 @@ def backcopy_attention(model: HookedTransformer, task: BBTask, prompts: Contrast
         query = (trig[tokens] & valid)[:, 1:].to(device)  # trigger inputs at positions 1.., as queries
         _, cache = model.run_with_cache(tokens.to(device), names_filter=lambda n: n.endswith("hook_pattern"))
         for l in range(L):
-            to_prev = cache[f"blocks.{l}.attn.hook_pattern"].diagonal(offset=-1, dim1=-2, dim2=-1)  # [b, heads, T-1]
+            to_prev = cache[hooks.attn_pattern(l)].diagonal(offset=-1, dim1=-2, dim2=-1)  # [b, heads, T-1]
             total[l] += (to_prev * query[:, None]).sum((0, 2)).double().cpu()
         count += int(query.sum())
     if count == 0:

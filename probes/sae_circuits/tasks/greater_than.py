@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
+from probes.sae_circuits.tasks.contrast import ContrastPrompts, encode, single_token_id
 from workbench.errors import ConfigError
-from workbench.tasks.contrast import ContrastPrompts, encode, single_token_id
 
 NOUNS = [
     "war", "reign", "drought", "famine", "journey", "expedition", "dynasty", "siege", "campaign", "conflict",

@@ -5,14 +5,14 @@
 2. Every head's output z . W_O (processed numerics, no b_O; per query head under grouped-query
    attention) is averaged over all positions of a prompt, BOS included: [examples, heads, d_model].
 3. One small SAE (200 features) is trained on 10 randomly drawn examples and every (example, head)
-   is discretised to its argmax feature (`probes._discrete_sae`).
+   is discretised to its argmax feature (`probes.sae_circuits.discrete_sae`).
 4. Node and edge scores rank heads by codes that occur on positives and never on negatives; the
    ranking is scored by ROC AUC against a ground-truth set, over `n_seeds` trials (mean +- std).
 
 Ground truth: the published circuit when the model has one (GPT-2 small IOI and greater-than,
 attn-only-4l docstring), the backcopy head(s) of a Bigram-Backcopy model (heads whose attention
 from trigger positions goes mostly to the preceding token), and otherwise the heads
-the causal baseline selects (`probes._circuit_baselines`: per-head patching of negative into
+the causal baseline selects (`probes.sae_circuits.baselines`: per-head patching of negative into
 positive runs, threshold on the share of the total effect). The baseline's runtime is recorded
 beside the SAE method's.
 """
@@ -30,20 +30,37 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from transformer_lens import HookedTransformer
 
-from probes._circuit_baselines import (
-    BaselineOutcome, answers_of, final_resid, head_patching, known_circuit, last_rows, metric_from_resid,
+from probes.sae_circuits.baselines import (
+    BaselineOutcome,
+    answers_of,
+    final_resid,
+    head_patching,
+    known_circuit,
+    last_rows,
+    metric_from_resid,
 )
-from probes._discrete_sae import SAESettings, edge_scores, node_scores, sae_codes, train_sae, unique_cooccurrence
+from probes.sae_circuits.discrete_sae import (
+    SAESettings,
+    edge_scores,
+    node_scores,
+    sae_codes,
+    train_sae,
+    unique_cooccurrence,
+)
+from probes.sae_circuits.tasks.backcopy_contrast import (
+    backcopy_attention,
+    backcopy_prompts,
+)
+from probes.sae_circuits.tasks.contrast import ContrastPrompts, pad_right
+from probes.sae_circuits.tasks.docstring import docstring_prompts
+from probes.sae_circuits.tasks.greater_than import greater_than_prompts
+from probes.sae_circuits.tasks.ioi import ioi_prompts
+from workbench import hooks
 from workbench.config import setting
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.progress import progress_bar
 from workbench.results import Result
-from workbench.tasks.backcopy_contrast import backcopy_attention, backcopy_prompts
-from workbench.tasks.contrast import ContrastPrompts, pad_right
-from workbench.tasks.docstring import docstring_prompts
-from workbench.tasks.greater_than import greater_than_prompts
-from workbench.tasks.ioi import ioi_prompts
 
 TaskFn = Callable[..., ContrastPrompts]
 # task -> (generator(tokenizer, n, seed, prepend_bos), the paper's L1 coefficient). Bigram-Backcopy
@@ -149,7 +166,7 @@ def make_task(model: HookedTransformer, task: str, n: int, seed: int) -> Contras
 
 
 def _bb_task(model: HookedTransformer):
-    from workbench.tasks.bigram_backcopy import task_of_model
+    from probes.attention_sinks import task_of_model
 
     bb = task_of_model(model)
     if bb is None:
@@ -184,7 +201,7 @@ def head_outputs(model: HookedTransformer, prompts: ContrastPrompts, batch_size:
                 def save_mean(z: torch.Tensor, hook, valid=valid, means=means) -> None:
                     means[hook.layer()] = torch.einsum("bp,bphd->bhd", valid, z)
 
-                resid = final_resid(model, tokens, hooks=[(f"blocks.{l}.attn.hook_z", save_mean) for l in range(L)])
+                resid = final_resid(model, tokens, fwd=[(hooks.attn_z(l), save_mean) for l in range(L)])
                 per_layer = [torch.einsum("bhd,hdm->bhm", means[l], model.blocks[l].attn.W_O) for l in range(L)]
                 rows = idx + side * n
                 out[rows] = torch.cat(per_layer, dim=1).float().cpu()

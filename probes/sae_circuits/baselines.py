@@ -1,7 +1,7 @@
 """Causal baselines for circuit discovery, the task metric, and the published circuits.
 
 Task metric: the set logit difference at each prompt's last position (see
-`workbench.tasks.contrast`), computed from the final residual for the answer tokens only, so no
+`probes.sae_circuits.tasks.contrast`), computed from the final residual for the answer tokens only, so no
 run ever builds [batch, pos, vocab] logits.
 
 Per-head activation patching (negative into positive): for each head, rerun the positives with
@@ -31,10 +31,11 @@ from typing import Callable, Literal
 import torch
 from transformer_lens import HookedTransformer
 
+from probes.sae_circuits.tasks.contrast import ContrastPrompts, pad_right
+from workbench import hooks
 from workbench.errors import ConfigError
 from workbench.models.info import model_info
 from workbench.progress import progress_bar
-from workbench.tasks.contrast import ContrastPrompts, pad_right
 from workbench.training import frozen
 
 BaselineMethod = Literal["patching", "mean-ablation", "attribution"]
@@ -105,9 +106,9 @@ def metric_from_resid(model: HookedTransformer, resid_last: torch.Tensor, ans: A
     return r.masked_fill(~ans.right_mask, neg_inf).logsumexp(-1) - w.masked_fill(~ans.wrong_mask, neg_inf).logsumexp(-1)
 
 
-def final_resid(model: HookedTransformer, x: torch.Tensor, start_at_layer: int | None = None, hooks=()) -> torch.Tensor:
+def final_resid(model: HookedTransformer, x: torch.Tensor, start_at_layer: int | None = None, fwd=()) -> torch.Tensor:
     """Residual after the last block (before ln_final); x is tokens, or a residual when starting later."""
-    with model.hooks(fwd_hooks=list(hooks)):
+    with model.hooks(fwd_hooks=list(fwd)):
         return model(x, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, padding_side="right")
 
 
@@ -163,8 +164,7 @@ def _mean_z(model: HookedTransformer, prompts: ContrastPrompts, batch_size: int,
         neg = neg.to(device)
         valid = (torch.arange(neg.shape[1], device=device)[None] <= last.to(device)[:, None]).float()
         store: dict[int, torch.Tensor] = {}
-        hooks = [(f"blocks.{l}.attn.hook_z", _saver(store, l)) for l in range(L)]
-        final_resid(model, neg, hooks=hooks)
+        final_resid(model, neg, fwd=[(hooks.attn_z(l), _saver(store, l)) for l in range(L)])
         for l in range(L):
             sums[l] += torch.einsum("bp,bphd->hd", valid, store[l])
         count += int(valid.sum())
@@ -208,8 +208,8 @@ def head_patching(
             ans = ans_all.select(idx).to(device)
             z_neg: dict[int, torch.Tensor] = {}
             resid_pre: dict[int, torch.Tensor] = {}
-            r_neg = final_resid(model, neg, hooks=[(f"blocks.{l}.attn.hook_z", _saver(z_neg, l)) for l in range(L)])
-            r_pos = final_resid(model, pos, hooks=[(f"blocks.{l}.hook_resid_pre", _saver(resid_pre, l)) for l in range(L)])
+            r_neg = final_resid(model, neg, fwd=[(hooks.attn_z(l), _saver(z_neg, l)) for l in range(L)])
+            r_pos = final_resid(model, pos, fwd=[(hooks.resid_pre(l), _saver(resid_pre, l)) for l in range(L)])
             clean = metric_from_resid(model, last_rows(r_pos, last), ans)
             pos_metric[idx] = clean.float().cpu()
             neg_metric[idx] = metric_from_resid(model, last_rows(r_neg, last), ans).float().cpu()
@@ -227,7 +227,7 @@ def head_patching(
                     return z
 
                 x = resid_pre[l].repeat(H, 1, 1)  # copy k patches head k
-                r = final_resid(model, x, start_at_layer=l, hooks=[(f"blocks.{l}.attn.hook_z", patch)])
+                r = final_resid(model, x, start_at_layer=l, fwd=[(hooks.attn_z(l), patch)])
                 patched = metric_from_resid(model, last_rows(r, last_rep), ans_rep).view(H, B)
                 effect_sum[l] += (patched - clean[None]).double().sum(1).cpu()
                 bar.update(1)
@@ -257,7 +257,7 @@ def head_attribution(model: HookedTransformer, prompts: ContrastPrompts, batch_s
             z_neg: dict[int, torch.Tensor] = {}
             z_pos: dict[int, torch.Tensor] = {}
             with torch.no_grad():
-                r_neg = final_resid(model, neg, hooks=[(f"blocks.{l}.attn.hook_z", _saver(z_neg, l)) for l in range(L)])
+                r_neg = final_resid(model, neg, fwd=[(hooks.attn_z(l), _saver(z_neg, l)) for l in range(L)])
                 neg_metric[idx] = metric_from_resid(model, last_rows(r_neg, last), ans).float().cpu()
 
             def keep(z: torch.Tensor, hook) -> None:
@@ -268,8 +268,8 @@ def head_attribution(model: HookedTransformer, prompts: ContrastPrompts, batch_s
                 return e.detach().requires_grad_(True)  # a graph through every activation, none through weights
 
             with torch.enable_grad(), frozen(model):
-                hooks = [("hook_embed", track)] + [(f"blocks.{l}.attn.hook_z", keep) for l in range(L)]
-                r_pos = final_resid(model, pos, hooks=hooks)
+                fwd = [(hooks.EMBED, track)] + [(hooks.attn_z(l), keep) for l in range(L)]
+                r_pos = final_resid(model, pos, fwd=fwd)
                 metric = metric_from_resid(model, last_rows(r_pos, last), ans)
                 metric.sum().backward()
             pos_metric[idx] = metric.detach().float().cpu()

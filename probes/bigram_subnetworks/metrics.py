@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from probes._masking import MaskSlot
+from probes.bigram_subnetworks.bigrams import BigramModel
+from probes.bigram_subnetworks.masking import MaskSlot
+from workbench import hooks
 from workbench.activations import stream
-from workbench.bigrams import BigramModel
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 
 LOG2E = 1.0 / math.log(2.0)
@@ -232,7 +233,7 @@ class RidgeStatsAccumulator:
 
     def __init__(self, model: HookedTransformer):
         self.n_layers = model.cfg.n_layers
-        self.hook_names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(self.n_layers)]
+        self.hook_names = ["blocks.0.hook_resid_pre"] + [hooks.resid_post(l) for l in range(self.n_layers)]
         self.W_E = model.W_E.detach()
         d, L = model.cfg.d_model, self.n_layers + 1
         dev = self.W_E.device

@@ -23,14 +23,13 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from workbench.corpora.base import SPLITS, Corpus
+from probes.function_tokens.probe import function_token_ids, token_stats
 from workbench.config import setting
+from workbench.corpora.base import SPLITS, Corpus
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
 from workbench.saes import check_fits, hook_name, load_sae, source_of, special_token_ids
-
-from probes.function_tokens import function_token_ids, token_stats
 
 MAX_PROMPT_CHARS = 2000
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from workbench import hooks
 from workbench.config import StreamConfig, setting
 from workbench.corpora import known_corpora, load_corpus
 from workbench.corpora.base import Corpus
@@ -168,13 +169,13 @@ class SinkHooks:
         self.pending = {"sink": {}, "dl": {}, "vn": {}, "rn": {}}
 
     def hooks(self) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = [("blocks.0.hook_resid_pre", self._resid(0))]
+        out: list[tuple[str, Any]] = [(hooks.resid_pre(0), self._resid(0))]
         for l in range(self.L):
             out += [
-                (f"blocks.{l}.attn.hook_attn_scores", self._scores(l)),
-                (f"blocks.{l}.attn.hook_pattern", self._pattern(l)),
-                (f"blocks.{l}.attn.hook_v", self._values(l)),
-                (f"blocks.{l}.hook_resid_post", self._resid(l + 1)),
+                (hooks.attn_scores(l), self._scores(l)),
+                (hooks.attn_pattern(l), self._pattern(l)),
+                (hooks.attn_v(l), self._values(l)),
+                (hooks.resid_post(l), self._resid(l + 1)),
             ]
         return out
 
@@ -330,7 +331,7 @@ class HeadSurveyAccumulator:
         first = s["r_first"] / s["first_count"].clamp(min=1)
         return pd.DataFrame({
             "domain": domain, "layer": np.arange(self.L + 1),
-            "site": ["embed"] + [f"blocks.{l}.hook_resid_post" for l in range(self.L)],
+            "site": ["embed"] + [hooks.resid_post(l) for l in range(self.L)],
             "resid_first": first.numpy(), "resid_rest": mean.numpy(), "resid_rest_std": std.numpy(),
             "ratio": (first / mean.clamp(min=1e-12)).numpy(),
         })
@@ -419,7 +420,7 @@ def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str, prog
             def keep(x: torch.Tensor, hook) -> None:
                 resid[int(hook.name.split(".")[1])] = x
 
-            with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", keep) for l in range(L)]):
+            with model.hooks(fwd_hooks=[(hooks.resid_pre(l), keep) for l in range(L)]):
                 final = model(tokens, stop_at_layer=L)
             clean_ce = _chunked_token_ce(model, final, targets, mask)
             clean_sum += float(clean_ce.sum())
@@ -433,7 +434,7 @@ def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str, prog
                 def zero_head(z: torch.Tensor, hook) -> torch.Tensor:
                     return z * keep_heads.to(z.dtype)
 
-                with model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_head)]):
+                with model.hooks(fwd_hooks=[(hooks.attn_z(l), zero_head)]):
                     out = model(x, start_at_layer=l, stop_at_layer=L)
                 ce = _chunked_token_ce(model, out, targets.repeat(H, 1), mask.repeat(H, 1)).view(H, B, -1)
                 abl_sum[l] += ce.sum((1, 2)).double().cpu()
@@ -574,22 +575,22 @@ def reduce_inputs(model: HookedTransformer, inputs: torch.Tensor, targets: torch
     with `targets` the per-token cross-entropy "ce" [N, T] from the same forward pass, with
     `key_mask` [N, T] the attention each query puts on the masked keys ("km"), and with
     `same_token` the attention each query puts on keys holding its own token, itself included ("st")."""
-    hooks = SinkHooks(model)
+    sinks = SinkHooks(model)
     device = next(model.parameters()).device
     parts: list[dict[str, torch.Tensor]] = []
-    with model.hooks(fwd_hooks=hooks.hooks()):
+    with model.hooks(fwd_hooks=sinks.hooks()):
         for i, x in enumerate(_batched(inputs, batch_size)):
             if key_mask is not None:
-                hooks.masks["km"] = key_mask[i * batch_size : i * batch_size + x.shape[0]]
+                sinks.masks["km"] = key_mask[i * batch_size : i * batch_size + x.shape[0]]
             if same_token:
-                hooks.masks["st"] = x[:, :, None] == x[:, None, :]
+                sinks.masks["st"] = x[:, :, None] == x[:, None, :]
             logits = model(x.to(device), return_type="logits" if targets is not None else None)
-            part = {k: v.cpu() for k, v in hooks.stacked().items()}
+            part = {k: v.cpu() for k, v in sinks.stacked().items()}
             if targets is not None:
                 y = targets[i * batch_size : i * batch_size + x.shape[0]].to(device)
                 part["ce"] = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none").cpu()[None]
             parts.append(part)
-            hooks.clear()
+            sinks.clear()
     out = {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
     if "ce" in out:
         out["ce"] = out["ce"][0]
@@ -677,11 +678,11 @@ def by_input_token(task, inputs: torch.Tensor, columns: dict[str, torch.Tensor])
 
 def bb_ablations(model: HookedTransformer, task, n_seqs: int, seed: int) -> dict[str, float]:
     """Risks with all attention outputs, or all MLP outputs, zeroed (the paper's ablations)."""
-    from workbench.tasks.bigram_backcopy import bb_risks
+    from probes.attention_sinks.bigram_backcopy import bb_risks
 
     out: dict[str, float] = {}
-    for part, hook in (("no_attention", "attn_out"), ("no_mlp", "mlp_out")):
-        zero = [(f"blocks.{l}.hook_{hook}", lambda x, hook: torch.zeros_like(x)) for l in range(model.cfg.n_layers)]
+    for part, site in (("no_attention", hooks.attn_out), ("no_mlp", hooks.mlp_out)):
+        zero = [(site(l), lambda x, hook: torch.zeros_like(x)) for l in range(model.cfg.n_layers)]
         with model.hooks(fwd_hooks=zero):
             rk = bb_risks(model, task, n_seqs=n_seqs, seed=seed)
         out[f"{part}_backcopy_risk"], out[f"{part}_bigram_risk"] = rk["backcopy_risk"], rk["bigram_risk"]
@@ -724,7 +725,7 @@ def bb_dynamics(model: HookedTransformer, task, data: torch.Tensor) -> pd.DataFr
 
 
 def bb_analysis(model: HookedTransformer, task, config: AttentionSinksConfig) -> AttentionSinksResult:
-    from workbench.tasks.bigram_backcopy import paired_gap
+    from probes.attention_sinks.bigram_backcopy import paired_gap
 
     data = task.sample(config.bb_sequences, model.cfg.n_ctx, config.bb_seed)
     inputs = data[:, :-1]
@@ -740,7 +741,7 @@ def bb_analysis(model: HookedTransformer, task, config: AttentionSinksConfig) ->
     L = model.cfg.n_layers
     rn = r["rn"]
     layers = pd.DataFrame({
-        "domain": "bb", "layer": np.arange(L + 1), "site": ["embed"] + [f"blocks.{l}.hook_resid_post" for l in range(L)],
+        "domain": "bb", "layer": np.arange(L + 1), "site": ["embed"] + [hooks.resid_post(l) for l in range(L)],
         "resid_first": rn[:, :, 0].mean(1).numpy(), "resid_rest": rn[:, :, 1:].mean((1, 2)).numpy(),
         "resid_rest_std": rn[:, :, 1:].flatten(1).std(1).numpy(),
     })
@@ -774,7 +775,7 @@ def bb_analysis(model: HookedTransformer, task, config: AttentionSinksConfig) ->
 @torch.inference_mode()
 def reduce_pattern(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tensor:
     """All heads' attention patterns on one short input: [L, H, T, T]."""
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    names = [hooks.attn_pattern(l) for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens.to(next(model.parameters()).device), names_filter=names, return_type=None)
     return torch.stack([cache[n][0] for n in names]).float().cpu()
 
@@ -784,7 +785,7 @@ def reduce_pattern(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tens
 
 def prompt_tokens(model: HookedTransformer, prompt: str, max_chars: int = 2000) -> torch.Tensor:
     """A prompt as [1, T] token ids (BOS first where the model's default prepends one)."""
-    from workbench.tasks.bigram_backcopy import task_of_model
+    from probes.attention_sinks.bigram_backcopy import task_of_model
 
     if not prompt:
         raise ConfigError("the prompt is empty")
@@ -823,7 +824,7 @@ def prompt_head(model: HookedTransformer, prompt: str, layer: int, head: int, ma
 def run(model: HookedTransformer, corpus: Corpus | None, config: AttentionSinksConfig) -> AttentionSinksResult:
     """The LM survey over `corpus` and `config.domains`; on a BB checkpoint, the BB analysis on
     sequences from its task (the corpus is then not used)."""
-    from workbench.tasks.bigram_backcopy import task_of_model
+    from probes.attention_sinks.bigram_backcopy import task_of_model
 
     task = task_of_model(model)
     if task is not None:

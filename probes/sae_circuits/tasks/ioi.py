@@ -21,8 +21,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from probes.sae_circuits.tasks.contrast import ContrastPrompts, encode, single_token_id
 from workbench.errors import ConfigError
-from workbench.tasks.contrast import ContrastPrompts, encode, single_token_id
 
 # [S] is the subject (repeated in positives), [IO] the indirect object; the first clause lists
 # them as "[S] and [IO]" (BABA) or "[IO] and [S]" (ABBA).

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from probes.function_tokens.probe import function_token_ids, token_stats
 from workbench.config import StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch
@@ -30,8 +31,6 @@ from workbench.results import Result
 from workbench.saes import special_token_ids
 from workbench.saes.quality import scored_mask
 from workbench.slices import stream_corpus
-
-from probes.function_tokens import function_token_ids, token_stats
 
 GROUPS = ("F->F", "F->C", "C->F", "C->C")
 

@@ -24,12 +24,12 @@ from scipy.stats import spearmanr
 
 from workbench.corpora import load_corpus
 from workbench.errors import ConfigError
+from workbench.identity import runtime_versions
 from workbench.models.info import model_info
 from workbench.probe_api import code_version, get_probe
 from workbench.progress import progress_bar
 from workbench.results import Result
 from workbench.runner import run_probe
-from workbench.identity import runtime_versions
 from workbench.store import ResultStore, result_key
 from workbench.zoo import LMRecipe, load_lm, recipe_dir, train_lm
 

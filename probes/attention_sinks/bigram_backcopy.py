@@ -54,8 +54,10 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from workbench import hooks
 from workbench.errors import ConfigError
 from workbench.io import read_json, write_json
+from workbench.models.patches import register_model_patch
 from workbench.paths import cache_dir
 
 BOS_TOKEN, DELIM_TOKEN = "<s>", "<d>"
@@ -445,10 +447,14 @@ def install_relu_attention(model: HookedTransformer) -> HookedTransformer:
         return relu_attention_pattern(scores.pop(hook.layer()))
 
     for layer in range(model.cfg.n_layers):
-        model.add_hook(f"blocks.{layer}.attn.hook_attn_scores", keep_scores, is_permanent=True)
-        model.add_hook(f"blocks.{layer}.attn.hook_pattern", relu_pattern, is_permanent=True)
+        model.add_hook(hooks.attn_scores(layer), keep_scores, is_permanent=True)
+        model.add_hook(hooks.attn_pattern(layer), relu_pattern, is_permanent=True)
     model.workbench_attention = "relu"
     return model
+
+
+RELU_ATTENTION = "relu-attention"
+register_model_patch(RELU_ATTENTION, install_relu_attention)
 
 
 @torch.inference_mode()
@@ -458,7 +464,7 @@ def bos_self_scores(model: HookedTransformer, bos_id: int) -> list[float]:
     gradient is zero while the score is negative. Position 0 sees only itself, so one token is fed."""
     x = torch.tensor([[bos_id]], device=next(model.parameters()).device)
     _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_attn_scores"))
-    return [float(cache[f"blocks.{l}.attn.hook_attn_scores"][0, 0, 0, 0]) for l in range(model.cfg.n_layers)]
+    return [float(cache[hooks.attn_scores(l)][0, 0, 0, 0]) for l in range(model.cfg.n_layers)]
 
 
 def relu_inactive_seed(recipe: "BBRecipe", start: int = 1, tries: int = 64) -> int:
@@ -590,7 +596,7 @@ def train_bb(recipe: BBRecipe, device: str = "cpu", progress: bool = True) -> Pa
         resume_every=max(25, min(200, recipe.steps // 10)), log_every=max(1, min(10, recipe.steps // 50)), seed=recipe.seed,
     )
     meta = {"bb": {"recipe": dataclasses.asdict(recipe), "task_fingerprint": task.fingerprint, "corpus": task.corpus},
-            "attention": recipe.attention}
+            "attention": recipe.attention, "patches": [RELU_ATTENTION] if recipe.attention == "relu" else []}
     data = task.batch_fn(recipe.batch_size, recipe.seq_len, recipe.seed)
     result = train(model, lambda step: data(step).to(device), cfg, out, loss_fn=bb_loss(task), progress=progress, meta=meta)
     _record_time(out, recipe.steps - result.resumed_from, result.seconds, device)

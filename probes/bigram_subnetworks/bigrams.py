@@ -23,8 +23,8 @@ import torch
 
 from workbench.corpora.tokenized import TokenBatches
 from workbench.errors import ConfigError, EmptyCorpusError
-from workbench.statefile import load_state, save_state
 from workbench.progress import progress_bar
+from workbench.statefile import load_state, save_state
 
 
 def count_pairs(sequences: Iterable[np.ndarray], vocab_size: int) -> sp.csr_matrix:

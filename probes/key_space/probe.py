@@ -23,7 +23,7 @@ What this probe computes, and where it departs from the paper (also in the exper
   end), and also at a token containing a newline or after `max_new_tokens` (paper: 64) new tokens:
   such answers have no closing quote on their line, which the paper's regex extraction also
   rejects, so these extra stops never change a judgement. The answer is the text before the
-  quote; it is judged against a closed gold list (`probes._key_space_gold`) instead of GPT-4o.
+  quote; it is judged against a closed gold list (`probes.key_space.gold`) instead of GPT-4o.
 - Middle-rank bias: the clusters of the top `top_k` first tokens are the main clusters; ranks
   top_k+1..top_n split into in-main-cluster and other, with precision, mean rank and proportion.
 - ICN: round r lists every answer explored so far (`1. "x1"\\n2. "x2"\\n...k+1. "`), takes the
@@ -44,9 +44,10 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from probes._key_space_gold import GoldList, get_gold, gold_lists
-from workbench.corpora.base import Corpus
+from probes.key_space.gold import GoldList, get_gold, gold_lists
+from workbench import hooks
 from workbench.config import setting
+from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.generation import greedy_continue
 from workbench.models.info import model_info
@@ -332,7 +333,7 @@ def final_query(model: HookedTransformer, tokens: Sequence[int]) -> tuple[torch.
     """(query [d_model], logits [d_vocab]) at the last position. query = ln_final(final residual)."""
     if len(tokens) > model.cfg.n_ctx:
         raise PromptTooLongError(f"prompt of {len(tokens)} tokens exceeds the model's context of {model.cfg.n_ctx}")
-    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    name = hooks.resid_post(model.cfg.n_layers - 1)
     logits, cache = model.run_with_cache(torch.tensor([list(tokens)], device=model.cfg.device), names_filter=name)
     resid = cache[name][:, -1:, :]
     ln = getattr(model, "ln_final", None)

@@ -1,0 +1,42 @@
+"""Attention sinks, value drains and residual peaks (Active-Dormant Attention Heads, arXiv 2410.13835):
+the LM head survey with zero-ablation dormancy, and the Bigram-Backcopy task, its toy models
+(AdamW, SGD, ReLU attention) and their training dynamics.
+
+The public face of the analysis: everything outside this package uses these names."""
+
+from probes.attention_sinks.bigram_backcopy import (
+    BB_VARIANTS,
+    SEQ_LEN,
+    BBRecipe,
+    BBTask,
+    bb_checkpoints,
+    bb_model,
+    bb_recipe,
+    bb_risks,
+    bb_train_time,
+    install_relu_attention,
+    load_bb,
+    load_bb_task,
+    paired_gap,
+    relu_inactive_seed,
+    task_of_model,
+    train_bb,
+)
+from probes.attention_sinks.probe import (
+    SPEC,
+    AttentionSinksConfig,
+    AttentionSinksResult,
+    HeadSurveyAccumulator,
+    domain_contrast,
+    head_ablation,
+    prompt_head,
+    run,
+    spread_chunks,
+)
+
+__all__ = [
+    "AttentionSinksConfig", "AttentionSinksResult", "bb_checkpoints", "bb_model", "bb_recipe", "bb_risks",
+    "bb_train_time", "BB_VARIANTS", "BBRecipe", "BBTask", "domain_contrast", "head_ablation",
+    "HeadSurveyAccumulator", "install_relu_attention", "load_bb", "load_bb_task", "paired_gap", "prompt_head",
+    "relu_inactive_seed", "run", "SEQ_LEN", "SPEC", "spread_chunks", "task_of_model", "train_bb",
+]

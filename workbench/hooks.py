@@ -1,0 +1,81 @@
+"""The names of the activations the workbench reads, one function each (TransformerLens's hook
+points: one stable name per activation, `fn(tensor, hook)`).
+
+Use these instead of building names by hand, so that a typo is an AttributeError at import and
+not a hook that silently never fires.
+"""
+
+from __future__ import annotations
+
+import re
+
+EMBED = "hook_embed"
+POS_EMBED = "hook_pos_embed"
+FINAL_NORM = "ln_final.hook_normalized"
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+
+
+def resid_pre(layer: int) -> str:
+    """The residual stream entering block `layer`."""
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def resid_mid(layer: int) -> str:
+    """The residual stream after block `layer`'s attention, before its MLP."""
+    return f"blocks.{layer}.hook_resid_mid"
+
+
+def resid_post(layer: int) -> str:
+    """The residual stream leaving block `layer`."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def attn_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_attn_out"
+
+
+def mlp_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def attn_scores(layer: int) -> str:
+    """Pre-softmax attention scores [batch, head, query, key]."""
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+def attn_pattern(layer: int) -> str:
+    """Attention weights [batch, head, query, key]."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def attn_q(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_q"
+
+
+def attn_k(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_k"
+
+
+def attn_v(layer: int) -> str:
+    """Value vectors [batch, pos, kv_head, d_head]."""
+    return f"blocks.{layer}.attn.hook_v"
+
+
+def attn_z(layer: int) -> str:
+    """Each head's output before W_O [batch, pos, head, d_head]."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def attn_result(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_result"
+
+
+def layer_of(name: str) -> int | None:
+    """The block index a hook name belongs to (None for embeddings and the final norm)."""
+    m = _LAYER.match(name)
+    return int(m.group(1)) if m else None
+
+
+def is_attention_weights(name: str) -> bool:
+    """Whether a hook needs explicit attention scores or weights (no fused attention kernel)."""
+    return name.endswith(("attn.hook_pattern", "attn.hook_attn_scores"))

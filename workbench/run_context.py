@@ -1,0 +1,57 @@
+"""The run in progress: where a probe started through `run_probe` may keep resumable state.
+
+Deep code (the streamer's callers, trainers) asks for `scratch_dir(name)` without a parameter
+threaded through every function; outside a stored run it gets None and keeps no state.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from workbench.store import ResultStore
+
+
+@dataclass
+class RunContext:
+    """Where the running probe may keep resumable state (stream checkpoints, trainer state)."""
+
+    store: "ResultStore"
+    probe: str
+    key: str
+    run_id: int
+
+    @property
+    def scratch(self) -> Path:
+        return self.store.scratch(self.probe, self.key)
+
+
+_context: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wb_run", default=None)
+
+
+def current_run() -> RunContext | None:
+    """The run in progress, if the probe was started through `run_probe`."""
+    return _context.get()
+
+
+def scratch_dir(name: str) -> Path | None:
+    """A named, resumable scratch directory of the current run, or None outside a stored run."""
+    ctx = current_run()
+    if ctx is None:
+        return None
+    p = ctx.scratch / name
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@contextmanager
+def running(ctx: RunContext) -> Iterator[None]:
+    token = _context.set(ctx)
+    try:
+        yield
+    finally:
+        _context.reset(token)
