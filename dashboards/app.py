@@ -128,8 +128,8 @@ def create_app(
             log.error("page %s failed to register: %s", page.name, e)
             continue
         ok.append(page)
-        if page.probe:
-            ctx.probe_pages.setdefault(page.probe, page.path)
+        for name in ([page.probe] if page.probe else []) + list(page.also_shows):
+            ctx.probe_pages.setdefault(name, page.path)
     by_path = {p.path: p for p in ok}
     broken_by_path = {b.path: b for b in broken}
     app.workbench_pages, app.workbench_broken = ok, broken

@@ -19,6 +19,7 @@ from workbench.results import Result
 from workbench.store import ResultStore
 
 MAX_PROMPT_CHARS = 2000  # input bound for every free-text prompt box
+MAX_MODELS = 3  # models the app keeps loaded at once
 
 
 @dataclass
@@ -30,7 +31,7 @@ class AppContext:
     model_loader: Callable[..., Any] | None = None
     jobs: Any = None  # dashboards.jobs.JobManager, set by the app
     probe_pages: dict[str, str] = field(default_factory=dict)  # probe name -> page path
-    _models: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _models: "OrderedDict[tuple[str, str], Any]" = field(default_factory=OrderedDict)
     _results: "OrderedDict[int, Result]" = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -39,21 +40,34 @@ class AppContext:
         """Load (once) and return a model. Only registry names are accepted (see `model_names`)."""
         name = name or self.default_model
         check_model_name(name, extra=(self.default_model,))
+        return self._cached_model(name, numerics)
+
+    def model_of(self, result: Result):
+        """The model a stored result was computed on: a registry name, or a workbench checkpoint at
+        the path the store recorded (never a path typed by a user). One cache for the whole app."""
+        m = result.meta.get("model", {})
+        numerics = result.meta.get("numerics", "raw")
+        if m.get("source") == "checkpoint" and m.get("path"):
+            return self._cached_model(str(m["path"]), numerics)
+        return self.model(m.get("id"), numerics=numerics)
+
+    def _cached_model(self, name: str, numerics: str):
         key = (name, numerics)
         with self._model_lock:
-            if key not in self._models:
+            if key in self._models:
+                self._models.move_to_end(key)
+            else:
                 loader = self.model_loader
                 if loader is None:
                     from workbench.models import load_model as loader
                 self._models[key] = loader(name, numerics=numerics)
+                while len(self._models) > MAX_MODELS:
+                    self._models.popitem(last=False)
             return self._models[key]
-
-    def loaded_models(self) -> list[str]:
-        return sorted({name for name, _ in self._models})
 
     def result(self, run_id: int) -> Result:
         """The stored result of a finished run (cached, at most 16 in memory)."""
-        from workbench.probe_api import get_probe
+        from workbench.probe_api import get_spec
 
         with self._lock:
             if run_id in self._results:
@@ -62,15 +76,18 @@ class AppContext:
         row = self.store.get_run(int(run_id))
         if row is None or row["status"] not in ("done", "reused") or not row["artifact"]:
             raise LookupError(f"run {run_id} has no stored result")
-        res = get_probe(row["probe"]).result_cls.load(row["artifact"])
+        res = get_spec(row["probe"]).result_cls.load(row["artifact"])
         with self._lock:
             self._results[run_id] = res
             while len(self._results) > 16:
                 self._results.popitem(last=False)
         return res
 
-    def finished_runs(self, probe: str) -> list[dict]:
-        return [r for r in self.store.runs(limit=500, probe=probe) if r["status"] in ("done", "reused")]
+    def finished_runs(self, probes: str | tuple[str, ...]) -> list[dict]:
+        """Finished runs of one probe (or study) or of several, newest first."""
+        names = (probes,) if isinstance(probes, str) else tuple(probes)
+        rows = [r for name in names for r in self.store.runs(limit=500, probe=name) if r["status"] in ("done", "reused")]
+        return sorted(rows, key=lambda r: -r["run_id"])
 
 
 def model_names() -> list[str]:
@@ -110,40 +127,46 @@ class DashPage:
     register: Callable[[Dash, AppContext], None] = lambda app, ctx: None
     probe: str | None = None
     order: int = 100
+    also_shows: tuple[str, ...] = ()  # other probes or studies whose runs this page opens
 
 
-def run_options(ctx: AppContext, probe: str) -> list[dict]:
-    """Dropdown options for the finished runs of a probe, newest first."""
+def run_options(ctx: AppContext, probes: str | tuple[str, ...]) -> list[dict]:
+    """Dropdown options for the finished runs of a probe (or several), newest first."""
     seen, out = set(), []
-    for r in ctx.finished_runs(probe):
+    for r in ctx.finished_runs(probes):
         if r["key"] in seen:
             continue
         seen.add(r["key"])
-        label = f"#{r['run_id']} {r['model']} [{r['numerics']}] {r['corpus'] or ''}"
-        out.append({"label": label, "value": r["run_id"]})
+        out.append({"label": run_label(r), "value": r["run_id"]})
     return out
 
 
-def run_picker(component_id: str, probe: str) -> html.Div:
+def run_label(r: dict) -> str:
+    return f"#{r['run_id']} {r['model']} [{r['numerics']}] {r['corpus'] or ''}"
+
+
+def run_picker(component_id: str, what: str) -> html.Div:
     """A dropdown of stored runs; its options are filled by `register_run_picker`."""
     return html.Div(
-        [html.Label("Stored run", htmlFor=component_id), dcc.Dropdown(id=component_id, placeholder=f"choose a {probe} run", clearable=False)],
+        [html.Label("Stored run", htmlFor=component_id), dcc.Dropdown(id=component_id, placeholder=f"choose a run ({what})", clearable=False)],
         className="run-picker",
     )
 
 
-def register_run_picker(app: Dash, ctx: AppContext, component_id: str, probe: str) -> None:
+def register_run_picker(app: Dash, ctx: AppContext, component_id: str, probes: str | tuple[str, ...]) -> None:
     """Fill the picker when its page opens; `?run=<id>` in the address selects that run."""
     from dash import Input, Output, State
 
+    names = (probes,) if isinstance(probes, str) else tuple(probes)
+
     @app.callback(Output(component_id, "options"), Output(component_id, "value"), Input("url", "pathname"), State("url", "search"))
     def _fill(_path, search):
-        opts = run_options(ctx, probe)
+        opts = run_options(ctx, names)
         wanted = run_from_search(search)
         if wanted is not None and wanted not in {o["value"] for o in opts}:
             row = ctx.store.get_run(wanted)
-            if row is not None and row["probe"] == probe and row["status"] in ("done", "reused"):
-                opts.insert(0, {"label": f"#{wanted} {row['model']} [{row['numerics']}] {row['corpus'] or ''}", "value": wanted})
+            if row is not None and row["probe"] in names and row["status"] in ("done", "reused"):
+                opts.insert(0, {"label": run_label(row), "value": wanted})
             else:
                 wanted = None
         return opts, (wanted if wanted is not None else opts[0]["value"] if opts else None)

@@ -12,12 +12,14 @@ import torch.nn.functional as F
 from probes.attention_sinks import (
     AttentionSinksConfig,
     AttentionSinksResult,
+    BigramBackcopyConfig,
+    BigramBackcopyResult,
     HeadSurveyAccumulator,
     domain_contrast,
     head_ablation,
     prompt_head,
 )
-from probes.attention_sinks.probe import (
+from probes.attention_sinks.heads import (
     delta_logit,
     head_groups,
     histogram_quantiles,
@@ -275,9 +277,8 @@ def bb_run(tmp_path_factory):
     recipe = bbm.bb_recipe("adam", d_model=32, batch_size=4, seq_len=32, steps=4, n_checkpoints=3, lr=3e-3)
     path = bbm.train_bb(recipe, progress=False)
     model = load_model(str(path / "checkpoints" / "step_000004"))
-    from workbench.corpora import load_corpus
 
-    out = run_probe("attention-sinks", model, load_corpus("brown"), AttentionSinksConfig(bb_sequences=8), store=ResultStore(root / "store"))
+    out = run_probe("bigram-backcopy", model, None, BigramBackcopyConfig(bb_sequences=8), store=ResultStore(root / "store"))
     yield model, task, out, recipe
     mp.undo()
 
@@ -334,7 +335,7 @@ def test_bb_analysis_matches_direct_computation(bb_run):
     assert {"bigram_oracle_risk", "bigram_paired_gap"} <= set(res.summary())
     last = res.dynamics[res.dynamics["step"] == res.dynamics["step"].max()]
     assert last["bigram_risk"].iloc[0] == pytest.approx(ref["bigram_risk"], rel=1e-5)
-    loaded = AttentionSinksResult.load(out.path)
+    loaded = BigramBackcopyResult.load(out.path)
     pd.testing.assert_frame_equal(loaded.dynamics, res.dynamics)
     pd.testing.assert_frame_equal(loaded.tokens, res.tokens)
 

@@ -162,9 +162,9 @@ def test_train_smoke_with_sae_lens_and_reuse(tiny, brown, tmp_path):
 
 
 def test_trained_source_resolves_to_the_recipe_cache(tiny, brown, tmp_path, monkeypatch):
-    import workbench.saes.training as training
+    import workbench.saes.recipes as recipes
 
-    monkeypatch.setattr(training, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(recipes, "cache_dir", lambda: tmp_path)
     with pytest.raises(MissingResourceError, match="experiments.train_saes"):
         load_sae("trained:1", model=tiny)
     path = trained_dir(tiny, brown.id, preset_spec("blocks.1.hook_resid_post"))

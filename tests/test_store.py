@@ -120,35 +120,42 @@ def test_bad_inputs_give_clear_errors(tiny, store):
     assert failed and "EmptyCorpusError" in failed[0]["error"]
 
 
-def test_code_version_follows_private_helpers_and_named_data(tmp_path, monkeypatch):
-    """Editing a probe's helper module or a data file it names changes the version; an unrelated module does not."""
+def test_code_version_covers_the_analysis_package_and_what_it_imports(tmp_path, monkeypatch):
+    """Editing a module or a data file of the analysis, or a kernel module it imports, changes the
+    version; editing another analysis does not."""
     import importlib
     import sys
-    import types
 
-    from workbench.probe_api import code_version, local_dependencies
+    from workbench import probe_api
 
-    pkg = tmp_path / "toyprobes"
-    (pkg / "data").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "_helper.py").write_text("SCALE = 1\n")
-    (pkg / "_other.py").write_text("X = 1\n")
-    (pkg / "data" / "gold.json").write_text('{"a": 1}')
-    (pkg / "toy.py").write_text("from toyprobes._helper import SCALE\nGOLD = 'gold.json'\n")
+    for name, body in {"toy_a": "from toy_a.helper import SCALE\n", "toy_b": "X = 1\n"}.items():
+        pkg = tmp_path / name
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "probe.py").write_text(body + "from workbench import hooks\n")
+        (pkg / "helper.py").write_text("SCALE = 1\n")
+        (pkg / "data" / "gold.json").write_text('{"a": 1}')
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    def version() -> str:
-        for name in [m for m in sys.modules if m.startswith("toyprobes")]:
+    def version(module: str = "toy_a.probe") -> str:
+        for name in [m for m in sys.modules if m.startswith("toy_")]:
             del sys.modules[name]
         importlib.invalidate_caches()
-        return code_version(types.SimpleNamespace(module="toyprobes.toy"))
+        probe_api._VERSIONS.clear()
 
-    assert local_dependencies("toyprobes.toy") == ["toyprobes.toy", "toyprobes._helper"]
+        def run():
+            pass
+
+        run.__module__ = module  # a probe whose run lives in that module
+        return probe_api.code_version(probe_api.ProbeSpec("toy", "", object, Result, run))
+
+    deps = probe_api.dependencies("toy_a")
+    assert {"toy_a", "toy_a.probe", "toy_a.helper", "workbench.hooks"} <= set(deps) and not any(m.startswith("toy_b") for m in deps)
     v0 = version()
-    (pkg / "_other.py").write_text("X = 2\n")
+    (tmp_path / "toy_b" / "helper.py").write_text("SCALE = 2\n")
     assert version() == v0
-    (pkg / "_helper.py").write_text("SCALE = 2\n")
+    (tmp_path / "toy_a" / "helper.py").write_text("SCALE = 2\n")
     v1 = version()
     assert v1 != v0
-    (pkg / "data" / "gold.json").write_text('{"a": 2}')
+    (tmp_path / "toy_a" / "data" / "gold.json").write_text('{"a": 2}')
     assert version() != v1

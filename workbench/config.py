@@ -43,8 +43,20 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
+class ConfigBase:
+    """What every config dataclass offers: `to_dict()` and `from_dict(data)` (which checks fields,
+    types and values like `config_from_dict`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any] | None = None) -> C:
+        return config_from_dict(cls, data)
+
+
 @dataclasses.dataclass
-class StreamConfig:
+class StreamConfig(ConfigBase):
     """Which slice of a corpus a probe streams, and how it is cut into batches."""
 
     split: str = "all"
@@ -106,10 +118,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
         k, v = p.split("=", 1)
         out[k.strip().replace("-", "_")] = v.strip()
     return out
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 def field_meta(cls: type, name: str) -> Mapping[str, Any]:

@@ -147,9 +147,10 @@ def code_version(spec: Spec) -> str:
 
 
 def analysis_package(module: str) -> str:
-    """`probes.<analysis>` for a module inside an analysis package, else the module itself."""
+    """The unit a code version covers: `probes.<analysis>` for a module of an analysis package,
+    else the module's top-level package (an analysis defined outside `probes/`, e.g. in a test)."""
     parts = module.split(".")
-    return ".".join(parts[:2]) if parts[0] == "probes" and len(parts) > 1 else module
+    return ".".join(parts[:2]) if parts[0] == "probes" and len(parts) > 1 else parts[0]
 
 
 def _module_path(name: str) -> Path | None:
@@ -173,8 +174,8 @@ def _package_modules(name: str) -> list[str]:
     return [".".join([name, *p.relative_to(root).with_suffix("").parts]).removesuffix(".__init__") for p in sorted(root.rglob("*.py"))]
 
 
-def imported_modules(path: Path, name: str) -> set[str]:
-    """Project modules that the source at `path` (module `name`) imports, anywhere in the file."""
+def imported_modules(path: Path, name: str, roots: tuple[str, ...] = PROJECT_PACKAGES) -> set[str]:
+    """Modules under `roots` that the source at `path` (module `name`) imports, anywhere in the file."""
     found: set[str] = set()
     is_pkg = path.name == "__init__.py"
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -189,7 +190,7 @@ def imported_modules(path: Path, name: str) -> set[str]:
         else:
             continue
         for cand in cands:
-            if cand.split(".")[0] not in PROJECT_PACKAGES:
+            if cand.split(".")[0] not in roots:
                 continue
             while cand and _module_path(cand) is None:
                 cand = cand.rpartition(".")[0]
@@ -201,6 +202,7 @@ def imported_modules(path: Path, name: str) -> set[str]:
 def dependencies(package: str) -> dict[str, Path]:
     """Module name -> source path of `package`'s modules and every project module they import,
     transitively (the `probes` package's own `__init__`, which imports every analysis, excluded)."""
+    roots = tuple(dict.fromkeys([*PROJECT_PACKAGES, package.split(".")[0]]))
     todo = _package_modules(package)
     seen: dict[str, Path] = {}
     while todo:
@@ -211,13 +213,13 @@ def dependencies(package: str) -> dict[str, Path]:
         if path is None:
             continue
         seen[name] = path
-        todo.extend(imported_modules(path, name) - set(seen))
+        todo.extend(imported_modules(path, name, roots) - set(seen))
     return seen
 
 
 def data_files(package: str) -> list[Path]:
-    """Files in the `data/` folders of the analysis packages `package` depends on."""
-    roots = {analysis_package(m) for m in dependencies(package) if m.startswith("probes.")}
+    """Files in the `data/` folders of the analysis packages `package` depends on (itself included)."""
+    roots = {analysis_package(m) for m in dependencies(package)} - {"workbench"}
     out: list[Path] = []
     for root in roots:
         path = _module_path(root)

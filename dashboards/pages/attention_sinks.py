@@ -3,10 +3,6 @@ active-dormant contrast between two domains, and one head's pattern on a typed p
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from typing import Any
-
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dashboards.base import (
@@ -22,11 +18,11 @@ from dashboards.base import (
 )
 from dashboards.figures import attention_sinks as figs
 from dashboards.figures import empty_figure
+from probes.attention_sinks import BigramBackcopyResult, domain_contrast, prompt_head
 
 PROBE = "attention-sinks"
+PROBES = ("attention-sinks", "bigram-backcopy")  # the LM survey and the BB toy models
 DEFAULT_PROMPT = "The jury said it did find that many of the city's voters were not registered.\n"
-_checkpoint_models: "OrderedDict[str, Any]" = OrderedDict()
-_ckpt_lock = threading.Lock()
 
 
 def _dropdown(component_id: str, label: str, **kw) -> html.Div:
@@ -41,7 +37,7 @@ def layout() -> html.Div:
                    "states are after W_O (value drain), how large its residual norm grows (residual peak), and whether a "
                    "head is dormant (high sink mass, zeroing it does not change the loss) on one domain but active on another.",
                    className="lead"),
-            html.Div([run_picker("as-run", PROBE), _dropdown("as-domain", "Domain"), _dropdown("as-compare", "Compare with"),
+            html.Div([run_picker("as-run", "attention-sinks or bigram-backcopy"), _dropdown("as-domain", "Domain"), _dropdown("as-compare", "Compare with"),
                       _dropdown("as-layer", "Layer"), _dropdown("as-head", "Head")], className="controls"),
             error_box("as-error"),
             html.Div(html.Div(id="as-summary"), className="card"),
@@ -71,23 +67,6 @@ def layout() -> html.Div:
     )
 
 
-def _model_for(ctx: AppContext, result) -> Any:
-    """The run's model: a registry name through the app context; a BB checkpoint from the path the
-    store recorded (never a path typed by the user)."""
-    m = result.meta.get("model", {})
-    if m.get("source") == "checkpoint" and m.get("path"):
-        from workbench.models import load_model
-
-        path = m["path"]
-        with _ckpt_lock:
-            if path not in _checkpoint_models:
-                _checkpoint_models[path] = load_model(path)
-                while len(_checkpoint_models) > 3:
-                    _checkpoint_models.popitem(last=False)
-            return _checkpoint_models[path]
-    return ctx.model(m.get("id"), numerics=result.meta.get("numerics", "raw"))
-
-
 def _summary(result, domain: str) -> html.Table:
     h = result.heads[result.heads["domain"] == domain]
     model = result.meta.get("model", {})
@@ -100,15 +79,13 @@ def _summary(result, domain: str) -> html.Table:
             ("heads with sink mass > 0.5", f"{int((h['sink_mass'] > 0.5).sum())} / {len(h)}")]
     if h["delta_loss"].notna().any():
         rows.append(("dormant heads", f"{int(h['dormant'].sum())}"))
-    for k, v in result.bb.items():
+    for k, v in getattr(result, "bb", {}).items():
         if isinstance(v, float):
             rows.append((k, f"{v:.4g}"))
     return html.Table(html.Tbody([html.Tr([html.Th(k), html.Td(v)]) for k, v in rows]), className="summary-table")
 
 
 def _contrast_table(result, a: str, b: str) -> html.Div:
-    from probes.attention_sinks import domain_contrast
-
     t = domain_contrast(result.heads, a, b).head(10)
     head = html.Tr([html.Th(c) for c in ("head", f"sink {a}", f"sink {b}", f"Δloss {a}", f"Δloss {b}", "dormant on")])
     body = []
@@ -125,7 +102,7 @@ def _contrast_table(result, a: str, b: str) -> html.Div:
 
 
 def register(app: Dash, ctx: AppContext) -> None:
-    register_run_picker(app, ctx, "as-run", PROBE)
+    register_run_picker(app, ctx, "as-run", PROBES)
 
     @app.callback(Output("as-domain", "options"), Output("as-domain", "value"), Output("as-compare", "options"), Output("as-compare", "value"),
                   Output("as-layer", "options"), Output("as-layer", "value"), Output("as-head", "options"), Output("as-head", "value"),
@@ -154,7 +131,7 @@ def register(app: Dash, ctx: AppContext) -> None:
     )
     def _show(run_id, domain, compare, layer, head):
         if run_id is None or domain is None:
-            msg = "No attention-sinks run yet: start one on Home, or `workbench run attention-sinks`."
+            msg = ("No attention-sinks or bigram-backcopy run yet: start one on Home, or `workbench run attention-sinks`.")
             e = empty_figure(msg)
             return e, e, e, e, e, e, e, e, html.P(msg, className="empty"), "", {"display": "none"}, ""
         try:
@@ -164,9 +141,9 @@ def register(app: Dash, ctx: AppContext) -> None:
                     else empty_figure("choose a second domain to compare"))
             contrast = _contrast_table(res, domain, compare) if compare and compare != domain else ""
             profile = figs.value_profile_figure(res.profiles, domain, int(layer or 0), int(head or 0))
-            is_bb = not res.tokens.empty
+            is_bb = isinstance(res, BigramBackcopyResult)
             tokens = figs.token_dormancy_figure(res.tokens, cfg.get("dormant_threshold", 0.89)) if is_bb else empty_figure("BB models only")
-            dyn = (figs.dynamics_figure({"run": res.dynamics}, res.bb.get("bigram_optimum")) if not res.dynamics.empty
+            dyn = (figs.dynamics_figure({"run": res.dynamics}, res.bb.get("bigram_optimum")) if is_bb and not res.dynamics.empty
                    else empty_figure("no training dynamics in this run"))
             return (figs.sink_heatmap(res.heads, domain), diff, figs.residual_norms_figure(res.layers), figs.value_norms_figure(res.heads, domain),
                     figs.ablation_scatter(res.heads, cfg.get("dormant_sink", 0.7), cfg.get("dormant_loss", 0.01)), profile, tokens, dyn,
@@ -178,14 +155,12 @@ def register(app: Dash, ctx: AppContext) -> None:
                   Input("as-go", "n_clicks"), State("as-prompt", "value"), State("as-run", "value"), State("as-layer", "value"),
                   State("as-head", "value"), prevent_initial_call=True)
     def _prompt(_n, prompt, run_id, layer, head):
-        from probes.attention_sinks import prompt_head
-
         try:
             if run_id is None:
                 raise LookupError("choose a stored run first (it fixes the model)")
             prompt = check_prompt(prompt)
             res = ctx.result(int(run_id))
-            model = _model_for(ctx, res)
+            model = ctx.model_of(res)
             r = prompt_head(model, prompt, int(layer or 0), int(head or 0))
         except Exception as e:  # noqa: BLE001 - shown on the page
             return no_update, no_update, error_message(e)
@@ -199,4 +174,5 @@ def register(app: Dash, ctx: AppContext) -> None:
         return figs.attention_map(r["pattern"], r["tokens"], f"L{layer}H{head}"), stats, ""
 
 
-PAGE = DashPage(path="/attention-sinks", name="Attention sinks", layout=layout, register=register, probe=PROBE, order=30)
+PAGE = DashPage(path="/attention-sinks", name="Attention sinks", layout=layout, register=register, probe=PROBE, order=30,
+                also_shows=("bigram-backcopy",))
