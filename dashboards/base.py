@@ -67,16 +67,13 @@ class AppContext:
 
     def result(self, run_id: int) -> Result:
         """The stored result of a finished run (cached, at most 16 in memory)."""
-        from workbench.probe_api import get_spec
+        from workbench.runner import result_of_run
 
         with self._lock:
             if run_id in self._results:
                 self._results.move_to_end(run_id)
                 return self._results[run_id]
-        row = self.store.get_run(int(run_id))
-        if row is None or row["status"] not in ("done", "reused") or not row["artifact"]:
-            raise LookupError(f"run {run_id} has no stored result")
-        res = get_spec(row["probe"]).result_cls.load(row["artifact"])
+        res = result_of_run(int(run_id), self.store)
         with self._lock:
             self._results[run_id] = res
             while len(self._results) > 16:

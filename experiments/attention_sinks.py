@@ -80,7 +80,12 @@ def _device() -> str:
 def _train_and_analyse(recipe, store, device: str, corpus):
     """Train (or reuse) a BB recipe and run the probe on its final checkpoint, with dynamics (the
     probe takes its data from the BB task; `corpus` is only recorded)."""
-    from probes.attention_sinks import BigramBackcopyConfig, bb_train_time, load_bb, train_bb
+    from probes.attention_sinks import (
+        BigramBackcopyConfig,
+        bb_train_time,
+        load_bb,
+        train_bb,
+    )
     from workbench.runner import run_probe
 
     train_bb(recipe, device=device)

@@ -334,7 +334,9 @@ def test_head_view_splits_dormant_heads():
                           "delta_loss": [0.001, 0.2, -0.002, 0.1], "dormant": [True, False, True, False]})
     split = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "sink_function": [0.95, 0.1, 0.7, 0.3],
                           "sink_content": [0.85, 0.1, 0.9, 0.1]})
-    t, s = cross_analysis.head_view(heads, split)
+    from probes.cross_analysis.study import head_view
+
+    t, s = head_view(heads, split)
     assert s["n_dormant"] == 2 and s["dormant_mean_f_minus_c"] == pytest.approx((0.1 - 0.2) / 2)
     assert s["other_mean_f_minus_c"] == pytest.approx(0.1) and s["dormant_share_f_gt_c"] == 0.5
     assert list(t["f_minus_c"].round(3)) == [0.1, 0.0, -0.2, 0.2]

@@ -439,7 +439,7 @@ def test_run_sweep_trains_runs_stores_and_reuses(store, brown, monkeypatch):
         "tiny", device="cpu", n_layers=recipe.n_layers, d_model=recipe.d_model, d_head=recipe.d_model // 4, seed=recipe.seed))
     probe_cfg = {k: v for k, v in SMALL.items() if k != "top_classes"}
     cfg = sweep.SweepConfig(depths=[1, 2], widths=[16, 32], steps=[5], probe=probe_cfg)
-    result, run_id = sweep.run_sweep(cfg, store=store, progress=False)
+    result, run_id = sweep.run_sweep(cfg, store=store)
     assert len(trained) == 4 and len(result.table) == 4
     assert sorted(zip(result.table["n_layers"], result.table["d_model"])) == [(1, 16), (1, 32), (2, 16), (2, 32)]
     params = result.table.set_index(["n_layers", "d_model"])["n_params"]
@@ -449,7 +449,12 @@ def test_run_sweep_trains_runs_stores_and_reuses(store, brown, monkeypatch):
     assert row["probe"] == sweep.SWEEP_PROBE and row["status"] == "done"
     back = sweep.load_sweep(store, run_id)
     pd.testing.assert_frame_equal(back.table, result.table)
-    again, run2 = sweep.run_sweep(cfg, store=store, progress=False)
-    assert store.get_run(run2)["status"] == "reused" and len(trained) == 4
+    n_runs = len(store.runs())
+    again, run2 = sweep.run_sweep(cfg, store=store)
+    # a study recomposes from its parts: the (cached) models are asked for again, every probe run is
+    # reused, and the study's own result, keyed by those parts, is reused too
+    assert store.get_run(run2)["status"] == "reused" and len(trained) == 8
+    new_rows = store.runs(limit=len(store.runs()) - n_runs)
+    assert sorted(r["status"] for r in new_rows) == ["reused"] * 5 and again.table.equals(result.table)
     with pytest.raises(ConfigError, match="divisible"):
         sweep.SweepConfig(widths=[30]).validate()

@@ -15,7 +15,7 @@ EXPECTED = {
 
 
 def test_every_analysis_package_imports():
-    assert set(probes.ANALYSES) == {"attention_sinks", "bigram_subnetworks", "function_tokens", "key_space",
+    assert set(probes.ANALYSES) == {"attention_sinks", "bigram_subnetworks", "cross_analysis", "function_tokens", "key_space",
                                     "linguistic_collapse", "residual_norms", "sae_circuits"}
 
 

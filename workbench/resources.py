@@ -1,6 +1,7 @@
-"""What a config field may name besides the model and the main corpus: other corpora and SAEs.
+"""What a config field may name besides the model and the main corpus: other corpora, SAEs, and
+(in a study's config) models.
 
-A probe's config declares such fields with `workbench.config.setting(names="corpus" | "sae")`.
+A config declares such fields with `workbench.config.setting(names="corpus" | "sae" | "model")`.
 The runner puts each named resource's identity in the result key (a corpus's name, version and
 split; an SAE's weight digest or release, id and hub revision), so a result computed with other
 data or other SAE weights is never reused. The dashboard accepts, for these fields, only what
@@ -18,11 +19,12 @@ from transformer_lens import HookedTransformer
 
 from workbench.errors import ConfigError
 from workbench.identity import files_digest, hub_revision
+from workbench.models import offline_identity
 from workbench.saes.files import CFG_FILE, WEIGHTS_FILE, is_sae_dir
 from workbench.saes.loading import TRAINED_PREFIX, trained_hook
 from workbench.saes.recipes import find_trained
 
-RESOURCE_KINDS = ("corpus", "sae")
+RESOURCE_KINDS = ("corpus", "sae", "model")
 
 
 def resource_fields(config_cls: type) -> dict[str, str]:
@@ -86,6 +88,8 @@ def resource_identities(config: Any, model: HookedTransformer | None, corpus_nam
         value = getattr(config, name)
         if kind == "corpus":
             ids = [corpus_identity(v) for v in _as_list(value)]
+        elif kind == "model":
+            ids = [offline_identity(v) for v in _as_list(value)]
         else:
             ids = [sae_identity(v, model, corpus_name or "brown") for v in _as_list(value)]
         out[name] = ids if isinstance(value, (list, tuple)) else (ids[0] if ids else None)

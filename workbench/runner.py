@@ -1,6 +1,7 @@
-"""Run a probe through the store: look up its key, reuse a stored result only when every input
-matches (and its files verify), otherwise run it, record progress in the registry, and save the
-result atomically.
+"""Run a probe or a study through the store: look up its key, reuse a stored result only when
+every input matches (and its files verify), otherwise run it, record progress in the registry,
+and save the result atomically. This module is the only code that reads or writes results in the
+store; probes, studies, experiments and the dashboard all go through it.
 
 The registry row of a run ends in exactly one of: done, reused, failed (the error is recorded,
 a failed save included), interrupted (Ctrl-C or a signal; rerunning resumes from the run's
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from transformer_lens import HookedTransformer
 
@@ -22,12 +24,20 @@ from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError, RunCancelled
 from workbench.identity import runtime_versions
 from workbench.models.info import model_info, model_key
-from workbench.probe_api import ProbeSpec, code_version, get_probe
+from workbench.probe_api import (
+    ProbeSpec,
+    Spec,
+    StudySpec,
+    code_version,
+    get_probe,
+    get_spec,
+    get_study,
+)
 from workbench.progress import reporting_to
 from workbench.resources import resource_identities
 from workbench.results import Result
 from workbench.run_context import RunContext, running
-from workbench.store import ResultStore, result_key
+from workbench.store import FINISHED_OK, ResultStore, result_key
 
 
 @dataclass
@@ -39,13 +49,13 @@ class RunOutcome:
     path: Path
 
 
-def resolve_config(spec: ProbeSpec, config: Any) -> Any:
+def resolve_config(spec: Spec, config: Any) -> Any:
     if config is None:
         return config_from_dict(spec.config_cls, {})
     if isinstance(config, Mapping):
         return config_from_dict(spec.config_cls, config)
     if not isinstance(config, spec.config_cls):
-        raise ConfigError(f"probe {spec.name!r} takes a {spec.config_cls.__name__}, got {type(config).__name__}")
+        raise ConfigError(f"{spec.kind} {spec.name!r} takes a {spec.config_cls.__name__}, got {type(config).__name__}")
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()
@@ -96,22 +106,114 @@ def run_probe(
         if run_id is not None:
             store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
         raise
+    meta = {"model": info.to_dict(), "model_key": model_key(model), "numerics": info.numerics, "corpus": corpus_id}
+    return _run_keyed(store, spec, cfg, key, run_id, force, lambda: spec.run(model, corpus, cfg),
+                      row=dict(model=info.id, numerics=info.numerics, corpus=corpus_id), meta=meta)
+
+
+def stored_result(probe: str | ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any = None, *,
+                  store: ResultStore | None = None) -> RunOutcome | None:
+    """The stored, verified result of this probe on these inputs, or None; never computes and
+    records nothing (for views that use another analysis's result only when it exists)."""
+    spec = probe if isinstance(probe, ProbeSpec) else get_probe(probe)
+    store = store or ResultStore()
+    key = probe_key(spec, model, corpus, config)
+    result = store.get(spec.name, key, spec.result_cls)
+    return None if result is None else RunOutcome(result, -1, key, True, store.path(spec.name, key))
+
+
+def result_of_run(run_id: int, store: ResultStore | None = None, expect: str | tuple[str, ...] = ()) -> Result:
+    """The stored result of a finished run in the registry, verified against its manifest.
+
+    LookupError when the run has no stored result (or is not of the analysis `expect` names);
+    CorruptResultError (after moving it to quarantine) when its files do not verify.
+    """
+    store = store or ResultStore()
+    row = store.get_run(int(run_id))
+    if row is None or row["status"] not in FINISHED_OK or not row["artifact"]:
+        raise LookupError(f"run {run_id} has no stored result")
+    names = (expect,) if isinstance(expect, str) else tuple(expect)
+    if names and row["probe"] not in names:
+        raise LookupError(f"run {run_id} is a {row['probe']} run, not {' or '.join(names)}")
+    spec = get_spec(row["probe"])
+    return store.load(spec.name, row["key"], spec.result_cls)
+
+
+@dataclass
+class StudyContext:
+    """What a study's `run(config, ctx)` composes its parts with: probe runs through the store (each
+    keyed, reused and registered like any other), stored results, and the run's device. Every
+    part's key is collected in `parts`; the study's own key includes them."""
+
+    store: ResultStore
+    device: str | None = None
+    parts: list[str] = field(default_factory=list)
+
+    def run_probe(self, probe: str | ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any = None) -> RunOutcome:
+        out = run_probe(probe, model, corpus, config, store=self.store)
+        self.parts.append(f"{out.key}")
+        return out
+
+    def stored(self, probe: str | ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any = None) -> RunOutcome | None:
+        out = stored_result(probe, model, corpus, config, store=self.store)
+        self.parts.append(out.key if out is not None else f"absent:{probe_key(_spec(probe), model, corpus, config)}")
+        return out
+
+    def used(self, run_id: int, key: str) -> None:
+        """Record a stored result the study found by other means (the registry)."""
+        self.parts.append(f"run:{key}")
+
+
+def _spec(probe: str | ProbeSpec) -> ProbeSpec:
+    return probe if isinstance(probe, ProbeSpec) else get_probe(probe)
+
+
+def run_study(study: str | StudySpec, config: Any = None, *, store: ResultStore | None = None, force: bool = False,
+              device: str | None = None, run_id: int | None = None) -> RunOutcome:
+    """Run a study and store (or reuse) its result.
+
+    The parts always run through `run_probe` (so they are reused when stored and cheap then); the
+    study's key is its config (with the identities of the models, corpora and SAEs it names), its
+    code and library versions, and the keys of every part it used. A stored result under that key
+    is reused; otherwise the new one is saved.
+    """
+    spec = study if isinstance(study, StudySpec) else get_study(study)
+    cfg = resolve_config(spec, config)
+    store = store or ResultStore()
     version = code_version(spec)
-    if run_id is None:
-        run_id = store.start_run(key, spec.name, info.id, info.numerics, corpus_id, asdict(cfg), version)
-    else:  # a queued run (registered with the request only) is taken and gets its full identity now
-        row = store.get_run(run_id)
-        if row is not None and row["status"] == "queued" and store.claim(run_id) is None:
-            raise ConfigError(f"run {run_id} was taken by another worker")
-        store.update_run(run_id, status="running", key=key, model=info.id,
-                         numerics=info.numerics, corpus=corpus_id, config=asdict(cfg), code_version=version)
-    path = store.path(spec.name, key)
-    if not force:
-        stored = store.get(spec.name, key, spec.result_cls)  # verified; a corrupt one is quarantined
+    run_id = _register(store, spec, cfg, "pending", run_id, dict(model="study", numerics="-", corpus=None), version)
+    ctx = StudyContext(store, device)
+    t0 = time.time()
+    with _recorded(store, run_id):
+        with reporting_to(_progress_callback(store, run_id)):
+            result = spec.run(cfg, ctx)
+        resources = {**resource_identities(cfg, None, None), "parts": ctx.parts}
+        key = result_key(f"study:{spec.name}", None, spec.name, asdict(cfg), version, resources, runtime_versions())
+        store.update_run(run_id, key=key)
+        path = store.path(spec.name, key)
+        stored = None if force else store.get(spec.name, key, spec.result_cls)
         if stored is not None:
             store.finish_run(run_id, "reused", artifact=str(path), summary=stored.summary())
             return RunOutcome(stored, run_id, key, True, path)
+        result.meta.update(_meta(spec, cfg, key, version, t0, {"parts": ctx.parts}))
+        store.save(spec.name, key, result)
+    store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
+    return RunOutcome(result, run_id, key, False, path)
 
+
+def _register(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int | None, row: dict[str, Any], version: str) -> int:
+    """A new registry row, or a queued one taken over (it gets its full identity now)."""
+    if run_id is None:
+        return store.start_run(key, spec.name, row["model"], row["numerics"], row["corpus"], asdict(cfg), version)
+    current = store.get_run(run_id)
+    if current is not None and current["status"] == "queued" and store.claim(run_id) is None:
+        raise ConfigError(f"run {run_id} was taken by another worker")
+    store.update_run(run_id, status="running", key=key, config=asdict(cfg), code_version=version, **row)
+    return run_id
+
+
+def _progress_callback(store: ResultStore, run_id: int) -> Callable[[float, str], None]:
+    """Progress into the registry at most once a second; a requested cancellation stops the run there."""
     last = [0.0]
 
     def on_progress(fraction: float, message: str) -> None:
@@ -122,24 +224,14 @@ def run_probe(
             if store.cancel_requested(run_id):
                 raise RunCancelled(f"run {run_id} was cancelled")
 
-    t0 = time.time()
+    return on_progress
+
+
+@contextmanager
+def _recorded(store: ResultStore, run_id: int) -> Iterator[None]:
+    """Record how a run that did not finish ended: cancelled, interrupted or failed (with the error)."""
     try:
-        with reporting_to(on_progress), running(RunContext(store, spec.name, key, run_id)):
-            result = spec.run(model, corpus, cfg)
-        result.meta.update({
-            "probe": spec.name,
-            "model": info.to_dict(),
-            "model_key": model_key(model),
-            "numerics": info.numerics,
-            "corpus": corpus_id,
-            "config": asdict(cfg),
-            "code_version": version,
-            "runtime": runtime_versions(),
-            "key": key,
-            "wall_s": time.time() - t0,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
-        store.save(spec.name, key, result)
+        yield
     except RunCancelled as e:
         store.finish_run(run_id, "cancelled", error=str(e))
         raise
@@ -149,5 +241,30 @@ def run_probe(
     except BaseException as e:
         store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         raise
+
+
+def _meta(spec: Spec, cfg: Any, key: str, version: str, t0: float, extra: dict[str, Any]) -> dict[str, Any]:
+    return {spec.kind: spec.name, "probe": spec.name, **extra, "config": asdict(cfg), "code_version": version,
+            "runtime": runtime_versions(), "key": key, "wall_s": time.time() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _run_keyed(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int | None, force: bool,
+               compute: Callable[[], Result], row: dict[str, Any], meta: dict[str, Any]) -> RunOutcome:
+    """The store protocol of a probe run: register, reuse a verified result, or compute with
+    progress and cancellation, save atomically and record how the run ended."""
+    version = code_version(spec)
+    run_id = _register(store, spec, cfg, key, run_id, row, version)
+    path = store.path(spec.name, key)
+    if not force:
+        stored = store.get(spec.name, key, spec.result_cls)  # verified; a corrupt one is quarantined
+        if stored is not None:
+            store.finish_run(run_id, "reused", artifact=str(path), summary=stored.summary())
+            return RunOutcome(stored, run_id, key, True, path)
+    t0 = time.time()
+    with _recorded(store, run_id):
+        with reporting_to(_progress_callback(store, run_id)), running(RunContext(store, spec.name, key, run_id)):
+            result = compute()
+        result.meta.update(_meta(spec, cfg, key, version, t0, meta))
+        store.save(spec.name, key, result)
     store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
     return RunOutcome(result, run_id, key, False, path)

@@ -4,15 +4,38 @@ the LM head survey with zero-ablation dormancy, and the Bigram-Backcopy task, it
 
 The public face of the analysis: everything outside this package uses these names."""
 
-from probes.attention_sinks.probe import (
-    SPEC, AttentionSinksConfig, AttentionSinksResult, domain_contrast, run,
-)
 from probes.attention_sinks.bigram_backcopy import (
-    BB_VARIANTS, SEQ_LEN, bb_checkpoints, bb_model, bb_recipe, bb_risks, bb_train_time, BBRecipe, BBTask,
-    install_relu_attention, load_bb, load_bb_task, paired_gap, relu_inactive_seed, task_of_model, train_bb,
+    BB_VARIANTS,
+    SEQ_LEN,
+    BBRecipe,
+    BBTask,
+    bb_checkpoints,
+    bb_model,
+    bb_recipe,
+    bb_risks,
+    bb_train_time,
+    install_relu_attention,
+    load_bb,
+    load_bb_task,
+    paired_gap,
+    relu_inactive_seed,
+    task_of_model,
+    train_bb,
 )
 from probes.attention_sinks.dynamics import BigramBackcopyConfig, BigramBackcopyResult
-from probes.attention_sinks.heads import head_ablation, HeadSurveyAccumulator, HeadTables, spread_chunks
+from probes.attention_sinks.heads import (
+    HeadSurveyAccumulator,
+    HeadTables,
+    head_ablation,
+    spread_chunks,
+)
+from probes.attention_sinks.probe import (
+    SPEC,
+    AttentionSinksConfig,
+    AttentionSinksResult,
+    domain_contrast,
+    run,
+)
 from probes.attention_sinks.prompt import prompt_head
 
 __all__ = [

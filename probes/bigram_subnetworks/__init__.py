@@ -3,12 +3,17 @@ optimal subnetwork, and the bigram, ablation, overlap and rotation analyses.
 
 The public face of the analysis: everything outside this package uses these names."""
 
-from probes.bigram_subnetworks.probe import (
-    PAPER, SPEC, announce_memory, BigramSubnetworksConfig, BigramSubnetworksResult, run,
-)
 from probes.bigram_subnetworks.bigrams import BigramModel
 from probes.bigram_subnetworks.mask_training import optimizer_step
-from probes.bigram_subnetworks.masking import apply_masks, load_masks, MaskLogits
+from probes.bigram_subnetworks.masking import MaskLogits, apply_masks, load_masks
+from probes.bigram_subnetworks.probe import (
+    PAPER,
+    SPEC,
+    BigramSubnetworksConfig,
+    BigramSubnetworksResult,
+    announce_memory,
+    run,
+)
 
 __all__ = [
     "announce_memory", "apply_masks", "BigramModel", "BigramSubnetworksConfig", "BigramSubnetworksResult",

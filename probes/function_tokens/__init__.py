@@ -4,17 +4,32 @@ the reactivation and steering case study.
 
 The public face of the analysis: everything outside this package uses these names."""
 
-from probes.function_tokens.probe import (
-    SPEC, BipartiteAccumulator, export_graph, function_token_ids, FunctionTokensConfig, FunctionTokensResult,
-    run, sae_labels, token_stats,
-)
 from probes.function_tokens.loss import (
-    FunctionTokenLossConfig, FunctionTokenLossResult, loss_over_checkpoints,
+    FunctionTokenLossConfig,
+    FunctionTokenLossResult,
+    LossOverTrainingConfig,
+    LossOverTrainingResult,
+    loss_over_checkpoints,
 )
-from probes.function_tokens.steering import FunctionTokenSteeringConfig, FunctionTokenSteeringResult
+from probes.function_tokens.probe import (
+    SPEC,
+    BipartiteAccumulator,
+    FunctionTokensConfig,
+    FunctionTokensResult,
+    export_graph,
+    function_token_ids,
+    run,
+    sae_labels,
+    token_stats,
+)
+from probes.function_tokens.steering import (
+    FunctionTokenSteeringConfig,
+    FunctionTokenSteeringResult,
+)
 
 __all__ = [
     "BipartiteAccumulator", "export_graph", "function_token_ids", "FunctionTokenLossConfig",
     "FunctionTokenLossResult", "FunctionTokensConfig", "FunctionTokensResult", "FunctionTokenSteeringConfig",
-    "FunctionTokenSteeringResult", "loss_over_checkpoints", "run", "sae_labels", "SPEC", "token_stats",
+    "FunctionTokenSteeringResult", "loss_over_checkpoints", "LossOverTrainingConfig",
+    "LossOverTrainingResult", "run", "sae_labels", "SPEC", "token_stats",
 ]

@@ -6,13 +6,14 @@ mass, default 40%, computed with the model's own tokenizer on the counting split
 mean cross-entropy, its share of the total loss, and its share of the predictions. Predictions
 from BOS, into or out of the EOS document separator, and into padding are left out.
 
-`loss_over_checkpoints` runs the probe on every saved checkpoint of a workbench-trained model
-(`workbench.zoo`), through the store, to show how the decomposition changes over training (the
-paper trains its own 1.5B/8B models for this).
+The study `function-token-loss-over-training` runs the probe on every saved checkpoint of a
+workbench-trained model (`workbench.zoo`), each through the store, to show how the decomposition
+changes over training (the paper trains its own 1.5B/8B models for this).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,15 +23,19 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from probes.function_tokens.probe import function_token_ids, token_stats
-from workbench.config import StreamConfig, setting
+from workbench.config import ConfigBase, StreamConfig, config_from_dict, setting
+from workbench.corpora import load_corpus
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch
 from workbench.errors import ConfigError
-from workbench.probe_api import ProbeSpec, register
+from workbench.models import load_model
+from workbench.probe_api import ProbeSpec, StudySpec, register
 from workbench.results import Result
+from workbench.runner import StudyContext, run_study
 from workbench.saes import special_token_ids
 from workbench.saes.quality import scored_mask
 from workbench.slices import stream_corpus
+from workbench.zoo import LMRecipe, checkpoints, train_lm
 
 GROUPS = ("F->F", "F->C", "C->F", "C->C")
 
@@ -125,28 +130,67 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenLossConfi
     )
 
 
-def loss_over_checkpoints(recipe, corpus: Corpus, config: FunctionTokenLossConfig | None = None, store=None,
-                          device: str = "cpu") -> pd.DataFrame:
-    """The decomposition at every saved checkpoint of a zoo recipe (trained first if needed), one row
-    per (step, group); each checkpoint's result is stored and reused like any probe run."""
-    from workbench.models import load_model
-    from workbench.runner import run_probe
-    from workbench.zoo import checkpoints, train_lm
-
-    config = config or FunctionTokenLossConfig(split="validation", max_tokens=20_000)
-    train_lm(recipe, device=device)
-    frames = []
-    for step, path in checkpoints(recipe).items():
-        model = load_model(str(path), numerics="raw", device=device)
-        out = run_probe(SPEC, model, corpus, config, store=store)
-        frames.append(out.result.table.assign(step=step))
-    return pd.concat(frames, ignore_index=True)
-
-
 SPEC = register(ProbeSpec(
     name="function-token-loss",
     description="Next-token loss split by (current, target) in function/content tokens: F->F, F->C, C->F, C->C mean CE and loss shares.",
     config_cls=FunctionTokenLossConfig,
     result_cls=FunctionTokenLossResult,
     run=run,
+))
+
+
+# ----------------------------------------------------------------------------- over training (a study)
+
+
+@dataclass
+class LossOverTrainingConfig(ConfigBase):
+    recipe: dict = field(default_factory=dict)  # LMRecipe fields (workbench.zoo)
+    corpus: str = setting("brown", names="corpus")
+    probe: dict = field(default_factory=lambda: {"split": "validation", "max_tokens": 20_000})
+
+    def validate(self) -> None:
+        LMRecipe(**self.recipe)
+        config_from_dict(FunctionTokenLossConfig, self.probe)
+
+
+@dataclass
+class LossOverTrainingResult(Result):
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (step, group)
+
+    def summary(self) -> dict:
+        if self.table.empty:
+            return {}
+        last = self.table[self.table["step"] == self.table["step"].max()].set_index("group")
+        return {"checkpoints": int(self.table["step"].nunique()), "final_step": int(self.table["step"].max()),
+                **{f"{g}:loss_share": round(float(last.loc[g, "loss_share"]), 4) for g in GROUPS if g in last.index}}
+
+
+def loss_over_training(cfg: LossOverTrainingConfig, ctx: StudyContext) -> LossOverTrainingResult:
+    """Train (or reuse) the zoo recipe, then the decomposition at each saved checkpoint, each a stored probe run."""
+    recipe = LMRecipe(**cfg.recipe)
+    corpus = load_corpus(cfg.corpus)
+    device = ctx.device or "cpu"
+    train_lm(recipe, device=device)
+    frames = []
+    for step, path in checkpoints(recipe).items():
+        model = load_model(str(path), numerics="raw", device=device)
+        out = ctx.run_probe(SPEC, model, corpus, cfg.probe)
+        frames.append(out.result.table.assign(step=step))
+    return LossOverTrainingResult(table=pd.concat(frames, ignore_index=True))
+
+
+def loss_over_checkpoints(recipe: LMRecipe, corpus: Corpus, config: FunctionTokenLossConfig | None = None, store=None,
+                          device: str | None = None) -> pd.DataFrame:
+    """The study's table (one row per step and group) for a zoo recipe, computed or reused."""
+    config = config or FunctionTokenLossConfig(split="validation", max_tokens=20_000)
+    cfg = LossOverTrainingConfig(recipe=dataclasses.asdict(recipe), corpus=corpus.name, probe=config.to_dict())
+    return run_study(STUDY, cfg, store=store, device=device).result.table
+
+
+STUDY = register(StudySpec(
+    name="function-token-loss-over-training",
+    description="The function/content loss split at every saved checkpoint of a small LM the workbench trains on Brown.",
+    config_cls=LossOverTrainingConfig,
+    result_cls=LossOverTrainingResult,
+    run=loss_over_training,
 ))

@@ -3,12 +3,26 @@ keys, middle-rank precision, and in-context navigation against a top-k baseline.
 
 The public face of the analysis: everything outside this package uses these names."""
 
-from probes.key_space.probe import (
-    SPEC, STOP_STRINGS, build_prompt, cached_cluster_keys, default_n_clusters, group_table, KeySpaceConfig,
-    KeySpaceResult, nearest_neighbours, numbered_answers, probe_instruction, prompt_tokens, resolve_style,
-    run, single_token_id, token_strings, unembedding_keys,
-)
 from probes.key_space.gold import get_gold, gold_lists
+from probes.key_space.probe import (
+    SPEC,
+    STOP_STRINGS,
+    KeySpaceConfig,
+    KeySpaceResult,
+    build_prompt,
+    cached_cluster_keys,
+    default_n_clusters,
+    group_table,
+    nearest_neighbours,
+    numbered_answers,
+    probe_instruction,
+    prompt_tokens,
+    resolve_style,
+    run,
+    single_token_id,
+    token_strings,
+    unembedding_keys,
+)
 
 __all__ = [
     "build_prompt", "cached_cluster_keys", "default_n_clusters", "get_gold", "gold_lists", "group_table",

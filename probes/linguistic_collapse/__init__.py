@@ -3,12 +3,25 @@ next tokens as classes from streamed float64 class statistics, and the model-siz
 
 The public face of the analysis: everything outside this package uses these names."""
 
-from probes.linguistic_collapse.probe import (
-    SPEC, ClassStatsAccumulator, HeldoutAccumulator, LinguisticCollapseConfig, LinguisticCollapseResult, run,
-)
 from probes.linguistic_collapse.metrics import etf_error_floor
+from probes.linguistic_collapse.probe import (
+    SPEC,
+    ClassStatsAccumulator,
+    HeldoutAccumulator,
+    LinguisticCollapseConfig,
+    LinguisticCollapseResult,
+    run,
+)
 from probes.linguistic_collapse.sweep import (
-    EXPECTED_SIGN, GRIDS, METRICS, SWEEP_PROBE, correlations, load_sweep, run_sweep, SweepConfig, SweepResult,
+    EXPECTED_SIGN,
+    GRIDS,
+    METRICS,
+    SWEEP_PROBE,
+    SweepConfig,
+    SweepResult,
+    correlations,
+    load_sweep,
+    run_sweep,
 )
 
 __all__ = [

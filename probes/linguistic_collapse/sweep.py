@@ -6,31 +6,27 @@ The paper trained ~230 GPT-Neo models on TinyStories (depth {1..12} x width {64.
 epochs, 2 weight decays, plus 21 seeds of one shape). The CPU grid here is far smaller (see GRIDS);
 each step budget is its own training run with its own cosine schedule, as the paper's epoch budgets.
 Training and probe results are cached (zoo recipe cache, result store), so a rerun is cheap and an
-interrupted sweep resumes. The sweep itself is stored in the result store under SWEEP_PROBE.
+interrupted sweep resumes. The sweep is a registered study (`SWEEP_PROBE`): every model's probe run
+goes through `run_probe`, and the sweep's table and correlations are stored like any result.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import inspect
 import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 from scipy.stats import spearmanr
 
+from workbench.config import ConfigBase, config_from_dict, setting
 from workbench.corpora import load_corpus
 from workbench.errors import ConfigError
-from workbench.identity import runtime_versions
 from workbench.models.info import model_info
-from workbench.probe_api import code_version, get_probe
+from workbench.probe_api import StudySpec, get_probe, register
 from workbench.progress import progress_bar
 from workbench.results import Result
-from workbench.runner import run_probe
-from workbench.store import ResultStore, result_key
+from workbench.runner import StudyContext, result_of_run, run_study
+from workbench.store import ResultStore
 from workbench.zoo import LMRecipe, load_lm, recipe_dir, train_lm
 
 SWEEP_PROBE = "linguistic-collapse-sweep"
@@ -46,7 +42,7 @@ METRICS = list(EXPECTED_SIGN)
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(ConfigBase):
     """Grid (depth x width x step budget x seed) and the probe settings used on every model."""
 
     depths: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -58,7 +54,7 @@ class SweepConfig:
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 0.01
-    corpus: str = "brown"
+    corpus: str = setting("brown", names="corpus")
     probe: dict = field(default_factory=lambda: {"max_tokens": 100_000, "heldout_max_tokens": 30_000})
 
     def validate(self) -> None:
@@ -68,9 +64,6 @@ class SweepConfig:
         bad = [w for w in self.widths if w % self.n_heads]
         if bad:
             raise ConfigError(f"widths {bad} are not divisible by n_heads={self.n_heads}")
-        get_probe(PROBE)  # register the probe
-        from workbench.config import config_from_dict
-
         config_from_dict(get_probe(PROBE).config_cls, self.probe)
 
     def recipes(self) -> list[LMRecipe]:
@@ -144,60 +137,42 @@ def correlations(table: pd.DataFrame, metrics: list[str] = METRICS) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def sweep_code_version() -> str:
-    src = inspect.getsource(inspect.getmodule(sweep_code_version)).encode()
-    return f"{code_version(get_probe(PROBE))}+sweep.{hashlib.sha1(src).hexdigest()[:8]}"
-
-
-def sweep_key(cfg: SweepConfig) -> str:
-    return result_key(f"zoo-grid:{cfg.corpus}", f"{cfg.corpus}", SWEEP_PROBE, dataclasses.asdict(cfg), sweep_code_version(),
-                      runtime=runtime_versions())
-
-
-def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str = "cpu", progress: bool = True,
-              force: bool = False) -> tuple[SweepResult, int]:
-    """Train (or reuse) every grid model, run the probe on each, and store the table and correlations."""
-    cfg.validate()
-    store = store or ResultStore()
+def sweep_study(cfg: SweepConfig, ctx: StudyContext) -> SweepResult:
+    """Train (or reuse) every grid model, run the probe on each through the store, correlate."""
     corpus = load_corpus(cfg.corpus)
-    key = sweep_key(cfg)
-    version = sweep_code_version()
     recipes = cfg.recipes()
-    run_id = store.start_run(key, SWEEP_PROBE, f"zoo grid ({len(recipes)} models)", "raw", corpus.id, dataclasses.asdict(cfg), version)
-    path = store.path(SWEEP_PROBE, key)
-    result = store.get(SWEEP_PROBE, key, SweepResult) if not force else None
-    if result is not None:
-        store.finish_run(run_id, "reused", artifact=str(path), summary=result.summary())
-        return result, run_id
     rows = []
-    t0 = time.time()
-    bar = progress_bar(len(recipes), "linguistic-collapse sweep", unit="model", enabled=progress)
+    bar = progress_bar(len(recipes), "linguistic-collapse sweep", unit="model")
     try:
         for recipe in recipes:
-            train_lm(recipe, device=device, progress=progress)
-            model = load_lm(recipe, device=device)
-            out = run_probe(PROBE, model, corpus, dict(cfg.probe), store=store)
+            train_lm(recipe, device=ctx.device or "cpu")
+            model = load_lm(recipe, device=ctx.device or "cpu")
+            out = ctx.run_probe(PROBE, model, corpus, dict(cfg.probe))
             rows.append(model_row(recipe, model, out.result, out.run_id, out.key))
             del model
             bar.update(1)
-            store.update_run(run_id, progress=len(rows) / len(recipes), message=recipe.name)
-    except BaseException as e:
-        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
-        raise
     finally:
         bar.close()
     table = pd.DataFrame(rows)
-    result = SweepResult(meta={"config": dataclasses.asdict(cfg), "code_version": version, "corpus": corpus.id,
-                               "probe": SWEEP_PROBE, "key": key, "wall_s": time.time() - t0,
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, table=table, correlations=correlations(table))
-    store.save(SWEEP_PROBE, key, result)
-    store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
-    return result, run_id
+    return SweepResult(meta={"corpus": corpus.id}, table=table, correlations=correlations(table))
+
+
+def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str | None = None, force: bool = False) -> tuple[SweepResult, int]:
+    """The sweep study's result (computed, or reused from the store) and its registry run id."""
+    out = run_study(SWEEP_PROBE, cfg, store=store, device=device, force=force)
+    return out.result, out.run_id
 
 
 def load_sweep(store: ResultStore, run_id: int) -> SweepResult:
     """A stored sweep by its registry run id."""
-    row = store.get_run(int(run_id))
-    if row is None or row["probe"] != SWEEP_PROBE or row["status"] not in ("done", "reused") or not row["artifact"]:
-        raise LookupError(f"run {run_id} is not a finished {SWEEP_PROBE} run")
-    return SweepResult.load(Path(row["artifact"]))
+    return result_of_run(run_id, store, expect=SWEEP_PROBE)
+
+
+STUDY = register(StudySpec(
+    name=SWEEP_PROBE,
+    description="The linguistic-collapse probe on a grid of small LMs trained on Brown (depth x width x steps x seed), "
+                "with Spearman correlations of every metric with validation loss and with size.",
+    config_cls=SweepConfig,
+    result_cls=SweepResult,
+    run=sweep_study,
+))

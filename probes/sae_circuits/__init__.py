@@ -3,12 +3,23 @@ pairs (IOI, greater-than, docstring, Bigram-Backcopy), scored against patching b
 
 The public face of the analysis: everything outside this package uses these names."""
 
-from probes.sae_circuits.probe import (
-    SPEC, head_outputs, make_task, roc_auc, roc_points, run, SAECircuitsConfig, SAECircuitsResult,
-)
 from probes.sae_circuits.baselines import head_patching
 from probes.sae_circuits.discrete_sae import (
-    edge_scores, node_scores, sae_codes, train_sae, unique_cooccurrence,
+    edge_scores,
+    node_scores,
+    sae_codes,
+    train_sae,
+    unique_cooccurrence,
+)
+from probes.sae_circuits.probe import (
+    SPEC,
+    SAECircuitsConfig,
+    SAECircuitsResult,
+    head_outputs,
+    make_task,
+    roc_auc,
+    roc_points,
+    run,
 )
 
 __all__ = [

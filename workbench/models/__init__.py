@@ -51,7 +51,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 __all__ = [
     "load_model", "list_models", "model_info", "ModelInfo", "Numerics", "NUMERICS", "DEFAULT_MODEL",
-    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics", "model_key", "offline_n_layers",
+    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics", "model_key", "offline_n_layers", "offline_identity",
 ]
 
 
@@ -73,6 +73,24 @@ def offline_n_layers(name: str) -> int | None:
     if name in TINY_PRESETS:
         return int(TINY_PRESETS[name]["n_layers"])
     return None
+
+
+def offline_identity(name: str) -> str:
+    """What identifies the weights `load_model(name)` would give, without loading them: the GGUF's
+    digest, a tiny preset's name, a directory's weight-file digest, or a hub repository and revision."""
+    path = Path(name).expanduser()
+    if name in EMBEDDED:
+        return f"{name}|{embedded_weights()}"
+    if name in TINY_PRESETS:
+        return f"tiny:{name}"
+    if is_checkpoint(path):
+        return "sha256:" + files_digest([path / WEIGHTS_FILE, path / CONFIG_FILE])
+    if (path / "config.json").exists():
+        return "sha256:" + files_digest(weight_files(path))
+    official = _official_name(name)
+    if official is not None:
+        return f"hub:{official}@{hub_revision(official) or 'unknown-revision'}"
+    raise UnknownModelError(name, _known_names(), _path_problem(path))
 
 
 def _known_names() -> list[str]:

@@ -23,11 +23,12 @@ from workbench.saes.recipes import (
     preset_spec,
     read_recipe,
     trained_dir,
+    trained_saes,
 )
 from workbench.saes.training import train_sae, train_saes
 
 __all__ = [
     "PRESETS", "SAEQuality", "SAETrainSpec", "check_fits", "decoder_direction", "evaluate_sae", "find_trained", "hook_layer",
     "hook_name", "is_sae_dir", "load_local", "load_pretrained", "load_sae", "preset_spec", "read_recipe", "source_of",
-    "special_token_ids", "train_sae", "train_saes", "trained_dir",
+    "special_token_ids", "train_sae", "train_saes", "trained_dir", "trained_saes",
 ]

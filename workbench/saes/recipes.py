@@ -151,3 +151,24 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     """The recipe and quality record written beside a workbench-trained SAE ({} for others)."""
     p = Path(path) / RECIPE_FILE
     return read_json(p) if p.exists() else {}
+
+
+def trained_saes(model: HookedTransformer, corpus_name: str, layers: list[int] | tuple[int, ...],
+                 hook_suffix: str = "hook_resid_post") -> dict[int, Path]:
+    """Workbench-trained SAEs of this model (same name and weights) on `corpus_name` in the cache,
+    one per wanted layer at `blocks.<layer>.<hook_suffix>` (the first recipe in name order)."""
+    info = model_info(model)
+    found: dict[int, Path] = {}
+    root = cache_dir() / "saes"
+    for d in sorted(root.iterdir()) if root.exists() else []:
+        r = read_recipe(d) if is_sae_dir(d) else {}
+        m = r.get("model", {})
+        hook = r.get("spec", {}).get("hook_name", "")
+        if m.get("id") != info.id or m.get("weights", info.weights) != info.weights or not hook.endswith(hook_suffix):
+            continue
+        if not str(r.get("corpus", "")).startswith(f"{corpus_name}@"):
+            continue
+        layer = int(hook.split(".")[1])
+        if layer in layers:
+            found.setdefault(layer, d)
+    return found
