@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from dash import Dash, dcc, html
 
+from workbench.prompt_analysis import MAX_PROMPT_CHARS, check_prompt  # noqa: F401  (the pages' prompt bound)
 from workbench.results import Result
 from workbench.store import ResultStore
 
-MAX_PROMPT_CHARS = 2000  # input bound for every free-text prompt box
 MAX_MODELS = 3  # models the app keeps loaded at once
 
 
@@ -103,17 +103,6 @@ def check_model_name(name: Any, extra: tuple[str, ...] = ()) -> str:
         shown = repr(name)[:80]
         raise ConfigError(f"unknown model {shown}; choose one of: {', '.join(allowed)}")
     return name
-
-
-def check_prompt(prompt: Any) -> str:
-    """A non-empty prompt of at most MAX_PROMPT_CHARS characters, else a clear error."""
-    from workbench.errors import ConfigError
-
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError("type a prompt first")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ConfigError(f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-    return prompt
 
 
 @dataclass

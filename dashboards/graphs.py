@@ -293,3 +293,35 @@ def register_graph_callbacks(app: Dash) -> None:
 
 __all__ = ["cyto_graph", "graph_card", "nx_to_elements", "elements_to_nx", "graphml_text", "register_graph_callbacks",
            "node_details", "DEFAULT_STYLESHEET"]
+
+
+# ----- the model explorer's attention-flow graph -----
+
+
+def flow_positions(G: nx.DiGraph, dx: float = 70, aspect: float = 0.7) -> dict[str, tuple[float, float]]:
+    """Preset layout: positions left to right, layers bottom to top, about `aspect` times as tall as wide."""
+    n_pos = len({d["position"] for _, d in G.nodes(data=True)}) or 1
+    n_layers = len({d["layer"] for _, d in G.nodes(data=True)}) or 1
+    dy = min(46.0, max(12.0, dx * n_pos * aspect / n_layers))
+    return {n: (d["position"] * dx, -d["layer"] * dy) for n, d in G.nodes(data=True)}
+
+
+def prob_color(p: float) -> str:
+    """White to blue by probability (the lens's belief in the actual next token)."""
+    p = max(0.0, min(1.0, p)) ** 0.5
+    r, g, b = (int(255 + (c - 255) * p) for c in (0, 114, 178))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def style_flow_graph(G: nx.DiGraph) -> nx.DiGraph:
+    """Add the drawing attributes to a `workbench.prompt_analysis.attention_flow_graph`: labels on the
+    first and last layer, size by residual norm, colour by the lens's probability of the next token."""
+    from dashboards.figures import show_token
+
+    last = max((d["layer"] for _, d in G.nodes(data=True)), default=0)
+    for _, d in G.nodes(data=True):
+        tok = show_token(d["token"])
+        p = d["lens_p_next"] if d["lens_p_next"] is not None else d["lens_top1_prob"]
+        d.update(label=tok if d["layer"] in (0, last) else "", size=10 + 14 * d["resid_norm_share"], color=prob_color(p),
+                 title=f"layer {d['layer']} · pos {d['position']} {tok!r} · norm {d['resid_norm']:.1f} · lens top-1 {show_token(d['lens_top1'])!r}")
+    return G

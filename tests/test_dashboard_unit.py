@@ -12,7 +12,7 @@ import networkx as nx
 import plotly.graph_objects as go
 import pytest
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, PromptTooLongError
 
 
 # ----- helpers -----
@@ -150,7 +150,7 @@ def test_model_names_and_prompt_checks():
             check_model_name(bad)
     with pytest.raises(ConfigError):
         check_prompt("   ")
-    with pytest.raises(ConfigError, match="limit"):
+    with pytest.raises(PromptTooLongError, match="limit"):
         check_prompt("a" * (MAX_PROMPT_CHARS + 1))
     assert check_prompt("a" * MAX_PROMPT_CHARS)
     assert run_from_search("?run=12") == 12 and run_from_search("?run=x") is None and run_from_search(None) is None
@@ -234,7 +234,7 @@ def test_job_manager_marks_runs_of_a_dead_worker_failed(store):
 def test_prompt_analysis_is_consistent(tiny_model):
     import torch
 
-    from dashboards.explorer import (
+    from workbench.prompt_analysis import (
         LENS_POSITIONS,
         MAX_TOKENS,
         analyse_prompt,
@@ -264,13 +264,14 @@ def test_prompt_analysis_is_consistent(tiny_model):
 
 
 def test_explorer_figures_render(tiny_model):
-    from dashboards.explorer import analyse_prompt, prompt_lens_figure
-    from dashboards.figures.explorer import (
+    from dashboards.figures.model_explorer import (
         attention_figure,
         head_grid_figure,
+        prompt_lens_figure,
         prompt_norms_figure,
         topk_figure,
     )
+    from workbench.prompt_analysis import analyse_prompt
 
     a = analyse_prompt(tiny_model, "The cat sat", "tiny")
     figs = [

@@ -43,8 +43,8 @@ class ConfigError(WorkbenchError, ValueError):
     """A config is malformed: unknown field, wrong type, or out-of-range value."""
 
 
-class PromptTooLongError(WorkbenchError, ValueError):
-    """A prompt exceeds the model's context or the workbench's input bound."""
+class PromptTooLongError(ConfigError):
+    """A prompt exceeds the model's context or the workbench's input bound (a kind of bad input)."""
 
 
 class MemoryBudgetError(WorkbenchError, MemoryError):

@@ -35,6 +35,14 @@ _template = go.layout.Template(layout=dict(
 pio.templates[TEMPLATE] = _template
 
 
+def show_token(s: str) -> str:
+    """A token's text for display: leading spaces as ␣, newlines as ⏎, tabs as ⇥, other control
+    characters escaped (SVG cannot hold them); the empty string as ∅."""
+    lead = len(s) - len(s.lstrip(" "))
+    body = s[lead:].replace("\n", "⏎").replace("\t", "⇥")
+    return ("␣" * lead + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in body)) or "∅"
+
+
 def empty_figure(message: str = "nothing to show yet", height: int = 260) -> go.Figure:
     """A blank figure carrying a centred message (instead of an empty set of axes)."""
     fig = go.Figure()

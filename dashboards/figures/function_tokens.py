@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboards.figures import COLORS, TEMPLATE
+from dashboards.figures import COLORS, TEMPLATE, show_token
 
 # The paper's Table 1 (coverage %, Gemma-2-9B, Gemma Scope residual SAEs, layers 9 / 20 / 31).
 PAPER_TABLE1 = pd.DataFrame({
@@ -18,11 +18,6 @@ PAPER_TABLE1 = pd.DataFrame({
     "L9": [23.19, 32.01, 36.88, 41.21, 48.52], "L20": [51.32, 62.45, 66.93, 71.97, 76.46], "L31": [37.21, 49.78, 55.15, 61.48, 68.27],
 })
 GROUP_COLORS = {"F->F": COLORS[0], "F->C": COLORS[3], "C->F": COLORS[2], "C->C": COLORS[1]}
-
-
-def show_token(s: str) -> str:
-    """A token's text with its whitespace visible (␣ for a space, ⏎ for a newline)."""
-    return s.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
 
 
 def degree_rank_figure(result) -> go.Figure:

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.figures import COLORS, TEMPLATE, empty_figure
+from dashboards.figures import COLORS, TEMPLATE, empty_figure, show_token
 
 GROUP_COLORS = {"top": "#0072B2", "main": "#E69F00", "other": "#9AA5B1"}
 GROUP_LABELS = {"top": "top-K (defines the main clusters)", "main": "middle rank, in a main cluster", "other": "middle rank, other cluster"}
@@ -23,13 +23,6 @@ METHOD_COLORS = {"icn": "#009E73", "baseline": "#D55E00"}
 CLUSTER_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
                    "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363",
                    "#9c9ede", "#cedb9c", "#e7ba52", "#e7969c"]
-
-
-def show_token(s: str) -> str:
-    """A token for display: leading spaces as '␣', control characters escaped (SVG cannot hold them)."""
-    lead = len(s) - len(s.lstrip(" "))
-    body = s[lead:].replace("\n", "\\n").replace("\t", "\\t")
-    return "␣" * lead + "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in body)
 
 
 def verdict(correct) -> str:

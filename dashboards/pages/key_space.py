@@ -9,8 +9,6 @@ callback (on CPU with SmolLM2 about a second per few answers), so its sizes are 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
@@ -36,6 +34,15 @@ from dashboards.figures.key_space import (
     show_token,
     verdict,
 )
+from probes.key_space import (
+    gold_lists,
+    nearest_neighbours,
+    numbered_answers,
+    probe_typed_instruction,
+    single_token_id,
+    unembedding_keys,
+)
+from workbench.errors import ConfigError
 
 PROBE = "key-space"
 TYPED = "__typed__"
@@ -120,17 +127,8 @@ def _tables(ctx: AppContext, run_id, category, live) -> tuple[pd.DataFrame, pd.D
     return sel(res.candidates), sel(res.icn), sel(res.icn_dots), top_k
 
 
-def _model_name(ctx: AppContext, run_id) -> str:
-    row = ctx.store.get_run(int(run_id))
-    if row is None or not row.get("model"):
-        raise LookupError(f"run {run_id} records no model")
-    return row["model"]
-
-
 def round_view(icn: pd.DataFrame, rnd: int) -> html.Div:
     """The numbered list the prompt holds at round `rnd`, and the answers that round explores."""
-    from probes.key_space import numbered_answers
-
     i = icn[icn["method"] == "icn"].sort_values("step")
     if i.empty:
         return html.P("No ICN rounds.", className="empty")
@@ -150,8 +148,6 @@ def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None, sh
     """(category options, chosen category, judge options, precision figure, family figure, summary table) of a stored run.
 
     `show_typed`: a typed instruction was just probed, so choose it."""
-    from probes.key_space import gold_lists
-
     res = ctx.result(int(run_id))
     cats = list(dict.fromkeys(res.candidates["category"])) if not res.candidates.empty else list(res.prompts)  # probing order
     options = [{"label": f"{c}: {res.prompts[c]['instruction']}", "value": c} for c in cats]
@@ -183,38 +179,23 @@ def rounds_view(ctx: AppContext, run_id, category: str, live: dict | None, rnd: 
 
 def live_probe(ctx: AppContext, run_id, instruction, judge: str | None, top_n, explore) -> dict:
     """Probe a typed instruction on the run's model with the run's clusters; JSON-able tables for a dcc.Store."""
-    from probes.key_space import KeySpaceConfig, get_gold, probe_instruction
-    from workbench.config import config_from_dict
-    from workbench.errors import ConfigError
-
     if run_id is None:
         raise ConfigError("choose a stored key-space run first (its clusters are used)")
     instruction = check_prompt(instruction)
     res = ctx.result(int(run_id))
-    stored = dict(res.meta.get("config", {}))
-    top_n, explore = int(top_n or 30), int(explore or 10)
-    if not (11 <= top_n <= LIVE_MAX_TOP_N and 1 <= explore <= min(LIVE_MAX_EXPLORE, top_n)):
-        raise ConfigError(f"top-N must lie in [11, {LIVE_MAX_TOP_N}] and explored in [1, min({LIVE_MAX_EXPLORE}, top-N)]")
-    fields = {f.name for f in dataclasses.fields(KeySpaceConfig)}
-    cfg = config_from_dict(KeySpaceConfig, {**{k: v for k, v in stored.items() if k in fields}, "categories": [], "top_n": top_n,
-                                            "n_explore": explore, "top_k": min(int(stored.get("top_k", 10)), top_n - 1)})
-    model = ctx.model(_model_name(ctx, run_id))
-    gold = get_gold(judge) if judge else None
-    p = probe_instruction(model, instruction, res.cluster_ids, cfg, gold, "typed", res.vocab or None, show_progress=False)
+    p, cfg = probe_typed_instruction(ctx.model_of(res), res, instruction, int(top_n or 30), int(explore or 10), judge,
+                                     LIVE_MAX_TOP_N, LIVE_MAX_EXPLORE)
     return {"instruction": instruction, "top_k": cfg.top_k, "candidates": _records(p.candidates), "icn": _records(p.icn),
             "dots": _records(p.dots)}
 
 
 def token_view(ctx: AppContext, run_id, token: str | None) -> tuple:
     """(key map with the token's cluster and cosine neighbours highlighted, neighbour table)."""
-    from probes.key_space import nearest_neighbours, single_token_id, unembedding_keys
-    from workbench.errors import ConfigError
-
     res = ctx.result(int(run_id))
     xy, cl, ev = res.key_map.numpy(), res.cluster_ids.numpy(), res.geometry.get("map_explained_variance")
     if not token:
         return key_map_figure(xy, cl, res.vocab, explained=ev), ""
-    model = ctx.model(_model_name(ctx, run_id))
+    model = ctx.model_of(res)
     tid = single_token_id(model.tokenizer, token)
     if tid is None:
         raise ConfigError(f"{token!r} is not a single token of this tokenizer")

@@ -6,6 +6,8 @@ and an attention-flow graph. Works for every model in the registry (`?model=<nam
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from urllib.parse import parse_qs
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
@@ -21,25 +23,65 @@ from dashboards.base import (
     graph,
     model_names,
 )
-from dashboards.explorer import (
-    MAX_TOKENS,
-    TOPK_KEEP,
-    AnalysisCache,
-    attention_flow_graph,
-    chip_text,
-    flow_positions,
-    prompt_lens_figure,
-)
-from dashboards.figures import empty_figure
-from dashboards.figures.explorer import (
+from dashboards.figures import empty_figure, show_token
+from dashboards.figures.model_explorer import (
     attention_figure,
+    chip_text,
     head_grid_figure,
+    prompt_lens_figure,
     prompt_norms_figure,
 )
-from dashboards.graphs import cyto_graph, graph_card, nx_to_elements
+from dashboards.graphs import (
+    cyto_graph,
+    flow_positions,
+    graph_card,
+    nx_to_elements,
+    style_flow_graph,
+)
+from workbench.prompt_analysis import (
+    MAX_TOKENS,
+    TOPK_KEEP,
+    PromptAnalysis,
+    analyse_prompt,
+    attention_flow_graph,
+    check_prompt,
+    compute_lens,
+)
 
 DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
+
+
+class AnalysisCache:
+    """The page's LRU cache of prompt analyses keyed by (model name, prompt): changing the layer,
+    head or position redraws without another forward pass."""
+
+    def __init__(self, size: int = 6):
+        self.size = size
+        self._d: OrderedDict[tuple[str, str], PromptAnalysis] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ctx, model_name: str, prompt: str, lens: bool = False) -> PromptAnalysis:
+        """The analysis of `prompt` (forward pass once); with `lens`, the logit lens too."""
+        key = (model_name, prompt)
+        with self._lock:
+            a = self._d.get(key)
+            if a is not None:
+                self._d.move_to_end(key)
+        if a is None:
+            check_prompt(prompt)  # before a model is loaded for it
+            a = analyse_prompt(ctx.model(model_name), prompt, model_name, lens=False)
+            with self._lock:
+                self._d[key] = a
+                while len(self._d) > self.size:
+                    self._d.popitem(last=False)
+        return compute_lens(a, ctx.model(model_name)) if lens else a
+
+
 CACHE = AnalysisCache()
+
+
+def _shown(a: PromptAnalysis) -> list[str]:
+    return [show_token(t) for t in a.tokens]
 log = logging.getLogger("workbench.dashboard")
 
 
@@ -151,7 +193,7 @@ def register(app: Dash, app_ctx: AppContext) -> None:
                       className="tok" + (" bos" if i == 0 and a.has_bos else "") + (" selected" if i == a.n_tokens - 1 else ""))
             for i, (t, tid) in enumerate(zip(a.tokens, a.token_ids))
         ]
-        data = {"model": model, "prompt": prompt, "T": a.n_tokens, "L": a.n_layers, "H": a.n_heads, "tokens": a.tokens, "bos": a.has_bos}
+        data = {"model": model, "prompt": prompt, "T": a.n_tokens, "L": a.n_layers, "H": a.n_heads, "tokens": _shown(a), "bos": a.has_bos}
         layers = [{"label": f"layer {l}", "value": l} for l in range(a.n_layers)]
         heads = [{"label": "mean over heads", "value": -1}] + [{"label": f"head {h}", "value": h} for h in range(a.n_heads)]
         return "", notice, data, chips, layers, 0, heads, -1, model, a.n_tokens - 1
@@ -207,7 +249,7 @@ def register(app: Dash, app_ctx: AppContext) -> None:
             pat = a.attn[layer].float()
             h = None if head is None or int(head) < 0 else min(a.n_heads - 1, int(head))
             z = (pat.mean(0) if h is None else pat[h]).numpy()
-            return attention_figure(z, a.tokens, layer, h)
+            return attention_figure(z, _shown(a), layer, h)
         except Exception as e:
             return empty_figure(f"{type(e).__name__}: {e}")
 
@@ -221,7 +263,7 @@ def register(app: Dash, app_ctx: AppContext) -> None:
         try:
             a = _analysis(app_ctx, data)
             layer = max(0, min(a.n_layers - 1, int(layer)))
-            return head_grid_figure(a.attn[layer].float().numpy(), layer, max(0, min(a.n_tokens - 1, int(pos))), a.tokens)
+            return head_grid_figure(a.attn[layer].float().numpy(), layer, max(0, min(a.n_tokens - 1, int(pos))), _shown(a))
         except Exception as e:
             return empty_figure(f"{type(e).__name__}: {e}")
 
@@ -231,7 +273,7 @@ def register(app: Dash, app_ctx: AppContext) -> None:
             return empty_figure("run a prompt")
         try:
             a = _analysis(app_ctx, data)
-            return prompt_norms_figure(a.resid_norms.numpy(), a.tokens, max(0, min(a.n_tokens - 1, int(pos or 0))), a.has_bos)
+            return prompt_norms_figure(a.resid_norms.numpy(), _shown(a), max(0, min(a.n_tokens - 1, int(pos or 0))), a.has_bos)
         except Exception as e:
             return empty_figure(f"{type(e).__name__}: {e}")
 
@@ -253,7 +295,7 @@ def register(app: Dash, app_ctx: AppContext) -> None:
             return []
         try:
             a = _analysis(app_ctx, data, lens=True)
-            G = attention_flow_graph(a, _tokenizer(app_ctx, data["model"]))
+            G = style_flow_graph(attention_flow_graph(a, _tokenizer(app_ctx, data["model"])))
             return nx_to_elements(G, pos=flow_positions(G))
         except Exception:  # the other views show the error; an empty graph here
             log.exception("attention-flow graph failed")

@@ -16,6 +16,7 @@ from probes.key_space.probe import (
     nearest_neighbours,
     numbered_answers,
     probe_instruction,
+    probe_typed_instruction,
     prompt_tokens,
     resolve_style,
     run,
@@ -27,6 +28,6 @@ from probes.key_space.probe import (
 __all__ = [
     "build_prompt", "cached_cluster_keys", "default_n_clusters", "get_gold", "gold_lists", "group_table",
     "KeySpaceConfig", "KeySpaceResult", "nearest_neighbours", "numbered_answers", "probe_instruction",
-    "prompt_tokens", "resolve_style", "run", "single_token_id", "SPEC", "STOP_STRINGS", "token_strings",
-    "unembedding_keys",
+    "probe_typed_instruction", "prompt_tokens", "resolve_style", "run", "single_token_id", "SPEC",
+    "STOP_STRINGS", "token_strings", "unembedding_keys",
 ]

@@ -36,6 +36,7 @@ What this probe computes, and where it departs from the paper (also in the exper
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -46,7 +47,7 @@ from transformer_lens import HookedTransformer
 
 from probes.key_space.gold import GoldList, get_gold, gold_lists
 from workbench import hooks
-from workbench.config import setting
+from workbench.config import config_from_dict, setting
 from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.generation import greedy_continue
@@ -494,6 +495,21 @@ def probe_instruction(
                              "explored_round": row["round"], "in_prompt": row["round"] < r, "dot": float(dots[r, j]),
                              "logit_rank": int(ranks[r, j])})
     return InstructionProbe(prompt, style, len(prefix), candidates, icn, pd.DataFrame(dot_rows))
+
+
+
+def probe_typed_instruction(model: HookedTransformer, stored: "KeySpaceResult", instruction: str, top_n: int, n_explore: int,
+                            judge: str | None = None, max_top_n: int = 200, max_explore: int = 30):
+    """One typed instruction on the model of a stored run, with that run's clusters and settings
+    (top-N candidates, `n_explore` answers explored), judged against the gold list `judge` if given."""
+    if not (11 <= top_n <= max_top_n and 1 <= n_explore <= min(max_explore, top_n)):
+        raise ConfigError(f"top-N must lie in [11, {max_top_n}] and explored in [1, min({max_explore}, top-N)]")
+    kept = dict(stored.meta.get("config", {}))
+    fields = {f.name for f in dataclasses.fields(KeySpaceConfig)}
+    cfg = config_from_dict(KeySpaceConfig, {**{k: v for k, v in kept.items() if k in fields}, "categories": [], "top_n": top_n,
+                                            "n_explore": n_explore, "top_k": min(int(kept.get("top_k", 10)), top_n - 1)})
+    gold = get_gold(judge) if judge else None
+    return probe_instruction(model, instruction, stored.cluster_ids, cfg, gold, "typed", stored.vocab or None, show_progress=False), cfg
 
 
 def group_table(candidates: pd.DataFrame, top_k: int) -> pd.DataFrame:

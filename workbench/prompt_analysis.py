@@ -1,23 +1,25 @@
-"""One forward pass over a prompt, kept for the model explorer: tokens, top-k next tokens at every
-position, attention patterns (every layer and head), residual norms per layer and the logit lens.
+"""One forward pass over a prompt, for the model explorer and notebooks: tokens, top-k next tokens
+at every position, attention patterns (every layer and head), residual norms per layer, the logit
+lens, and the attention-flow graph built from them.
 
-The analysis is computed once per (model, prompt) and kept in a small LRU cache, so changing the
-layer, head or position in the page only redraws.
+The dashboard keeps analyses in a small cache, so changing the layer, head or position in the
+page only redraws; everything computed lives here.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
 from transformer_lens import HookedTransformer
 
-from dashboards.base import check_prompt
 from workbench import hooks
+from workbench.config import MAX_TEXT_CHARS
+from workbench.errors import ConfigError, PromptTooLongError
 
+MAX_PROMPT_CHARS = MAX_TEXT_CHARS  # the longest prompt accepted
 MAX_TOKENS = 256  # the explorer analyses at most this many tokens of a prompt
 TOPK_KEEP = 50  # top-k kept per position (the page shows up to this many)
 LENS_POSITIONS = 64  # the logit lens covers the last this many positions (its cost grows with layers x positions x vocab)
@@ -28,7 +30,7 @@ class PromptAnalysis:
     model: str
     prompt: str
     token_ids: list[int]
-    tokens: list[str]  # display strings, one per position
+    tokens: list[str]  # each position's token as text
     truncated: bool
     has_bos: bool
     n_layers: int
@@ -50,17 +52,16 @@ class PromptAnalysis:
         return len(self.token_ids)
 
     def decode(self, ids: list[int] | torch.Tensor, tokenizer) -> list[str]:
-        return [show_token(tokenizer.decode([int(i)])) for i in ids]
+        return [tokenizer.decode([int(i)]) for i in ids]
 
 
-def show_token(s: str) -> str:
-    """Whitespace made visible: newlines as ↵, tabs as →."""
-    return s.replace("\n", "↵").replace("\t", "→")
-
-
-def chip_text(s: str) -> str:
-    """A token as shown on its own: whitespace-only tokens as ␣ (or · when empty)."""
-    return s if s.strip() else (s.replace(" ", "\u2423") or "\u00b7")
+def check_prompt(prompt: object) -> str:
+    """A non-empty prompt of at most MAX_PROMPT_CHARS characters, else a clear error."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError("type a prompt first")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptTooLongError(f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return prompt
 
 
 def _final_norm(model: HookedTransformer):
@@ -82,17 +83,17 @@ def analyse_prompt(model: HookedTransformer, prompt: str, model_name: str = "", 
     L = model.cfg.n_layers
 
     def keep(name: str) -> bool:
-        return name.endswith("hook_pattern") or name.endswith("hook_resid_post") or name == "blocks.0.hook_resid_pre"
+        return name.endswith("hook_pattern") or name.endswith("hook_resid_post") or name == hooks.resid_pre(0)
 
     logits, cache = model.run_with_cache(tokens[None], names_filter=keep)
     probs = logits[0].float().softmax(-1)
     k = min(TOPK_KEEP, probs.shape[-1])
     top = probs.topk(k, dim=-1)
     attn = torch.stack([cache[hooks.attn_pattern(l)][0] for l in range(L)]).to(torch.float16).cpu()
-    resid = [cache["blocks.0.hook_resid_pre"][0]] + [cache[hooks.resid_post(l)][0] for l in range(L)]
+    resid = [cache[hooks.resid_pre(0)][0]] + [cache[hooks.resid_post(l)][0] for l in range(L)]
     resid = torch.stack(resid)
     tok = model.tokenizer
-    shown = [show_token(tok.decode([int(t)])) if tok is not None else str(int(t)) for t in tokens]
+    shown = [tok.decode([int(t)]) if tok is not None else str(int(t)) for t in tokens]
     a = PromptAnalysis(
         model=model_name, prompt=prompt, token_ids=[int(t) for t in tokens], tokens=shown, truncated=truncated,
         has_bos=has_bos, n_layers=L, n_heads=model.cfg.n_heads, topk_ids=top.indices.cpu(), topk_probs=top.values.cpu(),
@@ -127,14 +128,6 @@ def compute_lens(a: PromptAnalysis, model: HookedTransformer, positions: int = L
     return a
 
 
-def prompt_lens_figure(a: PromptAnalysis, tokenizer):
-    """The logit-lens heatmap of an analysis (computed with `compute_lens`)."""
-    from dashboards.figures.explorer import logit_lens_figure
-
-    top1 = [a.decode(row, tokenizer) for row in a.lens_top1]
-    return logit_lens_figure(a.lens_next_prob.numpy(), top1, a.lens_top1_prob.numpy(), a.tokens, offset=a.lens_start)
-
-
 def attention_flow_graph(a: PromptAnalysis, tokenizer=None, window: int = 16, per_node: int = 2, threshold: float = 0.01) -> nx.DiGraph:
     """Attention flow over the last `window` positions: node (layer, position) for the residual
     stream before block `layer` (layer L = the output); an edge from (l, key) to (l+1, query) for
@@ -150,11 +143,9 @@ def attention_flow_graph(a: PromptAnalysis, tokenizer=None, window: int = 16, pe
             lens_tok = a.decode([int(a.lens_top1[l, j])], tokenizer)[0] if tokenizer is not None else str(int(a.lens_top1[l, j]))
             p_next = float(a.lens_next_prob[l, j]) if p < T - 1 else None
             G.add_node(
-                f"L{l}P{p}", label=a.tokens[p] if l in (0, L) else "", layer=l, position=p, token=a.tokens[p],
-                resid_norm=round(float(a.resid_norms[l, p]), 3), lens_top1=lens_tok, lens_top1_prob=round(float(a.lens_top1_prob[l, j]), 4),
-                lens_p_next=None if p_next is None else round(p_next, 4), size=10 + 14 * float(a.resid_norms[l, p]) / nmax,
-                color=_prob_color(p_next if p_next is not None else float(a.lens_top1_prob[l, j])),
-                title=f"layer {l} · pos {p} {a.tokens[p]!r} · norm {float(a.resid_norms[l, p]):.1f} · lens top-1 {lens_tok!r}",
+                f"L{l}P{p}", layer=l, position=p, token=a.tokens[p], resid_norm=round(float(a.resid_norms[l, p]), 3),
+                resid_norm_share=round(float(a.resid_norms[l, p]) / nmax, 4), lens_top1=lens_tok,
+                lens_top1_prob=round(float(a.lens_top1_prob[l, j]), 4), lens_p_next=None if p_next is None else round(p_next, 4),
             )
     for l in range(L):
         mean = a.attn[l].float().mean(0)  # [T, T]
@@ -169,41 +160,3 @@ def attention_flow_graph(a: PromptAnalysis, tokenizer=None, window: int = 16, pe
     return G
 
 
-def flow_positions(G: nx.DiGraph, dx: float = 70, aspect: float = 0.7) -> dict[str, tuple[float, float]]:
-    """Preset layout: positions left to right, layers bottom to top, about `aspect` times as tall as wide."""
-    n_pos = len({d["position"] for _, d in G.nodes(data=True)}) or 1
-    n_layers = len({d["layer"] for _, d in G.nodes(data=True)}) or 1
-    dy = min(46.0, max(12.0, dx * n_pos * aspect / n_layers))
-    return {n: (d["position"] * dx, -d["layer"] * dy) for n, d in G.nodes(data=True)}
-
-
-def _prob_color(p: float) -> str:
-    """White to blue by probability (the lens's belief in the actual next token)."""
-    p = max(0.0, min(1.0, p)) ** 0.5
-    r, g, b = (int(255 + (c - 255) * p) for c in (0, 114, 178))
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-class AnalysisCache:
-    """LRU cache of prompt analyses keyed by (model name, prompt)."""
-
-    def __init__(self, size: int = 6):
-        self.size = size
-        self._d: OrderedDict[tuple[str, str], PromptAnalysis] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, ctx, model_name: str, prompt: str, lens: bool = False) -> PromptAnalysis:
-        """The analysis of `prompt` (forward pass once); with `lens`, the logit lens too."""
-        key = (model_name, prompt)
-        with self._lock:
-            a = self._d.get(key)
-            if a is not None:
-                self._d.move_to_end(key)
-        if a is None:
-            check_prompt(prompt)
-            a = analyse_prompt(ctx.model(model_name), prompt, model_name, lens=False)
-            with self._lock:
-                self._d[key] = a
-                while len(self._d) > self.size:
-                    self._d.popitem(last=False)
-        return compute_lens(a, ctx.model(model_name)) if lens else a

@@ -1,11 +1,11 @@
-"""Figures of one prompt's forward pass (see `dashboards.explorer.analyse_prompt`)."""
+"""Figures of one prompt's forward pass (see `workbench.prompt_analysis.analyse_prompt`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboards.figures import COLORS, TEMPLATE
+from dashboards.figures import COLORS, TEMPLATE, show_token
 
 
 def _ticks(tokens: list[str], max_labels: int = 48) -> dict:
@@ -94,3 +94,18 @@ def logit_lens_figure(next_prob: np.ndarray, top1: list[list[str]], top1_prob: n
                                  tickvals=list(range(offset, offset + Tm1, step)), ticktext=shown[::step]),
                       yaxis=dict(title="layer", dtick=max(1, L1 // 15)))
     return fig
+
+
+def chip_text(s: str) -> str:
+    """A token as shown on its own chip: whitespace-only tokens as ␣ (or · when empty), newlines and
+    tabs visible."""
+    if not s.strip():
+        return s.replace(" ", "\u2423").replace("\n", "⏎").replace("\t", "⇥") or "\u00b7"
+    return s.replace("\n", "⏎").replace("\t", "⇥")
+
+
+def prompt_lens_figure(a, tokenizer) -> go.Figure:
+    """The logit-lens heatmap of an analysis (computed with `compute_lens`)."""
+    top1 = [[show_token(t) for t in a.decode(row, tokenizer)] for row in a.lens_top1]
+    return logit_lens_figure(a.lens_next_prob.numpy(), top1, a.lens_top1_prob.numpy(), [show_token(t) for t in a.tokens],
+                             offset=a.lens_start)
