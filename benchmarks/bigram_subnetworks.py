@@ -23,13 +23,16 @@ import time
 
 import torch
 
+from experiments.bigram_subnetworks import PRESETS
+from probes.bigram_subnetworks import BigramModel, MaskLogits, optimizer_step
+from workbench.tokenizers import load_tokenizer
+from workbench.training import TrainConfig, frozen, make_optimizer, next_token_loss
+from workbench.zoo import LMRecipe, checkpoints, load_lm, train_batches
+
 
 def build(preset: str):
     from transformer_lens import HookedTransformer
 
-    from experiments.bigram_subnetworks import PRESETS
-    from workbench.tokenizers import load_tokenizer
-    from workbench.zoo import LMRecipe, checkpoints, load_lm
 
     recipe = LMRecipe(**PRESETS[preset]["recipe"])
     if recipe.steps in checkpoints(recipe):
@@ -40,9 +43,6 @@ def build(preset: str):
 
 
 def main() -> None:
-    from probes.bigram_subnetworks import BigramModel, MaskLogits, optimizer_step
-    from workbench.training import TrainConfig, frozen, make_optimizer, next_token_loss
-    from workbench.zoo import train_batches
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=16)

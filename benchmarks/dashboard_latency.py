@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from dashboards.app import create_app
+from dashboards.base import run_options
+from dashboards.browser import chromium_options
 from workbench.corpora import load_corpus
 from workbench.models import load_model
 from workbench.runner import run_probe
@@ -226,8 +229,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from selenium import webdriver
 
-    from dashboards.app import create_app
-    from dashboards.browser import chromium_options
 
     store = ResultStore(tempfile.mkdtemp(prefix="wb-bench-dash-"))
     model = load_model(args.model, device="cpu")
@@ -241,7 +242,6 @@ def main(argv: list[str] | None = None) -> dict:
     threading.Thread(target=app.run, kwargs=dict(host="127.0.0.1", port=port, debug=False, use_reloader=False), daemon=True).start()
     base = f"http://127.0.0.1:{port}"
     time.sleep(1.0)
-    from dashboards.base import run_options
 
     labels = {o["value"]: o["label"] for o in run_options(app.workbench_ctx, "residual-norms")}
     driver = webdriver.Chrome(options=chromium_options())

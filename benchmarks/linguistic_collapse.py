@@ -28,8 +28,11 @@ from probes import linguistic_collapse as lc
 from workbench.activations import bare_forward, stream
 from workbench.config import StreamConfig
 from workbench.corpora import load_corpus
+from workbench.models import load_model
 from workbench.models.info import ModelInfo, attach_info
 from workbench.slices import corpus_batches
+from workbench.tokenizers import load_tokenizer
+from workbench.zoo import LMRecipe
 
 MiB = 2**20
 
@@ -39,15 +42,12 @@ def build_model(name: str):
     if name == "zoo":
         from transformer_lens import HookedTransformer
 
-        from workbench.tokenizers import load_tokenizer
-        from workbench.zoo import LMRecipe
 
         recipe = LMRecipe(n_layers=4, d_model=128, n_heads=4)
         tok = load_tokenizer(recipe.tokenizer)
         torch.manual_seed(0)
         model = HookedTransformer(recipe.model_config(len(tok)), tokenizer=tok, move_to_device=False, default_padding_side="right")
         return attach_info(model.eval(), ModelInfo(id=f"bench:{recipe.name}", source="user", numerics="raw"))
-    from workbench.models import load_model
 
     return load_model(name, numerics="raw", device="cpu")
 

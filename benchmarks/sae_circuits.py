@@ -18,21 +18,22 @@ import time
 
 import torch
 
+from probes.sae_circuits import (
+    SAECircuitsConfig,
+    edge_scores,
+    head_outputs,
+    head_patching,
+    make_task,
+    node_scores,
+    sae_codes,
+    train_sae,
+    unique_cooccurrence,
+)
+from workbench.config import config_from_dict
+from workbench.models import load_model
+
 
 def main(argv: list[str] | None = None) -> dict:
-    from probes.sae_circuits import (
-        SAECircuitsConfig,
-        edge_scores,
-        head_outputs,
-        head_patching,
-        make_task,
-        node_scores,
-        sae_codes,
-        train_sae,
-        unique_cooccurrence,
-    )
-    from workbench.config import config_from_dict
-    from workbench.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")

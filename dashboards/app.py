@@ -25,6 +25,7 @@ from dash import Dash, Input, Output, dcc, html
 from dashboards.base import AppContext, DashPage, error_message
 from dashboards.exports import register_export_callbacks
 from dashboards.graphs import register_graph_callbacks
+from dashboards.jobs import JobManager
 from workbench.store import ResultStore
 
 log = logging.getLogger("workbench.dashboard")
@@ -104,7 +105,6 @@ def create_app(
     model: the model the explorer starts with; model_loader: `(name, numerics=...) -> model`
     (default `workbench.models.load_model`). The app's context is `app.workbench_ctx`.
     """
-    from dashboards.jobs import JobManager
 
     store = store or ResultStore()
     ctx = AppContext(store=store, default_model=model, model_loader=model_loader)

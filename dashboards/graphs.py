@@ -21,6 +21,8 @@ import dash_cytoscape as cyto
 import networkx as nx
 from dash import MATCH, Dash, Input, Output, State, ctx, dcc, html, no_update
 
+from dashboards.figures import show_token
+
 cyto.load_extra_layouts()  # also brings cytoscape-svg, needed for SVG export
 
 DEFAULT_STYLESHEET = [
@@ -316,7 +318,6 @@ def prob_color(p: float) -> str:
 def style_flow_graph(G: nx.DiGraph) -> nx.DiGraph:
     """Add the drawing attributes to a `workbench.prompt_analysis.attention_flow_graph`: labels on the
     first and last layer, size by residual norm, colour by the lens's probability of the next token."""
-    from dashboards.figures import show_token
 
     last = max((d["layer"] for _, d in G.nodes(data=True)), default=0)
     for _, d in G.nodes(data=True):

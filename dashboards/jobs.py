@@ -27,9 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from dashboards.base import check_model_name
 from workbench.config import check_bounds, config_fields, config_from_dict
 from workbench.errors import ConfigError, WorkbenchError
+from workbench.models import offline_n_layers
 from workbench.probe_api import ProbeSpec, describe_config, get_probe
+from workbench.resources import check_offered_sae, offered_corpora, resource_fields
 from workbench.store import ACTIVE, ResultStore
 
 log = logging.getLogger("workbench.dashboard")
@@ -50,7 +53,6 @@ class RunRequest:
 
 
 def corpus_names() -> list[str]:
-    from workbench.resources import offered_corpora
 
     return offered_corpora()
 
@@ -62,8 +64,6 @@ def check_request(probe: Any, model: Any, corpus: Any, config: Any) -> RunReques
     trained or SAE Lens lists, and numbers within each field's declared range pass. Anything
     else, of any type, raises ConfigError with a message that names the field.
     """
-    from dashboards.base import check_model_name
-    from workbench.resources import check_offered_sae, resource_fields
 
     if not isinstance(probe, str) or len(probe) > MAX_NAME_CHARS:
         raise ConfigError("choose a probe")
@@ -102,7 +102,6 @@ def check_request(probe: Any, model: Any, corpus: Any, config: Any) -> RunReques
 
 
 def _offline_n_layers(model: str) -> int | None:
-    from workbench.models import offline_n_layers
 
     return offline_n_layers(model)
 
@@ -236,7 +235,6 @@ class JobManager:
                 [self.python, "-m", "dashboards.worker", "--store", str(self.store.root)],
                 stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(root),
             )
-            self._started_at = time.monotonic()
             logf.close()
             log.info("started run worker (pid %d), log: %s", self._proc.pid, self.log_path)
         return self._proc

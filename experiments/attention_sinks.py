@@ -18,7 +18,26 @@ from typing import Any
 
 import pandas as pd
 
+from dashboards.figures import attention_sinks as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from probes.attention_sinks import (
+    SEQ_LEN,
+    AttentionSinksConfig,
+    BigramBackcopyConfig,
+    bb_recipe,
+    bb_train_time,
+    domain_contrast,
+    load_bb,
+    load_bb_task,
+    paired_gap,
+    relu_inactive_seed,
+    train_bb,
+)
+from workbench.corpora import load_corpus
+from workbench.models import load_model
+from workbench.models.info import default_device
+from workbench.runner import run_probe
+from workbench.store import ResultStore
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU (2 shared cores): the 1-layer model on Brown's lowercase letters and space at the paper's lr 3e-4 with batch
@@ -72,7 +91,6 @@ def released_at(curve: dict[int, Any], step: int) -> tuple[int, Any]:
 
 
 def _device() -> str:
-    from workbench.models.info import default_device
 
     return default_device()
 
@@ -80,13 +98,6 @@ def _device() -> str:
 def _train_and_analyse(recipe, store, device: str, corpus):
     """Train (or reuse) a BB recipe and run the probe on its final checkpoint, with dynamics (the
     probe takes its data from the BB task; `corpus` is only recorded)."""
-    from probes.attention_sinks import (
-        BigramBackcopyConfig,
-        bb_train_time,
-        load_bb,
-        train_bb,
-    )
-    from workbench.runner import run_probe
 
     train_bb(recipe, device=device)
     model = load_bb(recipe, device=device)
@@ -103,7 +114,6 @@ def _bigram_oracle(res, recipe) -> float:
     probe; recomputed from the task, the batch seed and size for results stored before it was)."""
     if "bigram_oracle_risk" in res.bb:
         return float(res.bb["bigram_oracle_risk"])
-    from probes.attention_sinks import SEQ_LEN, load_bb_task
 
     cfg = res.meta["config"]
     task = load_bb_task(recipe.corpus, recipe.n_triggers, recipe.charset)
@@ -226,7 +236,6 @@ def bb1_acceptance(res, recipe) -> dict[str, Any]:
     < 0.01, bigram risk within 3% of the true transition matrix on the same positions (paired),
     sink mass on non-trigger queries > 0.8, and the paper's token-level split (triggers active,
     every other character dormant)."""
-    from probes.attention_sinks import paired_gap
 
     tok = _bb1_tokens(res)
     oracle = _bigram_oracle(res, recipe)
@@ -472,7 +481,6 @@ def peak_and_sink_lines(dyn: dict[str, pd.DataFrame], last: int) -> list[str]:
 
 
 def lm_section(res, model_name: str) -> str:
-    from probes.attention_sinks import domain_contrast
 
     doms = res.domains
     lines = [f"{model_name}: every head of every layer on {len(doms)} domains ({', '.join(doms)}); BOS prepended: "
@@ -521,16 +529,6 @@ def close_calls_line(heads: pd.DataFrame, domains: list[str], config: dict[str, 
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
-    from dashboards.figures import attention_sinks as figs
-    from probes.attention_sinks import (
-        AttentionSinksConfig,
-        bb_recipe,
-        relu_inactive_seed,
-    )
-    from workbench.corpora import load_corpus
-    from workbench.models import load_model
-    from workbench.runner import run_probe
-    from workbench.store import ResultStore
 
     p = PRESETS["quick" if quick else preset]
     out = Path(out)

@@ -35,7 +35,15 @@ from typing import Any
 
 import torch
 
+from dashboards.figures import bigram_subnetworks as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from probes.bigram_subnetworks import PAPER, BigramSubnetworksConfig, announce_memory
+from workbench.corpora import load_corpus
+from workbench.models import load_model
+from workbench.models.info import default_device
+from workbench.runner import run_probe
+from workbench.store import ResultStore
+from workbench.zoo import LMRecipe, checkpoints, load_lm, train_lm
 
 SPEEDUP = 50  # CPU preset: the paper's schedule compressed this many times in steps
 # The workbench LM the cpu and gpu presets mask (see the module docstring for why bytes).
@@ -67,7 +75,6 @@ MARGIN = 0.05  # "a clear margin" for the bigram r of the subnetwork over the fu
 
 
 def _device() -> str:
-    from workbench.models.info import default_device
 
     return default_device()
 
@@ -87,17 +94,10 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
 
 
 def _run(out: Path, p: dict, name: str) -> ReportSection:
-    from dashboards.figures import bigram_subnetworks as figs
-    from workbench.corpora import load_corpus
-    from workbench.runner import run_probe
-    from workbench.store import ResultStore
-    from workbench.zoo import LMRecipe, checkpoints, load_lm, train_lm
 
     out = Path(out)
     device = _device()
     if p.get("model"):  # a pretrained model: raw weights, masks on Brown; no LM is trained
-        from probes.bigram_subnetworks import BigramSubnetworksConfig, announce_memory
-        from workbench.models import load_model
 
         recipe, cached = None, True
         with Timer() as t_lm:
@@ -145,7 +145,6 @@ def _f(x, nd: int = 3) -> str:
 
 def report(res, recipe, preset: str, device: str, lm_s: float | None, probe_s: float, reused: bool, run_id: int,
            probe_cpu: float = 0.0, threads: int = 1) -> str:
-    from probes.bigram_subnetworks import PAPER
 
     cfg = res.meta["config"]
     sw, s, b = res.sweep, res.summary(), res.bigram

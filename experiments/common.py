@@ -12,6 +12,9 @@ import plotly.graph_objects as go
 import psutil
 import torch
 
+from dashboards.static_export import write_images
+from workbench.io import atomic_path
+
 DEFAULT_OUT = Path(__file__).parent / "out"
 
 
@@ -33,7 +36,6 @@ class ReportSection:
         later without rerunning the experiment (`python -m experiments.run_all --assemble`)."""
         import json
 
-        from workbench.io import atomic_path
 
         self.preset = preset if preset is not None else self.preset
         self.finished = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -71,7 +73,6 @@ def write_figure(fig: go.Figure, out: Path, name: str, png: bool = True) -> list
     fig.write_html(out / f"{name}.html", include_plotlyjs=True)
     written.append(f"{name}.html")
     if png:
-        from dashboards.static_export import write_images
 
         write_images([(fig, out / f"{name}.png")], scale=2)
         written.append(f"{name}.png")

@@ -37,6 +37,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from experiments import attention_sinks as exp_sinks
+from experiments import bigram_subnetworks as exp_bigram
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.cross_analysis import NAME, CrossAnalysisConfig
 from workbench.runner import run_study
@@ -138,8 +140,6 @@ def _f(x, nd: int = 3) -> str:
 def study_config(preset: str, quick: bool) -> CrossAnalysisConfig:
     """The study's config for a preset: its own settings, the attention-sinks experiment's survey when
     it ran on the same model, and the bigram-subnetworks experiment's recipe and probe config."""
-    from experiments import attention_sinks as exp_sinks
-    from experiments import bigram_subnetworks as exp_bigram
 
     name = "quick" if quick else preset
     p = PRESETS[name]

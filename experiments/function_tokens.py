@@ -31,8 +31,32 @@ from typing import Any
 
 import pandas as pd
 
+from dashboards.figures import function_tokens as figs
+from dashboards.figures.function_tokens import coverage_rows, show_token
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from experiments.train_saes import quality_table
+from probes.function_tokens import (
+    FunctionTokenLossConfig,
+    FunctionTokensConfig,
+    FunctionTokenSteeringConfig,
+    export_graph,
+    loss_over_checkpoints,
+)
 from workbench import hooks
+from workbench.config import StreamConfig
+from workbench.corpora import load_corpus
+from workbench.models import load_model
+from workbench.runner import run_probe
+from workbench.saes import (
+    check_fits,
+    evaluate_sae,
+    load_sae,
+    preset_spec,
+    read_recipe,
+    train_saes,
+)
+from workbench.store import ResultStore
+from workbench.zoo import LMRecipe
 
 # saes: SAE Lens "release:sae_id" sources, one per layer of `layers` (empty: train the workbench's own
 # SAEs at `layers` with the `sae_preset` recipe)
@@ -51,7 +75,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _train_saes(model, corpus, p: dict) -> dict[int, Path]:
-    from workbench.saes import preset_spec, train_saes
 
     specs = [preset_spec(hooks.resid_post(layer), p["sae_preset"], **p["sae_overrides"]) for layer in p["layers"]]
     return dict(zip(p["layers"], train_saes(model, corpus, specs)))
@@ -79,8 +102,6 @@ def pretrained_sources(p: dict) -> dict[int, str]:
 def pretrained_quality(model, corpus, sources: dict[int, str], max_tokens: int, seq_len: int = 128) -> dict[int, dict]:
     """Load each pretrained SAE through `workbench.saes` (release by id, or its Hugging Face cache),
     check it fits the model, and score it on Brown's validation split (nothing is trained)."""
-    from workbench.config import StreamConfig
-    from workbench.saes import check_fits, evaluate_sae, load_sae
 
     device = str(next(model.parameters()).device)
     rows = {}
@@ -123,7 +144,6 @@ def _pct(x: float) -> str:
 
 def coverage_markdown(result) -> str:
     """k = 1..10 per SAE (both denominators) next to the paper's Table 1."""
-    from dashboards.figures.function_tokens import coverage_rows
 
     t = coverage_rows(result)
     labels = result.labels
@@ -137,7 +157,6 @@ def coverage_markdown(result) -> str:
 
 
 def comparison_markdown(result) -> str:
-    from dashboards.figures.function_tokens import show_token
 
     lines = ["| SAE | active / all features | top-1 | top-10 function tokens | top-10 content tokens | their share of occurrences (F / C) |",
              "|---|---|---|---|---|---|"]
@@ -170,21 +189,6 @@ def training_markdown(df: pd.DataFrame) -> str:
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
-    from dashboards.figures import function_tokens as figs
-    from experiments.train_saes import quality_table
-    from probes.function_tokens import (
-        FunctionTokenLossConfig,
-        FunctionTokensConfig,
-        FunctionTokenSteeringConfig,
-        export_graph,
-        loss_over_checkpoints,
-    )
-    from workbench.corpora import load_corpus
-    from workbench.models import load_model
-    from workbench.runner import run_probe
-    from workbench.saes import read_recipe
-    from workbench.store import ResultStore
-    from workbench.zoo import LMRecipe
 
     p = PRESETS["quick" if quick else preset]
     out = Path(out)

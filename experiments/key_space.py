@@ -33,7 +33,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from dashboards.figures import key_space as figs
+from dashboards.figures import key_space as kfigs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from probes.key_space import group_table
+from workbench.models import load_model
+from workbench.runner import run_probe
 
 QUICK = {"categories": ["planets", "months"], "top_n": 16, "top_k": 4, "n_explore": 5, "max_new_tokens": 6, "icn_per_round": 2,
          "batch_size": 8, "n_clusters": 6}
@@ -52,7 +57,6 @@ MAP_TOKEN = "A"
 
 
 def _probe(model, cfg: dict):
-    from workbench.runner import run_probe
 
     return run_probe("key-space", model, None, cfg)
 
@@ -98,7 +102,6 @@ def restrict(res, categories):
     """The result's probing tables limited to `categories`, pooled rows recomputed over them."""
     import dataclasses
 
-    from probes.key_space import group_table
 
     cats = [c for c in dict.fromkeys(res.candidates["category"]) if c in set(categories)]
     cand = res.candidates[res.candidates["category"].isin(cats)].reset_index(drop=True)
@@ -119,7 +122,6 @@ def style_table(results: dict) -> pd.DataFrame:
 
 
 def figures(res, out: Path, png: bool = True) -> list[str]:
-    from dashboards.figures import key_space as figs
 
     written = []
     written += write_figure(figs.family_figure(res.families, res.family_summary), out, "families", png)
@@ -232,7 +234,6 @@ def report(res, other: dict, wall: float, quick: bool, preset: str = "cpu") -> s
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu", categories: list[str] | None = None) -> ReportSection:
-    from workbench.models import load_model
 
     name = "quick" if quick else preset
     if name not in PRESETS:
@@ -253,7 +254,6 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", categories: list[st
                 other["raw"] = _probe(model, raw_cfg).result
         figs = figures(main, out, png=True)
         for style, r in other.items():
-            from dashboards.figures import key_space as kfigs
 
             figs += write_figure(kfigs.precision_figure(r.groups), out, f"precision_groups_{style}", True)
             figs += write_figure(kfigs.discovery_figure(r.icn), out, f"icn_discovery_{style}", True)

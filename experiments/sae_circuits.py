@@ -30,7 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dashboards.figures import sae_circuits as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
+from probes.attention_sinks import bb_recipe, load_bb
+from probes.sae_circuits import SAECircuitsConfig, SAECircuitsResult, roc_auc
+from workbench.config import config_from_dict
+from workbench.models import default_device, load_model, set_numerics
+from workbench.runner import run_probe
 
 # CPU preset: sized for a shared 2-core CPU (about 5 minutes per SmolLM2 task). Against the paper:
 # 60 + 60 prompts instead of 250 + 250 and 150 SAE epochs instead of 500 (10 seeds, 10 training
@@ -59,16 +65,12 @@ PAPER_BASELINES = "ACDC 0.61, HISP 0.81, SP 0.60 (edge AUC, IOI, the paper's fig
 
 
 def _device() -> str:
-    from workbench.models import default_device
 
     return default_device()
 
 
 def compute(name: str, load, config: dict, out: Path, fresh: bool = False):
     """Run the probe (through the store) unless `<out>/runs/<name>` already holds a result for this config."""
-    from probes.sae_circuits import SAECircuitsConfig, SAECircuitsResult
-    from workbench.config import config_from_dict
-    from workbench.runner import run_probe
 
     path = out / "runs" / name
     cfg = config_from_dict(SAECircuitsConfig, config)
@@ -83,8 +85,6 @@ def compute(name: str, load, config: dict, out: Path, fresh: bool = False):
 
 def compute_all(out: Path, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     """Every run of the preset (or those whose task is in `only`): {name: result}, LM tasks first, then BB."""
-    from probes.attention_sinks import bb_recipe, load_bb
-    from workbench.models import load_model, set_numerics
 
     p = PRESETS[preset]
     device = _device()
@@ -114,7 +114,6 @@ def compute_all(out: Path, preset: str = "cpu", fresh: bool = False, only: list[
 
 def threshold_table(results: dict[str, Any]) -> pd.DataFrame:
     """AUC of the stored SAE scores against baseline circuits at other thresholds (no rerun needed)."""
-    from probes.sae_circuits import roc_auc
 
     rows = []
     for name, r in results.items():
@@ -202,7 +201,6 @@ def bb_lines(r) -> str:
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None) -> ReportSection:
-    from dashboards.figures import sae_circuits as figs
 
     out = Path(out)
     preset = "quick" if quick else preset

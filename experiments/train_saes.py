@@ -22,6 +22,9 @@ import argparse
 from pathlib import Path
 
 from workbench import hooks
+from workbench.corpora import load_corpus
+from workbench.models import load_model
+from workbench.saes import preset_spec, read_recipe, train_saes
 
 LAYERS = (5, 15, 25)
 
@@ -29,9 +32,6 @@ LAYERS = (5, 15, 25)
 def train_all(layers: tuple[int, ...] = LAYERS, preset: str = "cpu", model_name: str = "smollm2-135m",
               corpus_name: str = "brown", device: str | None = None, progress: bool = True) -> dict[int, Path]:
     """Train (or reuse) one SAE per layer; returns {layer: SAE directory}."""
-    from workbench.corpora import load_corpus
-    from workbench.models import load_model
-    from workbench.saes import preset_spec, train_saes
 
     model = load_model(model_name, numerics="raw", device=device)
     corpus = load_corpus(corpus_name)
@@ -41,7 +41,6 @@ def train_all(layers: tuple[int, ...] = LAYERS, preset: str = "cpu", model_name:
 
 def quality_table(paths: dict[int, Path]) -> str:
     """Markdown table of the SAEs' recorded recipe and held-out quality."""
-    from workbench.saes import read_recipe
 
     lines = ["| layer | d_sae | k | distinct train tokens | train samples | train s | eval tokens | explained var. | L0 | dead share | "
              "CE clean | CE spliced | CE increase | CE recovered |",

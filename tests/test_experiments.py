@@ -105,12 +105,10 @@ def _stop_at_load(name, *args, **kwargs):
 
 def test_scripts_load_the_model_their_resolved_setting_names(own_tables, store, tmp_path, monkeypatch):
     """Each changed script, run under a hub preset's key, asks load_model for the preset's model (stopped there)."""
-    import workbench.models
-
     p = presets.resolve("pythia-70m")
-    monkeypatch.setattr(workbench.models, "load_model", _stop_at_load)
+    for exp in ("key_space", "bigram_subnetworks", "linguistic_collapse", "function_tokens"):
+        monkeypatch.setattr(own_tables[exp], "load_model", _stop_at_load)
     lc = own_tables["linguistic_collapse"]
-    monkeypatch.setattr(lc, "load_model", _stop_at_load)
     grids = []
     monkeypatch.setattr(lc, "run_sweep", lambda grid, store=None: grids.append(grid) or (None, 1))
     for exp in ("key_space", "bigram_subnetworks", "linguistic_collapse", "function_tokens"):
@@ -153,15 +151,11 @@ def _offline_hub(tmp_path, monkeypatch, **sizes):
 
 def test_function_tokens_gives_the_release_ids_to_the_probe_instead_of_training(own_tables, store, tmp_path, monkeypatch):
     """Under gpt2-small the graph probe gets the preset's SAE Lens ids; nothing is trained (stopped at the first probe)."""
-    import workbench.corpora
-    import workbench.models
-    import workbench.runner
-
     ft = own_tables["function_tokens"]
     p = presets.resolve("gpt2-small")
     key = presets.install(p, "function_tokens", ft)
-    monkeypatch.setattr(workbench.models, "load_model", lambda name, **kw: types.SimpleNamespace(name=name))
-    monkeypatch.setattr(workbench.corpora, "load_corpus", lambda name: name)
+    monkeypatch.setattr(ft, "load_model", lambda name, **kw: types.SimpleNamespace(name=name))
+    monkeypatch.setattr(ft, "load_corpus", lambda name: name)
     monkeypatch.setattr(ft, "_train_saes", lambda *a, **kw: pytest.fail("release SAEs must not be trained"))
     scored = []
     monkeypatch.setattr(ft, "pretrained_quality", lambda model, corpus, sources, *a: scored.append((model.name, corpus, sources))
@@ -170,7 +164,7 @@ def test_function_tokens_gives_the_release_ids_to_the_probe_instead_of_training(
     def first_probe(probe, model, corpus, cfg, store=None):
         raise _Loaded(probe, model.name, list(cfg.saes))
 
-    monkeypatch.setattr(workbench.runner, "run_probe", first_probe)
+    monkeypatch.setattr(ft, "run_probe", first_probe)
     with pytest.raises(_Loaded) as stopped:
         ft.run(tmp_path / "ft", preset=key)
     assert stopped.value.args == ("function-tokens", "gpt2", list(p.saes))

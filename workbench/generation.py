@@ -42,10 +42,6 @@ class Continuation:
     text: str
     stop: StopReason
 
-    @property
-    def stopped_on_string(self) -> bool:
-        return self.stop == "stop-string"
-
 
 _STOP_MASKS: "weakref.WeakKeyDictionary[object, dict[tuple[tuple[str, ...], int], torch.Tensor]]" = weakref.WeakKeyDictionary()
 

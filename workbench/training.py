@@ -110,10 +110,6 @@ class TrainResult:
     seconds: float
     resumed_from: int
 
-    @property
-    def final_loss(self) -> float:
-        return float(self.log["loss"].iloc[-1])
-
 
 def train(
     model: HookedTransformer,

@@ -14,6 +14,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from dashboards.figures import COLORS, TEMPLATE
+from probes.attention_sinks import domain_contrast
 
 VARIANT_NAMES = {"adam": "AdamW", "sgd": "SGD (momentum)", "relu": "ReLU attention (AdamW)"}
 
@@ -60,7 +61,6 @@ def sink_heatmap(heads: pd.DataFrame, domain: str) -> go.Figure:
 
 def dormancy_difference_heatmap(heads: pd.DataFrame, a: str, b: str) -> go.Figure:
     """Sink mass on domain b minus domain a per head (blue: more dormant on b; red: more active on b)."""
-    from probes.attention_sinks import domain_contrast
 
     t = domain_contrast(heads, a, b)
     z = _grid(t.rename(columns={"sink_diff": "v"}), "v")

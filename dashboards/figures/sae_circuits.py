@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboards.figures import COLORS, TEMPLATE, empty_figure
+from probes.sae_circuits import roc_points
 
 KINDS = {
     "node": ("SAE node score", "Blues"),
@@ -87,7 +88,6 @@ def score_heatmaps(result: Any) -> go.Figure:
 
 def roc_figure(results: Mapping[str, Any]) -> go.Figure:
     """ROC curves of node and edge scores against each run's ground truth, one faint line per seed."""
-    from probes.sae_circuits import roc_points
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=["node score", "edge score"])
     for c, (name, r) in enumerate(results.items()):

@@ -55,10 +55,14 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench import hooks
+from workbench.corpora import load_corpus
 from workbench.errors import ConfigError
 from workbench.io import read_json, write_json
+from workbench.models import load_model
 from workbench.models.patches import register_model_patch
 from workbench.paths import cache_dir
+from workbench.tokenizers import save_and_reload
+from workbench.training import TrainConfig, log_spaced_steps, train
 
 BOS_TOKEN, DELIM_TOKEN = "<s>", "<d>"
 SEQ_LEN = 256
@@ -260,7 +264,6 @@ class BBTask:
         EOS/pad/unknown. Cached on disk (TransformerLens reloads tokenizers from their path)."""
         from tokenizers import Tokenizer, decoders, models
 
-        from workbench.tokenizers import save_and_reload
 
         vocab = {c: i for i, c in enumerate(self.chars)}
         vocab[BOS_TOKEN], vocab[DELIM_TOKEN] = self.bos_id, self.delim_id
@@ -333,7 +336,6 @@ def _safe_cdf(P: np.ndarray) -> np.ndarray:
 def load_bb_task(corpus: str = "brown", n_triggers: int = 3, charset: str = "all") -> BBTask:
     """The BB task of a corpus (a built-in name or a path) reduced to `charset` (a key of
     CHARSETS), with its character counts cached."""
-    from workbench.corpora import load_corpus
 
     check_charset(charset)
     key = hashlib.sha1((corpus if charset == "all" else f"{corpus}|{charset}").encode()).hexdigest()[:8]
@@ -537,7 +539,6 @@ class BBRecipe:
         return f"bb-L{self.n_layers}{cs}-{self.variant}-b{self.batch_size}-s{self.steps}-seed{self.seed}-{self.key}"
 
     def checkpoint_steps(self) -> tuple[int, ...]:
-        from workbench.training import log_spaced_steps
 
         return tuple(sorted({0, *log_spaced_steps(self.steps, self.n_checkpoints), self.steps}))
 
@@ -579,7 +580,6 @@ def bb_loss(task: BBTask) -> Callable[[HookedTransformer, torch.Tensor], tuple[t
 def train_bb(recipe: BBRecipe, device: str = "cpu", progress: bool = True) -> Path:
     """Train (or resume, or reuse) a BB model with the workbench trainer; returns its directory
     (checkpoints under `checkpoints/step_N`, the loss/risk log in `train_log.csv`)."""
-    from workbench.training import TrainConfig, train
 
     recipe.validate()
     out = bb_dir(recipe)
@@ -627,7 +627,6 @@ def bb_checkpoints(recipe: BBRecipe) -> dict[int, Path]:
 def load_bb(recipe: BBRecipe, step: int | None = None, device: str = "cpu") -> HookedTransformer:
     """A trained recipe's model at `step` (default: final), training it first if needed. Loaded
     through the standard loader, which restores ReLU attention from the checkpoint's metadata."""
-    from workbench.models import load_model
 
     train_bb(recipe, device=device)
     ckpts = bb_checkpoints(recipe)

@@ -33,6 +33,7 @@ from workbench import hooks
 from workbench.config import ConfigBase, setting
 from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError
+from workbench.models.checkpoint import load_checkpoint
 from workbench.models.info import model_info
 from workbench.probe_api import ProbeSpec, register
 from workbench.progress import progress_bar
@@ -183,7 +184,6 @@ def sibling_checkpoints(model: HookedTransformer) -> dict[int, Path]:
 
 def bb_dynamics(model: HookedTransformer, task, data: torch.Tensor) -> pd.DataFrame:
     """`bb_snapshot` (quantities and risks) at every saved checkpoint of the model's run."""
-    from workbench.models.checkpoint import load_checkpoint
 
     ckpts = sibling_checkpoints(model)
     device = str(next(model.parameters()).device)

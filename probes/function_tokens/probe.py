@@ -39,12 +39,13 @@ from transformer_lens import HookedTransformer
 from workbench.activations import stream
 from workbench.config import StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
+from workbench.corpora.brown import is_closed_class
 from workbench.corpora.tokenized import TokenBatch, tokenize_corpus, tokenizer_id
 from workbench.errors import ConfigError, EmptyCorpusError
 from workbench.io import atomic_path
 from workbench.paths import cache_dir
 from workbench.probe_api import ProbeSpec, register
-from workbench.results import Result
+from workbench.results import Result, graph_to_json
 from workbench.run_context import scratch_dir
 from workbench.saes import (
     check_fits,
@@ -96,7 +97,6 @@ class TokenStats:
 
 def token_stats(tokenizer, corpus: Corpus, split: str = "all", exclude: list[int] | None = None) -> TokenStats:
     """Count token types over a corpus split (cached on disk by tokenizer, corpus and split)."""
-    from workbench.corpora.brown import is_closed_class
 
     if split not in SPLITS:
         raise ConfigError(f"count_split must be one of {SPLITS}, got {split!r}")
@@ -365,7 +365,6 @@ def export_graph(g: nx.Graph, path: str | Path) -> Path:
     """Write a graph as GraphML (.graphml) or node-link JSON (.json), atomically."""
     import json
 
-    from workbench.results import graph_to_json
 
     path = Path(path)
     if path.suffix not in (".graphml", ".json"):

@@ -52,9 +52,11 @@ from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.generation import greedy_continue
 from workbench.models.info import model_info
+from workbench.paths import cache_dir
 from workbench.probe_api import ProbeSpec, register
 from workbench.progress import ProgressBar, progress_bar
 from workbench.results import Result
+from workbench.statefile import load_state, save_state
 
 DEFAULT_NEIGHBOUR_TOKENS = ["A", "1", " the", " Paris", " Monday", " red", " Texas", " January"]
 STOP_STRINGS = ('"', "\n")
@@ -185,8 +187,6 @@ def cached_cluster_keys(keys: torch.Tensor, n_clusters: int, seed: int = 0, max_
 
     import sklearn
 
-    from workbench.paths import cache_dir
-    from workbench.statefile import load_state, save_state
 
     h = hashlib.sha1(keys.float().contiguous().numpy().tobytes())
     h.update(json.dumps([n_clusters, seed, max_iter, sklearn.__version__]).encode())

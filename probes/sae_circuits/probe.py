@@ -30,6 +30,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from transformer_lens import HookedTransformer
 
+from probes.attention_sinks import task_of_model
 from probes.sae_circuits.baselines import (
     BaselineOutcome,
     answers_of,
@@ -166,7 +167,6 @@ def make_task(model: HookedTransformer, task: str, n: int, seed: int) -> Contras
 
 
 def _bb_task(model: HookedTransformer):
-    from probes.attention_sinks import task_of_model
 
     bb = task_of_model(model)
     if bb is None:

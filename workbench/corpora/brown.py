@@ -12,7 +12,6 @@ JSON byte string, the spans as an int32 array) whose name carries `PARSER_VERSIO
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -125,11 +124,6 @@ def base_tag(tag: str) -> str:
 def is_closed_class(tag: str) -> bool:
     """True for function-word and punctuation tags; combined tags count if every part does."""
     return all(part in CLOSED_CLASS_TAGS for part in base_tag(tag).split("+"))
-
-
-def is_punctuation(tag: str) -> bool:
-    """True for Brown punctuation tags (with or without `-hl`/`-tl`/`-nc` suffixes)."""
-    return base_tag(tag) in PUNCTUATION_TAGS
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,12 +376,3 @@ def load_brown(use_cache: bool = True) -> Corpus:
         save_parsed(corpus, cache)
     _MEMO[cache] = corpus
     return _corpus(list(corpus.documents))
-
-
-def read_raw_text(tarball: Path, doc_id: str) -> str:
-    """The raw tagged text of one Brown file (for inspection and tests)."""
-    with tarfile.open(tarball, "r:gz") as tar:
-        member = tar.extractfile(f"package/{doc_id}")
-        if member is None:
-            raise KeyError(doc_id)
-        return io.TextIOWrapper(member, encoding="utf-8").read()
