@@ -4,10 +4,6 @@ that exports its configs, results and `run`, and registers its probes and studie
 fails to import raises here, with its traceback.
 """
 
-import importlib
-import pkgutil
+from workbench.probe_api import import_analyses
 
-ANALYSES = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg and not m.name.startswith("_"))
-
-for _name in ANALYSES:
-    importlib.import_module(f"{__name__}.{_name}")
+ANALYSES = import_analyses(__name__, __path__)

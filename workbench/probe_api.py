@@ -76,6 +76,17 @@ def register(spec: Spec) -> Spec:
     return spec
 
 
+def import_analyses(package: str, path: list[str]) -> list[str]:
+    """Import every sub-package of `package` (at `path`) in name order, so each registers its probes
+    and studies; return their names. An import error propagates with its traceback."""
+    import pkgutil
+
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if m.ispkg and not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
+
+
 def discover() -> None:
     """Import every analysis package under `probes/` once (each registers its probes and studies).
 

@@ -233,7 +233,7 @@ class RidgeStatsAccumulator:
 
     def __init__(self, model: HookedTransformer):
         self.n_layers = model.cfg.n_layers
-        self.hook_names = ["blocks.0.hook_resid_pre"] + [hooks.resid_post(l) for l in range(self.n_layers)]
+        self.hook_names = [hooks.resid_pre(0)] + [hooks.resid_post(l) for l in range(self.n_layers)]
         self.W_E = model.W_E.detach()
         d, L = model.cfg.d_model, self.n_layers + 1
         dev = self.W_E.device

@@ -60,7 +60,7 @@ from probes.bigram_subnetworks.metrics import (
     rotation_table,
 )
 from workbench.activations import available_memory_bytes, estimate_memory_bytes
-from workbench.config import StreamConfig, setting
+from workbench.config import ConfigBase, StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import ConfigError, MemoryBudgetError
@@ -81,7 +81,7 @@ PAPER = {
 
 
 @dataclass
-class BigramSubnetworksConfig:
+class BigramSubnetworksConfig(ConfigBase):
     lambdas: list[float] = setting(default_factory=lambda: [0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0], min=0.0, max=1e6, max_items=16,
                                    why="one mask is trained per lambda")
     max_steps: int = setting(15_000, min=1, max=1_000_000, why="a step cap per mask")  # step cap per mask

@@ -24,7 +24,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from probes.function_tokens.probe import function_token_ids, token_stats
-from workbench.config import setting
+from workbench.config import ConfigBase, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.probe_api import ProbeSpec, register
@@ -35,7 +35,7 @@ MAX_PROMPT_CHARS = 2000
 
 
 @dataclass
-class FunctionTokenSteeringConfig:
+class FunctionTokenSteeringConfig(ConfigBase):
     sae: str = setting("trained:15", names="sae")
     prompt_a: str = "Q: What is the capital of Japan?\nA:"
     prompt_b: str = "Q: What is the capital of UK?\nA:"

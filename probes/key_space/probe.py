@@ -47,7 +47,7 @@ from transformer_lens import HookedTransformer
 
 from probes.key_space.gold import GoldList, get_gold, gold_lists
 from workbench import hooks
-from workbench.config import config_from_dict, setting
+from workbench.config import ConfigBase, config_from_dict, setting
 from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.generation import greedy_continue
@@ -64,7 +64,7 @@ PromptStyle = Literal["auto", "chat", "raw"]
 
 
 @dataclass
-class KeySpaceConfig:
+class KeySpaceConfig(ConfigBase):
     categories: list[str] = setting(default_factory=list, max_items=100, why="the gold lists hold fewer")  # gold categories to probe; empty = all
     prompt_style: PromptStyle = "auto"  # auto = chat when the tokenizer has a chat template
     n_clusters: int = setting(0, min=0, max=100_000, why="at most one cluster per key")  # 0 = round(d_vocab / 125)

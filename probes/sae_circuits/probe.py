@@ -57,7 +57,7 @@ from probes.sae_circuits.tasks.docstring import docstring_prompts
 from probes.sae_circuits.tasks.greater_than import greater_than_prompts
 from probes.sae_circuits.tasks.ioi import ioi_prompts
 from workbench import hooks
-from workbench.config import setting
+from workbench.config import ConfigBase, setting
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.progress import progress_bar
@@ -79,7 +79,7 @@ PAPER_AUC = {"ioi": (0.868, 0.840), "greater-than": (0.855, 0.873), "docstring":
 
 
 @dataclass
-class SAECircuitsConfig:
+class SAECircuitsConfig(ConfigBase):
     task: str = "ioi"  # ioi | greater-than | docstring | bigram-backcopy (on a BB checkpoint)
     n_prompts: int = setting(250, min=2, max=10_000, why="pairs held in memory")  # positive/negative pairs (the paper: 250 + 250)
     task_seed: int = setting(0, min=0, max=2**31 - 1, why="seeds are 31-bit")
