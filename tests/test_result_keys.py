@@ -67,10 +67,19 @@ def test_user_built_models_are_keyed_by_their_weights_not_their_config():
 def test_dtype_and_device_type_are_in_the_key(tiny):
     from workbench.models import model_key
 
-    assert model_key(tiny).endswith("|float32|cpu") and model_key(tiny, device=False).endswith("|float32")
+    assert model_key(tiny).endswith("|float32|fast|cpu") and model_key(tiny, device=False).endswith("|float32|fast")
     before = key(tiny)
     tiny.to(torch.float64)
     assert key(tiny) != before and "|float64|" in model_key(tiny)
+
+
+def test_the_forward_path_is_in_the_key(tiny):
+    from workbench.models.fast_path import explicit_path
+
+    before = key(tiny)
+    with explicit_path(tiny):
+        assert key(tiny) != before
+    assert key(tiny) == before
 
 
 def test_hf_local_weights_are_keyed_by_content(tmp_path):

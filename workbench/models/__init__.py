@@ -28,6 +28,7 @@ from workbench.models.checkpoint import (
     save_checkpoint,
 )
 from workbench.models.embedded import GGUF_NAME, WHEEL, embedded_dir, embedded_weights
+from workbench.models.fast_path import install_fast_path
 from workbench.models.hf_local import dir_fingerprint, hooked_from_hf_dir, weight_files
 from workbench.models.info import (
     NUMERICS,
@@ -116,12 +117,16 @@ def load_model(
     numerics: Numerics = "raw",
     device: str | None = None,
     dtype: torch.dtype | str = torch.float32,
+    fast: bool = True,
     **kwargs: Any,
 ) -> HookedTransformer:
     """Load a model by name or path as a HookedTransformer.
 
     numerics: "raw" keeps the source weights (logits match the source model);
         "processed" applies TransformerLens's fold_ln, centering and value-bias folding.
+    fast: route attention, gated MLPs and the unembedding through the fast path
+        (`workbench.models.fast_path`: fused attention where no hook needs the pattern); False
+        keeps TransformerLens's own forward everywhere.
     kwargs: for tiny presets, config overrides (n_layers=..., seed=...); for HF sources, n_ctx.
     """
     if numerics not in NUMERICS:
@@ -163,6 +168,8 @@ def load_model(
                          weights=f"hub:{official}@{hub_revision(official) or 'unknown-revision'}")
     else:
         raise UnknownModelError(name, _known_names(), _path_problem(path))
+    if fast:
+        install_fast_path(model)
     return attach_info(model, info)
 
 

@@ -112,11 +112,13 @@ def current_weights(model: HookedTransformer) -> str:
 
 def model_key(model: HookedTransformer, device: bool = True) -> str:
     """Everything about a model that can change a result computed on it: name, numerics, the
-    weights' content (re-digested if they were changed in place), dtype and, unless
-    `device=False` (caches of trained artifacts), the device type."""
+    weights' content (re-digested if they were changed in place), dtype, whether the fast path
+    computes its forward pass (its sums run in another order) and, unless `device=False` (caches
+    of trained artifacts), the device type."""
     info = model_info(model)
     p = next(model.parameters())
-    parts = [info.id, info.numerics, f"w:{current_weights(model)}", str(p.dtype).removeprefix("torch.")]
+    path = "fast" if getattr(model, "workbench_fast_path", False) else "explicit"  # see workbench.models.fast_path
+    parts = [info.id, info.numerics, f"w:{current_weights(model)}", str(p.dtype).removeprefix("torch."), path]
     if device:
         parts.append(p.device.type)
     return "|".join(parts)
