@@ -90,11 +90,6 @@ def released_at(curve: dict[int, Any], step: int) -> tuple[int, Any]:
     return near, curve[near]
 
 
-def _device() -> str:
-
-    return default_device()
-
-
 def _train_and_analyse(recipe, store, device: str, corpus):
     """Train (or reuse) a BB recipe and run the probe on its final checkpoint, with dynamics (the
     probe takes its data from the BB task; `corpus` is only recorded)."""
@@ -528,11 +523,11 @@ def close_calls_line(heads: pd.DataFrame, domains: list[str], config: dict[str, 
             f"{config['dormant_loss']}-nat threshold: " + "; ".join(parts) + ".")
 
 
-def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
+def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None = None) -> ReportSection:
 
     p = PRESETS["quick" if quick else preset]
     out = Path(out)
-    store, device, figures = ResultStore(), _device(), []
+    store, device, figures = ResultStore(), device or default_device(), []
     with Timer() as timer:
         r1 = bb_recipe("adam", n_layers=1, **p["bb1"])
         brown = load_corpus("brown")

@@ -74,12 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 MARGIN = 0.05  # "a clear margin" for the bigram r of the subnetwork over the full model
 
 
-def _device() -> str:
-
-    return default_device()
-
-
-def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
+def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None = None) -> ReportSection:
     name = "quick" if quick else preset
     if name not in PRESETS:
         raise SystemExit(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
@@ -88,15 +83,13 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     if p.get("threads"):
         torch.set_num_threads(p["threads"])
     try:
-        return _run(out, p, name)
+        return _run(out, p, name, device or default_device())
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(out: Path, p: dict, name: str) -> ReportSection:
-
+def _run(out: Path, p: dict, name: str, device: str) -> ReportSection:
     out = Path(out)
-    device = _device()
     if p.get("model"):  # a pretrained model: raw weights, masks on Brown; no LM is trained
 
         recipe, cached = None, True

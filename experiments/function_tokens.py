@@ -45,7 +45,7 @@ from probes.function_tokens import (
 from workbench import hooks
 from workbench.config import StreamConfig
 from workbench.corpora import load_corpus
-from workbench.models import load_model
+from workbench.models import default_device, load_model
 from workbench.runner import run_probe
 from workbench.saes import (
     check_fits,
@@ -188,7 +188,7 @@ def training_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
+def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None = None) -> ReportSection:
 
     p = PRESETS["quick" if quick else preset]
     out = Path(out)
@@ -196,7 +196,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
     store = ResultStore()
     figures: list[str] = []
     with Timer() as timer:
-        model = load_model(p["model"], numerics="raw")
+        device = device or default_device()
+        model = load_model(p["model"], numerics="raw", device=device)
         corpus = load_corpus("brown")
         pretrained = pretrained_quality(model, corpus, pretrained_sources(p), min(10_000, p["loss_tokens"]),
                                         128 if not quick else 64) if p["saes"] else None
@@ -208,7 +209,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection:
         loss = run_probe("function-token-loss", model, corpus, FunctionTokenLossConfig(split="validation", max_tokens=p["loss_tokens"],
                                                                                      seq_len=128 if not quick else 64), store=store).result
         recipe = LMRecipe(**p["zoo"])
-        over_training = loss_over_checkpoints(recipe, corpus, FunctionTokenLossConfig(split="validation", max_tokens=p["zoo_tokens"],
+        over_training = loss_over_checkpoints(recipe, corpus, device=device, config=FunctionTokenLossConfig(split="validation", max_tokens=p["zoo_tokens"],
                                                                                       seq_len=min(128, recipe.n_ctx)), store=store)
         steer_cfg = FunctionTokenSteeringConfig(sae=str(sae_dirs[p["steer_layer"]]))
         steer = run_probe("function-token-steering", model, corpus, steer_cfg, store=store).result

@@ -233,14 +233,15 @@ def report(res, other: dict, wall: float, quick: bool, preset: str = "cpu") -> s
     return "\n".join(lines)
 
 
-def run(out: Path, quick: bool = False, preset: str = "cpu", categories: list[str] | None = None) -> ReportSection:
+def run(out: Path, quick: bool = False, preset: str = "cpu", categories: list[str] | None = None,
+        device: str | None = None) -> ReportSection:
 
     name = "quick" if quick else preset
     if name not in PRESETS:
         raise SystemExit(f"unknown key-space preset {preset!r}; known: {sorted(PRESETS)}")
     p = PRESETS[name]
     with Timer() as t:
-        model = load_model(p["model"], numerics="raw")
+        model = load_model(p["model"], numerics="raw", device=device)
         cfg = dict(p["probe"])
         if categories:
             cfg["categories"] = list(categories)

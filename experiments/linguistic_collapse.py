@@ -173,7 +173,7 @@ def _stored_smollm2(store: ResultStore, run_id: int) -> tuple[LinguisticCollapse
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | None = None,
-        smollm2_run: int | None = None) -> ReportSection:
+        smollm2_run: int | None = None, device: str | None = None) -> ReportSection:
     """Run (or reuse) the sweep and the pretrained model's probe (SmolLM2 under the cpu/gpu presets);
     with run ids, report those stored runs as they are."""
     out = Path(out)
@@ -186,7 +186,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | No
     stored_note = []
     with Timer() as t_sweep:
         if sweep_run is None:
-            sweep, sweep_run = run_sweep(grid, store=store)
+            sweep, sweep_run = run_sweep(grid, store=store, device=device)
         else:
             sweep = load_sweep(store, sweep_run)
             grid = SweepConfig(**sweep.meta["config"])
@@ -196,7 +196,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | No
     corpus = load_corpus("brown")
     with Timer() as t_smol:
         if smollm2_run is None:
-            smol = load_model(settings["model"], numerics="raw")
+            smol = load_model(settings["model"], numerics="raw", device=device)
             outcome = run_probe("linguistic-collapse", smol, corpus, settings["pretrained"])
             res, smol_run_id, smol_reused = outcome.result, outcome.run_id, outcome.reused
         else:

@@ -13,7 +13,7 @@ Both methods' wall times are measured on the same machine.
 Budgets (see PRESETS): the cpu preset takes about 10-15 minutes on 2 CPU cores from a cold start
 (60 + 60 prompts per SmolLM2 task, 150 SAE epochs, 10 seeds, patching on 2 pairs, a small BB model); the
 gpu preset keeps the paper's 250 + 250 prompts and 500 epochs, patches 100 pairs and adds docstring.
-Each run is saved under `<out>/runs/<name>/` and reused by later calls; `fresh=True` recomputes.
+Each run goes through the result store and is reused when every input matches; `fresh=True` recomputes.
 The report names the code version each run was computed with.
 
 Usage: python -m experiments.sae_circuits [--quick] [--preset cpu|gpu] [--fresh] [--out DIR]
@@ -22,7 +22,6 @@ Usage: python -m experiments.sae_circuits [--quick] [--preset cpu|gpu] [--fresh]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from dashboards.figures import sae_circuits as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import bb_recipe, load_bb
-from probes.sae_circuits import SAECircuitsConfig, SAECircuitsResult, roc_auc
+from probes.sae_circuits import SAECircuitsConfig, roc_auc
 from workbench.config import config_from_dict
 from workbench.models import default_device, load_model, set_numerics
 from workbench.runner import run_probe
@@ -64,30 +63,18 @@ THRESHOLDS = (0.02, 0.05, 0.1)
 PAPER_BASELINES = "ACDC 0.61, HISP 0.81, SP 0.60 (edge AUC, IOI, the paper's figure)"
 
 
-def _device() -> str:
-
-    return default_device()
-
-
-def compute(name: str, load, config: dict, out: Path, fresh: bool = False):
-    """Run the probe (through the store) unless `<out>/runs/<name>` already holds a result for this config."""
-
-    path = out / "runs" / name
-    cfg = config_from_dict(SAECircuitsConfig, config)
-    if path.exists() and not fresh:
-        old = SAECircuitsResult.load(path)
-        if old.meta.get("config") == dataclasses.asdict(cfg):
-            return old
-    result = run_probe("sae-circuits", load(), None, cfg).result
-    result.save(path)
-    return result
+def compute(load, config: dict, fresh: bool = False):
+    """The probe's result through the store: reused when every input matches, computed otherwise
+    (`fresh` recomputes)."""
+    return run_probe("sae-circuits", load(), None, config_from_dict(SAECircuitsConfig, config), force=fresh).result
 
 
-def compute_all(out: Path, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None) -> dict[str, Any]:
+def compute_all(out: Path, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None,
+                device: str | None = None) -> dict[str, Any]:
     """Every run of the preset (or those whose task is in `only`): {name: result}, LM tasks first, then BB."""
 
     p = PRESETS[preset]
-    device = _device()
+    device = device or default_device()
     model_cache: dict[str, Any] = {}
 
     def lm():
@@ -99,12 +86,12 @@ def compute_all(out: Path, preset: str = "cpu", fresh: bool = False, only: list[
     for task in p["tasks"]:
         if only and task not in only:
             continue
-        results[f"{p['lm']}-{task}"] = compute(f"{p['lm']}-{task}", lm, dict(p["lm_config"], task=task), out, fresh)
+        results[f"{p['lm']}-{task}"] = compute(lm, dict(p["lm_config"], task=task), fresh)
     if only and "bigram-backcopy" not in only:
         return results
     recipe = bb_recipe("adam", **p["bb_recipe"])
-    results["bb3"] = compute("bb3", lambda: set_numerics(load_bb(recipe, device=device), "processed"),
-                             dict(p["bb_config"], task="bigram-backcopy"), out, fresh)
+    results["bb3"] = compute(lambda: set_numerics(load_bb(recipe, device=device), "processed"),
+                             dict(p["bb_config"], task="bigram-backcopy"), fresh)
     results["bb3"].stats.setdefault("bb_recipe", recipe.name)
     return results
 
@@ -200,13 +187,14 @@ def bb_lines(r) -> str:
             f"(log-odds of the backcopy token > 0) {r.stats['accuracy']:.2f}.")
 
 
-def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None) -> ReportSection:
+def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False, only: list[str] | None = None,
+        device: str | None = None) -> ReportSection:
 
     out = Path(out)
     preset = "quick" if quick else preset
     figures: list[str] = []
     with Timer() as timer:
-        results = compute_all(out, preset, fresh, only)
+        results = compute_all(out, preset, fresh, only, device)
         for name, r in results.items():
             figures += write_figure(figs.score_heatmaps(r), out, f"{name}_heatmaps")
             figures += write_figure(figs.circuit_graph_figure(r.graph, r.stats["n_layers"]), out, f"{name}_circuit_graph")
@@ -251,7 +239,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
-    ap.add_argument("--fresh", action="store_true", help="recompute runs saved under <out>/runs")
+    ap.add_argument("--fresh", action="store_true", help="recompute the stored runs")
     ap.add_argument("--compute-only", action="store_true", help="run and save the probes, no figures")
     ap.add_argument("--only", action="append", help="only these tasks (repeatable; bigram-backcopy for the BB model)")
     ap.add_argument("--out", default=str(DEFAULT_OUT / "sae_circuits"))

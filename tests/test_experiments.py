@@ -110,7 +110,7 @@ def test_scripts_load_the_model_their_resolved_setting_names(own_tables, store, 
         monkeypatch.setattr(own_tables[exp], "load_model", _stop_at_load)
     lc = own_tables["linguistic_collapse"]
     grids = []
-    monkeypatch.setattr(lc, "run_sweep", lambda grid, store=None: grids.append(grid) or (None, 1))
+    monkeypatch.setattr(lc, "run_sweep", lambda grid, store=None, device=None: grids.append(grid) or (None, 1))
     for exp in ("key_space", "bigram_subnetworks", "linguistic_collapse", "function_tokens"):
         key = presets.install(p, exp, own_tables[exp])
         with pytest.raises(_Loaded, match="^pythia-70m-deduped$"):

@@ -23,7 +23,7 @@ from workbench.config import config_from_dict
 from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError, RunCancelled
 from workbench.identity import runtime_versions
-from workbench.models.info import model_info, model_key
+from workbench.models.info import default_device, model_info, model_key
 from workbench.probe_api import (
     ProbeSpec,
     Spec,
@@ -182,7 +182,7 @@ def run_study(study: str | StudySpec, config: Any = None, *, store: ResultStore 
     store = store or ResultStore()
     version = code_version(spec)
     run_id = _register(store, spec, cfg, "pending", run_id, dict(model="study", numerics="-", corpus=None), version)
-    ctx = StudyContext(store, device)
+    ctx = StudyContext(store, device or default_device())  # the run's one device decision
     t0 = time.time()
     with _recorded(store, run_id):
         with reporting_to(_progress_callback(store, run_id)):

@@ -31,7 +31,8 @@ from workbench.progress import progress_bar
 from workbench.statefile import load_state, save_state
 
 BatchFn = Callable[[int], torch.Tensor]
-LossFn = Callable[[HookedTransformer, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+# (loss, extra values to log): extras may be tensors; they are read only at logging steps
+LossFn = Callable[[HookedTransformer, torch.Tensor], tuple[torch.Tensor, dict[str, Any]]]
 
 
 @dataclasses.dataclass
@@ -149,7 +150,7 @@ def train(
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps or done == 1:
                 value = float(loss.detach())
-                log.append({"step": done, "loss": value, **extra})
+                log.append({"step": done, "loss": value, **{k: float(v) for k, v in extra.items()}})
                 bar.bar.set_postfix(loss=f"{value:.4f}")
             if done in cfg.checkpoint_steps:
                 model.eval()

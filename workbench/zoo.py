@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench.corpora import load_corpus
 from workbench.corpora.tokenized import ChunkSpec, TokenBatches, tokenize_corpus
+from workbench.models.info import default_device
 from workbench.paths import cache_dir
 from workbench.tokenizers import load_tokenizer
 from workbench.training import TrainConfig, corpus_batch_fn, log_spaced_steps, train
@@ -74,8 +75,9 @@ def train_batches(recipe: LMRecipe, split: str = "train") -> TokenBatches:
     return TokenBatches(tc, ChunkSpec(seq_len=recipe.n_ctx, batch_size=recipe.batch_size, prepend_bos=True), bos_id=tok.bos_token_id, pad_id=tok.pad_token_id or 0)
 
 
-def train_lm(recipe: LMRecipe, device: str = "cpu", progress: bool = True) -> Path:
-    """Train (or resume, or reuse) the recipe's model; returns its directory."""
+def train_lm(recipe: LMRecipe, device: str | None = None, progress: bool = True) -> Path:
+    """Train (or resume, or reuse) the recipe's model on `device` (default: CUDA when present); returns its directory."""
+    device = device or default_device()
     out = recipe_dir(recipe)
     final = out / "checkpoints" / f"step_{recipe.steps:06d}"
     if (final / "model.safetensors").exists():
@@ -101,7 +103,7 @@ def checkpoints(recipe: LMRecipe) -> dict[int, Path]:
     return {int(p.name.split("_")[1]): p for p in sorted(root.glob("step_*")) if (p / "model.safetensors").exists()}
 
 
-def load_lm(recipe: LMRecipe, step: int | None = None, device: str = "cpu", numerics: str = "raw") -> HookedTransformer:
+def load_lm(recipe: LMRecipe, step: int | None = None, device: str | None = None, numerics: str = "raw") -> HookedTransformer:
     """A trained recipe's model at `step` (default: final) through the standard loader."""
     from workbench.models import load_model
 

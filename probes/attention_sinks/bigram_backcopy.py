@@ -59,6 +59,7 @@ from workbench.corpora import load_corpus
 from workbench.errors import ConfigError
 from workbench.io import read_json, write_json
 from workbench.models import load_model
+from workbench.models.info import default_device
 from workbench.models.patches import register_model_patch
 from workbench.paths import cache_dir
 from workbench.tokenizers import save_and_reload
@@ -366,7 +367,7 @@ def bb_model_config(n_layers: int, d_vocab: int, d_model: int = 256, n_ctx: int 
     )
 
 
-def bb_model(task: BBTask, n_layers: int = 1, d_model: int = 256, seed: int = 0, device: str = "cpu",
+def bb_model(task: BBTask, n_layers: int = 1, d_model: int = 256, seed: int = 0, device: str | None = None,
              name: str = "bb", init: str = "tl", layernorm_bias: bool = True) -> HookedTransformer:
     """A freshly initialised BB model: N(0,1) embeddings, linear biases zeroed and frozen (and the
     LayerNorm biases unless `layernorm_bias`), the other weights as `init` says (a key of
@@ -385,7 +386,7 @@ def bb_model(task: BBTask, n_layers: int = 1, d_model: int = 256, seed: int = 0,
                 if fan_in:
                     torch.nn.init.uniform_(p, -fan_in ** -0.5, fan_in ** -0.5, generator=gen)
     freeze_biases(model, layernorm=not layernorm_bias)
-    return model.to(device)
+    return model.to(device or default_device())
 
 
 def check_init(init: str) -> None:
@@ -563,24 +564,26 @@ def bb_dir(recipe: BBRecipe) -> Path:
     return cache_dir() / "bb" / recipe.name
 
 
-def bb_loss(task: BBTask) -> Callable[[HookedTransformer, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]:
-    """Cross-entropy over all positions, with the backcopy and bigram risks of the batch logged."""
+def bb_loss(task: BBTask) -> Callable[[HookedTransformer, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Cross-entropy over all positions, with the backcopy and bigram risks of the batch logged
+    (as tensors: the trainer reads them only at logging steps, so a step costs no host sync)."""
 
-    def fn(model: HookedTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def fn(model: HookedTransformer, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         logits = model(inputs, return_type="logits")
         per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").view_as(targets)
         backcopy, bigram = task.position_masks(inputs)
         d = per.detach()
-        return per.mean(), {"backcopy_risk": float(d[backcopy].mean()), "bigram_risk": float(d[bigram].mean())}
+        risk = lambda m: (d * m).sum() / m.sum()  # noqa: E731  (a masked mean without boolean indexing)
+        return per.mean(), {"backcopy_risk": risk(backcopy), "bigram_risk": risk(bigram)}
 
     return fn
 
 
-def train_bb(recipe: BBRecipe, device: str = "cpu", progress: bool = True) -> Path:
+def train_bb(recipe: BBRecipe, device: str | None = None, progress: bool = True) -> Path:
     """Train (or resume, or reuse) a BB model with the workbench trainer; returns its directory
     (checkpoints under `checkpoints/step_N`, the loss/risk log in `train_log.csv`)."""
-
+    device = device or default_device()
     recipe.validate()
     out = bb_dir(recipe)
     if (out / "checkpoints" / f"step_{recipe.steps:06d}" / "model.safetensors").exists():
@@ -624,7 +627,7 @@ def bb_checkpoints(recipe: BBRecipe) -> dict[int, Path]:
     return {int(p.name.split("_")[1]): p for p in sorted(root.glob("step_*")) if (p / "model.safetensors").exists()}
 
 
-def load_bb(recipe: BBRecipe, step: int | None = None, device: str = "cpu") -> HookedTransformer:
+def load_bb(recipe: BBRecipe, step: int | None = None, device: str | None = None) -> HookedTransformer:
     """A trained recipe's model at `step` (default: final), training it first if needed. Loaded
     through the standard loader, which restores ReLU attention from the checkpoint's metadata."""
 

@@ -106,8 +106,11 @@ def optimizer_step(model: HookedTransformer, logits: MaskLogits, opt: torch.opti
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    below, above, total = logits.decided(temperature)
-    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "temperature": temperature,
+    counts = logits.decided_counts(temperature)
+    # one host synchronisation per step, for the stopping rule and the log together
+    loss_v, ce_v, below, above = torch.cat([torch.stack([loss.detach(), ce.detach()]).double(), counts.double()]).tolist()
+    below, above, total = int(below), int(above), logits.total
+    return {"loss": loss_v, "ce": ce_v, "temperature": temperature,
             "kept_frac": above / total, "undecided_frac": (total - below - above) / total, "above": above, "undecided": total - below - above}
 
 
@@ -184,7 +187,9 @@ def _save_state(d: Path, ident: dict, logits: MaskLogits, opt: torch.optim.Optim
 
 
 def _load_state(d: Path, ident: dict, logits: MaskLogits, opt: torch.optim.Optimizer, log: list[dict]) -> int:
-    saved = load_state(d / STATE_FILE, device=str(next(logits.parameters()).device), expect={"identity": ident})
+    # on the CPU: the optimizer moves its state to the parameters' device itself, and keeps Adam's step
+    # counters on the CPU (counters on a GPU would cost a host sync per parameter per step)
+    saved = load_state(d / STATE_FILE, expect={"identity": ident})
     if saved is None:
         return 0  # none, unreadable, or another run's: start afresh (it will be overwritten)
     t, meta = saved

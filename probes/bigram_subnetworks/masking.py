@@ -106,13 +106,23 @@ class MaskLogits(nn.Module):
         return total / sum(s.numel for s in self.slots)
 
     @torch.no_grad()
-    def decided(self, temperature: float, low: float = 0.1, high: float = 0.9) -> tuple[int, int, int]:
-        """(n below `low`, n above `high`, n total) of the training mask at `temperature`."""
+    def decided_counts(self, temperature: float, low: float = 0.1, high: float = 0.9) -> torch.Tensor:
+        """[n below `low`, n above `high`] of the training mask at `temperature`, as one tensor on
+        the masks' device (no host synchronisation: read it together with other step values)."""
         lo = float(np.log(low / (1 - low))) / temperature
         hi = float(np.log(high / (1 - high))) / temperature
-        below = sum(int((self.logit(n) < lo).sum()) for n in self.names)
-        above = sum(int((self.logit(n) > hi).sum()) for n in self.names)
-        return below, above, sum(s.numel for s in self.slots)
+        below = sum((self.logit(n) < lo).sum() for n in self.names)
+        above = sum((self.logit(n) > hi).sum() for n in self.names)
+        return torch.stack([below, above])
+
+    def decided(self, temperature: float, low: float = 0.1, high: float = 0.9) -> tuple[int, int, int]:
+        """(n below `low`, n above `high`, n total) of the training mask at `temperature`."""
+        below, above = self.decided_counts(temperature, low, high).tolist()
+        return int(below), int(above), self.total
+
+    @property
+    def total(self) -> int:
+        return sum(s.numel for s in self.slots)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {n: self.logit(n).detach() for n in self.names}

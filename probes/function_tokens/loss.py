@@ -169,7 +169,7 @@ def loss_over_training(cfg: LossOverTrainingConfig, ctx: StudyContext) -> LossOv
     """Train (or reuse) the zoo recipe, then the decomposition at each saved checkpoint, each a stored probe run."""
     recipe = LMRecipe(**cfg.recipe)
     corpus = load_corpus(cfg.corpus)
-    device = ctx.device or "cpu"
+    device = ctx.device
     train_lm(recipe, device=device)
     frames = []
     for step, path in checkpoints(recipe).items():

@@ -331,7 +331,8 @@ def prompt_tokens(tokenizer, text: str, style: str) -> list[int]:
 
 @torch.inference_mode()
 def final_query(model: HookedTransformer, tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(query [d_model], logits [d_vocab]) at the last position. query = ln_final(final residual)."""
+    """(query [d_model], logits [d_vocab]) at the last position, float32 on the model's device.
+    query = ln_final(final residual)."""
     if len(tokens) > model.cfg.n_ctx:
         raise PromptTooLongError(f"prompt of {len(tokens)} tokens exceeds the model's context of {model.cfg.n_ctx}")
     name = hooks.resid_post(model.cfg.n_layers - 1)
@@ -339,7 +340,7 @@ def final_query(model: HookedTransformer, tokens: Sequence[int]) -> tuple[torch.
     resid = cache[name][:, -1:, :]
     ln = getattr(model, "ln_final", None)
     q = ln(resid) if ln is not None else resid
-    return q[0, 0].float().cpu(), logits[0, -1].float().cpu()
+    return q[0, 0].float(), logits[0, -1].float()
 
 
 def extract_answer(text: str) -> tuple[str, bool]:
@@ -430,18 +431,19 @@ def probe_instruction(
     prefix = prompt_tokens(tok, prompt, style)
     answers = _Answers(model, prefix, cfg, gold, progress)
     q0, logits0 = final_query(model, prefix)
-    W_U = model.W_U.detach().float().cpu()
+    W_U = model.W_U.detach().float()  # on the model's device; only small results come back to the host
     top = logits0.topk(cfg.top_n)
     top_ids = top.indices.tolist()
+    top_dots = (q0 @ W_U[:, top_ids]).tolist()
     answers.decode(top_ids)
 
     main = {int(labels[t]) for t in top_ids[: cfg.top_k]}
     rows = []
-    for r, (t, lg) in enumerate(zip(top_ids, top.values.tolist()), start=1):
+    for r, (t, lg, dot) in enumerate(zip(top_ids, top.values.tolist(), top_dots), start=1):
         cl = int(labels[t])
         group = "top" if r <= cfg.top_k else ("main" if cl in main else "other")
         rows.append({"category": category, "rank": r, "token_id": t, "token": name(t), "logit": lg,
-                     "dot": float(q0 @ W_U[:, t]), "cluster": cl, "group": group, **answers[t]})
+                     "dot": dot, "cluster": cl, "group": group, **answers[t]})
     candidates = pd.DataFrame(rows)
 
     # baseline: the top n_explore first tokens of the original distribution
@@ -485,9 +487,9 @@ def probe_instruction(
     # the query of every round (and the final one) against every explored key
     ids = [r["token_id"] for r in icn_rows]
     Q = torch.stack(queries)  # [rounds + 1, d_model]
-    dots = Q @ W_U[:, ids]
-    all_logits = Q @ W_U + model.b_U.detach().float().cpu()
-    ranks = (all_logits[:, None, :] > all_logits[:, ids][:, :, None]).sum(-1) + 1
+    dots = (Q @ W_U[:, ids]).cpu()
+    all_logits = Q @ W_U + model.b_U.detach().float()
+    ranks = ((all_logits[:, None, :] > all_logits[:, ids][:, :, None]).sum(-1) + 1).cpu()
     dot_rows = []
     for r in range(Q.shape[0]):
         for j, row in enumerate(icn_rows):

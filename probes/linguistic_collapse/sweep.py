@@ -145,8 +145,8 @@ def sweep_study(cfg: SweepConfig, ctx: StudyContext) -> SweepResult:
     bar = progress_bar(len(recipes), "linguistic-collapse sweep", unit="model")
     try:
         for recipe in recipes:
-            train_lm(recipe, device=ctx.device or "cpu")
-            model = load_lm(recipe, device=ctx.device or "cpu")
+            train_lm(recipe, device=ctx.device)
+            model = load_lm(recipe, device=ctx.device)
             out = ctx.run_probe(PROBE, model, corpus, dict(cfg.probe))
             rows.append(model_row(recipe, model, out.result, out.run_id, out.key))
             del model

@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer
 
 from workbench import hooks
 from workbench.errors import ConfigError, MissingResourceError
+from workbench.models.info import default_device
 from workbench.saes.files import CFG_FILE, WEIGHTS_FILE, is_sae_dir
 from workbench.saes.recipes import find_trained
 
@@ -36,10 +37,11 @@ def dir_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:12]
 
 
-def load_local(path: str | Path, device: str = "cpu") -> "SAE":
+def load_local(path: str | Path, device: str | None = None) -> "SAE":
     """An SAE saved in SAE Lens's format (by SAE Lens's trainer, `save_model`, or our training)."""
     from sae_lens import SAE
 
+    device = device or default_device()
     p = Path(path).expanduser()
     if not is_sae_dir(p):
         raise MissingResourceError(f"{p} is not an SAE directory: it needs {CFG_FILE} and {WEIGHTS_FILE} (SAE Lens format)")
@@ -50,13 +52,14 @@ def load_local(path: str | Path, device: str = "cpu") -> "SAE":
     return sae
 
 
-def load_pretrained(release: str, sae_id: str, device: str = "cpu") -> "SAE":
+def load_pretrained(release: str, sae_id: str, device: str | None = None) -> "SAE":
     """An SAE Lens release by id, e.g. ("gpt2-small-res-jb", "blocks.8.hook_resid_pre").
 
     Needs the hub, or a Hugging Face cache that already holds the files (HF_HUB_OFFLINE=1 works then).
     """
     from sae_lens import SAE
 
+    device = device or default_device()
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device)
     except ValueError as e:  # SAE Lens names unknown releases and ids this way
@@ -81,7 +84,7 @@ def trained_hook(spec: str, model: HookedTransformer | None) -> str:
     return hook
 
 
-def load_sae(source: str | Path, device: str = "cpu", model: HookedTransformer | None = None, corpus_name: str = "brown") -> "SAE":
+def load_sae(source: str | Path, device: str | None = None, model: HookedTransformer | None = None, corpus_name: str = "brown") -> "SAE":
     """Resolve an SAE source string.
 
     - a directory in SAE Lens format;
@@ -89,6 +92,8 @@ def load_sae(source: str | Path, device: str = "cpu", model: HookedTransformer |
     - "trained:<layer or hook>", the workbench's own SAE for `model` on `corpus_name` with the CPU
       preset (see `workbench.saes.training`); it must have been trained already.
     """
+    if device is None:  # where the model is; else the default device
+        device = str(next(model.parameters()).device) if model is not None else default_device()
     s = str(source)
     if is_sae_dir(s):
         return load_local(s, device)
