@@ -99,16 +99,21 @@ def create_app(
     model_loader: Callable[..., Any] | None = None,
     pages_package: str = "dashboards.pages",
     title: str = "Interpretability workbench",
+    device: str = "cpu",
+    worker_device: str | None = None,
 ) -> Dash:
     """Build the Dash app over a result store (default: the workbench store).
 
     model: the model the explorer starts with; model_loader: `(name, numerics=...) -> model`
     (default `workbench.models.load_model`). The app's context is `app.workbench_ctx`.
+    device: where the app itself loads models (the explorer, live views): the CPU by default, so
+    that the run worker, which owns the GPU (`worker_device`, default: CUDA when present), is the
+    only process holding model weights there.
     """
 
     store = store or ResultStore()
-    ctx = AppContext(store=store, default_model=model, model_loader=model_loader)
-    ctx.jobs = JobManager(store)
+    ctx = AppContext(store=store, default_model=model, model_loader=model_loader, device=device)
+    ctx.jobs = JobManager(store, device=worker_device)
     pages, broken = discover_pages(pages_package)
 
     app = Dash(
@@ -172,11 +177,12 @@ def create_app(
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8050, model: str = "smollm2-135m", debug: bool = False) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8050, model: str = "smollm2-135m", debug: bool = False,
+          device: str = "cpu", worker_device: str | None = None) -> None:
     """Start the dashboard; the explorer's model loads in the background right away."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    app = create_app(model=model)
+    app = create_app(model=model, device=device, worker_device=worker_device)
     ctx: AppContext = app.workbench_ctx
 
     def preload() -> None:

@@ -30,6 +30,7 @@ class AppContext:
     default_model: str = "smollm2-135m"
     model_loader: Callable[..., Any] | None = None
     jobs: Any = None  # dashboards.jobs.JobManager, set by the app
+    device: str = "cpu"  # where the app loads models (the run worker owns the GPU)
     probe_pages: dict[str, str] = field(default_factory=dict)  # probe name -> page path
     _models: "OrderedDict[tuple[str, str], Any]" = field(default_factory=OrderedDict)
     _results: "OrderedDict[int, Result]" = field(default_factory=OrderedDict)
@@ -60,7 +61,7 @@ class AppContext:
                 loader = self.model_loader
                 if loader is None:
                     from workbench.models import load_model as loader
-                self._models[key] = loader(name, numerics=numerics)
+                self._models[key] = loader(name, numerics=numerics) if self.model_loader else loader(name, numerics=numerics, device=self.device)
                 while len(self._models) > MAX_MODELS:
                     self._models.popitem(last=False)
             return self._models[key]

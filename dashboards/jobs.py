@@ -173,8 +173,9 @@ def form_to_config(spec: ProbeSpec, values: dict[str, Any]) -> dict[str, Any]:
 class JobManager:
     """Queues runs in the store and keeps one long-lived worker process taking them."""
 
-    def __init__(self, store: ResultStore, python: str | None = None, max_active: int = MAX_ACTIVE):
+    def __init__(self, store: ResultStore, python: str | None = None, max_active: int = MAX_ACTIVE, device: str | None = None):
         self.store = store
+        self.device = device  # the worker's device (None: CUDA when present, else the CPU)
         self.python = python or sys.executable
         self.max_active = max_active
         self.log_path = Path(store.root) / "worker.log"
@@ -232,7 +233,8 @@ class JobManager:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
             logf = open(self.log_path, "a")
             self._proc = subprocess.Popen(
-                [self.python, "-m", "dashboards.worker", "--store", str(self.store.root)],
+                [self.python, "-m", "dashboards.worker", "--store", str(self.store.root)]
+                + (["--device", self.device] if self.device else []),
                 stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(root),
             )
             logf.close()

@@ -27,9 +27,10 @@ POLL_S = 0.3
 
 
 class Worker:
-    def __init__(self, store: ResultStore, max_models: int = 2):
+    def __init__(self, store: ResultStore, max_models: int = 2, device: str | None = None):
         self.store = store
         self.max_models = max_models
+        self.device = device  # the worker owns the GPU: None = CUDA when present
         self._models: dict[tuple[str, str], Any] = {}
         self._corpora: dict[str, Any] = {}
 
@@ -41,7 +42,7 @@ class Worker:
             while len(self._models) >= self.max_models:
                 self._models.pop(next(iter(self._models)))
                 _free_device_memory()
-            self._models[key] = load_model(name, numerics=numerics)
+            self._models[key] = load_model(name, numerics=numerics, device=self.device)
         return self._models[key]
 
     def corpus(self, name: str):
@@ -130,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.worker", description=__doc__.split("\n")[0])
     parser.add_argument("run_ids", nargs="*", type=int, help="queued runs to run (default: take queued runs until stdin closes)")
     parser.add_argument("--store", default=None, help="result store directory (default: the workbench store)")
+    parser.add_argument("--device", default=None, help="where runs load their models (default: cuda when present, else cpu)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _interrupt)
-    worker = Worker(ResultStore(args.store))
+    worker = Worker(ResultStore(args.store), device=args.device)
     log.info("worker ready (store %s)", worker.store.root)
     try:
         if args.run_ids:

@@ -103,10 +103,9 @@ def pretrained_quality(model, corpus, sources: dict[int, str], max_tokens: int, 
     """Load each pretrained SAE through `workbench.saes` (release by id, or its Hugging Face cache),
     check it fits the model, and score it on Brown's validation split (nothing is trained)."""
 
-    device = str(next(model.parameters()).device)
     rows = {}
     for layer, src in sources.items():
-        sae = load_sae(src, device=device, model=model)
+        sae = load_sae(src, model=model)  # on the model's device
         check_fits(sae, model)
         q = evaluate_sae(model, sae, corpus, StreamConfig(split="validation", max_tokens=max_tokens, seq_len=seq_len, batch_size=8))
         rows[layer] = {"source": src, "architecture": sae.cfg.architecture(), "d_sae": sae.cfg.d_sae, "quality": q.to_dict()}

@@ -91,7 +91,7 @@ def _hub(name: str, model: str, layers: tuple[int, ...], steer_layer: int, saes:
         "key_space": Setting("gpu", {"model": model}),
         "sae_circuits": Setting("gpu", {"lm": model} if circuits else {},
                                 note="" if circuits else "the LM tasks stay on the embedded model"),
-        "cross_analysis": Setting("gpu", {"model": model, "saes": list(saes)}),
+        "cross_analysis": Setting("gpu", {"model": model, "saes": list(saes), "sae_layers": tuple(layers)}),
     }
     return Preset(name, description, model, "cuda", (model,), saes, exps)
 
@@ -193,17 +193,73 @@ def validate(preset: Preset) -> list[str]:
     return problems
 
 
-def check_weights(preset: Preset) -> list[str]:
-    """Hub repositories the preset needs that are not in the local Hugging Face cache (nothing is downloaded)."""
-    import transformer_lens.loading_from_pretrained as tl_loading
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # one of them (or their sharded index)
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # one of these sets
+
+
+@dataclass(frozen=True)
+class NeededFile:
+    repo: str
+    files: tuple[str, ...]  # all of these (for a choice, the first alternative or the one that is cached)
+    what: str
+    cached: bool
+
+
+def _cached(repo: str, filename: str) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
-    missing = []
+    found = try_to_load_from_cache(repo, filename)
+    return found if isinstance(found, str) else None
+
+
+def _shards(repo: str, index_file: str) -> tuple[str, ...] | None:
+    import json
+
+    path = _cached(repo, index_file)
+    if path is None:
+        return None
+    return tuple(sorted(set(json.loads(open(path).read())["weight_map"].values())))
+
+
+def needed_files(preset: Preset) -> list[NeededFile]:
+    """Every hub file the preset reads (model config, weights, tokenizer; SAE config and weights),
+    and whether the local Hugging Face cache holds it. Nothing is downloaded."""
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    out: list[NeededFile] = []
     for m in preset.hub_models:
         repo = tl_loading.get_official_model_name(m)
-        if not isinstance(try_to_load_from_cache(repo, "config.json"), str):
-            missing.append(repo)
-    return missing
+        out.append(NeededFile(repo, ("config.json",), f"{m}: config", _cached(repo, "config.json") is not None))
+        weights = None
+        for single in WEIGHT_FILES:
+            shards = _shards(repo, f"{single}.index.json")
+            if shards is not None:
+                weights = (f"{single}.index.json", *shards)
+                break
+            if _cached(repo, single):
+                weights = (single,)
+                break
+        weights = weights or (WEIGHT_FILES[0],)
+        out.append(NeededFile(repo, weights, f"{m}: weights (or {WEIGHT_FILES[1]})", all(_cached(repo, f) for f in weights)))
+        tok = next((s for s in TOKENIZER_FILES if all(_cached(repo, f) for f in s)), TOKENIZER_FILES[0])
+        out.append(NeededFile(repo, (*tok, "tokenizer_config.json"), f"{m}: tokenizer",
+                              all(_cached(repo, f) for f in (*tok, "tokenizer_config.json"))))
+    if preset.saes:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        directory = get_pretrained_saes_directory()
+        for src in preset.saes:
+            release, _, sae_id = src.partition(":")
+            entry = directory[release]
+            folder = entry.saes_map[sae_id]
+            files = tuple(f"{folder}/{f}" for f in ("cfg.json", "sae_weights.safetensors"))
+            out.append(NeededFile(entry.repo_id, files, f"SAE {src}", all(_cached(entry.repo_id, f) for f in files)))
+    return out
+
+
+def check_weights(preset: Preset) -> list[str]:
+    """Hub files the preset needs that are not in the local Hugging Face cache, as "repo: file" (nothing is downloaded)."""
+    return [f"{n.repo}: {f}" for n in needed_files(preset) if not n.cached for f in n.files]
 
 
 def describe(preset: Preset) -> str:
@@ -226,8 +282,13 @@ if __name__ == "__main__":
         print(describe(p))
         issues = validate(p)
         print("\n".join(f"problem: {i}" for i in issues) or "valid")
-        missing = check_weights(p)
-        print(f"missing from the Hugging Face cache (downloaded on first use when online): {', '.join(missing)}" if missing
-              else "weights: all in the local cache" if p.hub_models else "weights: embedded")
+        needed = needed_files(p)
+        for n in needed:
+            print(f"  {'cached ' if n.cached else 'MISSING'}  {n.repo}: {', '.join(n.files)}  ({n.what})")
+        missing = [n for n in needed if not n.cached]
+        print(f"{len(missing)} of {len(needed)} needed file sets are missing from the Hugging Face cache; carry them to an offline "
+              "machine with `huggingface-cli download <repo> <files>` (or copy ~/.cache/huggingface/hub/models--<org>--<name>) "
+              "and run with HF_HUB_OFFLINE=1" if missing else
+              "all needed files are in the local cache" if needed else "weights: embedded (nothing to download)")
     else:
         print("\n\n".join(describe(p) for p in PRESETS.values()))

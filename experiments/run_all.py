@@ -36,9 +36,11 @@ ANALYSES = [
 REPORT = Path(__file__).parent / "REPORT.md"
 
 
-def run_one(name: str, out: Path, quick: bool, preset: str) -> ReportSection:
+def run_one(name: str, out: Path, quick: bool, preset: str, device: str | None = None) -> ReportSection:
     mod = importlib.import_module(f"experiments.{name}")
-    kwargs = {"quick": quick}
+    kwargs: dict = {"quick": quick}
+    if "device" in inspect.signature(mod.run).parameters:
+        kwargs["device"] = device
     if "preset" in inspect.signature(mod.run).parameters:
         # the module's own key for this preset (a named preset's entry is registered in its table)
         kwargs["preset"] = named_presets.install(named_presets.resolve(preset), name, mod, quick)
@@ -185,13 +187,88 @@ def check_preset(preset: str) -> named_presets.Preset:
     return p
 
 
+def model_names_in(entry: object) -> list[str]:
+    """The model names a settings entry names (keys "model" and "lm", at any depth)."""
+    found: list[str] = []
+    if isinstance(entry, dict):
+        for k, v in entry.items():
+            if k in ("model", "lm") and isinstance(v, str):
+                found.append(v)
+            else:
+                found += model_names_in(v)
+    return found
+
+
+def _batch_shape(entry: object) -> tuple[int, int]:
+    """(batch, seq_len) the loaded model streams with: from the entry's probe settings of the model
+    ("survey", "probe", "lm_config") or its top level; 8 x 128 when it says neither."""
+    if not isinstance(entry, dict):
+        return 8, 128
+    for part in (entry.get("survey"), entry.get("probe"), entry.get("lm_config"), entry):
+        if isinstance(part, dict) and ("batch_size" in part or "seq_len" in part):
+            return int(part.get("batch_size", 8)), int(part.get("seq_len", 128))
+    return 8, 128
+
+
+def plan(preset: str, quick: bool = False, device: str | None = None, names: list[str] | None = None) -> list[dict]:
+    """What `main` would run, without loading any weights: per experiment its settings entry, the
+    device, the models it loads with a memory estimate (weights + one batch), and the hub files the
+    preset needs (with whether the local cache holds them)."""
+    from workbench.activations import transient_bytes
+    from workbench.models import default_device, offline_shape
+
+    p = named_presets.resolve(preset)
+    device = device or default_device()
+    rows = []
+    for name in names or ANALYSES:
+        mod = importlib.import_module(f"experiments.{name}")
+        key, entry = named_presets.module_settings(p, name, mod, quick)
+        entry = entry if entry is not None else getattr(mod, "PRESETS", {}).get(key, {})
+        models = []
+        for m in dict.fromkeys(model_names_in(entry)):
+            shape = offline_shape(m)
+            if shape is None:
+                models.append({"model": m, "memory_gib": None, "note": "shape unknown offline (config not in the cache)"})
+                continue
+            batch, seq = _batch_shape(entry)
+            transient = transient_bytes(shape["d_model"], shape["d_mlp"], shape["n_heads"], shape["d_vocab"], 4, batch, seq)
+            models.append({"model": m, "n_params": shape["n_params"], "batch": batch, "seq_len": seq,
+                           "memory_gib": (4 * shape["n_params"] + transient) / 2**30})
+        rows.append({"experiment": name, "setting": key, "device": device, "models": models,
+                     "note": p.setting(name).note})
+    return rows
+
+
+def print_plan(preset: str, quick: bool = False, device: str | None = None, names: list[str] | None = None) -> list[dict]:
+    rows = plan(preset, quick, device, names)
+    p = named_presets.resolve(preset)
+    print(f"plan for preset {preset!r}{' (quick)' if quick else ''}: {p.description}")
+    for r in rows:
+        print(f"\n{r['experiment']}: settings {r['setting']!r} on {r['device']}" + (f"; {r['note']}" if r["note"] else ""))
+        for m in r["models"] or [{"model": "(models the experiment trains itself)", "memory_gib": None}]:
+            mem = f"~{m['memory_gib']:.2f} GiB (weights + one batch of {m['batch']} x {m['seq_len']})" if m.get("memory_gib") else m.get("note", "")
+            print(f"  loads {m['model']}" + (f" ({m['n_params'] / 1e6:.0f}M parameters)" if m.get("n_params") else "") + (f": {mem}" if mem else ""))
+    needed = named_presets.needed_files(p) if not quick else []
+    if needed:
+        print("\nhub files:")
+        for n in needed:
+            print(f"  {'cached ' if n.cached else 'MISSING'}  {n.repo}: {', '.join(n.files)}")
+    else:
+        print("\nhub files: none (embedded model and corpus)")
+    return rows
+
+
 def main(only: list[str] | None = None, out: str | Path | None = None, quick: bool = False, preset: str = "cpu",
-         report: Path | None = None, assemble_only: bool = False) -> list[ReportSection]:
+         report: Path | None = None, assemble_only: bool = False, device: str | None = None,
+         dry_run: bool = False) -> list[ReportSection]:
     out = Path(out) if out else DEFAULT_OUT
     names = only or ANALYSES
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise SystemExit(f"Unknown analyses {unknown}; choose from {ANALYSES}")
+    if dry_run:
+        print_plan(preset, quick, device, names)
+        return []
     if assemble_only:
         target = report or (REPORT if out == DEFAULT_OUT else out / "REPORT.md")
         sections = assemble(out, names, previous=target)
@@ -200,12 +277,15 @@ def main(only: list[str] | None = None, out: str | Path | None = None, quick: bo
         print(f"report: {target}")
         return sections
     check_preset(preset)
+    from workbench.models import default_device
+
+    device = device or default_device()  # the run's one device decision: every experiment gets it
     sections: list[ReportSection] = []
     t0 = time.perf_counter()
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         try:
-            sections.append(run_one(name, out, quick, preset))
+            sections.append(run_one(name, out, quick, preset, device))
         except Exception as e:  # noqa: BLE001 - recorded in the report, the others still run
             sections.append(ReportSection(title=name, markdown=f"**Failed**: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc(limit=8)}\n```"))
             print(traceback.format_exc())
@@ -224,5 +304,7 @@ if __name__ == "__main__":
     p.add_argument("--preset", default="cpu", help=f"one of {', '.join(named_presets.known())} (see `python -m experiments.presets`)")
     p.add_argument("--assemble", action="store_true",
                    help="write the report from the sections the experiments saved when they last finished (no recomputation)")
+    p.add_argument("--device", help="the device every experiment runs on (default: cuda when present, else cpu)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (settings, device, models, memory, hub files); load nothing")
     a = p.parse_args()
-    main(a.only, a.out, a.quick, a.preset, assemble_only=a.assemble)
+    main(a.only, a.out, a.quick, a.preset, assemble_only=a.assemble, device=a.device, dry_run=a.dry_run)

@@ -255,11 +255,14 @@ def test_hub_weights_are_checked_in_the_local_cache_only(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    assert presets.check_weights(presets.resolve("gpt2-small")) == ["gpt2"]
-    assert presets.check_weights(presets.resolve("pythia-70m")) == ["EleutherAI/pythia-70m-deduped"]
+    missing = presets.check_weights(presets.resolve("gpt2-small"))
+    assert {"gpt2: config.json", "gpt2: model.safetensors", "gpt2: tokenizer.json"} <= set(missing)
+    assert "jbloom/GPT2-Small-SAEs-Reformatted: blocks.6.hook_resid_pre/sae_weights.safetensors" in missing
+    assert "EleutherAI/pythia-70m-deduped: config.json" in presets.check_weights(presets.resolve("pythia-70m"))
     assert presets.check_weights(presets.resolve("cpu")) == []
     fake_hub_model(tmp_path / "hf", "gpt2")
-    assert presets.check_weights(presets.resolve("gpt2-small")) == []
+    after = presets.check_weights(presets.resolve("gpt2-small"))
+    assert not any(m.startswith("gpt2:") for m in after) and len(after) == 6  # the model is cached; the SAEs are not
 
 
 def test_run_all_quick_cross_analysis_writes_the_report(tmp_path, store, html_only):

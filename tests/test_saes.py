@@ -216,3 +216,48 @@ def test_in_memory_training_shares_one_pass(tiny, brown, tmp_path, monkeypatch):
     assert calls == [["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]]  # cached: no second pass
     with pytest.raises(ConfigError, match="activation_tokens"):
         preset_spec("x", activation_tokens=64, train_batch_tokens=128)
+
+
+# ----- an SAE's declared preprocessing -----
+
+
+def test_an_sae_trained_on_centred_writing_weights_reads_a_raw_model_correctly(tiny):
+    """SAE Lens's gpt2-small-res-jb declares center_writing_weights: its inputs from a raw model must
+    be mean-centred. Independent check: the same SAE on the processed model's residual."""
+    from workbench.models import load_model
+    from workbench.saes import encode, expected_processing, needs_centering, prepare, reconstruct
+
+    sae = random_topk_sae(hook="blocks.1.hook_resid_post", d_in=64)
+    sae.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True}
+    assert expected_processing(sae)["center_writing_weights"] is True
+    processed = load_model("tiny", numerics="processed", device="cpu")
+    assert needs_centering(sae, tiny) and not needs_centering(sae, processed)
+    tokens = torch.randint(3, 250, (2, 16), generator=torch.Generator().manual_seed(0))
+    hook = "blocks.1.hook_resid_post"
+    with torch.inference_mode():
+        raw_x = tiny.run_with_cache(tokens, names_filter=hook)[1][hook]
+        proc_x = processed.run_with_cache(tokens, names_filter=hook)[1][hook]
+    assert not torch.allclose(raw_x, proc_x, atol=1e-3)  # the two models' residuals really differ
+    f_raw = encode(prepare(sae, tiny), raw_x)
+    f_proc = encode(prepare(sae, processed), proc_x)
+    torch.testing.assert_close(f_raw, f_proc, rtol=1e-4, atol=1e-4)
+    # the reconstruction goes back to the raw model's space: the processed model's reconstruction plus the removed mean
+    rec_proc = reconstruct(prepare(sae, processed), proc_x)
+    rec_raw = reconstruct(prepare(sae, tiny), raw_x)
+    torch.testing.assert_close(rec_raw - raw_x.mean(-1, keepdim=True), rec_proc, rtol=1e-4, atol=1e-4)
+
+
+def test_a_preprocessing_that_cannot_be_bridged_is_refused(tiny):
+    from workbench.models import load_model
+    from workbench.saes import needs_centering
+
+    sae = random_topk_sae(hook="blocks.1.ln2.hook_normalized", d_in=64)  # an LN output: fold_ln changes it
+    sae.cfg.metadata.model_from_pretrained_kwargs = {}
+    with pytest.raises(ConfigError, match="matching numerics"):
+        needs_centering(sae, tiny)
+    plain = random_topk_sae(hook="blocks.1.hook_resid_post", d_in=64)
+    plain.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False, "fold_ln": False,
+                                                       "center_unembed": False, "fold_value_biases": False}
+    assert not needs_centering(plain, tiny)
+    with pytest.raises(ConfigError, match="matching numerics"):
+        needs_centering(plain, load_model("tiny", numerics="processed", device="cpu"))

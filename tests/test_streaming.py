@@ -153,3 +153,22 @@ def test_residual_norms_accumulator_matches_brute_force(tiny):
         assert row["mean_norm"] == pytest.approx(sum(norms[l]) / len(norms[l]), rel=1e-5)
         assert row["bos_norm"] == pytest.approx(sum(bos[l]) / len(bos[l]), rel=1e-5)
         assert row["lens_top1"] == pytest.approx(correct[l][0] / correct[l][1], abs=1e-9)
+
+
+def test_the_memory_check_counts_the_gpu_cache_and_not_the_resident_weights(tiny, monkeypatch):
+    """The estimate is what a batch adds (resident weights are not counted twice), and on a GPU the
+    caching allocator's reserved-but-unused memory counts as available."""
+    from workbench.activations import available_memory_bytes, estimate_memory_bytes
+
+    cfg = tiny.cfg
+    bt = 4 * 32
+    expected = (bt * (4 * cfg.d_model + 3 * cfg.d_mlp) + 4 * cfg.n_heads * 32 * 32 * 2) * 4 * 2 + bt * cfg.d_model * 4
+    assert estimate_memory_bytes(tiny, 4, 32, [hooks.resid_post(0)], needs_logits=False) == expected
+    import workbench.activations as act
+
+    monkeypatch.setattr(act, "available_memory_bytes", lambda device: int(expected / 0.9) + 1)
+    assert act.check_memory(tiny, 4, 32, [hooks.resid_post(0)], False) == expected  # fits without counting the weights again
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 10 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 6 * 2**30)
+    assert available_memory_bytes(torch.device("cuda")) == 7 * 2**30

@@ -80,29 +80,39 @@ def stop_layer(model: HookedTransformer, hook_names: Sequence[str], needs_logits
 
 
 def estimate_memory_bytes(model: HookedTransformer, batch_size: int, seq_len: int, hook_names: Sequence[str], needs_logits: bool) -> int:
-    """Rough peak memory of one streamed batch: weights + transient forward activations + captures."""
+    """Rough peak memory one streamed batch adds to the loaded model: transient forward activations
+    (attention scores included: the explicit path materialises them), logits and captures. The
+    weights are not counted: they are already resident, and the available memory excludes them."""
     cfg = model.cfg
-    itemsize = torch.finfo(cfg.dtype).bits // 8
+    return transient_bytes(cfg.d_model, cfg.d_mlp or 0, cfg.n_heads, cfg.d_vocab, torch.finfo(cfg.dtype).bits // 8,
+                           batch_size, seq_len, hook_names, needs_logits)
+
+
+def transient_bytes(d_model: int, d_mlp: int, n_heads: int, d_vocab: int, itemsize: int, batch_size: int, seq_len: int,
+                    hook_names: Sequence[str] = (), needs_logits: bool = True) -> int:
+    """`estimate_memory_bytes` from a model's shape alone (for plans made before loading anything)."""
     bt = batch_size * seq_len
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    per_layer = bt * (4 * cfg.d_model + 3 * (cfg.d_mlp or 0)) + batch_size * cfg.n_heads * seq_len * seq_len * 2
+    per_layer = bt * (4 * d_model + 3 * d_mlp) + batch_size * n_heads * seq_len * seq_len * 2
     transient = per_layer * itemsize * 2
-    logits = bt * cfg.d_vocab * itemsize * (2 if needs_logits else 0)
+    logits = bt * d_vocab * itemsize * (2 if needs_logits else 0)
     captured = 0
     for name in hook_names:
-        width = cfg.d_model
+        width = d_model
         if "hook_pattern" in name or "hook_attn_scores" in name:
-            width = cfg.n_heads * seq_len
+            width = n_heads * seq_len
         elif "mlp.hook" in name:
-            width = cfg.d_mlp or cfg.d_model
+            width = d_mlp or d_model
         captured += bt * width * itemsize
-    return int(weights + transient + logits + captured)
+    return int(transient + logits + captured)
 
 
 def available_memory_bytes(device: torch.device) -> int:
+    """Memory a new allocation can use: on a GPU the driver's free memory plus what torch's caching
+    allocator holds reserved but unused (it hands that out first); on the CPU, the OS's available memory."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
     return int(psutil.virtual_memory().available)
 
 

@@ -141,13 +141,15 @@ def dashboard_cmd(
     port: int = typer.Option(8050, help="port"),
     model: str = typer.Option("smollm2-135m", help="model for the model explorer"),
     debug: bool = typer.Option(False, help="Dash debug mode (hot reload, error overlay)"),
+    device: str = typer.Option("cpu", help="where the app's explorer loads models (the run worker owns the GPU)"),
+    worker_device: Optional[str] = typer.Option(None, help="where runs started from the app compute (default: cuda when present)"),
 ) -> None:
     """Start the dashboard (run registry, model explorer, one page per probe)."""
     try:
         from dashboards.app import serve
     except ImportError as e:  # the dashboard package is part of the install
         _fail(WorkbenchError(f"dashboard unavailable: {e}"))
-    serve(host=host, port=port, model=model, debug=debug)
+    serve(host=host, port=port, model=model, debug=debug, device=device, worker_device=worker_device)
 
 
 @app.command("figures")
@@ -156,13 +158,15 @@ def figures_cmd(
     out: Optional[str] = typer.Option(None, help="output directory (default experiments/out)"),
     quick: bool = typer.Option(False, help="smoke settings: tiny models, seconds (for checking the pipeline)"),
     preset: str = typer.Option("cpu", help="cpu (embedded defaults) or a GPU preset from experiments/presets.py"),
+    device: Optional[str] = typer.Option(None, help="the device every experiment runs on (default: cuda when present, else cpu)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (settings, device, models, memory, hub files); load nothing"),
 ) -> None:
     """Regenerate every analysis's figures and experiments/REPORT.md (resumes; reuses stored results)."""
     try:
         from experiments.run_all import main as run_all
     except ImportError as e:
         _fail(WorkbenchError(f"experiments unavailable: {e}"))
-    run_all(only=only or None, out=out, quick=quick, preset=preset)
+    run_all(only=only or None, out=out, quick=quick, preset=preset, device=device, dry_run=dry_run)
 
 
 def main() -> None:  # pragma: no cover

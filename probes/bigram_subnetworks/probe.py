@@ -213,7 +213,7 @@ def estimate_bytes(model: HookedTransformer, batch_size: int, seq_len: int) -> d
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     mask_state = 16 * nm
     temporaries = 8 * nm
-    acts = 3 * estimate_memory_bytes(model, batch_size, seq_len, [], needs_logits=False) - 3 * weights
+    acts = 3 * estimate_memory_bytes(model, batch_size, seq_len, [], needs_logits=False)
     vocab = 4 * batch_size * seq_len * cfg.d_vocab * 4
     total = weights + mask_state + temporaries + max(acts, 0) + vocab
     return {"weights": weights, "mask_state": mask_state, "temporaries": temporaries, "activations": max(acts, 0), "vocab": vocab, "total": total}
@@ -224,12 +224,13 @@ def announce_memory(model: HookedTransformer, cfg: BigramSubnetworksConfig) -> d
     est = estimate_bytes(model, cfg.batch_size, cfg.seq_len)
     device = next(model.parameters()).device
     have = available_memory_bytes(device)
+    need = est["total"] - est["weights"]  # the weights are already resident (and not in `have`)
     gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
     print(f"[bigram-subnetworks] {n_maskable(model):,} maskable weights on {device}; estimated peak "
           f"{gib(est['total'])} (weights {gib(est['weights'])}, mask state {gib(est['mask_state'])}, "
           f"activations {gib(est['activations'])}, vocab-sized tensors {gib(est['vocab'])}); {gib(have)} available", flush=True)
-    if est["total"] > 0.9 * have:
-        raise MemoryBudgetError(f"mask training needs about {gib(est['total'])} on {device} but {gib(have)} is available; "
+    if need > 0.9 * have:
+        raise MemoryBudgetError(f"mask training needs about {gib(need)} more on {device} but {gib(have)} is available; "
                                 "lower batch_size or seq_len, or use a GPU (--device cuda)")
     return est
 

@@ -156,7 +156,7 @@ def find_bigram_result(cfg: CrossAnalysisConfig, ctx: StudyContext) -> tuple[Big
     if cfg.bigram:
         recipe = LMRecipe(**cfg.bigram["recipe"])
         if recipe.steps in checkpoints(recipe):
-            found = ctx.stored("bigram-subnetworks", load_lm(recipe), load_corpus(recipe.corpus), cfg.bigram["probe"])
+            found = ctx.stored("bigram-subnetworks", load_lm(recipe, device=ctx.device), load_corpus(recipe.corpus), cfg.bigram["probe"])
             if found is not None:
                 return found.result, {"how": "the bigram-subnetworks experiment's result", "key": found.key}
     for run in ctx.store.runs(limit=500, probe="bigram-subnetworks"):
@@ -304,7 +304,7 @@ def cross_analysis(cfg: CrossAnalysisConfig, ctx: StudyContext) -> CrossAnalysis
     if sae_list:
         saes = {}
         for src in sae_list:
-            sae = load_sae(src, device=str(next(model.parameters()).device), model=model, corpus_name=corpus.name)
+            sae = load_sae(src, model=model, corpus_name=corpus.name)  # on the model's device
             saes[f"L{sae.cfg.metadata.hook_name.split('.')[1]}"] = sae
         clusters, cluster_summary = cluster_view(model, saes, split, cfg)
     return CrossAnalysisResult(heads=heads, head_summary=head_summary, peaks=peaks, bigram_layers=bigram_layers,

@@ -25,7 +25,7 @@ from workbench.corpora.base import Corpus
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.saes import hook_layer, hook_name, load_sae, special_token_ids
+from workbench.saes import encode, hook_layer, hook_name, load_sae, special_token_ids
 from workbench.slices import stream_corpus
 
 
@@ -116,7 +116,7 @@ class FunctionSinkAccumulator:
         self.state["n_c"] += mc.sum()
         for label, sae in self.saes.items():
             x = acts[self.sae_hooks[label]]
-            feats = sae.encode(x[query].to(sae.W_dec.dtype)) > 0  # [n, d_sae]
+            feats = encode(sae, x[query]) > 0  # [n, d_sae]
             is_f = fn[query]
             self.state[f"{label}/fires_f"] += feats[is_f].sum(0).double()
             self.state[f"{label}/fires_c"] += feats[~is_f].sum(0).double()
@@ -139,11 +139,10 @@ class FunctionSinkAccumulator:
 def run(model: HookedTransformer, corpus: Corpus, config: SinksByTokenKindConfig) -> SinksByTokenKindResult:
     if model.tokenizer is None:
         raise ConfigError("the function/content split needs a model with a tokenizer")
-    device = str(next(model.parameters()).device)
     is_function, ids = function_set(model, corpus, config.mass)
     saes = {}
     for src in config.saes:
-        sae = load_sae(src, device=device, model=model, corpus_name=corpus.name)
+        sae = load_sae(src, model=model, corpus_name=corpus.name)  # on the model's device
         saes[f"L{hook_layer(sae)}"] = sae
     acc = FunctionSinkAccumulator(model, is_function, saes)
     with model.hooks(fwd_hooks=acc.hooks()):

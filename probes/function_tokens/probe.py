@@ -49,6 +49,7 @@ from workbench.results import Result, graph_to_json
 from workbench.run_context import scratch_dir
 from workbench.saes import (
     check_fits,
+    encode,
     hook_layer,
     hook_name,
     load_sae,
@@ -245,7 +246,7 @@ class BipartiteAccumulator:
         windows = self._windows(batch)[flat] if self.m else None
         for label, sae in self.saes.items():
             x = acts[hook_name(sae)].reshape(-1, sae.cfg.d_in)[flat]
-            feats = sae.encode(x.to(sae.dtype))
+            feats = encode(sae, x)
             d = feats.shape[1]
             pos, feat = (feats > 0).nonzero(as_tuple=True)
             s[f"{label}/edges"].view(-1)[rows[pos] * d + feat] = True
@@ -492,8 +493,7 @@ class FunctionTokensResult(Result):
 
 
 def _load_saes(model: HookedTransformer, corpus: Corpus, sources: list[str]) -> dict[str, Any]:
-    device = str(next(model.parameters()).device)
-    saes = [load_sae(s, device=device, model=model, corpus_name=corpus.name) for s in sources]
+    saes = [load_sae(s, model=model, corpus_name=corpus.name) for s in sources]  # on the model's device
     for sae in saes:
         check_fits(sae, model)
     return dict(zip(sae_labels(saes), saes))

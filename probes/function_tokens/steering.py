@@ -29,7 +29,14 @@ from workbench.corpora.base import SPLITS, Corpus
 from workbench.errors import ConfigError, PromptTooLongError
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.saes import check_fits, hook_name, load_sae, source_of, special_token_ids
+from workbench.saes import (
+    check_fits,
+    encode,
+    hook_name,
+    load_sae,
+    source_of,
+    special_token_ids,
+)
 
 MAX_PROMPT_CHARS = 2000
 
@@ -123,7 +130,7 @@ def greedy(model: HookedTransformer, tokens: torch.Tensor, n: int, fwd_hooks: li
 def feature_acts(model: HookedTransformer, sae, tokens: torch.Tensor) -> torch.Tensor:
     """[T, d_sae] SAE activations of a [1, T] prompt at the SAE's hook."""
     _, cache = model.run_with_cache(tokens, names_filter=[hook_name(sae)])
-    return sae.encode(cache[hook_name(sae)][0].to(sae.dtype)).float()
+    return encode(sae, cache[hook_name(sae)][0]).float()
 
 
 def feature_contribution(sae, feature: int, activation: float) -> torch.Tensor:
@@ -139,7 +146,7 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringC
     if model.tokenizer is None:
         raise ConfigError("function-token-steering needs a model with a tokenizer")
     device = str(next(model.parameters()).device)
-    sae = load_sae(config.sae, device=device, model=model, corpus_name=corpus.name)
+    sae = load_sae(config.sae, model=model, corpus_name=corpus.name)  # on the model's device
     check_fits(sae, model)
     stats = token_stats(model.tokenizer, corpus, config.count_split, special_token_ids(model))
     f_ids = set(int(i) for i in function_token_ids(stats.counts, config.mass))

@@ -52,7 +52,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 __all__ = [
     "load_model", "list_models", "model_info", "ModelInfo", "Numerics", "NUMERICS", "DEFAULT_MODEL",
-    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics", "model_key", "offline_n_layers", "offline_identity",
+    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics", "model_key", "offline_n_layers", "offline_identity", "offline_shape",
 ]
 
 
@@ -92,6 +92,44 @@ def offline_identity(name: str) -> str:
     if official is not None:
         return f"hub:{official}@{hub_revision(official) or 'unknown-revision'}"
     raise UnknownModelError(name, _known_names(), _path_problem(path))
+
+
+SMOLLM2_SHAPE = dict(n_layers=30, d_model=576, n_heads=9, n_key_value_heads=3, d_head=64, d_mlp=1536, d_vocab=49152, gated=True, tied=True)
+
+
+def offline_shape(name: str) -> dict[str, Any] | None:
+    """A model's shape (layers, widths, heads, vocabulary) and approximate parameter count, read
+    without loading or downloading weights; None when it cannot be known offline."""
+    if name in EMBEDDED:
+        shape = dict(SMOLLM2_SHAPE)
+    elif name in TINY_PRESETS:
+        p = TINY_PRESETS[name]
+        shape = dict(n_layers=p["n_layers"], d_model=p["d_model"], n_heads=p["n_heads"], d_head=p["d_head"],
+                     n_key_value_heads=p.get("n_key_value_heads") or p["n_heads"], d_mlp=p.get("d_mlp") or 0, d_vocab=259,
+                     gated=bool(p.get("gated_mlp")), tied=False)
+    else:
+        official = _official_name(name)
+        if official is None:
+            return None
+        try:
+            from transformers import AutoConfig
+
+            c = AutoConfig.from_pretrained(official, local_files_only=True)
+        except Exception:  # not in the local cache
+            return None
+        d = getattr(c, "hidden_size", None) or getattr(c, "n_embd")
+        heads = getattr(c, "num_attention_heads", None) or getattr(c, "n_head")
+        shape = dict(n_layers=getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer"), d_model=d, n_heads=heads,
+                     d_head=d // heads, n_key_value_heads=getattr(c, "num_key_value_heads", None) or heads,
+                     d_mlp=getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * d,
+                     d_vocab=c.vocab_size, gated=getattr(c, "hidden_act", "gelu") in ("silu", "swish"),
+                     tied=bool(getattr(c, "tie_word_embeddings", True)))
+    d, L = shape["d_model"], shape["n_layers"]
+    kv = shape["n_key_value_heads"] * shape["d_head"]
+    attn = 2 * d * shape["n_heads"] * shape["d_head"] + 2 * d * kv
+    mlp = (3 if shape["gated"] else 2) * d * shape["d_mlp"]
+    shape["n_params"] = L * (attn + mlp) + shape["d_vocab"] * d * (1 if shape["tied"] else 2)
+    return shape
 
 
 def _known_names() -> list[str]:

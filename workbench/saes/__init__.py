@@ -7,12 +7,18 @@ held-out text (explained variance, L0, dead-feature share, CE increase when spli
 from workbench.saes.loading import (
     check_fits,
     decoder_direction,
+    encode,
+    expected_processing,
     hook_layer,
     hook_name,
     is_sae_dir,
     load_local,
     load_pretrained,
     load_sae,
+    needs_centering,
+    prepare,
+    reconstruct,
+    sae_input,
     source_of,
 )
 from workbench.saes.quality import SAEQuality, evaluate_sae, special_token_ids
@@ -28,7 +34,7 @@ from workbench.saes.recipes import (
 from workbench.saes.training import train_sae, train_saes
 
 __all__ = [
-    "PRESETS", "SAEQuality", "SAETrainSpec", "check_fits", "decoder_direction", "evaluate_sae", "find_trained", "hook_layer",
+    "PRESETS", "SAEQuality", "encode", "expected_processing", "needs_centering", "prepare", "reconstruct", "sae_input", "SAETrainSpec", "check_fits", "decoder_direction", "evaluate_sae", "find_trained", "hook_layer",
     "hook_name", "is_sae_dir", "load_local", "load_pretrained", "load_sae", "preset_spec", "read_recipe", "source_of",
     "special_token_ids", "train_sae", "train_saes", "trained_dir", "trained_saes",
 ]

@@ -96,18 +96,85 @@ def load_sae(source: str | Path, device: str | None = None, model: HookedTransfo
         device = str(next(model.parameters()).device) if model is not None else default_device()
     s = str(source)
     if is_sae_dir(s):
-        return load_local(s, device)
-    if s.startswith(TRAINED_PREFIX):
+        sae = load_local(s, device)
+    elif s.startswith(TRAINED_PREFIX):
         if model is None:
             raise ConfigError(f"{s!r} names a workbench-trained SAE; it needs the model it was trained on")
-        return load_local(find_trained(model, corpus_name, trained_hook(s, model)), device)
-    if ":" in s and not Path(s).expanduser().exists():
+        sae = load_local(find_trained(model, corpus_name, trained_hook(s, model)), device)
+    elif ":" in s and not Path(s).expanduser().exists():
         release, sae_id = s.split(":", 1)
-        return load_pretrained(release, sae_id, device)
+        sae = load_pretrained(release, sae_id, device)
+    else:
+        sae = None
+    if sae is not None:
+        return prepare(sae, model) if model is not None else sae
     raise ConfigError(
         f"Cannot resolve SAE {s!r}: expected a directory in SAE Lens format (cfg.json + sae_weights.safetensors), "
         "'release:sae_id' for an SAE Lens release, or 'trained:<layer>' for a workbench-trained SAE"
     )
+
+
+# ----- the preprocessing an SAE was trained with -----
+PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+TL_FROM_PRETRAINED = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
+# activations that are writes into (or states of) the residual stream: fold_ln, center_unembed and
+# fold_value_biases leave them unchanged; center_writing_weights removes each one's mean over d_model
+RESIDUAL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_embed", "hook_pos_embed")
+
+
+def expected_processing(sae: "SAE") -> dict[str, bool] | None:
+    """The weight processing of the model an SAE was trained on, as its config declares it
+    (SAE Lens's `model_from_pretrained_kwargs` over TransformerLens's from_pretrained defaults);
+    None when it declares none (SAEs trained by the workbench, on the model as loaded)."""
+    kw = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None)
+    if kw is None:
+        return None
+    return {**TL_FROM_PRETRAINED, **{k: bool(v) for k, v in dict(kw).items() if k in PROCESSING_KEYS}}
+
+
+def needs_centering(sae: "SAE", model: HookedTransformer) -> bool:
+    """Whether the SAE's inputs from `model` must be mean-centred over d_model to be what the SAE
+    was trained on; ConfigError when the difference cannot be bridged (load the model to match)."""
+    from workbench.models.info import PROCESSING_FLAGS, model_info
+
+    want = expected_processing(sae)
+    numerics = model_info(model).numerics
+    have = PROCESSING_FLAGS[numerics]
+    if want is None or want == have:
+        return False
+    hook = hook_name(sae)
+    if hook.endswith(RESIDUAL_HOOKS):
+        if want["center_writing_weights"] and not have["center_writing_weights"]:
+            return True
+        if want["center_writing_weights"] == have["center_writing_weights"]:
+            return False
+    raise ConfigError(
+        f"SAE {source_of(sae)!r} at {hook!r} was trained on a model loaded with {want}; this model is loaded with "
+        f"{numerics!r} numerics ({have}). Load the model with the matching numerics."
+    )
+
+
+def prepare(sae: "SAE", model: HookedTransformer) -> "SAE":
+    """Record on the SAE how to honour its declared preprocessing when it reads `model`."""
+    sae.workbench_center = needs_centering(sae, model)
+    return sae
+
+
+def sae_input(sae: "SAE", x: torch.Tensor) -> torch.Tensor:
+    """What the SAE reads of activations `x` (mean-centred over d_model when it was trained on a
+    model with centred writing weights and reads a raw one; see `prepare`)."""
+    return x - x.mean(-1, keepdim=True) if getattr(sae, "workbench_center", False) else x
+
+
+def encode(sae: "SAE", x: torch.Tensor) -> torch.Tensor:
+    """Feature activations of `x`, with the SAE's preprocessing honoured."""
+    return sae.encode(sae_input(sae, x).to(sae.dtype))
+
+
+def reconstruct(sae: "SAE", x: torch.Tensor) -> torch.Tensor:
+    """The SAE's reconstruction of `x` in the model's own space (a removed mean is added back)."""
+    xin = sae_input(sae, x)
+    return sae.decode(sae.encode(xin.to(sae.dtype))).to(x.dtype) + (x - xin)
 
 
 def hook_name(sae: "SAE") -> str:
@@ -123,7 +190,9 @@ def hook_layer(sae: "SAE") -> int | None:
 
 
 def check_fits(sae: "SAE", model: HookedTransformer) -> None:
-    """Raise ConfigError unless the SAE's hook exists in the model with the SAE's input width."""
+    """Raise ConfigError unless the SAE's hook exists in the model with the SAE's input width, and
+    its declared preprocessing can be honoured on this model (see `needs_centering`)."""
+    needs_centering(sae, model)
     name = hook_name(sae)
     if name not in model.hook_dict:
         raise ConfigError(f"SAE hook {name!r} does not exist in model {model.cfg.model_name!r}")

@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer
 from workbench.config import StreamConfig
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
-from workbench.saes.loading import check_fits, hook_name, source_of
+from workbench.saes.loading import check_fits, encode, hook_name, prepare, reconstruct, source_of
 from workbench.slices import stream_corpus
 
 if TYPE_CHECKING:
@@ -96,8 +96,8 @@ class SAEQualityAccumulator:
         s = self.state
         mask = scored_mask(batch, self.exclude)
         x = acts[self.hook][mask].float()
-        feats = self.sae.encode(x)
-        x_hat = self.sae.decode(feats).float()
+        feats = encode(self.sae, x)
+        x_hat = reconstruct(self.sae, x).float()
         x64 = x.double()
         s["sum_x"] += x64.sum(0)
         s["sum_sq"] += x64.pow(2).sum()
@@ -111,7 +111,7 @@ class SAEQualityAccumulator:
         targets = batch.tokens[:, 1:][pred]
         if targets.numel() == 0:
             return
-        spliced = self._logits_with(batch.tokens, acts[self.hook], mask, lambda v: self.sae(v).to(v.dtype))
+        spliced = self._logits_with(batch.tokens, acts[self.hook], mask, lambda v: reconstruct(self.sae, v))
         zeroed = self._logits_with(batch.tokens, acts[self.hook], mask, torch.zeros_like)
         for i, lg in enumerate((logits, spliced, zeroed)):
             s["ce"][i] += F.cross_entropy(lg[:, :-1][pred].float(), targets, reduction="sum").double()
@@ -167,6 +167,7 @@ def evaluate_sae(
     """Quality of `sae` in `model` on a held-out slice (default: the validation split, 10k tokens)."""
     cfg = cfg or StreamConfig(split="validation", max_tokens=10_000, seq_len=128, batch_size=8)
     check_fits(sae, model)
+    prepare(sae, model)  # its declared preprocessing, honoured on this model
     acc = SAEQualityAccumulator(model, sae, special_token_ids(model))
     _, slice_info = stream_corpus(model, corpus, cfg, acc, desc=f"sae-quality {hook_name(sae)}", progress=progress)
     return acc.result(slice_info)
