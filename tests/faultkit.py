@@ -23,8 +23,9 @@ WRITE_SLEEP = float(os.environ.get("FAULTKIT_WRITE_SLEEP", "0"))
 
 def event(what: str) -> None:
     if EVENTS:
+        rank = os.environ.get("RANK")  # a rank of a sharded run says which it is
         with open(EVENTS, "a") as f:
-            f.write(f"{what}\n")
+            f.write(f"{what}\n" if rank is None else f"r{rank} {what}\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -79,6 +80,15 @@ def run_probe_main(store_dir: str) -> None:
     event(f"done {out.path}")
 
 
+def rank_probe_main(store_dir: str) -> None:
+    """One rank of a sharded residual-norms run (started by torchrun through workbench.launch)."""
+    from workbench.launch import rank_session
+
+    with rank_session():  # run_probe_main installs the slow forward
+        event(f"pid {os.getpid()}")
+        run_probe_main(store_dir)
+
+
 def worker_main(argv: list[str]) -> int:
     install()
     from dashboards.worker import main
@@ -90,6 +100,8 @@ if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
     if mode == "probe":
         run_probe_main(rest[0])
+    elif mode == "rank-probe":
+        rank_probe_main(rest[0])
     elif mode == "worker":
         sys.exit(worker_main(rest))
     else:

@@ -20,7 +20,13 @@ import torch
 import probes
 from workbench.config import ConfigBase, StreamConfig, setting
 from workbench.errors import ConfigError
-from workbench.probe_api import ProbeSpec, import_analyses, list_probes, list_studies, register
+from workbench.probe_api import (
+    ProbeSpec,
+    import_analyses,
+    list_probes,
+    list_studies,
+    register,
+)
 from workbench.results import Result
 
 ROOT = Path(__file__).resolve().parent.parent

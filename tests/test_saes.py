@@ -225,7 +225,13 @@ def test_an_sae_trained_on_centred_writing_weights_reads_a_raw_model_correctly(t
     """SAE Lens's gpt2-small-res-jb declares center_writing_weights: its inputs from a raw model must
     be mean-centred. Independent check: the same SAE on the processed model's residual."""
     from workbench.models import load_model
-    from workbench.saes import encode, expected_processing, needs_centering, prepare, reconstruct
+    from workbench.saes import (
+        encode,
+        expected_processing,
+        needs_centering,
+        prepare,
+        reconstruct,
+    )
 
     sae = random_topk_sae(hook="blocks.1.hook_resid_post", d_in=64)
     sae.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True}

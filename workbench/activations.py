@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 
 from workbench import hooks
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
+from workbench.distributed import World, merge_accumulator, world
 from workbench.errors import MemoryBudgetError
 from workbench.progress import progress_bar
 from workbench.statefile import load_state, save_state
@@ -52,6 +53,7 @@ class StreamStats:
     seconds: float
     resumed_from_batch: int
     micro_batch_size: int
+    world_size: int = 1  # with more than one rank, tokens and batches are this rank's share
 
     @property
     def tokens_per_s(self) -> float:
@@ -138,14 +140,17 @@ def forward_with_hooks(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """One forward pass capturing only `hook_names` (no full cache)."""
     acts: dict[str, torch.Tensor] = {}
+    home = tokens.device  # a model spread over several GPUs: every capture comes back to the input's device
 
     def capture(tensor: torch.Tensor, hook) -> None:
-        acts[hook.name] = tensor
+        acts[hook.name] = tensor if tensor.device == home else tensor.to(home)
 
     stop = stop_layer(model, hook_names, needs_logits)
     fwd_hooks = [(name, capture) for name in hook_names]
     with model.hooks(fwd_hooks=fwd_hooks):
         out = model(tokens, return_type="logits" if needs_logits else None, stop_at_layer=stop)
+    if needs_logits and out.device != home:
+        out = out.to(home)
     return acts, (out if needs_logits else None)
 
 
@@ -170,7 +175,12 @@ def stream(
     With `checkpoint_dir`, the accumulator state and the next batch index are saved every
     `checkpoint_every` batches; a later call with the same model, batches and hooks resumes
     from there and yields the same final state as an uninterrupted run.
+
+    Inside a process group (`workbench.distributed`), each rank streams the batches it owns
+    (index mod world size), checkpoints to a file of its own, and at the end the ranks' states are
+    merged, so every rank returns with the state a single process would have reached.
     """
+    w = world()
     device = next(model.parameters()).device
     hook_names = list(accumulator.hook_names)
     checkpoint_every = checkpoint_every or CHECKPOINT_EVERY
@@ -181,7 +191,7 @@ def stream(
     ckpt = None
     fingerprint = _fingerprint(model, batches, accumulator)
     if checkpoint_dir is not None:
-        ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE
+        ckpt = Path(checkpoint_dir) / (CHECKPOINT_FILE if not w.sharded else f"stream_state.rank{w.rank}of{w.size}.safetensors")
         saved = load_state(ckpt, device=str(device), expect={"fingerprint": fingerprint})
         if saved is not None:
             state, meta = saved
@@ -191,12 +201,16 @@ def stream(
     micro = batches.spec.batch_size
     done_tokens = 0
     t0 = time.perf_counter()
-    positions_before = _positions_before(batches, start)
-    bar = progress_bar(batches.n_positions, desc, unit="tok", enabled=progress, initial=positions_before)
+    total = batches.n_positions if not w.sharded else _positions_owned(batches, w, len(batches))
+    positions_before = _positions_before(batches, start) if not w.sharded else _positions_owned(batches, w, start)
+    bar = progress_bar(total, desc if not w.sharded else f"{desc} [rank 0 of {w.size}]", unit="tok",
+                       enabled=progress and w.is_main, initial=positions_before)
     n_batches = 0
     try:
         with torch.inference_mode():
             for batch in batches.iter_from(start):
+                if not w.owns(batch.index):
+                    continue
                 batch = batch.to(device)
                 i = 0
                 while i < batch.tokens.shape[0]:
@@ -216,13 +230,18 @@ def stream(
                 done_tokens += n
                 n_batches += 1
                 bar.update(n)
-                if ckpt is not None and (batch.index + 1) % checkpoint_every == 0 and batch.index + 1 < len(batches):
+                if ckpt is not None and n_batches % checkpoint_every == 0 and batch.index + 1 < len(batches):
                     save_state(ckpt, accumulator.state_dict(), {"fingerprint": fingerprint, "next_batch": batch.index + 1})
     finally:
         bar.close()
+    merge_accumulator(accumulator)  # every rank's state, merged in rank order (a no-op in one process)
     if ckpt is not None:
-        ckpt.unlink(missing_ok=True)
-    return StreamStats(done_tokens, n_batches, time.perf_counter() - t0, start, micro)
+        ckpt.unlink(missing_ok=True)  # only after the merge: a rank that fails before it leaves the others resumable
+    return StreamStats(done_tokens, n_batches, time.perf_counter() - t0, start, micro, w.size)
+
+
+def _positions_owned(batches: TokenBatches, w: "World", end: int) -> int:
+    return sum(batches.batch(i).n_tokens for i in range(end) if w.owns(i))
 
 
 def _positions_before(batches: TokenBatches, start: int) -> int:
@@ -234,7 +253,9 @@ def _positions_before(batches: TokenBatches, start: int) -> int:
 def _fingerprint(model: HookedTransformer, batches: TokenBatches, acc: Accumulator) -> str:
     from workbench.models.info import model_key
 
+    w = world()
     blob = json.dumps({
+        "world": [w.rank, w.size],
         "model": model_key(model),
         "batches": batches.describe(),
         "hooks": list(acc.hook_names),

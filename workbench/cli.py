@@ -4,6 +4,7 @@ open the dashboard, regenerate figures."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional
 
@@ -79,28 +80,55 @@ def run_cmd(
     config: Optional[str] = typer.Option(None, help="JSON file with config fields"),
     set_: list[str] = typer.Option([], "--set", help="config override field=value (repeatable)"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when present)"),
+    n_devices: int = typer.Option(1, "--n-devices", help="spread the model's layers over this many GPUs (a model larger than one GPU)"),
+    nproc: str = typer.Option("1", help="ranks to shard the run over on this machine (torch.distributed; 'auto' = one per GPU); "
+                              "the result equals a one-process run and is stored under the same key"),
     force: bool = typer.Option(False, help="recompute even if a stored result matches"),
 ) -> None:
     """Run a probe (or reuse its stored result when every input matches) and print its summary."""
+    from workbench.launch import launch, rank_session, ranks_for
+
+    try:
+        n = ranks_for(nproc)
+        if n > 1 and "RANK" not in os.environ:
+            args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),
+                    *_opt("--config", config), *[a for s in set_ for a in ("--set", s)], *_opt("--device", device),
+                    "--n-devices", str(n_devices), *(["--force"] if force else [])]
+            launch(args, n)
+            return
+        with rank_session() as w:
+            outcome = _run_here(probe, model, corpus, numerics, config, set_, device, n_devices, force)
+    except WorkbenchError as e:
+        _fail(e)
+    if not w.is_main:
+        return
+    status = "reused stored result" if outcome.reused else "computed"
+    ranks = f" on {w.size} ranks" if w.sharded else ""
+    typer.echo(f"run {outcome.run_id} ({status}{ranks}) key {outcome.key}")
+    typer.echo(f"artifacts: {outcome.path}")
+    typer.echo(json.dumps(outcome.result.summary(), indent=2, default=str))
+
+
+def _opt(flag: str, value: Optional[str]) -> list[str]:
+    return [flag, value] if value is not None else []
+
+
+def _run_here(probe: str, model: Optional[str], corpus: Optional[str], numerics: Optional[str], config: Optional[str],
+              set_: list[str], device: Optional[str], n_devices: int, force: bool):
+    """This process's part of a run: the whole run, or one rank's share inside a process group."""
     from workbench.config import config_from_dict, config_from_file, parse_overrides
     from workbench.corpora import load_corpus
+    from workbench.distributed import rank_device
     from workbench.models import load_model
     from workbench.probe_api import get_probe
     from workbench.runner import run_probe
 
-    try:
-        spec = get_probe(probe)
-        overrides = parse_overrides(set_)
-        cfg = config_from_file(spec.config_cls, config, overrides) if config else config_from_dict(spec.config_cls, overrides)
-        m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=device)
-        c = load_corpus(corpus or spec.default_corpus) if spec.needs_corpus else None
-        outcome = run_probe(spec, m, c, cfg, force=force)
-    except WorkbenchError as e:
-        _fail(e)
-    status = "reused stored result" if outcome.reused else "computed"
-    typer.echo(f"run {outcome.run_id} ({status}) key {outcome.key}")
-    typer.echo(f"artifacts: {outcome.path}")
-    typer.echo(json.dumps(outcome.result.summary(), indent=2, default=str))
+    spec = get_probe(probe)
+    overrides = parse_overrides(set_)
+    cfg = config_from_file(spec.config_cls, config, overrides) if config else config_from_dict(spec.config_cls, overrides)
+    c = load_corpus(corpus or spec.default_corpus) if spec.needs_corpus else None  # a bad corpus fails before the model loads
+    m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=rank_device(device), n_devices=n_devices)
+    return run_probe(spec, m, c, cfg, force=force)
 
 
 @app.command("runs")
@@ -112,10 +140,11 @@ def runs_cmd(
     from workbench.store import ResultStore
 
     rows = ResultStore().runs(limit=limit, probe=probe)
-    typer.echo(f"{'id':>4}  {'status':<8} {'probe':<22} {'model':<22} {'numerics':<9} {'wall_s':>7}  corpus")
+    typer.echo(f"{'id':>4}  {'status':<11} {'probe':<22} {'model':<22} {'numerics':<9} {'wall_s':>7} {'ranks':>5}  corpus")
     for r in rows:
         wall = f"{r['wall_s']:.1f}" if r["wall_s"] else "-"
-        typer.echo(f"{r['run_id']:>4}  {r['status']:<8} {r['probe']:<22} {str(r['model'])[:22]:<22} {str(r['numerics']):<9} {wall:>7}  {r['corpus']}")
+        typer.echo(f"{r['run_id']:>4}  {r['status']:<11} {r['probe']:<22} {str(r['model'])[:22]:<22} {str(r['numerics']):<9} "
+                   f"{wall:>7} {r.get('world_size') or 1:>5}  {r['corpus']}")
 
 
 @app.command("show")

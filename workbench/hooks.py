@@ -15,6 +15,11 @@ FINAL_NORM = "ln_final.hook_normalized"
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 
+def block(layer: int) -> str:
+    """The module name of block `layer` (where its hook points live)."""
+    return f"blocks.{layer}"
+
+
 def resid_pre(layer: int) -> str:
     """The residual stream entering block `layer`."""
     return f"blocks.{layer}.hook_resid_pre"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from workbench.distributed import world
+
 if TYPE_CHECKING:
     from workbench.store import ResultStore
 
@@ -39,11 +41,15 @@ def current_run() -> RunContext | None:
 
 
 def scratch_dir(name: str) -> Path | None:
-    """A named, resumable scratch directory of the current run, or None outside a stored run."""
+    """A named, resumable scratch directory of the current run, or None outside a stored run.
+    In a sharded run every rank has its own (`name/rank{r}of{N}`), so ranks never write one file."""
     ctx = current_run()
     if ctx is None:
         return None
     p = ctx.scratch / name
+    w = world()
+    if w.sharded:
+        p = p / f"rank{w.rank}of{w.size}"
     p.mkdir(parents=True, exist_ok=True)
     return p
 

@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 
 from workbench.config import config_from_dict
 from workbench.corpora.base import Corpus
+from workbench.distributed import broadcast, world
 from workbench.errors import ConfigError, RunCancelled
 from workbench.identity import runtime_versions
 from workbench.models.info import default_device, model_info, model_key
@@ -42,7 +43,7 @@ from workbench.store import FINISHED_OK, ResultStore, result_key
 
 @dataclass
 class RunOutcome:
-    result: Result
+    result: Result  # on a rank other than 0 of a sharded run that reused a result it cannot read: None
     run_id: int
     key: str
     reused: bool
@@ -189,32 +190,60 @@ def run_study(study: str | StudySpec, config: Any = None, *, store: ResultStore 
             result = spec.run(cfg, ctx)
         resources = {**resource_identities(cfg, None, None), "parts": ctx.parts}
         key = result_key(f"study:{spec.name}", None, spec.name, asdict(cfg), version, resources, runtime_versions())
-        store.update_run(run_id, key=key)
+        if world().is_main:
+            store.update_run(run_id, key=key)
         path = store.path(spec.name, key)
-        stored = None if force else store.get(spec.name, key, spec.result_cls)
-        if stored is not None:
-            store.finish_run(run_id, "reused", artifact=str(path), summary=stored.summary())
+        reuse, stored = _reuse(store, spec, key, force)
+        if reuse:
+            _finish(store, run_id, "reused", artifact=str(path), summary=stored.summary() if stored is not None else None)
             return RunOutcome(stored, run_id, key, True, path)
         result.meta.update(_meta(spec, cfg, key, version, t0, {"parts": ctx.parts}))
-        store.save(spec.name, key, result)
-    store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
+        if world().is_main:
+            store.save(spec.name, key, result)
+    _finish(store, run_id, "done", artifact=str(path), summary=result.summary())
     return RunOutcome(result, run_id, key, False, path)
 
 
 def _register(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int | None, row: dict[str, Any], version: str) -> int:
-    """A new registry row, or a queued one taken over (it gets its full identity now)."""
+    """A new registry row, or a queued one taken over (it gets its full identity now). In a
+    sharded run rank 0 writes the row (with the world size) and every rank gets its id."""
+    w = world()
+    if not w.is_main:
+        return broadcast(None)
     if run_id is None:
-        return store.start_run(key, spec.name, row["model"], row["numerics"], row["corpus"], asdict(cfg), version)
-    current = store.get_run(run_id)
-    if current is not None and current["status"] == "queued" and store.claim(run_id) is None:
-        raise ConfigError(f"run {run_id} was taken by another worker")
-    store.update_run(run_id, status="running", key=key, config=asdict(cfg), code_version=version, **row)
-    return run_id
+        run_id = store.start_run(key, spec.name, row["model"], row["numerics"], row["corpus"], asdict(cfg), version,
+                                 world_size=w.size)
+    else:
+        current = store.get_run(run_id)
+        if current is not None and current["status"] == "queued" and store.claim(run_id) is None:
+            raise ConfigError(f"run {run_id} was taken by another worker")
+        store.update_run(run_id, status="running", key=key, config=asdict(cfg), code_version=version, world_size=w.size, **row)
+    return broadcast(run_id)
+
+
+def _reuse(store: ResultStore, spec: Spec, key: str, force: bool) -> tuple[bool, Result | None]:
+    """Whether to reuse the verified stored result under `key`, and that result. Rank 0 decides for
+    a sharded run; the other ranks read it from their own view of the store (None where they
+    cannot: a node without the shared store)."""
+    w = world()
+    stored = None if force or not w.is_main else store.get(spec.name, key, spec.result_cls)  # a corrupt one is quarantined
+    if not broadcast(stored is not None):
+        return False, None
+    return True, stored if w.is_main else store.get(spec.name, key, spec.result_cls)
+
+
+def _finish(store: ResultStore, run_id: int, status: str, **fields: Any) -> None:
+    """Record how the run ended (rank 0 alone writes the registry)."""
+    if world().is_main:
+        store.finish_run(run_id, status, **fields)
 
 
 def _progress_callback(store: ResultStore, run_id: int) -> Callable[[float, str], None]:
-    """Progress into the registry at most once a second; a requested cancellation stops the run there."""
+    """Progress into the registry at most once a second; a requested cancellation stops the run there
+    (rank 0's progress in a sharded run; its failure ends the other ranks through the launcher)."""
     last = [0.0]
+    if not world().is_main:
+        return lambda fraction, message: None
 
     def on_progress(fraction: float, message: str) -> None:
         now = time.monotonic()
@@ -230,6 +259,9 @@ def _progress_callback(store: ResultStore, run_id: int) -> Callable[[float, str]
 @contextmanager
 def _recorded(store: ResultStore, run_id: int) -> Iterator[None]:
     """Record how a run that did not finish ended: cancelled, interrupted or failed (with the error)."""
+    if not world().is_main:
+        yield
+        return
     try:
         yield
     except RunCancelled as e:
@@ -255,16 +287,16 @@ def _run_keyed(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int |
     version = code_version(spec)
     run_id = _register(store, spec, cfg, key, run_id, row, version)
     path = store.path(spec.name, key)
-    if not force:
-        stored = store.get(spec.name, key, spec.result_cls)  # verified; a corrupt one is quarantined
-        if stored is not None:
-            store.finish_run(run_id, "reused", artifact=str(path), summary=stored.summary())
-            return RunOutcome(stored, run_id, key, True, path)
+    reuse, stored = _reuse(store, spec, key, force)
+    if reuse:
+        _finish(store, run_id, "reused", artifact=str(path), summary=stored.summary() if stored is not None else None)
+        return RunOutcome(stored, run_id, key, True, path)
     t0 = time.time()
     with _recorded(store, run_id):
         with reporting_to(_progress_callback(store, run_id)), running(RunContext(store, spec.name, key, run_id)):
             result = compute()
         result.meta.update(_meta(spec, cfg, key, version, t0, meta))
-        store.save(spec.name, key, result)
-    store.finish_run(run_id, "done", artifact=str(path), summary=result.summary())
+        if world().is_main:
+            store.save(spec.name, key, result)
+    _finish(store, run_id, "done", artifact=str(path), summary=result.summary())
     return RunOutcome(result, run_id, key, False, path)

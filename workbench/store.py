@@ -198,7 +198,11 @@ class ResultStore:
             have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
             for name, decl in EXTRA_COLUMNS.items():
                 if name not in have:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+                    try:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+                    except sqlite3.OperationalError as e:  # another process opening the registry added it first
+                        if "duplicate column" not in str(e):
+                            raise
 
     def _recover_registry(self, reason: str) -> None:
         """Move an unreadable registry aside and rebuild it from the stored results' metadata."""

@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 
 from workbench import hooks
 from workbench.corpora.tokenized import TokenBatch
+from workbench.distributed import reduce_states, shard, world
 from workbench.errors import ConfigError
 from workbench.progress import progress_bar
 from workbench.results import Result
@@ -160,6 +161,8 @@ class HeadSurveyAccumulator:
 
     hook_names: list[str] = []  # the reductions come from `self.sink_hooks`, not from captures
     needs_logits = True  # the clean next-token loss of the domain
+    # sharded runs: every state is a sum except the example pattern, which is batch 0's (rank 0 streams batch 0)
+    merge_rules = {"example": "first", "example_tokens": "first"}
 
     def __init__(self, model: HookedTransformer, seq_len: int, delta_range: float, example_len: int):
         cfg = model.cfg
@@ -336,14 +339,18 @@ def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str, prog
     l.. from the cached resid_pre, with the batch repeated once per head (copy h has head h zeroed)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     device = next(model.parameters()).device
+    mine = shard(list(range(H)))  # in a sharded run each rank ablates its share of the heads of every layer
+    Hr = len(mine)
     clean_sum, count = 0.0, 0
     abl_sum = torch.zeros(L, H, dtype=torch.float64)
     diff_sq = torch.zeros(L, H, dtype=torch.float64)  # sum over scored tokens of (ablated - clean CE)^2
     n_block_runs = 0
     t0 = time.perf_counter()
-    bar = progress_bar(len(chunks) * L, desc, unit="layer", enabled=progress)
+    bar = progress_bar(len(chunks) * L, desc, unit="layer", enabled=progress and Hr > 0)
     try:
         for tokens, targets, scored in chunks:
+            if Hr == 0:  # more ranks than heads
+                break
             tokens, targets, mask = tokens.to(device), targets.to(device), scored.to(device).float()
             B = tokens.shape[0]
             resid: dict[int, torch.Tensor] = {}
@@ -356,24 +363,29 @@ def head_ablation(model: HookedTransformer, chunks: list[Chunk], desc: str, prog
             clean_ce = _chunked_token_ce(model, final, targets, mask)
             clean_sum += float(clean_ce.sum())
             count += int(mask.sum())
-            keep_heads = torch.ones(H * B, 1, H, 1, device=device, dtype=final.dtype)
-            for c in range(H):
-                keep_heads[c * B : (c + 1) * B, 0, c, 0] = 0.0
+            keep_heads = torch.ones(Hr * B, 1, H, 1, device=device, dtype=final.dtype)
+            for i, c in enumerate(mine):
+                keep_heads[i * B : (i + 1) * B, 0, c, 0] = 0.0
             for l in range(L):
-                x = resid[l].repeat(H, 1, 1)
+                x = resid[l].repeat(Hr, 1, 1)
 
                 def zero_head(z: torch.Tensor, hook) -> torch.Tensor:
                     return z * keep_heads.to(z.dtype)
 
                 with model.hooks(fwd_hooks=[(hooks.attn_z(l), zero_head)]):
                     out = model(x, start_at_layer=l, stop_at_layer=L)
-                ce = _chunked_token_ce(model, out, targets.repeat(H, 1), mask.repeat(H, 1)).view(H, B, -1)
-                abl_sum[l] += ce.sum((1, 2)).double().cpu()
-                diff_sq[l] += ((ce - clean_ce[None]) ** 2).sum((1, 2)).double().cpu()
-                n_block_runs += (L - l) * H * B
+                ce = _chunked_token_ce(model, out, targets.repeat(Hr, 1), mask.repeat(Hr, 1)).view(Hr, B, -1)
+                abl_sum[l, mine] += ce.sum((1, 2)).double().cpu()
+                diff_sq[l, mine] += ((ce - clean_ce[None]) ** 2).sum((1, 2)).double().cpu()
+                n_block_runs += (L - l) * Hr * B
                 bar.update(1)
     finally:
         bar.close()
+    if world().sharded:  # every head's row came from exactly one rank: the sum is exact
+        merged = reduce_states({"abl": abl_sum, "sq": diff_sq, "clean": torch.tensor([clean_sum, count], dtype=torch.float64)},
+                               {"clean": "first"})
+        abl_sum, diff_sq = merged["abl"], merged["sq"]
+        clean_sum, count = float(merged["clean"][0]), int(merged["clean"][1])
     seconds = time.perf_counter() - t0
     n_seqs = sum(c[0].shape[0] for c in chunks)
     cost = {"ablation_seconds": seconds, "ablation_sequences": n_seqs,

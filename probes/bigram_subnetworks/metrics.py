@@ -31,13 +31,14 @@ LOG2E = 1.0 / math.log(2.0)
 
 
 class SurprisalAccumulator:
-    """Per-position next-token surprisal (bits) of the model, with its context and next token."""
+    """Per-position next-token surprisal (bits) of the model, with its context and next token (and
+    the batch it came from, so the ranks of a sharded run merge back into the single-run order)."""
 
     hook_names: list[str] = []
     needs_logits = True
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[torch.Tensor]] = {"surprisal": [], "context": [], "next": []}
+        self.parts: dict[str, list[torch.Tensor]] = {"surprisal": [], "context": [], "next": [], "batch": []}
 
     def identity(self) -> str:
         return "surprisal"
@@ -50,9 +51,19 @@ class SurprisalAccumulator:
         self.parts["surprisal"].append(s[has_next].double().cpu())
         self.parts["context"].append(batch.tokens[:, :-1][has_next].cpu())
         self.parts["next"].append(nxt[has_next].cpu())
+        self.parts["batch"].append(torch.full((int(has_next.sum()),), batch.index, dtype=torch.long))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: torch.cat(v) if v else torch.empty(0) for k, v in self.parts.items()}
+        empty = {"surprisal": torch.float64}  # a rank that streamed nothing still has the right dtypes
+        return {k: torch.cat(v) if v else torch.empty(0, dtype=empty.get(k, torch.long)) for k, v in self.parts.items()}
+
+    @staticmethod
+    def merge_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Concatenate the ranks' positions and put them back in batch order (a stable sort on the
+        batch index: each rank's positions are already in order), exactly the single-run arrays."""
+        cat = {k: torch.cat([s[k] for s in states]) for k in states[0]}
+        order = torch.sort(cat["batch"], stable=True).indices
+        return {k: v[order] for k, v in cat.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.parts = {k: [v] for k, v in state.items()}

@@ -25,6 +25,7 @@ Several SAEs (layers) are accumulated in one forward pass that stops after the d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from workbench.config import StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.brown import is_closed_class
 from workbench.corpora.tokenized import TokenBatch, tokenize_corpus, tokenizer_id
+from workbench.distributed import merge_states
 from workbench.errors import ConfigError, EmptyCorpusError
 from workbench.io import atomic_path
 from workbench.paths import cache_dir
@@ -213,14 +215,15 @@ class BipartiteAccumulator:
             self.state |= {
                 f"{label}/edges": torch.zeros(n, d, dtype=torch.bool),
                 f"{label}/active": torch.zeros(d, dtype=torch.long),
-                f"{label}/wsum": torch.zeros(w, d, dtype=torch.float32),
-                f"{label}/wcount": torch.zeros(w, d, dtype=torch.float32),
+                f"{label}/wsum": torch.zeros(w, d, dtype=torch.float64),
+                f"{label}/wcount": torch.zeros(w, d, dtype=torch.int64),
                 f"{label}/top_vals": torch.full((d, top_contexts), -1.0),
                 f"{label}/top_ctx": torch.full((d, top_contexts, width), -1, dtype=torch.int32),
+                f"{label}/top_pos": torch.full((d, top_contexts), NO_POSITION, dtype=torch.int64),
             }
 
     def identity(self) -> str:
-        return "|".join(f"{k}={source_of(s)}" for k, s in self.saes.items()) + f"|m{self.m}.{self.before}.{self.after}"
+        return "|".join(f"{k}={source_of(s)}" for k, s in self.saes.items()) + f"|m{self.m}.{self.before}.{self.after}|by-position"
 
     def _device(self, acts: dict[str, torch.Tensor]) -> None:
         dev = next(iter(acts.values())).device
@@ -244,6 +247,7 @@ class BipartiteAccumulator:
         s = self.state
         s["token_count"].index_add_(0, rows, torch.ones_like(rows))
         windows = self._windows(batch)[flat] if self.m else None
+        positions = batch.index * POSITIONS_PER_BATCH + flat  # where each context sits in the slice (ties go to the earliest)
         for label, sae in self.saes.items():
             x = acts[hook_name(sae)].reshape(-1, sae.cfg.d_in)[flat]
             feats = encode(sae, x)
@@ -254,10 +258,10 @@ class BipartiteAccumulator:
             w = wrows[pos]
             keep = w >= 0
             idx = w[keep] * d + feat[keep]
-            s[f"{label}/wsum"].view(-1).index_add_(0, idx, feats[pos[keep], feat[keep]].float())
-            s[f"{label}/wcount"].view(-1).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+            s[f"{label}/wsum"].view(-1).index_add_(0, idx, feats[pos[keep], feat[keep]].double())
+            s[f"{label}/wcount"].view(-1).index_add_(0, idx, torch.ones_like(idx))
             if windows is not None:
-                self._merge_top(label, feats, windows)
+                self._merge_top(label, feats, windows, positions)
 
     def _windows(self, batch: TokenBatch) -> torch.Tensor:
         """[B*T, before+1+after] token windows around each position (-1 outside valid text)."""
@@ -265,16 +269,18 @@ class BipartiteAccumulator:
         padded = torch.nn.functional.pad(toks, (self.before, self.after), value=-1)
         return padded.unfold(1, self.before + 1 + self.after, 1).reshape(-1, self.before + 1 + self.after)
 
-    def _merge_top(self, label: str, feats: torch.Tensor, windows: torch.Tensor) -> None:
+    def _merge_top(self, label: str, feats: torch.Tensor, windows: torch.Tensor, positions: torch.Tensor) -> None:
         s = self.state
         k = min(self.m, feats.shape[0])
         vals, idx = feats.topk(k, dim=0)  # [k, d]
         vals = torch.where(vals > 0, vals, torch.full_like(vals, -1.0))  # a context counts only where the feature fires
-        cand_vals = torch.cat([s[f"{label}/top_vals"], vals.T.float()], dim=1)  # [d, m + k]
-        cand_ctx = torch.cat([s[f"{label}/top_ctx"], windows[idx].permute(1, 0, 2).to(torch.int32)], dim=1)
-        best_vals, best = cand_vals.topk(self.m, dim=1)
-        s[f"{label}/top_vals"] = best_vals
-        s[f"{label}/top_ctx"] = torch.gather(cand_ctx, 1, best[..., None].expand(-1, -1, cand_ctx.shape[2]))
+        best = top_contexts(
+            torch.cat([s[f"{label}/top_vals"], vals.T.float()], dim=1),  # [d, m + k]
+            torch.cat([s[f"{label}/top_pos"], positions[idx].T], dim=1),
+            torch.cat([s[f"{label}/top_ctx"], windows[idx].permute(1, 0, 2).to(torch.int32)], dim=1),
+            self.m,
+        )
+        s[f"{label}/top_vals"], s[f"{label}/top_pos"], s[f"{label}/top_ctx"] = best
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: (pack_bits(v) if k.endswith("/edges") else v) for k, v in self.state.items()}
@@ -287,6 +293,32 @@ class BipartiteAccumulator:
                 v = unpack_bits(v, self.saes[k[: -len("/edges")]].cfg.d_sae)
             out[k] = v.clone().to(dev)
         self.state = out
+
+    def merge_states(self, states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Ranks' states merged: counts and sums added, edge bits ORed, and each feature's top
+        contexts the top `m` of all ranks' candidates (the top m of a union is the top m of the
+        parts' top m; equal values ordered by position, as a single pass orders them)."""
+        rules = {"*/edges": lambda vs: functools.reduce(torch.bitwise_or, vs), "*/top_vals": "first", "*/top_ctx": "first",
+                 "*/top_pos": "first"}
+        out = merge_states(states, rules)
+        for label in self.saes:
+            cat = [torch.cat([s[f"{label}/{name}"] for s in states], dim=1) for name in ("top_vals", "top_pos", "top_ctx")]
+            out[f"{label}/top_vals"], out[f"{label}/top_pos"], out[f"{label}/top_ctx"] = top_contexts(*cat, self.m)
+        return out
+
+
+NO_POSITION = 2**62  # an empty top-context slot
+POSITIONS_PER_BATCH = 2**31  # position id = batch index * this + flat index in the batch
+
+
+def top_contexts(vals: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, the `m` candidates of highest value, equal values by earliest position: a total
+    order, so the choice does not depend on how the candidates were batched or sharded."""
+    by_pos = torch.argsort(pos, dim=1, stable=True)
+    by_val = torch.argsort(torch.gather(vals, 1, by_pos), dim=1, descending=True, stable=True)
+    pick = torch.gather(by_pos, 1, by_val)[:, :m]
+    return (torch.gather(vals, 1, pick), torch.gather(pos, 1, pick),
+            torch.gather(ctx, 1, pick[..., None].expand(-1, -1, ctx.shape[2])))
 
 
 # --------------------------------------------------------------------------------------------

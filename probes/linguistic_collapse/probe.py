@@ -177,6 +177,19 @@ class ClassStatsAccumulator(_Base):
             getattr(self, name).zero_()
             getattr(self, name)[ids] = state[name].to(self.device, torch.float64)
 
+    @staticmethod
+    def merge_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Sparse states of several ranks: the union of their seen classes, rows summed."""
+        ids = torch.unique(torch.cat([s["ids"].long() for s in states]))  # sorted, as `state_dict` writes them
+        out = {"ids": ids, "counts": torch.zeros(len(ids), dtype=torch.float64),
+               "sums": torch.zeros(len(ids), states[0]["sums"].shape[1], dtype=torch.float64),
+               "sq": torch.zeros(len(ids), dtype=torch.float64)}
+        for s in states:
+            rows = torch.searchsorted(ids, s["ids"].long())
+            for name in ("counts", "sums", "sq"):
+                out[name].index_add_(0, rows, s[name].double())
+        return out
+
 
 class CentredVarianceAccumulator(_Base):
     """Pass 2 (two-pass variances): per-class sum of ||x - mu_c||^2 given the pass-1 means."""

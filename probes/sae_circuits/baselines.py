@@ -33,6 +33,7 @@ from transformer_lens import HookedTransformer
 
 from probes.sae_circuits.tasks.contrast import ContrastPrompts, pad_right
 from workbench import hooks
+from workbench.distributed import reduce_states, shard, world
 from workbench.errors import ConfigError
 from workbench.models.info import model_info
 from workbench.progress import progress_bar
@@ -200,7 +201,9 @@ def head_patching(
     pos_metric = torch.zeros(len(prompts))
     neg_metric = torch.zeros(len(prompts))
     n_batches = (len(prompts) + batch_size - 1) // batch_size
-    bar = progress_bar(n_batches * L, f"{method} {L * H} heads", unit="layer", enabled=progress)
+    mine = shard(list(range(H)))  # in a sharded run each rank patches its share of the heads of every layer
+    Hr = len(mine)
+    bar = progress_bar(n_batches * L, f"{method} {L * H} heads", unit="layer", enabled=progress and Hr > 0)
     try:
         for idx, pos, neg, last in _batches(prompts, batch_size, pad_id):
             pos, neg, last = pos.to(device), neg.to(device), last.to(device)
@@ -213,26 +216,32 @@ def head_patching(
             clean = metric_from_resid(model, last_rows(r_pos, last), ans)
             pos_metric[idx] = clean.float().cpu()
             neg_metric[idx] = metric_from_resid(model, last_rows(r_neg, last), ans).float().cpu()
-            heads = torch.arange(H, device=device)
-            ans_rep, last_rep = ans.repeat(H), last.repeat(H)
+            if Hr == 0:  # more ranks than heads
+                continue
+            heads = torch.tensor(mine, device=device)
+            copies = torch.arange(Hr, device=device)
+            ans_rep, last_rep = ans.repeat(Hr), last.repeat(Hr)
             for l in range(L):
                 if means is None:
-                    source = z_neg[l].permute(2, 0, 1, 3)  # [heads, batch, pos, d_head]
+                    source = z_neg[l].permute(2, 0, 1, 3)[heads]  # [my heads, batch, pos, d_head]
                 else:
-                    source = means[l][:, None, None, :].expand(H, B, T, model.cfg.d_head)
+                    source = means[l][heads][:, None, None, :].expand(Hr, B, T, model.cfg.d_head)
 
                 def patch(z: torch.Tensor, hook, source=source) -> torch.Tensor:
                     z = z.clone()
-                    z.view(H, B, T, H, -1)[heads, :, :, heads] = source
+                    z.view(Hr, B, T, H, -1)[copies, :, :, heads] = source
                     return z
 
-                x = resid_pre[l].repeat(H, 1, 1)  # copy k patches head k
+                x = resid_pre[l].repeat(Hr, 1, 1)  # copy k patches head mine[k]
                 r = final_resid(model, x, start_at_layer=l, fwd=[(hooks.attn_z(l), patch)])
-                patched = metric_from_resid(model, last_rows(r, last_rep), ans_rep).view(H, B)
-                effect_sum[l] += (patched - clean[None]).double().sum(1).cpu()
+                patched = metric_from_resid(model, last_rows(r, last_rep), ans_rep).view(Hr, B)
+                effect_sum[l, mine] += (patched - clean[None]).double().sum(1).cpu()
                 bar.update(1)
     finally:
         bar.close()
+    if world().sharded:  # every head's effect came from exactly one rank: the sum is exact; the metrics agree
+        merged = reduce_states({"effect": effect_sum, "pos": pos_metric, "neg": neg_metric}, {"pos": "first", "neg": "first"})
+        effect_sum, pos_metric, neg_metric = merged["effect"], merged["pos"], merged["neg"]
     return BaselineOutcome(method, (effect_sum / len(prompts)).float(), pos_metric, neg_metric,
                            time.perf_counter() - t0, len(prompts))
 

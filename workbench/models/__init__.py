@@ -41,6 +41,7 @@ from workbench.models.info import (
     model_key,
     weights_signature,
 )
+from workbench.models.placement import check_devices, place
 from workbench.models.tiny import TINY_PRESETS, tiny_model
 
 EMBEDDED = {
@@ -156,6 +157,7 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype | str = torch.float32,
     fast: bool = True,
+    n_devices: int = 1,
     **kwargs: Any,
 ) -> HookedTransformer:
     """Load a model by name or path as a HookedTransformer.
@@ -165,11 +167,15 @@ def load_model(
     fast: route attention, gated MLPs and the unembedding through the fast path
         (`workbench.models.fast_path`: fused attention where no hook needs the pattern); False
         keeps TransformerLens's own forward everywhere.
+    n_devices: spread the layers over this many GPUs (`workbench.models.placement`), for a model
+        larger than one GPU's memory; 1 keeps it whole on `device`.
     kwargs: for tiny presets, config overrides (n_layers=..., seed=...); for HF sources, n_ctx.
     """
     if numerics not in NUMERICS:
         raise ConfigError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
     device = device or default_device()
+    if n_devices != 1:
+        check_devices(n_devices)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path = Path(name).expanduser()
@@ -206,6 +212,8 @@ def load_model(
                          weights=f"hub:{official}@{hub_revision(official) or 'unknown-revision'}")
     else:
         raise UnknownModelError(name, _known_names(), _path_problem(path))
+    if n_devices != 1:
+        place(model, n_devices)
     if fast:
         install_fast_path(model)
     return attach_info(model, info)

@@ -26,7 +26,14 @@ from transformer_lens import HookedTransformer
 from workbench.config import StreamConfig
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
-from workbench.saes.loading import check_fits, encode, hook_name, prepare, reconstruct, source_of
+from workbench.saes.loading import (
+    check_fits,
+    encode,
+    hook_name,
+    prepare,
+    reconstruct,
+    source_of,
+)
 from workbench.slices import stream_corpus
 
 if TYPE_CHECKING:
