@@ -57,3 +57,89 @@ def test_bad_inputs_exit_2_with_a_message(store, tmp_path):
     assert out.exit_code == 2
     out = runner.invoke(app, ["show", "9999"])
     assert out.exit_code == 2 and "No run 9999" in out.output
+
+
+# ----------------------------------------------------------------------------- the first hour's rough edges
+
+
+def _corpus_dir(tmp_path):
+    d = tmp_path / "texts"
+    d.mkdir()
+    (d / "a.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    return d
+
+
+def test_a_hub_model_without_the_hub_is_one_line(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    out = runner.invoke(app, ["run", "residual-norms", "--model", "gpt2", "--corpus", str(_corpus_dir(tmp_path))])
+    assert out.exit_code == 2
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model 'gpt2'"), out.output
+    assert "needs the Hugging Face hub" in lines[0] and "smollm2-135m" in lines[0]
+
+
+def test_a_budget_larger_than_the_corpus_is_announced(store, tmp_path):
+    out = runner.invoke(app, ["run", "residual-norms", "--model", "tiny", "--corpus", str(_corpus_dir(tmp_path)), "--device", "cpu",
+                              "--set", "max_tokens=5000000", "--set", "seq_len=32"])
+    assert out.exit_code == 0, out.output
+    note = [line for line in out.output.splitlines() if line.startswith("note: max_tokens=5,000,000 is more than")]
+    assert note and "streaming all of it" in note[0]
+
+
+def test_corpus_problems_are_found_before_the_model_loads(store, tmp_path, monkeypatch):
+    import workbench.models
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the model was loaded before the corpus was checked")
+
+    monkeypatch.setattr(workbench.models, "load_model", must_not_load)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    for corpus, says in ((str(tmp_path / "missing"), "Unknown corpus"), (str(empty), "has no documents")):
+        out = runner.invoke(app, ["run", "residual-norms", "--corpus", corpus])
+        assert out.exit_code == 2 and says in out.output, out.output
+
+
+def test_ctrl_c_prints_the_command_that_resumes(store, tmp_path, monkeypatch):
+    import workbench.runner
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workbench.runner, "run_probe", interrupted)
+    corpus = str(_corpus_dir(tmp_path))
+    out = runner.invoke(app, ["run", "residual-norms", "--model", "tiny", "--corpus", corpus, "--set", "max_tokens=300"])
+    assert out.exit_code == 130
+    assert "resumes from its last checkpoint with: workbench run residual-norms --model tiny --corpus" in out.output
+    assert "--set max_tokens=300" in out.output
+
+
+def test_listing_commands_do_not_import_the_model_stack(store, tmp_path):
+    """`workbench probes` (from its catalogue, once built) and `workbench runs` answer without
+    importing torch, which is what makes them take seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from workbench.cli import app; "
+            "r = CliRunner().invoke(app, sys.argv[1:]); assert r.exit_code == 0, r.output; "
+            "print('torch' in sys.modules, len(r.output.splitlines()))")
+    run = lambda *args: subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout.split()  # noqa: E731
+    run("probes")  # builds the catalogue if the sources changed
+    torch_loaded, n_lines = run("probes")
+    assert torch_loaded == "False" and int(n_lines) > 50
+    assert run("runs")[0] == "False"
+
+
+def test_the_catalogue_notices_an_edited_source(tmp_path):
+    from workbench.catalogue import source_fingerprint
+
+    (tmp_path / "probes" / "x").mkdir(parents=True)
+    (tmp_path / "workbench").mkdir()
+    f = tmp_path / "probes" / "x" / "probe.py"
+    f.write_text("A = 1\n")
+    before = source_fingerprint(tmp_path)
+    assert source_fingerprint(tmp_path) == before
+    f.write_text("A = 22\n")
+    assert source_fingerprint(tmp_path) != before

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+import warnings
 from typing import Optional
 
 import typer
@@ -21,6 +23,17 @@ app = typer.Typer(
 )
 corpora_app = typer.Typer(help="List and fetch corpora.", no_args_is_help=True)
 app.add_typer(corpora_app, name="corpora")
+
+
+@app.callback()
+def _notes() -> None:
+    """Warnings the workbench raises on purpose (a capped budget, a stale checkpoint) print as one
+    "note:" line each instead of Python's file-and-line format."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        typer.secho(f"note: {message}", fg=typer.colors.YELLOW, err=True)
+
+    warnings.showwarning = show
 
 
 def _fail(e: Exception) -> None:
@@ -61,14 +74,15 @@ def corpora_fetch(name: str = typer.Argument("brown", help="corpus to download i
 @app.command("probes")
 def probes_cmd() -> None:
     """List the analyses and their config fields (set them with `run --set field=value`)."""
-    from workbench.probe_api import describe_config, list_probes
+    from workbench.catalogue import catalogue
 
-    for spec in list_probes():
-        typer.secho(f"{spec.name}", bold=True)
-        typer.echo(f"  {spec.description}")
-        typer.echo(f"  numerics: {spec.numerics}; default model: {spec.default_model}; corpus: {spec.default_corpus}")
-        for f in describe_config(spec):
-            typer.echo(f"    {f['name']:<22} {f['type']:<18} default {f['default']!r}")
+    for row in catalogue():
+        typer.secho(f"{row['name']}" + (" (study)" if row["kind"] == "study" else ""), bold=True)
+        typer.echo(f"  {row['description']}")
+        if row["kind"] == "probe":
+            typer.echo(f"  numerics: {row['numerics']}; default model: {row['default_model']}; corpus: {row['default_corpus']}")
+        for f in row["fields"]:
+            typer.echo(f"    {f['name']:<22} {f['type']:<18} default {f['default']}")
 
 
 @app.command("run")
@@ -88,18 +102,24 @@ def run_cmd(
     """Run a probe (or reuse its stored result when every input matches) and print its summary."""
     from workbench.launch import launch, rank_session, ranks_for
 
+    args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),
+            *_opt("--config", config), *[a for s in set_ for a in ("--set", s)], *_opt("--device", device),
+            *(["--n-devices", str(n_devices)] if n_devices != 1 else []), *(["--force"] if force else [])]
     try:
         n = ranks_for(nproc)
         if n > 1 and "RANK" not in os.environ:
-            args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),
-                    *_opt("--config", config), *[a for s in set_ for a in ("--set", s)], *_opt("--device", device),
-                    "--n-devices", str(n_devices), *(["--force"] if force else [])]
             launch(args, n)
             return
         with rank_session() as w:
             outcome = _run_here(probe, model, corpus, numerics, config, set_, device, n_devices, force)
     except WorkbenchError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        if "RANK" not in os.environ:
+            resume = shlex.join(["workbench", *args, *(["--nproc", nproc] if nproc != "1" else [])])
+            typer.secho(f"interrupted; the run is recorded as interrupted and resumes from its last checkpoint with: {resume}",
+                        fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=130)
     if not w.is_main:
         return
     status = "reused stored result" if outcome.reused else "computed"

@@ -20,6 +20,10 @@ class UnknownModelError(WorkbenchError, KeyError):
         return self.args[0]
 
 
+class HubUnavailableError(WorkbenchError):
+    """A hub name was asked for, it is not in the local cache, and the hub cannot be reached."""
+
+
 class UnknownCorpusError(WorkbenchError, KeyError):
     def __init__(self, name: str, known: list[str]):
         super().__init__(

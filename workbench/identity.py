@@ -110,6 +110,22 @@ def hub_cache_root() -> Path:
     return home / "hub"
 
 
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached now (False at once under HF_HUB_OFFLINE=1)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def hub_revision(repo_id: str, repo_type: str = "model", ref: str = "main") -> str | None:
     """The commit a cached hub repository's `ref` points at (what an offline load reads), or None."""
     folder = hub_cache_root() / f"{repo_type}s--{repo_id.replace('/', '--')}" / "refs" / ref

@@ -11,10 +11,14 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch loads only where tensors are read or written: registry commands stay fast
+    import torch
+
+
+
+RESULT_FILE = "result.json"  # a stored result's fields and meta (its tensors and tables sit beside it)
 
 
 @contextmanager
@@ -120,19 +124,23 @@ def read_json(path: str | Path) -> Any:
 
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to CPU."""
+    from safetensors.torch import save_file
+
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
 
 
 def read_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     return load_file(str(path), device=device)
 
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.dtype):
+    if type(obj).__module__ == "torch" and type(obj).__name__ == "dtype":
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item):
         return obj.item()

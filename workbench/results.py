@@ -21,6 +21,7 @@ import torch
 
 from workbench.errors import CorruptResultError
 from workbench.io import (
+    RESULT_FILE,
     _json_default,
     read_json,
     read_tensors,
@@ -29,7 +30,6 @@ from workbench.io import (
 )
 
 R = TypeVar("R", bound="Result")
-RESULT_FILE = "result.json"
 TENSOR_FILE = "tensors.safetensors"
 FILES_MANIFEST = "files.json"
 

@@ -3,6 +3,8 @@ first half of every corpus-streaming probe."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from transformer_lens import HookedTransformer
 
@@ -56,7 +58,16 @@ def corpus_batches(model: HookedTransformer, corpus: Corpus, cfg: StreamConfig) 
     tc = tokenize_slice(model, corpus, cfg)
     info = model_info(model)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    return TokenBatches(tc, cfg.chunk_spec(), bos_id=info.bos_token_id, pad_id=pad)
+    batches = TokenBatches(tc, cfg.chunk_spec(), bos_id=info.bos_token_id, pad_id=pad)
+    if cfg.max_tokens is not None and batches.n_positions < cfg.max_tokens:
+        warnings.warn(BudgetCapped(
+            f"max_tokens={cfg.max_tokens:,} is more than {corpus.id!r} (split {cfg.split!r}) holds: streaming all of it, "
+            f"{batches.n_positions:,} positions"), stacklevel=2)
+    return batches
+
+
+class BudgetCapped(UserWarning):
+    """A token budget larger than the corpus: the run uses the whole corpus, and says so."""
 
 
 def stream_corpus(

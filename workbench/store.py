@@ -25,14 +25,18 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
 import psutil
 
 from workbench.errors import CorruptResultError
-from workbench.io import _json_default, remove_stale
+from workbench.io import RESULT_FILE, _json_default, remove_stale
 from workbench.paths import store_dir
-from workbench.results import RESULT_FILE, R
+
+if TYPE_CHECKING:  # results (and torch) load only when a result is read: `workbench runs` stays fast
+    from workbench.results import Result
+
+R = TypeVar("R", bound="Result")
 
 ACTIVE = ("queued", "running")
 FINISHED_OK = ("done", "reused")

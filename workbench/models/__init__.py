@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from workbench.errors import ConfigError, UnknownModelError
-from workbench.identity import files_digest, hub_revision
+from workbench.errors import ConfigError, HubUnavailableError, UnknownModelError
+from workbench.identity import files_digest, hub_reachable, hub_revision
 from workbench.models.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -151,6 +151,18 @@ def _is_tl_official(name: str) -> bool:
     return _official_name(name) is not None
 
 
+def _check_hub(name: str) -> None:
+    """Refuse at once (one line) a hub model that is neither cached nor reachable, instead of a
+    long traceback after the download's retries."""
+    official = _official_name(name)
+    if official is None or hub_revision(official) is not None or hub_reachable():
+        return
+    raise HubUnavailableError(
+        f"model {name!r} ({official}) needs the Hugging Face hub, which cannot be reached from here, and is not in "
+        f"the local hub cache; pass a local Hugging Face directory instead, or use an offline model: {', '.join(_known_names())}"
+    )
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     numerics: Numerics = "raw",
@@ -204,6 +216,7 @@ def load_model(
                          tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)), path=str(path.resolve()),
                          weights="sha256:" + files_digest(weight_files(path)))
     elif _is_tl_official(name):
+        _check_hub(name)
         loader = HookedTransformer.from_pretrained if numerics == "processed" else HookedTransformer.from_pretrained_no_processing
         model = loader(name, device=device, dtype=dtype)
         model.eval()

@@ -1,0 +1,69 @@
+"""What `workbench probes` lists, answered in well under a second.
+
+Listing the analyses means importing them (torch, TransformerLens, SAE Lens: seconds). The
+listing is kept in `<cache>/catalogue.json` together with a fingerprint of every source file it
+was built from (path, size and modification time of each .py under probes/ and workbench/); while
+the fingerprint matches, the listing is read from there and nothing heavy is imported. Any edit
+to a source file changes the fingerprint and the next call rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from workbench.io import atomic_path
+from workbench.paths import cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("probes", "workbench")
+FILE = "catalogue.json"
+
+
+def source_fingerprint(root: Path = ROOT) -> str:
+    """A digest of (path, size, mtime) of every Python file the listing could depend on."""
+    h = hashlib.sha256()
+    for top in SOURCES:
+        for dirpath, dirnames, filenames in os.walk(root / top):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")))
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    p = Path(dirpath, name)
+                    st = p.stat()
+                    h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def build() -> list[dict[str, Any]]:
+    """The listing, from the registry itself (imports every analysis)."""
+    from workbench.probe_api import describe_config, list_probes, list_studies
+
+    rows = []
+    for spec in [*list_probes(), *list_studies()]:
+        fields = [{"name": f["name"], "type": f["type"], "default": repr(f["default"])} for f in describe_config(spec)]
+        row = {"name": spec.name, "kind": spec.kind, "description": spec.description, "fields": fields}
+        if spec.kind == "probe":
+            row |= {"numerics": spec.numerics, "default_model": spec.default_model, "default_corpus": spec.default_corpus}
+        rows.append(row)
+    return rows
+
+
+def catalogue(refresh: bool = False) -> list[dict[str, Any]]:
+    """Every probe and study with its description and config fields (cached; see the module doc)."""
+    path = cache_dir() / FILE
+    fingerprint = source_fingerprint()
+    if not refresh:
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                return saved["analyses"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # absent or unreadable: rebuilt below
+    rows = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "analyses": rows}, indent=1))
+    return rows
