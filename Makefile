@@ -1,5 +1,5 @@
 # Two entry points on a fresh machine:
-#   make run   set up, run the built-in analysis on the embedded defaults, open the dashboard
+#   make run   set up, fill every dashboard page with a first look at the embedded defaults, open the dashboard
 #   make test  set up (with Chromium for browser tests) and run the test suite
 VENV ?= .venv
 WB = $(VENV)/bin/workbench
@@ -9,7 +9,7 @@ PORT ?= 8050
 .PHONY: run test setup figures bench
 run:
 	scripts/setup.sh
-	$(WB) run residual-norms --model smollm2-135m --corpus brown
+	$(WB) figures --preset first-look
 	$(WB) dashboard --host $(HOST) --port $(PORT)
 
 test:

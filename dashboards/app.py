@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from dash import Dash, Input, Output, dcc, html
 
-from dashboards.base import AppContext, DashPage, error_message
+from dashboards.base import AppContext, DashPage, error_message, register_run_defaults
 from dashboards.exports import register_export_callbacks
 from dashboards.graphs import register_graph_callbacks
 from dashboards.jobs import JobManager
@@ -123,6 +123,7 @@ def create_app(
     app.workbench_ctx = ctx
     register_export_callbacks(app)
     register_graph_callbacks(app)
+    register_run_defaults(app, ctx)
 
     ok: list[DashPage] = []
     for page in pages:

@@ -208,3 +208,97 @@ def error_box(component_id: str) -> html.Div:
 def error_message(e: BaseException) -> html.Div:
     """A readable error for the page (never a traceback dump, never a dead app)."""
     return html.Div([html.Strong(type(e).__name__ + ": "), html.Span(str(e))], className="error")
+
+
+# ----------------------------------------------------------------------------- what a page says about its run
+
+FIRST_LOOK = "first-look"
+CPU_PRESET = "workbench figures --preset cpu"
+
+
+def run_note(note_id: str) -> html.Div:
+    """Where a page says what it shows: an empty state with a one-click run, a first-look banner,
+    or why the run in the address is not the one shown (filled by `register_run_note`)."""
+    return html.Div(id=note_id, className="run-note", role="status")
+
+
+def register_run_note(app: Dash, ctx: AppContext, picker_id: str, note_id: str, probe: str, also: tuple[str, ...] = ()) -> None:
+    """Fill `note_id` from the picker's run: "No <probe> run yet" with a "Run with defaults" button
+    and the time it should take here; the label of a first-look run and how to get the report's
+    numbers; a `?run=` that names a run of another probe (`also`: other probes the picker offers)."""
+    from dash import Input, Output, State
+
+    @app.callback(Output(note_id, "children"), Input(picker_id, "value"), State("url", "search"))
+    def _note(run_id, search):
+        parts = []
+        wanted = run_from_search(search)
+        if wanted is not None and wanted != run_id:
+            row = ctx.store.get_run(wanted)
+            what = ("no such run" if row is None else f"a {row['probe']} run" if row["probe"] not in (probe, *also)
+                    else f"{row['status']}, not finished")
+            parts.append(html.P(f"Run #{wanted} in the address is {what}; "
+                                + (f"showing #{run_id} instead." if run_id is not None else "nothing to show."),
+                                className="warning", id=f"{note_id}-wrong-run"))
+        if run_id is None:
+            parts.append(empty_state(ctx, probe, note_id))
+            return parts
+        row = ctx.store.get_run(int(run_id))
+        label = (row or {}).get("label") or ""
+        if label.startswith(FIRST_LOOK):
+            budget = label.split(":", 1)[1].strip() if ":" in label else ""
+            parts.append(html.P([html.Strong("First look"), f" (budget: {budget}). For the report's numbers run ",
+                                 html.Code(CPU_PRESET), " (about 5 h 30 min on a 2-core CPU)."], className="first-look"))
+        return parts
+
+
+def empty_state(ctx: AppContext, probe: str, note_id: str) -> html.Div:
+    """No stored run yet: what to run, in one click, and how long it should take here."""
+    from workbench.probe_api import get_probe
+
+    spec = get_probe(probe)
+    took = estimate_text(ctx, spec)
+    return html.Div([
+        html.P([html.Strong(f"No {probe} run yet. "), f"Run it on {spec.default_model} with its defaults{took}: ",
+                html.Button("Run with defaults", id={"type": "run-defaults", "probe": probe}, className="primary-btn"),
+                " — or from a terminal: ", html.Code(f"workbench run {probe}"), "; or fill every page at once with ",
+                html.Code("workbench figures --preset first-look"), "."]),
+        html.Div(id={"type": "run-defaults-status", "probe": probe}, className="run-defaults-status"),
+    ], className="empty-state", id=f"{note_id}-empty")
+
+
+def estimate_text(ctx: AppContext, spec) -> str:
+    """", about 4 min here" from the probe's cost model and this machine's measured speed ("" when
+    the probe has none or the model cannot be loaded)."""
+    from workbench.config import config_from_dict
+    from workbench.cost import estimate_seconds
+    from workbench.progress import format_seconds
+
+    if getattr(spec, "cost", None) is None:
+        return ""
+    try:
+        model = ctx.model(spec.default_model, numerics=spec.numerics)
+        seconds = estimate_seconds(spec, config_from_dict(spec.config_cls, {}), model)
+    except Exception:  # noqa: BLE001 - an estimate is a courtesy; the button still works
+        return ""
+    return "" if seconds is None else f" (about {format_seconds(seconds)} here)"
+
+
+def register_run_defaults(app: Dash, ctx: AppContext) -> None:
+    """Every page's "Run with defaults" button queues its probe to the worker (app-wide, once)."""
+    from dash import MATCH, Input, Output, State
+
+    @app.callback(Output({"type": "run-defaults-status", "probe": MATCH}, "children"),
+                  Input({"type": "run-defaults", "probe": MATCH}, "n_clicks"),
+                  State({"type": "run-defaults", "probe": MATCH}, "id"), prevent_initial_call=True)
+    def _queue(n, ident):
+        from workbench.probe_api import get_probe
+
+        if not n:
+            return ""
+        try:
+            spec = get_probe(ident["probe"])
+            run_id = ctx.jobs.submit(spec.name, spec.default_model, spec.default_corpus, {})
+        except Exception as e:  # noqa: BLE001 - shown on the page
+            return error_message(e)
+        return html.Span(["Queued as run ", html.A(f"#{run_id}", href="/"), ": follow its progress on Home; this page "
+                          "shows it when it is done (reload)."])

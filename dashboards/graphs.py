@@ -195,13 +195,19 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _attribute_rows(d: dict) -> list[html.Tr]:
+    """A node's or edge's attributes as table rows: readable names, absent values left out (the
+    last prompt position has no next token, so no lens p(next))."""
+    return [html.Tr([html.Th(k.replace("_", " ")), html.Td(_fmt(v))]) for k, v in d.items() if k not in _HIDDEN and v is not None]
+
+
 _HIDDEN = {"id", "label", "color", "size", "directed", "nx_id", "href", "source", "target", "weight", "title", "timeStamp"}
 
 
 def node_details(node: dict, elements: list[dict]) -> html.Div:
     """Details of a clicked node: its attributes and its strongest incoming and outgoing edges."""
     nid = node["id"]
-    rows = [html.Tr([html.Th(k), html.Td(_fmt(v))]) for k, v in node.items() if k not in _HIDDEN]
+    rows = _attribute_rows(node)
     labels = {e["data"]["id"]: e["data"].get("label") or e["data"]["id"] for e in elements if "source" not in e["data"]}
     edges = [e["data"] for e in elements if "source" in e["data"]]
 
@@ -224,7 +230,7 @@ def node_details(node: dict, elements: list[dict]) -> html.Div:
 
 
 def edge_details(edge: dict) -> html.Div:
-    rows = [html.Tr([html.Th(k), html.Td(_fmt(v))]) for k, v in edge.items() if k not in _HIDDEN]
+    rows = _attribute_rows(edge)
     return html.Div([html.H5(f"{edge.get('source')} → {edge.get('target')}", className="details-title"),
                      html.Table(html.Tbody(rows), className="details-table")], className="node-details")
 

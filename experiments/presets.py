@@ -5,6 +5,8 @@ module keeps a `PRESETS` dict with "cpu", "gpu" and "quick" entries) plus overri
 entries, such as the model. The named GPU presets run the same scripts on the models the papers
 used, at the experiments' "gpu" budgets:
 
+- `first-look`: every dashboard page filled in minutes at small budgets (experiments/first_look.py;
+  the dashboard says so beside each of its runs);
 - `cpu`: the embedded defaults (SmolLM2-135M, Brown) at budgets that fit a 2-core CPU;
 - `gpu`: the embedded model at the larger "gpu" budgets;
 - `gpt2-small`: GPT-2 small (TransformerLens name `gpt2`); pretrained SAEs from the SAE Lens
@@ -112,14 +114,17 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+FIRST_LOOK = "first-look"  # not a settings table: experiments/first_look.py runs every page's analysis at a small budget
+
+
 def known() -> list[str]:
-    return list(PRESETS)
+    return [*PRESETS, FIRST_LOOK]
 
 
 def resolve(name: str) -> Preset:
     """The preset called `name`; an error naming the known presets otherwise."""
     if name not in PRESETS:
-        raise UnknownPresetError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)} "
+        raise UnknownPresetError(f"unknown preset {name!r}; known presets: {', '.join(known())} "
                                  "(see `python -m experiments.presets`)")
     return PRESETS[name]
 
@@ -245,7 +250,9 @@ def needed_files(preset: Preset) -> list[NeededFile]:
         out.append(NeededFile(repo, (*tok, "tokenizer_config.json"), f"{m}: tokenizer",
                               all(_cached(repo, f) for f in (*tok, "tokenizer_config.json"))))
     if preset.saes:
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        from sae_lens.loading.pretrained_saes_directory import (
+            get_pretrained_saes_directory,
+        )
 
         directory = get_pretrained_saes_directory()
         for src in preset.saes:

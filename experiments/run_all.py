@@ -266,6 +266,14 @@ def main(only: list[str] | None = None, out: str | Path | None = None, quick: bo
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise SystemExit(f"Unknown analyses {unknown}; choose from {ANALYSES}")
+    if preset == named_presets.FIRST_LOOK:  # not a report: real runs that fill every page, quickly
+        from experiments import first_look
+
+        if dry_run:
+            first_look.print_plan()
+        else:
+            first_look.main(device)
+        return []
     if dry_run:
         print_plan(preset, quick, device, names)
         return []

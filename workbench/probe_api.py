@@ -40,6 +40,8 @@ class ProbeSpec:
     default_model: str = "smollm2-135m"
     default_corpus: str | None = "brown"
     kind: str = "probe"
+    # the work of a run in forward token-passes, from its config and the model's config (workbench.cost); None: unknown
+    cost: Callable[[Any, Any], float | None] | None = None
 
     @property
     def module(self) -> str:

@@ -62,3 +62,13 @@ class ProgressBar:
 
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, initial: int = 0) -> ProgressBar:
     return ProgressBar(total, desc, unit, enabled, initial)
+
+
+def format_seconds(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '1 h 05 min': durations as a person reads them."""
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"

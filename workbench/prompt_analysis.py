@@ -128,14 +128,27 @@ def compute_lens(a: PromptAnalysis, model: HookedTransformer, positions: int = L
     return a
 
 
-def attention_flow_graph(a: PromptAnalysis, tokenizer=None, window: int = 16, per_node: int = 2, threshold: float = 0.01) -> nx.DiGraph:
+FLOW_LAYERS = 10  # blocks a flow graph shows by default (the last ones: more are unreadable at 30 layers)
+
+
+def flow_layer_range(n_layers: int, span: int = FLOW_LAYERS) -> tuple[int, int]:
+    """The default blocks (first, last) of a flow graph: all of a small model, the last `span` of a deep one."""
+    return (max(0, n_layers - span), n_layers - 1)
+
+
+def attention_flow_graph(a: PromptAnalysis, tokenizer=None, window: int = 16, per_node: int = 2, threshold: float = 0.01,
+                         layers: tuple[int, int] | None = None) -> nx.DiGraph:
     """Attention flow over the last `window` positions: node (layer, position) for the residual
     stream before block `layer` (layer L = the output); an edge from (l, key) to (l+1, query) for
-    each of the `per_node` keys that query attends to most (head mean, at least `threshold`)."""
+    each of the `per_node` keys that query attends to most (head mean, at least `threshold`).
+    `layers` = (first, last) limits the graph to those blocks (default `flow_layer_range`)."""
     T, L = a.n_tokens, a.n_layers
+    lo, hi = layers if layers is not None else flow_layer_range(L)
+    lo, hi = max(0, min(int(lo), L - 1)), max(0, min(int(hi), L - 1))
+    lo, hi = min(lo, hi), max(lo, hi)
     start = max(0, T - min(window, T - a.lens_start))
-    G = nx.DiGraph()
-    for l in range(L + 1):
+    G = nx.DiGraph(layers=(lo, hi))
+    for l in range(lo, hi + 2):
         norms = a.resid_norms[l, start:]
         nmax = float(norms.max()) or 1.0
         for p in range(start, T):
@@ -147,7 +160,7 @@ def attention_flow_graph(a: PromptAnalysis, tokenizer=None, window: int = 16, pe
                 resid_norm_share=round(float(a.resid_norms[l, p]) / nmax, 4), lens_top1=lens_tok,
                 lens_top1_prob=round(float(a.lens_top1_prob[l, j]), 4), lens_p_next=None if p_next is None else round(p_next, 4),
             )
-    for l in range(L):
+    for l in range(lo, hi + 1):
         mean = a.attn[l].float().mean(0)  # [T, T]
         for q in range(start, T):
             w = mean[q, start:q + 1]

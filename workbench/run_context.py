@@ -61,3 +61,21 @@ def running(ctx: RunContext) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+_label: contextvars.ContextVar[str | None] = contextvars.ContextVar("wb_label", default=None)
+
+
+def current_label() -> str | None:
+    """The label runs started now get in the registry (e.g. "first-look: ..."), or None."""
+    return _label.get()
+
+
+@contextmanager
+def labelled(label: str) -> Iterator[None]:
+    """Runs registered inside get `label` (the dashboard shows it beside the run)."""
+    token = _label.set(label)
+    try:
+        yield
+    finally:
+        _label.reset(token)

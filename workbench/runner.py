@@ -37,7 +37,7 @@ from workbench.probe_api import (
 from workbench.progress import reporting_to
 from workbench.resources import resource_identities
 from workbench.results import Result
-from workbench.run_context import RunContext, running
+from workbench.run_context import RunContext, current_label, running
 from workbench.store import FINISHED_OK, ResultStore, result_key
 
 
@@ -212,7 +212,7 @@ def _register(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int | 
         return broadcast(None)
     if run_id is None:
         run_id = store.start_run(key, spec.name, row["model"], row["numerics"], row["corpus"], asdict(cfg), version,
-                                 world_size=w.size)
+                                 world_size=w.size, label=current_label())
     else:
         current = store.get_run(run_id)
         if current is not None and current["status"] == "queued" and store.claim(run_id) is None:

@@ -74,6 +74,7 @@ EXTRA_COLUMNS = {
     "cancel_requested": "INTEGER DEFAULT 0",
     "world_size": "INTEGER DEFAULT 1",
     "request": "TEXT",           # a queued run's request as asked (probe, model, corpus, config names), kept for retries
+    "label": "TEXT",             # why the run was made, e.g. "first-look: 4,096 Brown tokens" (pages show it)
 }
 
 
@@ -253,7 +254,7 @@ class ResultStore:
             con.close()
 
     def start_run(self, key: str, probe: str, model: str, numerics: str, corpus: str | None, config: dict, code_version: str,
-                  status: str = "running", world_size: int = 1) -> int:
+                  status: str = "running", world_size: int = 1, label: str | None = None) -> int:
         now = time.time()
         proc = this_process() if status == "running" else {"pid": None, "host": None, "proc_start": None}
         config_json = json.dumps(config, default=_json_default, sort_keys=True)
@@ -261,16 +262,16 @@ class ResultStore:
         with self._db() as db:
             cur = db.execute(
                 "INSERT INTO runs (key, probe, model, numerics, corpus, config, code_version, status, created, started,"
-                " pid, host, proc_start, attempts, world_size, request) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " pid, host, proc_start, attempts, world_size, request, label) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (key, probe, model, numerics, corpus, config_json, code_version,
                  status, now, now if status == "running" else None, proc["pid"], proc["host"], proc["proc_start"],
-                 1 if status == "running" else 0, world_size, request),
+                 1 if status == "running" else 0, world_size, request, label),
             )
             return int(cur.lastrowid)
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         allowed = {"status", "progress", "message", "started", "finished", "wall_s", "artifact", "summary", "error",
-                   "key", "model", "numerics", "corpus", "config", "code_version", "world_size"}
+                   "key", "model", "numerics", "corpus", "config", "code_version", "world_size", "label"}
         bad = set(fields) - allowed
         if bad:
             raise ValueError(f"cannot update {bad}")
@@ -327,6 +328,13 @@ class ResultStore:
                      "the process running this run ended (killed or crashed) before it finished", run_id),
                 )
         return dead
+
+    def forget_run(self, run_id: int) -> bool:
+        """Remove a run that ended without a result (failed, interrupted, cancelled) from the registry;
+        its checkpoints stay (a later run of the same key resumes from them). False for any other run."""
+        with self._db() as db:
+            cur = db.execute("DELETE FROM runs WHERE run_id = ? AND status IN ('failed', 'interrupted', 'cancelled')", (run_id,))
+            return cur.rowcount == 1
 
     def request_cancel(self, run_id: int) -> str:
         """Cancel a run: a queued one at once, a running one at its next progress report.

@@ -75,23 +75,27 @@ def prompt_norms_figure(norms: np.ndarray, tokens: list[str], position: int, has
 def logit_lens_figure(next_prob: np.ndarray, top1: list[list[str]], top1_prob: np.ndarray, tokens: list[str], offset: int = 0) -> go.Figure:
     """Logit lens: for each layer and position, the probability the lens gives the token that
     actually comes next (colour) and the lens's own top-1 token (text and hover). The lens
-    covers positions offset.. of `tokens`."""
+    covers positions offset.. of `tokens`; the last position, whose next token the prompt does not
+    contain (the one the model is asked for), shows the top-1 only, on a blank cell."""
     L1, Tm1 = next_prob.shape
-    text = np.array(top1)[:, :Tm1]
-    nxt = [tokens[offset + p + 1] for p in range(Tm1)]
-    custom = np.dstack([text, np.array([nxt] * L1), np.round(top1_prob[:, :Tm1], 3)])
-    shown = tokens[offset: offset + Tm1]
-    step = max(1, int(np.ceil(Tm1 / 48)))
+    T = Tm1 + 1  # positions offset .. offset + Tm1, the last included
+    text = np.array(top1)[:, :T]
+    z = np.concatenate([next_prob, np.full((L1, 1), np.nan)], axis=1)
+    nxt = [tokens[offset + p + 1] for p in range(Tm1)] + ["(end of prompt)"]
+    custom = np.dstack([text, np.array([nxt] * L1), np.round(top1_prob[:, :T], 3)])
+    shown = tokens[offset: offset + T]
+    step = max(1, int(np.ceil(T / 48)))
+    ticks = sorted(set(range(offset, offset + T, step)) | {offset + T - 1})
     fig = go.Figure(go.Heatmap(
-        x=np.arange(offset, offset + Tm1), z=next_prob, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="p(next)", thickness=12),
-        text=text if Tm1 <= 40 else None, texttemplate="%{text}" if Tm1 <= 40 else None, textfont=dict(size=9),
-        customdata=custom,
+        x=np.arange(offset, offset + T), z=z, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="p(next)", thickness=12),
+        text=text if T <= 40 else None, texttemplate="%{text}" if T <= 40 else None, textfont=dict(size=9),
+        customdata=custom, hoverongaps=True,
         hovertemplate="layer %{y}, position %{x}<br>next token '%{customdata[1]}': p=%{z:.3f}<br>lens top-1 '%{customdata[0]}' (p=%{customdata[2]})<extra></extra>",
     ))
-    fig.update_layout(template=TEMPLATE, title="Logit lens: p(actual next token), text: top-1",
+    fig.update_layout(template=TEMPLATE, title="Logit lens: p(actual next token), text: top-1 (last column: the prediction)",
                       height=min(760, 200 + 22 * L1),
                       xaxis=dict(title="position (predicting the next token)", tickmode="array", tickangle=-60, tickfont=dict(size=10),
-                                 tickvals=list(range(offset, offset + Tm1, step)), ticktext=shown[::step]),
+                                 tickvals=ticks, ticktext=[shown[t - offset] for t in ticks]),
                       yaxis=dict(title="layer", dtick=max(1, L1 // 15)))
     return fig
 

@@ -13,7 +13,9 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    register_run_note,
     register_run_picker,
+    run_note,
     run_picker,
 )
 from dashboards.figures import attention_sinks as figs
@@ -39,6 +41,7 @@ def layout() -> html.Div:
                    className="lead"),
             html.Div([run_picker("as-run", "attention-sinks or bigram-backcopy"), _dropdown("as-domain", "Domain"), _dropdown("as-compare", "Compare with"),
                       _dropdown("as-layer", "Layer"), _dropdown("as-head", "Head")], className="controls"),
+            run_note("as-note"),
             error_box("as-error"),
             html.Div(html.Div(id="as-summary"), className="card"),
             html.Div([figure_card("as-sink", "Sink mass per head", "Mean attention on the first token over query positions ≥ 1."),
@@ -103,6 +106,7 @@ def _contrast_table(result, a: str, b: str) -> html.Div:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_run_picker(app, ctx, "as-run", PROBES)
+    register_run_note(app, ctx, "as-run", "as-note", PROBE, also=PROBES)
 
     @app.callback(Output("as-domain", "options"), Output("as-domain", "value"), Output("as-compare", "options"), Output("as-compare", "value"),
                   Output("as-layer", "options"), Output("as-layer", "value"), Output("as-head", "options"), Output("as-head", "value"),

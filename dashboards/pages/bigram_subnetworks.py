@@ -12,7 +12,9 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    register_run_note,
     register_run_picker,
+    run_note,
     run_picker,
 )
 from dashboards.figures import empty_figure
@@ -53,6 +55,7 @@ def layout() -> html.Div:
                 ],
                 className="controls",
             ),
+            run_note("bs-note"),
             error_box("bs-error"),
             html.Div(html.Div(id="bs-summary"), className="card"),
             figure_card("bs-r", "Bigram r against sparsity", "Pearson r between the masked model's per-token surprisal and the bigram "
@@ -73,6 +76,7 @@ def layout() -> html.Div:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_run_picker(app, ctx, "bs-run", PROBE)
+    register_run_note(app, ctx, "bs-run", "bs-note", PROBE)
 
     @app.callback(Output("bs-a", "options"), Output("bs-a", "value"), Output("bs-b", "options"), Output("bs-b", "value"),
                   Input("bs-run", "value"))

@@ -15,7 +15,9 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    register_run_note,
     register_run_picker,
+    run_note,
     run_options,
     run_picker,
 )
@@ -45,6 +47,7 @@ def layout() -> html.Div:
             html.Div([run_picker("ft-run", PROBE), _dropdown("ft-layer", "SAE (layer)"),
                       _number("ft-ntokens", "Graph tokens", 20, 2, 60), _number("ft-nfeatures", "Features per token", 6, 1, 20)],
                      className="controls"),
+            run_note("ft-note"),
             error_box("ft-error"),
             html.Div(html.Div(id="ft-summary"), className="card"),
             html.Div([figure_card("ft-degree", "Degree against frequency rank", "Log-log, one colour per SAE; filled = function tokens."),
@@ -186,6 +189,7 @@ def steering_block(result) -> html.Div:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_run_picker(app, ctx, "ft-run", PROBE)
+    register_run_note(app, ctx, "ft-run", "ft-note", PROBE)
     register_run_picker(app, ctx, "ft-steer-run", STEER)
 
     @app.callback(Output("ft-layer", "options"), Output("ft-layer", "value"), Input("ft-run", "value"))

@@ -118,9 +118,12 @@ def _status_cell(r: dict) -> html.Td:
     if s in RETRYABLE:
         parts.append(html.Button("Retry", id={"type": "home-retry", "run": r["run_id"]}, className="row-btn",
                                  title="queue this run again; it resumes from its checkpoints"))
+        parts.append(html.Button("Clear", id={"type": "home-clear", "run": r["run_id"]}, className="row-btn",
+                                 title="remove this row from the registry (its checkpoints stay)"))
         first = (r["error"] or "").strip().splitlines()[:1]
         if first:
-            parts.append(html.Details([html.Summary(first[0][:120]), html.Pre(r["error"] or "", className="traceback")], className="run-error"))
+            parts.append(html.Details([html.Summary(first[0][:120], title=first[0]), html.Pre(r["error"] or "", className="traceback")],
+                                      className="run-error"))
     return html.Td(parts)
 
 
@@ -144,12 +147,13 @@ def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
                 _status_cell(r),
                 html.Td([html.Span(str(r["model"] or "")), html.Span(f" {r['numerics'] or ''}", className="muted")]),
                 html.Td(str(r["corpus"] or "—")),
-                html.Td(short, title=full, className="config-cell"),
+                html.Td(html.Span(short, className="clip"), title=full, className="config-cell"),
                 html.Td(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else ""),
                 html.Td(f"{r['wall_s']:.1f} s" if r["wall_s"] else ""),
                 html.Td(result),
             ],
             id=f"run-row-{r['run_id']}", className=f"run-row row-{r['status']}", **{"data-status": r["status"]},
+            title=r.get("label") or None,
         ))
     return html.Table([head, html.Tbody(body)], className="runs-table")
 
@@ -191,9 +195,10 @@ def register(app: Dash, ctx: AppContext) -> None:
     @app.callback(
         Output("home-row-msg", "children"),
         Input({"type": "home-cancel", "run": ALL}, "n_clicks"), Input({"type": "home-retry", "run": ALL}, "n_clicks"),
+        Input({"type": "home-clear", "run": ALL}, "n_clicks"),
         prevent_initial_call=True,
     )
-    def _row_action(_cancels, _retries):
+    def _row_action(_cancels, _retries, _clears):
         trig = callback_context.triggered_id
         if not isinstance(trig, dict) or not any(t["value"] for t in callback_context.triggered):
             return no_update  # the buttons were (re)drawn, not clicked
@@ -201,6 +206,8 @@ def register(app: Dash, ctx: AppContext) -> None:
         if trig["type"] == "home-cancel":
             status = ctx.jobs.cancel(run_id)
             return f"Run #{run_id}: " + ("cancelled." if status == "cancelled" else "cancelling…" if status == "running" else f"it is {status}.")
+        if trig["type"] == "home-clear":
+            return f"Run #{run_id} cleared." if ctx.store.forget_run(run_id) else f"Run #{run_id} cannot be cleared (only runs that ended without a result)."
         ok = ctx.jobs.retry(run_id)
         return f"Run #{run_id} queued again." if ok else f"Run #{run_id} cannot be retried now."
 
@@ -211,6 +218,7 @@ def register(app: Dash, ctx: AppContext) -> None:
     )
     def _refresh(_n, _kick, sig):
         ctx.jobs.check()
+        ctx.store.mark_interrupted()  # a run whose process was killed from outside stops showing "running"
         rows = ctx.store.runs(limit=MAX_ROWS)
         active = any(r["status"] in ACTIVE for r in rows)
         new_sig = [[r["run_id"], r["status"], round(float(r["progress"] or 0), 3), r["message"]] for r in rows]

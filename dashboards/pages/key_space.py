@@ -20,7 +20,9 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    register_run_note,
     register_run_picker,
+    run_note,
     run_picker,
 )
 from dashboards.figures import empty_figure
@@ -58,6 +60,7 @@ def layout() -> html.Div:
                    "together: the middle ranks fill with tokens resembling the top ones. In-context navigation lists the answers "
                    "explored so far in the prompt, which moves the query away from their keys.", className="lead"),
             html.Div([run_picker("ks-run", PROBE)], className="controls"),
+            run_note("ks-note"),
             error_box("ks-error"),
             html.Div(html.Div(id="ks-summary"), className="card"),
             html.Div(
@@ -212,6 +215,7 @@ def token_view(ctx: AppContext, run_id, token: str | None) -> tuple:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_run_picker(app, ctx, "ks-run", PROBE)
+    register_run_note(app, ctx, "ks-run", "ks-note", PROBE)
 
     @app.callback(
         Output("ks-category", "options"), Output("ks-category", "value"), Output("ks-judge", "options"),

@@ -11,7 +11,9 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    register_run_note,
     register_run_picker,
+    run_note,
     run_picker,
 )
 from dashboards.figures import empty_figure
@@ -46,6 +48,7 @@ def layout() -> html.Div:
                         "and NC4 mismatch to fall as validation loss falls (ρ > 0)."),
             html.H3("One model"),
             html.Div([run_picker("lc-run", PROBE)], className="controls"),
+            run_note("lc-note"),
             error_box("lc-error"),
             html.Div(html.Div(id="lc-summary"), className="card"),
             html.Div([figure_card("lc-cos", "Class-mean cosines", "Most frequent classes; hover a cell for the class's count, norm and self-duality."),
@@ -76,6 +79,7 @@ def model_view(result) -> tuple:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_run_picker(app, ctx, "lc-run", PROBE)
+    register_run_note(app, ctx, "lc-run", "lc-note", PROBE)
 
     @app.callback(Output("lc-sweep", "options"), Output("lc-sweep", "value"), Input("url", "pathname"))
     def _fill_sweeps(_path):

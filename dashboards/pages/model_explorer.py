@@ -46,6 +46,7 @@ from workbench.prompt_analysis import (
     attention_flow_graph,
     check_prompt,
     compute_lens,
+    flow_layer_range,
 )
 
 DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
@@ -142,8 +143,11 @@ def layout() -> html.Div:
                 ],
                 className="grid-2", id="explorer-lens-row",
             ),
+            html.Div([html.Label("Flow graph layers", htmlFor="explorer-flow-layers"),
+                      dcc.RangeSlider(id="explorer-flow-layers", min=0, max=1, step=1, value=[0, 1], allowCross=False,
+                                      tooltip={"placement": "bottom"})], className="form-field wide", id="explorer-flow-controls"),
             graph_card("explorer-flow", "Attention flow",
-                       "Residual stream at each layer (rows, embeddings at the bottom) and position (columns, last 16 tokens); "
+                       "Residual stream at each chosen layer (rows) and position (columns, last 16 tokens); "
                        "each node keeps its two strongest incoming attention edges (mean over heads). Colour: logit-lens "
                        "probability of the actual next token; size: residual norm. Click a node for details.", height="560px"),
             dcc.Store(id="explorer-data"),
@@ -289,13 +293,23 @@ def register(app: Dash, app_ctx: AppContext) -> None:
         except Exception as e:
             return empty_figure(f"{type(e).__name__}: {e}")
 
-    @app.callback(Output(cyto_graph("explorer-flow"), "elements"), Input("explorer-data", "data"))
-    def _flow(data):
+    @app.callback(Output("explorer-flow-layers", "max"), Output("explorer-flow-layers", "value"), Output("explorer-flow-layers", "marks"),
+                  Input("explorer-data", "data"))
+    def _flow_range(data):
+        if not data:
+            return no_update, no_update, no_update
+        L = int(data["L"])
+        marks = {l: str(l) for l in range(0, L, max(1, L // 10))} | {L - 1: str(L - 1)}
+        return L - 1, list(flow_layer_range(L)), marks
+
+    @app.callback(Output(cyto_graph("explorer-flow"), "elements"), Input("explorer-data", "data"), Input("explorer-flow-layers", "value"))
+    def _flow(data, layers):
         if not data:
             return []
         try:
             a = _analysis(app_ctx, data, lens=True)
-            G = style_flow_graph(attention_flow_graph(a, _tokenizer(app_ctx, data["model"])))
+            span = tuple(layers) if layers and len(layers) == 2 and layers[1] <= a.n_layers - 1 else None
+            G = style_flow_graph(attention_flow_graph(a, _tokenizer(app_ctx, data["model"]), layers=span))
             return nx_to_elements(G, pos=flow_positions(G))
         except Exception:  # the other views show the error; an empty graph here
             log.exception("attention-flow graph failed")

@@ -11,7 +11,9 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    register_run_note,
     register_run_picker,
+    run_note,
     run_picker,
 )
 from dashboards.figures import empty_figure
@@ -41,6 +43,7 @@ def layout() -> html.Div:
                 ],
                 className="controls",
             ),
+            run_note("rn-note"),
             error_box("rn-error"),
             html.Div(html.Div(id="rn-summary"), className="card"),
             html.Div([figure_card("rn-norms", "Norm per layer", "Log scale; the band is ± one standard deviation over positions."),
@@ -52,6 +55,7 @@ def layout() -> html.Div:
 
 def register(app: Dash, ctx: AppContext) -> None:
     register_run_picker(app, ctx, "rn-run", PROBE)
+    register_run_note(app, ctx, "rn-run", "rn-note", PROBE)
 
     @app.callback(Output("rn-compare", "options"), Input("rn-run", "options"), Input("rn-run", "value"))
     def _compare_options(options, value):

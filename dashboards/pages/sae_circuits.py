@@ -15,6 +15,8 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    register_run_note,
+    run_note,
 )
 from dashboards.figures import empty_figure
 from dashboards.figures.sae_circuits import (
@@ -54,6 +56,7 @@ def layout() -> html.Div:
                 ],
                 className="controls",
             ),
+            run_note("sc-note"),
             error_box("sc-error"),
             dcc.Store(id="sc-head"),
             html.Div(html.Div(id="sc-summary"), className="card"),
@@ -104,6 +107,8 @@ def register(app: Dash, ctx: AppContext) -> None:
         opts = [{"label": f"#{c['run_id']} {c['model']} · {c['task']}", "value": c["run_id"]}
                 for c in run_choices(ctx) if task in (None, c["task"])]
         return opts, (opts[0]["value"] if opts else None)
+
+    register_run_note(app, ctx, "sc-run", "sc-note", PROBE)
 
     @app.callback(Output("sc-seed", "options"), Output("sc-seed", "value"), Output("sc-head", "data", allow_duplicate=True),
                   Input("sc-run", "value"), prevent_initial_call="initial_duplicate")

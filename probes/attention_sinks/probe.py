@@ -44,6 +44,7 @@ from probes.attention_sinks.heads import (
 from workbench.config import StreamConfig, setting
 from workbench.corpora import known_corpora, load_corpus
 from workbench.corpora.base import Corpus
+from workbench.cost import ablation_passes
 from workbench.errors import ConfigError
 from workbench.models.info import model_info
 from workbench.probe_api import ProbeSpec, register
@@ -180,6 +181,12 @@ def run(model: HookedTransformer, corpus: Corpus | None, config: AttentionSinksC
     return survey(model, corpus, config)
 
 
+def cost(config: AttentionSinksConfig, model_cfg) -> float | None:
+    """Forward token-passes over every domain: the survey slice and the per-head ablation."""
+    if config.max_tokens is None:
+        return None
+    return (1 + len(config.domains)) * (config.max_tokens + config.ablation_tokens * ablation_passes(model_cfg))
+
 SPEC = register(ProbeSpec(
     name="attention-sinks",
     description="Attention sinks, value drains and residual peaks per head and layer of a language model; active/dormant "
@@ -187,4 +194,5 @@ SPEC = register(ProbeSpec(
     config_cls=AttentionSinksConfig,
     result_cls=AttentionSinksResult,
     run=run,
+    cost=cost,
 ))

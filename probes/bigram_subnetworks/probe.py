@@ -396,6 +396,15 @@ def _ablation(model, eval_b, sub, opt, full_loss, n_random, seed, sub_label, opt
     return pd.DataFrame(rows)
 
 
+def cost(config: BigramSubnetworksConfig, model_cfg) -> float | None:
+    """Forward token-passes: every lambda's mask training (forward and backward: 3 passes per
+    token, at most max_steps steps), the evaluations of each mask and the random masks, and the
+    rotation statistics (on the model and on the selected subnetwork)."""
+    train = len(config.lambdas) * config.max_steps * config.batch_size * config.seq_len * 3
+    evals = config.eval_tokens * (len(config.lambdas) + config.n_random + 2)
+    return float(train + evals + 2 * config.rotation_tokens)
+
+
 SPEC = register(ProbeSpec(
     name="bigram-subnetworks",
     description="Continuous-sparsification masks that make the model predict bigrams: lambda sweep, optimal subnetwork, "
@@ -403,4 +412,5 @@ SPEC = register(ProbeSpec(
     config_cls=BigramSubnetworksConfig,
     result_cls=BigramSubnetworksResult,
     run=run,
+    cost=cost,
 ))

@@ -130,12 +130,18 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenLossConfi
     )
 
 
+def cost(config: FunctionTokenLossConfig, model_cfg) -> float | None:
+    """Forward token-passes: one over the slice."""
+    return None if config.max_tokens is None else float(config.max_tokens)
+
+
 SPEC = register(ProbeSpec(
     name="function-token-loss",
     description="Next-token loss split by (current, target) in function/content tokens: F->F, F->C, C->F, C->C mean CE and loss shares.",
     config_cls=FunctionTokenLossConfig,
     result_cls=FunctionTokenLossResult,
     run=run,
+    cost=cost,
 ))
 
 

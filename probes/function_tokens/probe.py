@@ -629,6 +629,14 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokensConfig) 
     return result
 
 
+def cost(config: FunctionTokensConfig, model_cfg) -> float | None:
+    """Forward token-passes: the slice (stopped at the deepest SAE's layer, SAE encodings counted
+    as a fifth of a pass each)."""
+    if config.max_tokens is None:
+        return None
+    return config.max_tokens * (1 + 0.2 * len(config.saes))
+
+
 SPEC = register(ProbeSpec(
     name="function-tokens",
     description="Function-token set (frequency mass), its closed-class overlap, and the token-SAE-feature bipartite graph: "
@@ -636,4 +644,5 @@ SPEC = register(ProbeSpec(
     config_cls=FunctionTokensConfig,
     result_cls=FunctionTokensResult,
     run=run,
+    cost=cost,
 ))

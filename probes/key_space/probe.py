@@ -596,6 +596,17 @@ def run(model: HookedTransformer, corpus: Corpus | None, config: KeySpaceConfig)
     )
 
 
+PROMPT_TOKENS = 48  # a category prompt in the chat template, roughly
+
+
+def cost(config: KeySpaceConfig, model_cfg) -> float | None:
+    """Forward token-passes: every probed first token and every explored answer is generated token by
+    token (the prompt re-read at each step), per category (all gold categories when none is named)."""
+    n_cat = len(config.categories) or len(gold_lists())
+    per_answer = sum(PROMPT_TOKENS + i for i in range(config.max_new_tokens))
+    return float(n_cat * (config.top_n + 2 * config.n_explore) * per_answer)
+
+
 SPEC = register(ProbeSpec(
     name="key-space",
     description="Unembedding key clusters and neighbours; middle-rank precision of in-cluster first tokens on closed "
@@ -603,6 +614,7 @@ SPEC = register(ProbeSpec(
     config_cls=KeySpaceConfig,
     result_cls=KeySpaceResult,
     run=run,
+    cost=cost,
     needs_corpus=False,
     default_corpus=None,
 ))

@@ -404,10 +404,18 @@ def run(model: HookedTransformer, corpus: Corpus, config: LinguisticCollapseConf
                                     geometry=geometry)
 
 
+def cost(config: LinguisticCollapseConfig, model_cfg) -> float | None:
+    """Forward token-passes: the class-mean slice (twice with two-pass variances) and the held-out slice."""
+    if config.max_tokens is None or config.heldout_max_tokens is None:
+        return None
+    return config.max_tokens * (2 if config.variance == "two-pass" else 1) + config.heldout_max_tokens
+
+
 SPEC = register(ProbeSpec(
     name="linguistic-collapse",
     description="Neural collapse (NC1-NC4) of the final-norm features with next tokens as classes, streamed in float64.",
     config_cls=LinguisticCollapseConfig,
     result_cls=LinguisticCollapseResult,
     run=run,
+    cost=cost,
 ))

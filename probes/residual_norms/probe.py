@@ -20,6 +20,7 @@ from workbench import hooks
 from workbench.config import StreamConfig, setting
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
+from workbench.cost import unembed_share
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
@@ -134,10 +135,19 @@ def run(model: HookedTransformer, corpus: Corpus, config: ResidualNormsConfig) -
     return ResidualNormsResult(meta={"slice": slice_info}, table=acc.table())
 
 
+def cost(config: ResidualNormsConfig, model_cfg) -> float | None:
+    """Forward token-passes: the slice, plus the logit lens (lens_positions of every seq_len
+    positions unembedded at every layer)."""
+    if config.max_tokens is None:
+        return None
+    lens = min(config.lens_positions or config.seq_len, config.seq_len) / config.seq_len
+    return config.max_tokens * (1 + lens * (model_cfg.n_layers + 1) * unembed_share(model_cfg))
+
 SPEC = register(ProbeSpec(
     name="residual-norms",
     description="Per-layer residual norms (BOS against the rest) and logit-lens top-1 accuracy over a corpus slice.",
     config_cls=ResidualNormsConfig,
     result_cls=ResidualNormsResult,
     run=run,
+    cost=cost,
 ))

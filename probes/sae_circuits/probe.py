@@ -58,6 +58,7 @@ from probes.sae_circuits.tasks.greater_than import greater_than_prompts
 from probes.sae_circuits.tasks.ioi import ioi_prompts
 from workbench import hooks
 from workbench.config import ConfigBase, setting
+from workbench.cost import ablation_passes
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.progress import progress_bar
@@ -372,6 +373,19 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
     )
 
 
+PROMPT_TOKENS = 20  # a task prompt's length, roughly (IOI, greater-than)
+
+
+def cost(config: SAECircuitsConfig, model_cfg) -> float | None:
+    """Forward token-passes: head outputs of every prompt pair, the per-head patching baseline
+    (every head of every layer re-run from its layer), and the SAE training on head outputs
+    (small next to a forward pass: a twentieth of one per prompt token and epoch, per seed)."""
+    pairs = config.n_prompts * PROMPT_TOKENS * 2
+    baseline = config.baseline_prompts * PROMPT_TOKENS * 2 * ablation_passes(model_cfg) * (2 if config.attribution_too else 1)
+    training = config.n_seeds * config.epochs * config.n_prompts * PROMPT_TOKENS * 0.05
+    return float(pairs + baseline + training)
+
+
 SPEC = register(ProbeSpec(
     name="sae-circuits",
     description="Circuit discovery from discrete SAE codes on head outputs (node and edge scores, ROC AUC over seeds) "
@@ -379,6 +393,7 @@ SPEC = register(ProbeSpec(
     config_cls=SAECircuitsConfig,
     result_cls=SAECircuitsResult,
     run=run,
+    cost=cost,
     numerics="processed",
     needs_corpus=False,
     default_corpus=None,
