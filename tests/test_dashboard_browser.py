@@ -3,10 +3,12 @@ store holding one residual-norms result. Screenshots go to tests/artifacts/scree
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -265,4 +267,81 @@ def test_cancel_a_running_job_and_retry_it(dash_duo, app):
     dash_duo.wait_for_contains_text("#home-row-msg", "queued again", timeout=10)
     assert store.get_run(run_id)["status"] in ("queued", "running")
     jobs.cancel(run_id)  # do not leave minutes of work behind
+    assert dash_duo.get_logs() == []
+
+
+def figure_data(dash_duo, graph_id: str, timeout: float = 30) -> dict:
+    """The drawn figure (data and layout title) of a figure card's graph, once it has data."""
+    js = """const el = document.getElementById(JSON.stringify({id: arguments[0], type: "wb-graph"}));
+            const p = el && el.querySelector('.js-plotly-plot');
+            if (!p || !p.data || !p.data.length) return null;
+            const plain = v => v == null ? null : (v._inputArray || v);  // plotly's typed arrays
+            const rows = v => v == null ? null : Array.from(plain(v), r => (r && r.length !== undefined) ? Array.from(r) : r);
+            return {data: p.data.map(t => ({type: t.type, z: rows(t.z), x: rows(t.x), y: rows(t.y)})),
+                    title: (p.layout.title && p.layout.title.text) || ''};"""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        fig = dash_duo.driver.execute_script(js, graph_id)
+        if fig and fig["data"][0]["z"] is not None:
+            return fig
+        time.sleep(0.3)
+    raise AssertionError(f"no figure data in {graph_id}")
+
+
+def test_explorer_dla_patching_and_attention_hover(dash_duo, app):
+    """Per-head direct logit attribution, an IOI-style patching heatmap with the exact sign, and
+    the token-level attention view answering a hover."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    start(dash_duo, app, "/model-explorer")
+    wait_page(dash_duo, "/model-explorer")
+    dash_duo.wait_for_element(".topk-row", timeout=30)
+    # direct logit attribution: layers x (heads + MLP), and the terms' sum is the logit
+    fig = figure_data(dash_duo, "explorer-dla")
+    z = fig["data"][0]["z"]
+    assert len(z) == 2 and len(z[0]) == 4 + 1
+    logit, total = map(float, re.search(r"logit (-?[\d.]+); the terms sum to (-?[\d.]+)", fig["title"]).groups())
+    assert abs(logit - total) <= 0.011
+
+    # activation patching on an IOI pair (single-letter names: the tiny model reads bytes)
+    set_textarea(dash_duo, "patch-clean", "When M and J went to the store, J gave a drink to ")
+    set_textarea(dash_duo, "patch-corrupted", "When M and J went to the store, M gave a drink to ")
+    retype(dash_duo.find_element("#patch-answer"), "M")
+    retype(dash_duo.find_element("#patch-wrong"), "J")
+    dash_duo.find_element("#patch-run").click()
+    fig = figure_data(dash_duo, "explorer-patch")
+    z = np.array(fig["data"][0]["z"], dtype=float)
+    s2 = 1 + len("When M and J went to the store, ")  # the changed name, after BOS
+    assert z.shape == (2, 1 + len("When M and J went to the store, J gave a drink to "))
+    assert abs(z[0, s2] - 1) < 1e-3  # the residual at the changed position carries the whole clean answer
+    assert np.abs(np.delete(z[0], s2)).max() < 1e-3  # and nothing else does, at the embeddings
+    assert dash_duo.find_element("#patch-error").text == ""
+    card = dash_duo.driver.execute_script(
+        "return document.getElementById(JSON.stringify({id: 'explorer-patch', type: 'wb-graph'})).closest('.figure-card');")
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", card)
+    time.sleep(0.5)
+    card.screenshot(str(SHOTS / "explorer_patching.png"))
+    # unequal lengths: one line naming the problem
+    set_textarea(dash_duo, "patch-corrupted", "When M and J went to the store, M gave a drink")
+    dash_duo.find_element("#patch-run").click()
+    dash_duo.wait_for_contains_text("#patch-error", "same number of tokens", timeout=15)
+
+    # the attention view: hovering a token shows its weights over earlier tokens (they sum to 1)
+    frame = dash_duo.wait_for_element("#explorer-attn-view", timeout=15)
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", frame)
+    dash_duo.driver.switch_to.frame(frame)
+    try:
+        deadline = time.time() + 15
+        while len(dash_duo.driver.find_elements("css selector", ".av-tok")) < 5 and time.time() < deadline:
+            time.sleep(0.2)
+        toks = dash_duo.driver.find_elements("css selector", ".av-tok")
+        ActionChains(dash_duo.driver).move_to_element(toks[4]).perform()
+        time.sleep(0.3)
+        weights = [t.get_attribute("data-weight") for t in toks]
+        assert all(w for w in weights[:5]) and not any(weights[5:])
+        assert abs(sum(float(w) for w in weights[:5]) - 1) < 0.01
+        assert "position 4" in dash_duo.driver.find_element("css selector", ".av-info").text
+        assert "av-query" in toks[4].get_attribute("class")
+    finally:
+        dash_duo.driver.switch_to.default_content()
     assert dash_duo.get_logs() == []

@@ -12,6 +12,7 @@ import re
 EMBED = "hook_embed"
 POS_EMBED = "hook_pos_embed"
 FINAL_NORM = "ln_final.hook_normalized"
+FINAL_SCALE = "ln_final.hook_scale"  # the final norm's per-position scale [batch, pos, 1]
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
 

@@ -113,3 +113,37 @@ def prompt_lens_figure(a, tokenizer) -> go.Figure:
     top1 = [[show_token(t) for t in a.decode(row, tokenizer)] for row in a.lens_top1]
     return logit_lens_figure(a.lens_next_prob.numpy(), top1, a.lens_top1_prob.numpy(), [show_token(t) for t in a.tokens],
                              offset=a.lens_start)
+
+
+def dla_figure(heads: np.ndarray, mlps: np.ndarray, what: str, logit: float, total: float) -> go.Figure:
+    """Direct logit attribution: one cell per layer x head and a column for each layer's MLP
+    (red raises the logit, blue lowers it; the colour scale is symmetric around 0)."""
+    L, H = heads.shape
+    z = np.concatenate([heads, mlps[:, None]], axis=1)
+    lim = float(np.abs(z).max()) or 1.0
+    x = [f"head {h}" for h in range(H)] + ["MLP"]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=list(range(L)), colorscale="RdBu", reversescale=True, zmin=-lim, zmax=lim, zmid=0,
+        colorbar=dict(title="logit", thickness=12), hovertemplate="layer %{y}, %{x}: %{z:+.3f}<extra></extra>",
+    ))
+    fig.update_layout(template=TEMPLATE, title=f"Direct logit attribution to {what} (logit {logit:.2f}; the terms sum to {total:.2f})",
+                      height=min(760, 200 + 20 * L), xaxis=dict(title="component", type="category"),
+                      yaxis=dict(title="layer", autorange="reversed", dtick=max(1, L // 15)))
+    return fig
+
+
+def patching_figure(effect: np.ndarray, columns: list[str], kind: str, what: str) -> go.Figure:
+    """Activation patching: share of the clean logit difference restored by each patch (1 = the
+    clean run, 0 = the corrupted run), layers down."""
+    L = effect.shape[0]
+    lim = max(1.0, float(np.nanmax(np.abs(effect))))
+    titles = {"resid_pre": "residual stream entering each block", "attn_out": "attention output", "head": "each head's output (all positions)"}
+    labels = [f"{c} ·{i}" for i, c in enumerate(columns)] if kind != "head" else columns
+    fig = go.Figure(go.Heatmap(
+        z=effect, x=labels, y=list(range(L)), colorscale="RdBu", reversescale=True, zmin=-lim, zmax=lim, zmid=0,
+        colorbar=dict(title="restored", thickness=12), hovertemplate="layer %{y}, %{x}: %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(template=TEMPLATE, title=f"Patching the {titles.get(kind, kind)}: {what}", height=min(760, 200 + 20 * L),
+                      xaxis=dict(title="position" if kind != "head" else "head", type="category", tickangle=-60 if kind != "head" else 0),
+                      yaxis=dict(title="layer", autorange="reversed", dtick=max(1, L // 15)))
+    return fig

@@ -1,6 +1,7 @@
 """Model explorer: type a prompt and look inside one forward pass: the tokens, the top-k next tokens
-at any position, attention patterns per layer and head, residual norms per layer, the logit lens
-and an attention-flow graph. Works for every model in the registry (`?model=<name>` preselects one).
+at any position, attention patterns per layer and head (also token by token, on hover), residual
+norms per layer, the logit lens, an attention-flow graph, direct logit attribution per head, and
+activation patching between a clean and a corrupted prompt. Works for every model in the registry (`?model=<name>` preselects one).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import threading
 from collections import OrderedDict
 from urllib.parse import parse_qs
 
+import torch
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dashboards.base import (
@@ -24,10 +26,13 @@ from dashboards.base import (
     model_names,
 )
 from dashboards.figures import empty_figure, show_token
+from dashboards.figures.attention_view import attention_page_html
 from dashboards.figures.model_explorer import (
     attention_figure,
     chip_text,
+    dla_figure,
     head_grid_figure,
+    patching_figure,
     prompt_lens_figure,
     prompt_norms_figure,
 )
@@ -38,6 +43,8 @@ from dashboards.graphs import (
     nx_to_elements,
     style_flow_graph,
 )
+from workbench.logit_attribution import direct_logit_attribution
+from workbench.patching import KINDS, patch_prompts
 from workbench.prompt_analysis import (
     MAX_TOKENS,
     TOPK_KEEP,
@@ -50,6 +57,10 @@ from workbench.prompt_analysis import (
 )
 
 DEFAULT_PROMPT = "The capital of France is Paris. The capital of Germany is"
+IOI_CLEAN = "When Mary and John went to the store, John gave a drink to"
+IOI_CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+KIND_LABELS = {"resid_pre": "residual stream (layer x position)", "attn_out": "attention output (layer x position)",
+               "head": "attention heads (layer x head)"}
 
 
 class AnalysisCache:
@@ -138,6 +149,15 @@ def layout() -> html.Div:
             ),
             html.Div(
                 [
+                    html.H4("Attention, token by token"),
+                    html.P("Hover a token to see how much it attends to each earlier token (click to keep it); "
+                           "pick a head or the mean. The layer is the one chosen above.", className="figure-description"),
+                    dcc.Loading(html.Iframe(id="explorer-attn-view", className="attention-frame"), type="dot", delay_show=400),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
                     figure_card("explorer-norms", "Residual norms", "Norm of the residual stream after each layer (log scale)."),
                     figure_card("explorer-lens", "Logit lens", "Each layer's residual decoded with the final norm and unembedding."),
                 ],
@@ -150,6 +170,45 @@ def layout() -> html.Div:
                        "Residual stream at each chosen layer (rows) and position (columns, last 16 tokens); "
                        "each node keeps its two strongest incoming attention edges (mean over heads). Colour: logit-lens "
                        "probability of the actual next token; size: residual norm. Click a node for details.", height="560px"),
+            html.Div(
+                [
+                    html.Div([html.Label("Next token", htmlFor="explorer-dla-token"),
+                              dcc.Dropdown(id="explorer-dla-token", clearable=False)], className="form-field wide"),
+                ],
+                className="controls",
+            ),
+            figure_card("explorer-dla", "Direct logit attribution",
+                        "What each head and MLP writes directly into the chosen next token's logit at the selected position "
+                        "(through the final norm, at its scale in this run, and the unembedding). The terms sum to the logit."),
+            html.Div(
+                [
+                    html.H4("Activation patching"),
+                    html.P("Run the corrupted prompt, copy one activation from the clean run, and see how much of the clean "
+                           "logit difference (answer minus wrong answer, at the last position) comes back: 1 = clean, 0 = corrupted. "
+                           "The prompts must have the same number of tokens.", className="figure-description"),
+                    html.Div([html.Label("Clean prompt", htmlFor="patch-clean"),
+                              dcc.Textarea(id="patch-clean", value=IOI_CLEAN, className="prompt-box short", spellCheck=False)]),
+                    html.Div([html.Label("Corrupted prompt", htmlFor="patch-corrupted"),
+                              dcc.Textarea(id="patch-corrupted", value=IOI_CORRUPTED, className="prompt-box short", spellCheck=False)]),
+                    html.Div(
+                        [
+                            html.Div([html.Label("Answer", htmlFor="patch-answer"), dcc.Input(id="patch-answer", value=" Mary", type="text")],
+                                     className="form-field"),
+                            html.Div([html.Label("Wrong answer", htmlFor="patch-wrong"), dcc.Input(id="patch-wrong", value=" John", type="text")],
+                                     className="form-field"),
+                            html.Div([html.Label("Patch", htmlFor="patch-kind"),
+                                      dcc.Dropdown(id="patch-kind", options=[{"label": KIND_LABELS[k], "value": k} for k in KINDS],
+                                                   value="resid_pre", clearable=False)], className="form-field wide"),
+                            html.Button("Patch", id="patch-run", className="primary-btn"),
+                        ],
+                        className="controls",
+                    ),
+                    error_box("patch-error"),
+                ],
+                className="card",
+            ),
+            figure_card("explorer-patch", "Patching heatmap", "Red: copying this activation restores the clean answer; "
+                        "blue: it pushes further toward the wrong one."),
             dcc.Store(id="explorer-data"),
             dcc.Store(id="explorer-pos"),
         ]
@@ -270,6 +329,62 @@ def register(app: Dash, app_ctx: AppContext) -> None:
             return head_grid_figure(a.attn[layer].float().numpy(), layer, max(0, min(a.n_tokens - 1, int(pos))), _shown(a))
         except Exception as e:
             return empty_figure(f"{type(e).__name__}: {e}")
+
+    @app.callback(Output("explorer-attn-view", "srcDoc"), Input("explorer-data", "data"), Input("explorer-layer", "value"))
+    def _attention_view(data, layer):
+        if not data or layer is None:
+            return no_update
+        try:
+            a = _analysis(app_ctx, data)
+            layer = max(0, min(a.n_layers - 1, int(layer)))
+            return attention_page_html(a.attn[layer].float().numpy(), a.tokens, layer, title=f"Layer {layer}")
+        except Exception as e:
+            return f"<p>{type(e).__name__}: {e}</p>"
+
+    @app.callback(Output("explorer-dla-token", "options"), Output("explorer-dla-token", "value"),
+                  Input("explorer-data", "data"), Input("explorer-pos", "data"))
+    def _dla_tokens(data, pos):
+        if not data or pos is None:
+            return no_update, no_update
+        try:
+            a = _analysis(app_ctx, data)
+            pos = max(0, min(a.n_tokens - 1, int(pos)))
+            ids = a.topk_ids[pos, :10].tolist()
+            names = a.decode(ids, _tokenizer(app_ctx, data["model"]))
+            probs = a.topk_probs[pos, :10].tolist()
+        except Exception:
+            return [], None
+        return [{"label": f"{chip_text(n)}  ({p:.1%})", "value": int(i)} for i, n, p in zip(ids, names, probs)], int(ids[0])
+
+    @app.callback(Output(graph("explorer-dla"), "figure"), Input("explorer-dla-token", "value"), State("explorer-data", "data"),
+                  State("explorer-pos", "data"))
+    def _dla(token, data, pos):
+        if not data or token is None or pos is None:
+            return empty_figure("run a prompt")
+        try:
+            a = _analysis(app_ctx, data)
+            pos = max(0, min(a.n_tokens - 1, int(pos)))
+            model = app_ctx.model(data["model"])
+            d = direct_logit_attribution(model, torch.tensor(a.token_ids), pos, int(token))
+            name = a.decode([int(token)], model.tokenizer)[0]
+            what = f"{chip_text(name)!r} after position {pos} {chip_text(a.tokens[pos])!r}"
+            return dla_figure(d.heads.numpy(), d.mlps.numpy(), what, d.logit, d.total())
+        except Exception as e:
+            return empty_figure(f"{type(e).__name__}: {e}")
+
+    @app.callback(Output(graph("explorer-patch"), "figure"), Output("patch-error", "children"),
+                  Input("patch-run", "n_clicks"), State("explorer-model", "value"), State("patch-clean", "value"),
+                  State("patch-corrupted", "value"), State("patch-answer", "value"), State("patch-wrong", "value"),
+                  State("patch-kind", "value"), prevent_initial_call=True)
+    def _patch(n_clicks, model_name, clean, corrupted, answer, wrong, kind):
+        try:
+            model_name = check_model_name(model_name, extra=(app_ctx.default_model,))
+            result, tokens = patch_prompts(app_ctx.model(model_name), clean, corrupted, answer, wrong, kind)
+        except Exception as e:
+            return empty_figure("no patching yet"), error_message(e)
+        columns = [show_token(t) for t in tokens] if kind != "head" else [f"head {h}" for h in range(result.effect.shape[1])]
+        what = (f"logit({answer!r}) - logit({wrong!r}) is {result.clean_diff:+.2f} clean, {result.corrupted_diff:+.2f} corrupted")
+        return patching_figure(result.effect.numpy(), columns, kind, what), ""
 
     @app.callback(Output(graph("explorer-norms"), "figure"), Input("explorer-data", "data"), Input("explorer-pos", "data"))
     def _norms(data, pos):
