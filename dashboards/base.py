@@ -159,6 +159,13 @@ def register_run_picker(app: Dash, ctx: AppContext, component_id: str, probes: s
         return opts, (wanted if wanted is not None else opts[0]["value"] if opts else None)
 
 
+def feature_href(sae_source: str, feature: int) -> str:
+    """The address of an SAE feature's page, by the SAE's source (what every page naming a feature knows)."""
+    from urllib.parse import quote
+
+    return f"/sae-features?sae={quote(str(sae_source), safe='')}&feature={int(feature)}"
+
+
 def run_from_search(search: str | None) -> int | None:
     """The run id in a query string like `?run=12` (None when absent or not an integer)."""
     from urllib.parse import parse_qs

@@ -55,7 +55,7 @@ def test_merge_rules_combine_rank_states_key_by_key():
 def test_top_contexts_do_not_depend_on_how_candidates_were_split():
     """The top m by (value desc, earliest position) of a union is the top m of the parts' top m,
     ties included: folding the candidates in any chunking gives one answer."""
-    from probes.function_tokens.probe import NO_POSITION, top_contexts
+    from workbench.contexts import NO_POSITION, top_contexts
 
     g = torch.Generator().manual_seed(0)
     d, n, m = 5, 40, 4

@@ -39,6 +39,7 @@ def ft_store(tmp_path_factory):
     saes = [str(saved_sae(d / f"s{i}", hook=hooks.resid_post(i), seed=i)) for i in (0, 1)]
     run_probe("function-tokens", model, corpus, {"saes": saes, "max_tokens": 1024, "seq_len": 64}, store=store)
     run_probe("function-token-loss", model, corpus, {"max_tokens": 512, "seq_len": 64}, store=store)
+    run_probe("sae-features", model, corpus, {"sae": saes[1], "max_tokens": 1024, "seq_len": 64}, store=store)
     return store
 
 
@@ -111,3 +112,25 @@ def test_graph_hover_click_and_lookups(dash_duo, app):
     assert not [e for e in dash_duo.get_logs() or [] if e.get("level") == "SEVERE"]
     SHOTS.mkdir(parents=True, exist_ok=True)
     dash_duo.driver.save_screenshot(str(SHOTS / "function_tokens.png"))
+
+    # the clicked feature's own page: top contexts with the firing token, its histogram, own text
+    feature = int(dash_duo.find_element("#ft-contexts h4").text.split("feature ")[1].split(":")[0])
+    dash_duo.find_element("#ft-feature-link").click()
+    dash_duo.wait_for_element('#page-root[data-page="/sae-features"]', timeout=15)
+    dash_duo.wait_for_contains_text("#feat-summary", f"Feature {feature} of", timeout=20)
+    rows = dash_duo.find_elements("#feat-contexts .context-row")
+    assert rows and all(r.find_elements("css selector", ".ctx-focus") for r in rows)
+    hist = dash_duo.driver.execute_script(
+        "const p = document.getElementById(JSON.stringify({id: 'feat-hist', type: 'wb-graph'})).querySelector('.js-plotly-plot');"
+        "return p && p.data ? p.data.length : 0;")
+    assert hist == 1
+    box = dash_duo.find_element("#feat-text")
+    dash_duo.driver.execute_script(
+        "const s = Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, 'value').set;"
+        "s.call(arguments[0], 'the end of the day'); arguments[0].dispatchEvent(new Event('input', {bubbles: true}));", box)
+    dash_duo.find_element("#feat-text-run").click()
+    dash_duo.wait_for_contains_text("#feat-text-summary", "Strongest at", timeout=20)
+    assert len(dash_duo.find_elements("#feat-text-out .act-tok")) == 1 + len("the end of the day")
+    dash_duo.driver.save_screenshot(str(SHOTS / "sae_feature_page.png"))
+    assert not dash_duo.find_elements(".error")
+    assert not [e for e in dash_duo.get_logs() or [] if e.get("level") == "SEVERE"]

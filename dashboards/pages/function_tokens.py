@@ -13,6 +13,7 @@ from dashboards.base import (
     DashPage,
     error_box,
     error_message,
+    feature_href,
     figure_card,
     graph,
     register_run_note,
@@ -117,7 +118,8 @@ def contexts_block(result, label: str, feature: int) -> html.Div:
                  for i, t in enumerate(c["tokens"])]
         items.append(html.Li([html.Span(f"{c['activation']:.2f}  ", className="ctx-act"), *spans]))
     head = f"{label} feature {feature}: {int(f['degree'])} token types, {int(f['active_count'])} positions"
-    return html.Div([html.H4(head), html.Ol(items) if items else html.P("never active in this slice")], id="ft-contexts-body")
+    link = html.A("Open its feature page →", href=feature_href(result.saes[label]["source"], feature), id="ft-feature-link")
+    return html.Div([html.H4(head), link, html.Ol(items) if items else html.P("never active in this slice")], id="ft-contexts-body")
 
 
 def token_block(result, label: str, text: str) -> html.Div:
@@ -175,12 +177,13 @@ def steering_block(result) -> html.Div:
     g = figs.generations_table(result)
     rows = [html.Tr([html.Td(v) for v in r]) for r in g.itertuples(index=False)]
     return html.Div([
-        html.P(f"Feature f{info['feature']} ({info['feature_choice']}), added at B's last token "
+        html.P(["Feature ", html.A(f"f{info['feature']}", href=feature_href(info["sae"], info["feature"]), id="ft-steer-feature-link"),
+                f" ({info['feature_choice']}), added at B's last token "
                f"{figs.show_token(info['final_token'])!r} (position {info['steer_position']}) and, as the control, at the content "
                f"token {figs.show_token(info['control_token'])!r} (position {info['control_position']}), at "
                f"{', '.join(f'{x:g}' for x in info['strengths'])} x its activation at A's final token ({info['base_activation']:.2f}). "
                f"The final token is {'a' if info['final_is_function_token'] else 'NOT a'} function token; mentions_a / mentions_b: "
-               f"does the continuation name {info['word_a']!r} / {info['word_b']!r}."),
+               f"does the continuation name {info['word_a']!r} / {info['word_b']!r}."]),
         html.P(f"Reactivated at the final token: {info['n_reactivated_a']} of {info['n_final_active_a']} features in A, "
                f"{info['n_reactivated_b']} of {info['n_final_active_b']} in B."),
         html.Table([html.Thead(html.Tr([html.Th(c) for c in g.columns])), html.Tbody(rows)], className="details-table", id="ft-steer-table"),
@@ -260,6 +263,21 @@ def register(app: Dash, ctx: AppContext) -> None:
             return token_block(ctx.result(int(run_id)), label, str(text)[:50])
         except Exception as e:
             return error_message(e)
+
+    @app.callback(Output("ft-token", "value"), Input("ft-run", "value"), State("url", "search"))
+    def _token_from_address(run_id, search):
+        """`?token=<id>` (the links from a feature page's firing tokens) looks that token up."""
+        from urllib.parse import parse_qs
+
+        wanted = parse_qs((search or "").lstrip("?")).get("token", [""])[0]
+        if run_id is None or not wanted.isdigit():
+            return no_update
+        try:
+            t = ctx.result(int(run_id)).tokens
+            row = t[t["token_id"] == int(wanted)]
+        except Exception:
+            return no_update
+        return no_update if row.empty else str(row.iloc[0]["token"])
 
     @app.callback(Output("ft-loss-runs", "options"), Output("ft-loss-runs", "value"), Input("url", "pathname"))
     def _loss_options(_path):

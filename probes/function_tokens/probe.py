@@ -39,6 +39,13 @@ from transformer_lens import HookedTransformer
 
 from workbench.activations import stream
 from workbench.config import StreamConfig, setting
+from workbench.contexts import (
+    NO_POSITION,
+    POSITIONS_PER_BATCH,
+    merge_batch,
+    token_windows,
+    top_contexts,
+)
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.brown import is_closed_class
 from workbench.corpora.tokenized import TokenBatch, tokenize_corpus, tokenizer_id
@@ -264,23 +271,12 @@ class BipartiteAccumulator:
                 self._merge_top(label, feats, windows, positions)
 
     def _windows(self, batch: TokenBatch) -> torch.Tensor:
-        """[B*T, before+1+after] token windows around each position (-1 outside valid text)."""
-        toks = torch.where(batch.valid, batch.tokens, torch.full_like(batch.tokens, -1))
-        padded = torch.nn.functional.pad(toks, (self.before, self.after), value=-1)
-        return padded.unfold(1, self.before + 1 + self.after, 1).reshape(-1, self.before + 1 + self.after)
+        return token_windows(batch.tokens, batch.valid, self.before, self.after)
 
     def _merge_top(self, label: str, feats: torch.Tensor, windows: torch.Tensor, positions: torch.Tensor) -> None:
         s = self.state
-        k = min(self.m, feats.shape[0])
-        vals, idx = feats.topk(k, dim=0)  # [k, d]
-        vals = torch.where(vals > 0, vals, torch.full_like(vals, -1.0))  # a context counts only where the feature fires
-        best = top_contexts(
-            torch.cat([s[f"{label}/top_vals"], vals.T.float()], dim=1),  # [d, m + k]
-            torch.cat([s[f"{label}/top_pos"], positions[idx].T], dim=1),
-            torch.cat([s[f"{label}/top_ctx"], windows[idx].permute(1, 0, 2).to(torch.int32)], dim=1),
-            self.m,
-        )
-        s[f"{label}/top_vals"], s[f"{label}/top_pos"], s[f"{label}/top_ctx"] = best
+        state = (s[f"{label}/top_vals"], s[f"{label}/top_pos"], s[f"{label}/top_ctx"])
+        s[f"{label}/top_vals"], s[f"{label}/top_pos"], s[f"{label}/top_ctx"] = merge_batch(state, feats, windows, positions, self.m)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: (pack_bits(v) if k.endswith("/edges") else v) for k, v in self.state.items()}
@@ -305,20 +301,6 @@ class BipartiteAccumulator:
             cat = [torch.cat([s[f"{label}/{name}"] for s in states], dim=1) for name in ("top_vals", "top_pos", "top_ctx")]
             out[f"{label}/top_vals"], out[f"{label}/top_pos"], out[f"{label}/top_ctx"] = top_contexts(*cat, self.m)
         return out
-
-
-NO_POSITION = 2**62  # an empty top-context slot
-POSITIONS_PER_BATCH = 2**31  # position id = batch index * this + flat index in the batch
-
-
-def top_contexts(vals: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row, the `m` candidates of highest value, equal values by earliest position: a total
-    order, so the choice does not depend on how the candidates were batched or sharded."""
-    by_pos = torch.argsort(pos, dim=1, stable=True)
-    by_val = torch.argsort(torch.gather(vals, 1, by_pos), dim=1, descending=True, stable=True)
-    pick = torch.gather(by_pos, 1, by_val)[:, :m]
-    return (torch.gather(vals, 1, pick), torch.gather(pos, 1, pick),
-            torch.gather(ctx, 1, pick[..., None].expand(-1, -1, ctx.shape[2])))
 
 
 # --------------------------------------------------------------------------------------------
