@@ -32,7 +32,7 @@ from workbench.results import Result
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("workbench", "probes", "dashboards", "experiments", "benchmarks")
 ANALYSES = {"attention_sinks", "bigram_subnetworks", "cross_analysis", "function_tokens", "key_space",
-            "linguistic_collapse", "residual_norms", "sae_circuits"}
+            "linguistic_collapse", "residual_norms", "sae_circuits", "sae_features"}
 
 
 def modules() -> dict[str, Path]:

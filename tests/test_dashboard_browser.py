@@ -345,3 +345,33 @@ def test_explorer_dla_patching_and_attention_hover(dash_duo, app):
     finally:
         dash_duo.driver.switch_to.default_content()
     assert dash_duo.get_logs() == []
+
+
+def test_home_table_keeps_every_column_on_screen_at_1280px_with_a_long_error(dash_duo, app):
+    """A failed run with a very long error, a long config and a long model name: at 1,280 px every
+    column header and cell stays inside the table, and the table inside its card."""
+    store = app.workbench_ctx.store
+    cfg = {f"setting_{i}": "x" * 40 for i in range(12)}
+    rid = store.start_run("long", "function-token-loss-over-training", "ckpt:step_000010@7869bcacd07b-a-long-model-name", "raw",
+                          "brown@1.9.80:all", cfg, "v")
+    store.finish_run(rid, "failed", error="RuntimeError: " + "a very long error message that goes on " * 40 + "\nTraceback ...")
+    start(dash_duo, app)
+    wait_page(dash_duo, "/")
+    dash_duo.driver.set_window_size(1280, 900)
+    dash_duo.wait_for_element(f"#run-row-{rid}", timeout=15)
+    time.sleep(0.5)
+    geometry = dash_duo.driver.execute_script("""
+        const wrap = document.querySelector('.runs-table-wrap'), table = wrap.querySelector('table');
+        const right = wrap.getBoundingClientRect().right;
+        const row = document.getElementById(arguments[0]);
+        const cells = Array.from(table.querySelectorAll('th')).concat(Array.from(row.querySelectorAll('td')));
+        return {viewport: document.documentElement.clientWidth, wrapRight: right, tableWidth: table.scrollWidth,
+                wrapWidth: wrap.clientWidth, pageScroll: document.documentElement.scrollWidth,
+                offRight: cells.filter(c => c.getBoundingClientRect().right > right + 1).map(c => c.innerText.slice(0, 30))};""",
+        f"run-row-{rid}")
+    assert geometry["offRight"] == [], geometry
+    assert geometry["tableWidth"] <= geometry["wrapWidth"] + 1, geometry
+    assert geometry["pageScroll"] <= geometry["viewport"] + 1, geometry
+    assert "failed" in dash_duo.find_element(f"#run-row-{rid}").get_attribute("data-status")
+    shot(dash_duo, "home_long_error_1280")
+    assert dash_duo.get_logs() == []

@@ -44,11 +44,14 @@ def show_token(s: str) -> str:
 
 
 def empty_figure(message: str = "nothing to show yet", height: int = 260) -> go.Figure:
-    """A blank figure carrying a centred message (instead of an empty set of axes)."""
+    """A blank figure carrying a centred message (instead of an empty set of axes), wrapped so it
+    fits a half-width card."""
+    import textwrap
+
     fig = go.Figure()
     fig.update_layout(
         template=TEMPLATE, height=height, xaxis=dict(visible=False), yaxis=dict(visible=False),
-        annotations=[dict(text=message, showarrow=False, font=dict(size=14, color="#7b8794"), x=0.5, y=0.5, xref="paper", yref="paper")],
+        annotations=[dict(text="<br>".join(textwrap.wrap(message, 52)) or " ", showarrow=False, font=dict(size=14, color="#7b8794"), x=0.5, y=0.5, xref="paper", yref="paper")],
     )
     return fig
 

@@ -148,7 +148,11 @@ def ranking_figure(candidates: pd.DataFrame, category: str | None = None, top_k:
     if top_k:
         fig.add_vline(x=top_k + 0.5, line=dict(dash="dot", color="#52606d"))
     title = f"Top-{len(c)} first tokens" + (f": {category}" if category else "")
-    fig.update_layout(template=TEMPLATE, title=title, height=420, bargap=0.1, xaxis=dict(title="rank"),
+    ranks = c["rank"].tolist()
+    labels = [show_token(t) for t in c["token"]]
+    fig.update_layout(template=TEMPLATE, title=title, height=460, bargap=0.1,
+                      xaxis=dict(title="first token, by logit rank", tickmode="array", tickvals=ranks, ticktext=labels, tickangle=-60,
+                                 tickfont=dict(size=10)),
                       yaxis=dict(title="logit", range=[lo - 0.05 * span, lo + 1.1 * span]), legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -218,7 +222,8 @@ def query_key_figure(dots: pd.DataFrame, category: str | None = None, current_ro
             fig.add_trace(go.Scatter(x=m.index, y=m.values, mode="lines+markers", name=name, line=dict(width=4, color=col)))
     if current_round is not None:
         fig.add_vline(x=current_round, line=dict(dash="dot", color="#52606d"))
-    fig.update_layout(template=TEMPLATE, title="Query · explored keys over ICN rounds" + (f": {category}" if category else ""), height=420,
+    fig.update_layout(template=TEMPLATE, title="Query · explored keys<br>over ICN rounds" + (f": {category}" if category else ""), height=440,
+                      margin=dict(t=80),
                       xaxis=dict(title="round (prompt lists the answers of earlier rounds)", dtick=1 if d["round"].max() <= 25 else None),
                       yaxis=dict(title="q · k"),
                       legend=dict(orientation="h", y=-0.2))

@@ -156,12 +156,13 @@ def register(app: Dash, ctx: AppContext) -> None:
             return (no_update,) * 11 + (error_message(e),)
 
     @app.callback(Output(graph("as-map"), "figure"), Output("as-prompt-stats", "children"), Output("as-prompt-error", "children"),
-                  Input("as-go", "n_clicks"), State("as-prompt", "value"), State("as-run", "value"), State("as-layer", "value"),
-                  State("as-head", "value"), prevent_initial_call=True)
-    def _prompt(_n, prompt, run_id, layer, head):
+                  Input("as-go", "n_clicks"), Input("as-layer", "value"), State("as-prompt", "value"), State("as-run", "value"),
+                  State("as-head", "value"))
+    def _prompt(_n, layer, prompt, run_id, head):
+        """The default prompt through the strongest sink head when a run opens; yours on "Show pattern"."""
+        if run_id is None:
+            return empty_figure("a stored run fixes the model: start one above, then press Show pattern"), "", ""
         try:
-            if run_id is None:
-                raise LookupError("choose a stored run first (it fixes the model)")
             prompt = check_prompt(prompt)
             res = ctx.result(int(run_id))
             model = ctx.model_of(res)

@@ -96,7 +96,9 @@ def register(app: Dash, ctx: AppContext) -> None:
     )
     def _show(run_id, a, b, value):
         if run_id is None:
-            msg = "No bigram-subnetworks run yet: `workbench run bigram-subnetworks --model <dir>` or experiments/bigram_subnetworks.py."
+            msg = ("No bigram-subnetworks run yet. It masks a model the workbench trains: `python -m experiments.bigram_subnetworks` "
+                   "trains the small Brown LMs and masks them, or `workbench run bigram-subnetworks --model <checkpoint dir>` masks one "
+                   "(default: smollm2-135m, hours on a CPU).")
             return (*[empty_figure(msg) for _ in FIGS], html.P(msg, className="empty"), "")
         try:
             res = ctx.result(int(run_id))

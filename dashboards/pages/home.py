@@ -113,7 +113,7 @@ def _status_cell(r: dict) -> html.Td:
         cancel = html.Button("Cancel", id={"type": "home-cancel", "run": r["run_id"]}, className="row-btn",
                              title="stop this run (it keeps its checkpoints; Retry resumes it)")
         return html.Td([badge, cancel, html.Progress(value=str(pct), max="1", className="run-progress"),
-                        html.Span(f"{pct:.0%} {r['message'] or ''}", className="run-message")])
+                        html.Span(f"{pct:.0%} {r['message'] or ''}", className="run-message")], className="c-status")
     parts: list[Any] = [badge]
     if s in RETRYABLE:
         parts.append(html.Button("Retry", id={"type": "home-retry", "run": r["run_id"]}, className="row-btn",
@@ -124,33 +124,38 @@ def _status_cell(r: dict) -> html.Td:
         if first:
             parts.append(html.Details([html.Summary(first[0][:120], title=first[0]), html.Pre(r["error"] or "", className="traceback")],
                                       className="run-error"))
-    return html.Td(parts)
+    return html.Td(parts, className="c-status")
 
 
 def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
     if not rows:
         return html.P("No runs yet. Start one above, or run `workbench run residual-norms`.", className="empty")
-    head = html.Thead(html.Tr([html.Th(h) for h in ("#", "probe", "status", "model", "corpus", "config", "time", "wall", "result")]))
+    head = html.Thead(html.Tr([html.Th(h, className=f"c-{c}") for h, c in (
+        ("#", "id"), ("probe", "probe"), ("status", "status"), ("model", "model"), ("corpus", "corpus"), ("config", "config"),
+        ("started", "time"), ("wall", "wall"), ("result", "result"))]))
     body = []
     for r in rows:
         short, full = _compact_config(r["probe"], r["config"])
         page = ctx.probe_pages.get(r["probe"])
         probe_cell = dcc.Link(r["probe"], href=page) if page else r["probe"]
-        result: list[Any] = [html.Span(_summary_text(r["summary"]), className="summary")]
+        summary = _summary_text(r["summary"])
+        result: list[Any] = [html.Span(summary, className="summary", title=summary)]
         if page and r["status"] in ("done", "reused"):
             result.append(dcc.Link("open →", href=f"{page}?run={r['run_id']}", className="open-link", id=f"open-run-{r['run_id']}"))
         when = r["started"] or r["created"]
         body.append(html.Tr(
             [
-                html.Td(str(r["run_id"])),
-                html.Td(probe_cell),
+                html.Td(str(r["run_id"]), className="c-id"),
+                html.Td(probe_cell, title=r["probe"], className="c-probe"),
                 _status_cell(r),
-                html.Td([html.Span(str(r["model"] or "")), html.Span(f" {r['numerics'] or ''}", className="muted")]),
-                html.Td(str(r["corpus"] or "—")),
-                html.Td(html.Span(short, className="clip"), title=full, className="config-cell"),
-                html.Td(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else ""),
-                html.Td(f"{r['wall_s']:.1f} s" if r["wall_s"] else ""),
-                html.Td(result),
+                html.Td([html.Span(str(r["model"] or "")), html.Span(f" {r['numerics'] or ''}", className="muted")],
+                        title=f"{r['model'] or ''} {r['numerics'] or ''}", className="c-model"),
+                html.Td(str(r["corpus"] or "—"), title=str(r["corpus"] or ""), className="c-corpus"),
+                html.Td(short, title=full, className="c-config config-cell"),
+                html.Td(time.strftime("%m-%d %H:%M", time.localtime(when)) if when else "", className="c-time",
+                        title=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else None),
+                html.Td(f"{r['wall_s']:.1f} s" if r["wall_s"] else "", className="c-wall"),
+                html.Td(result, className="c-result"),
             ],
             id=f"run-row-{r['run_id']}", className=f"run-row row-{r['status']}", **{"data-status": r["status"]},
             title=r.get("label") or None,

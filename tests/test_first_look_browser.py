@@ -1,0 +1,104 @@
+"""After a first look, every page shows real results: the first-look preset runs (on tiny
+stand-ins here: the same steps and probes as on the embedded model, at tiny budgets), then a
+headless Chromium visits every page and checks that each figure drawn has data, each analysis
+page shows its first-look banner, and the console stays clean.
+
+With WORKBENCH_FIRST_LOOK_STORE pointing at the store of a real `workbench figures --preset
+first-look` run, the same test checks that store on the embedded model instead (and its
+screenshots are the README's)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+SHOTS = Path(__file__).parent / "artifacts" / "screenshots" / "first_look"
+
+# Figures that are empty until the user acts on the page (they say so, in words); hidden figures
+# (a section for another kind of run) are not counted
+WAITS_FOR_THE_USER = {"explorer-patch", "as-pattern"}
+
+FIGURES = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.offsetParent !== null).map(p => {
+  const host = p.closest('[id]'); let id = host ? host.id : '';
+  try { id = JSON.parse(id).id || id; } catch (e) {}
+  const n = (p.data || []).reduce((s, t) => {
+    const v = t.z || t.y || t.x || t.values || t.r || (t.cells && t.cells.values) || [];
+    const arr = v._inputArray || v.bdata ? (v._inputArray || [1]) : v;
+    return s + (arr.length || 0);
+  }, 0);
+  const title = (p.layout && p.layout.title && p.layout.title.text) || '';
+  const notes = ((p.layout && p.layout.annotations) || []).map(a => a.text).join(' ');
+  return {id: id, points: n, title: title, notes: notes};
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def first_look_store(tmp_path_factory):
+    from workbench.store import ResultStore
+
+    given = os.environ.get("WORKBENCH_FIRST_LOOK_STORE")
+    if given:
+        return ResultStore(given), "smollm2-135m"
+    from experiments import first_look
+
+    store = ResultStore(tmp_path_factory.mktemp("first-look") / "store")
+    took = first_look.main("cpu", store, quick=True)
+    assert set(took) == {s.title for s in first_look.STEPS} | {"total"}
+    return store, "tiny-llama"
+
+
+@pytest.fixture
+def app(first_look_store):
+    from dashboards.app import create_app
+
+    store, model = first_look_store
+    app = create_app(store=store, model=model)
+    yield app
+    app.workbench_ctx.jobs.shutdown()
+
+
+def test_every_page_has_figures_with_data_after_a_first_look(dash_duo, app, first_look_store):
+    import socket
+
+    store, _ = first_look_store
+    labels = {r["probe"]: r.get("label") or "" for r in store.runs()}
+    assert all(v.startswith("first-look") for v in labels.values()), labels
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dash_duo.start_server(app, port=port)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for page in app.workbench_pages:
+        dash_duo.wait_for_page(url=dash_duo.server_url + page.path)
+        dash_duo.wait_for_element(f'#page-root[data-page="{page.path}"]', timeout=15)
+        deadline, figures = time.time() + 90, []
+        while page.path != "/" and time.time() < deadline:  # callbacks fill the figures one after another
+            time.sleep(1.0)
+            figures = dash_duo.driver.execute_script(FIGURES)
+            waiting = [f for f in figures if f["points"] == 0 and f["id"] not in WAITS_FOR_THE_USER]
+            if figures and not waiting and not dash_duo.find_elements("._dash-loading"):
+                break
+        print(f"{page.path}: {len(figures)} figures in {time.time() - deadline + 90:.1f} s")
+        name = page.path.strip("/").replace("/", "_") or "home"
+        driver = dash_duo.driver
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1400, min(int(height) + 20, 6000))
+        time.sleep(0.5)
+        driver.save_screenshot(str(SHOTS / f"{name}.png"))
+        driver.set_window_size(1400, 900)
+        if page.path == "/":
+            assert dash_duo.find_elements("tr[id^='run-row-']"), "Home lists no runs"
+            continue
+        empty = [f"{f['id']}: {f['title'] or f['notes']}" for f in figures if f["points"] == 0 and f["id"] not in WAITS_FOR_THE_USER]
+        assert figures and not empty, f"{page.path}: figures without data: {empty}"
+        assert not dash_duo.find_elements(".error"), f"{page.path}: {[e.text for e in dash_duo.find_elements('.error')]}"
+        if page.probe:
+            assert dash_duo.find_elements(".first-look"), f"{page.path} does not say it shows a first look"
+        logs = [e for e in dash_duo.get_logs() or [] if e.get("level") == "SEVERE"]
+        assert logs == [], f"console errors on {page.path}: {logs}"
