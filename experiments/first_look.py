@@ -29,7 +29,7 @@ class Step:
     page: str  # the dashboard page it fills
     title: str
     budget: str  # in words, for the registry label and the page
-    estimate_s: float  # measured on the 2-core reference machine (warm caches excluded)
+    estimate_s: float  # measured on the 2-core reference machine from a cold cache (a warm one is faster)
     run: Callable[["Context"], Any]
 
 
@@ -199,18 +199,18 @@ def _sae_circuits(ctx: Context):
 
 
 STEPS = [
-    Step("/residual-norms", "residual norms", "8,192 Brown tokens", 45, _residual_norms),
-    Step("/attention-sinks", "Bigram-Backcopy toy model", "a 1-layer, 64-wide BB model trained 1,000 steps", 20, _bigram_backcopy),
-    Step("/attention-sinks", "attention-sink survey", "1,024 tokens per domain, 128 for the 270-head ablation", 115, _attention_sinks),
+    Step("/residual-norms", "residual norms", "8,192 Brown tokens", 75, _residual_norms),
+    Step("/attention-sinks", "Bigram-Backcopy toy model", "a 1-layer, 64-wide BB model trained 1,000 steps", 15, _bigram_backcopy),
+    Step("/attention-sinks", "attention-sink survey", "1,024 tokens per domain, 128 for the 270-head ablation", 110, _attention_sinks),
     Step("/function-tokens", "function tokens", f"one TopK SAE at layer {SAE_LAYER} (24,576 tokens, 98,304 samples); graph on "
-         "16,384 tokens; loss over a small byte LM's 4 checkpoints; steering at 2 strengths", 150, _function_tokens),
-    Step("/sae-features", "SAE features", f"the layer-{SAE_LAYER} SAE's features on 8,192 Brown tokens", 55, _sae_features),
+         "16,384 tokens; loss over a small byte LM's 4 checkpoints; steering at 2 strengths", 160, _function_tokens),
+    Step("/sae-features", "SAE features", f"the layer-{SAE_LAYER} SAE's features on 8,192 Brown tokens", 15, _sae_features),
     Step("/bigram-subnetworks", "bigram subnetworks", "a 2-layer, 64-wide byte LM trained 1,500 steps; masks at 2 lambdas, "
-         "200 steps", 75, _bigram_subnetworks),
-    Step("/linguistic-collapse", "linguistic collapse", "8,192 tokens; a sweep of 8 small LMs trained 100 and 300 steps", 75,
+         "200 steps", 20, _bigram_subnetworks),
+    Step("/linguistic-collapse", "linguistic collapse", "8,192 tokens; a sweep of 8 small LMs trained 100 and 300 steps", 110,
          _linguistic_collapse),
     Step("/key-space", "key space", "4 categories, 6 explorations each", 70, _key_space),
-    Step("/sae-circuits", "SAE circuits", "IOI, 40 prompt pairs, 3 seeds", 35, _sae_circuits),
+    Step("/sae-circuits", "SAE circuits", "IOI, 40 prompt pairs, 3 seeds", 30, _sae_circuits),
 ]
 
 

@@ -109,6 +109,21 @@ class Result:
         """A short, JSON-able summary for the CLI and the run registry. Probes override this."""
         return {}
 
+    # ----- in a notebook (see workbench.display) -----
+    def show(self) -> None:
+        """Display the summary and the main figure in Jupyter."""
+        from workbench.display import show
+
+        show(self)
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    def _repr_html_(self) -> str:
+        from workbench.display import result_html
+
+        return result_html(self)
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -43,3 +43,14 @@ def firing_tokens_figure(tokens: list[tuple[str, int]], fired: int) -> go.Figure
     fig.update_layout(template=TEMPLATE, title="Tokens it fires on most often", height=140 + 22 * len(tokens),
                       xaxis=dict(title="share of the feature's firings", tickformat=".0%"), yaxis=dict(tickfont=dict(size=11)))
     return fig
+
+
+def density_figure(density: np.ndarray) -> go.Figure:
+    """How often the SAE's features fire: log10 firing density over features (dead ones counted apart)."""
+    live = density[density > 0]
+    dead = int((density == 0).sum())
+    fig = go.Figure(go.Histogram(x=np.log10(live), nbinsx=40, marker_color=COLORS[0],
+                                 hovertemplate="log10 density %{x}: %{y} features<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, title=f"Feature firing density ({len(live):,} live, {dead:,} never fired)", height=320,
+                      xaxis=dict(title="log10(share of tokens where it fires)"), yaxis=dict(title="features"))
+    return fig

@@ -95,6 +95,15 @@ def _sae_for(ctx: AppContext, result, model):
         return _SAES[key]
 
 
+def _first_to_show(live: list[int], density) -> int:
+    """The feature a page opens on: the most often firing one that fires on at most 5% of tokens
+    (denser ones tend to be position or frequency features), else the most often firing one."""
+    for f in live:
+        if float(density[f]) <= 0.05:
+            return f
+    return live[0] if live else 0
+
+
 def _query(search: str | None) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs((search or "").lstrip("?")).items() if v}
 
@@ -144,7 +153,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         except Exception:
             return [], no_update
         opts = [{"label": f"feature {f} (density {float(dens[f]):.2%})", "value": f} for f in live]
-        return opts, (feature if feature is not None else (live[0] if live else 0))
+        return opts, (feature if feature is not None else _first_to_show(live, dens))
 
     @app.callback(Output("feat-index", "value", allow_duplicate=True), Input("feat-live", "value"), prevent_initial_call=True)
     def _pick(f):
