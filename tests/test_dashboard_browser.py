@@ -375,3 +375,28 @@ def test_home_table_keeps_every_column_on_screen_at_1280px_with_a_long_error(das
     assert "failed" in dash_duo.find_element(f"#run-row-{rid}").get_attribute("data-status")
     shot(dash_duo, "home_long_error_1280")
     assert dash_duo.get_logs() == []
+
+
+def test_an_empty_page_offers_run_with_defaults_and_its_estimate(dash_duo, tmp_path):
+    """No key-space run in the store: the page says so, estimates the time from the probe's cost
+    model on the model it would use, and one click queues the run."""
+    from dashboards.app import create_app
+    from workbench.store import ResultStore
+
+    store = ResultStore(tmp_path / "empty-store")
+    app = create_app(store=store, model="tiny")
+    try:
+        start(dash_duo, app, "/residual-norms")
+        wait_page(dash_duo, "/residual-norms")
+        note = dash_duo.wait_for_element("#rn-note-empty", timeout=60)
+        text = note.text
+        assert "No residual-norms run yet" in text and "here)" in text and "Run with defaults" in text, text
+        assert re.search(r"about \d+ (s|min)", text), text
+        note.find_element("css selector", "button").click()
+        dash_duo.wait_for_contains_text('[id*="run-defaults-status"]', "Queued as run", timeout=15)
+        runs = store.runs()
+        assert [r["probe"] for r in runs] == ["residual-norms"] and runs[0]["status"] == "queued"
+        app.workbench_ctx.jobs.cancel(runs[0]["run_id"])
+        assert dash_duo.get_logs() == []
+    finally:
+        app.workbench_ctx.jobs.shutdown()

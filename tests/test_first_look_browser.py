@@ -63,6 +63,37 @@ def app(first_look_store):
     app.workbench_ctx.jobs.shutdown()
 
 
+def _patch_ioi(dash_duo, byte_level: bool) -> None:
+    """Patch the residual stream on an IOI pair (single-letter names for a byte-level tokenizer)
+    and save the heatmap's card: its sign must be right at the changed name."""
+    set_text = ("const s = Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, 'value').set;"
+                "s.call(arguments[0], arguments[1]); arguments[0].dispatchEvent(new Event('input', {bubbles: true}));")
+    if byte_level:
+        for el, text in (("patch-clean", "When M and J went to the store, J gave a drink to "),
+                         ("patch-corrupted", "When M and J went to the store, M gave a drink to ")):
+            dash_duo.driver.execute_script(set_text, dash_duo.find_element(f"#{el}"), text)
+        for el, text in (("patch-answer", "M"), ("patch-wrong", "J")):
+            box = dash_duo.find_element(f"#{el}")
+            box.clear()
+            box.send_keys(text)
+    dash_duo.find_element("#patch-run").click()
+    js = ("const p = document.getElementById(JSON.stringify({id: 'explorer-patch', type: 'wb-graph'})).querySelector('.js-plotly-plot');"
+          "if (!p || !p.data || !p.data.length || !p.data[0].z) return null; const z = p.data[0].z;"
+          "return Array.from(z._inputArray || z, r => Array.from(r));")
+    deadline, z = time.time() + 120, None
+    while z is None and time.time() < deadline:
+        time.sleep(0.5)
+        z = dash_duo.driver.execute_script(js)
+    assert z is not None, "no patching heatmap"
+    tokens_before_s2 = len("When M and J went to the store, ") + 1 if byte_level else 10  # BOS included
+    assert abs(z[0][tokens_before_s2] - 1) < 1e-2  # the changed name carries the clean answer at the embeddings
+    card = dash_duo.driver.execute_script(
+        "return document.getElementById(JSON.stringify({id: 'explorer-patch', type: 'wb-graph'})).closest('.figure-card');")
+    dash_duo.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", card)
+    time.sleep(0.5)
+    card.screenshot(str(SHOTS / "patching.png"))
+
+
 def test_every_page_has_figures_with_data_after_a_first_look(dash_duo, app, first_look_store):
     import socket
 
@@ -85,6 +116,8 @@ def test_every_page_has_figures_with_data_after_a_first_look(dash_duo, app, firs
             if figures and not waiting and not dash_duo.find_elements("._dash-loading"):
                 break
         print(f"{page.path}: {len(figures)} figures in {time.time() - deadline + 90:.1f} s")
+        if page.path == "/model-explorer":
+            _patch_ioi(dash_duo, byte_level=first_look_store[1] != "smollm2-135m")
         name = page.path.strip("/").replace("/", "_") or "home"
         driver = dash_duo.driver
         height = driver.execute_script("return document.documentElement.scrollHeight")

@@ -15,7 +15,7 @@ def histogram_figure(counts: list[int], edges: list[float], density: float, mean
     widths = 10 ** e[1:] - 10 ** e[:-1]
     fig = go.Figure(go.Bar(x=centres, y=counts, width=widths, marker_color=COLORS[0],
                            hovertemplate="activation ≈ %{x:.3g}: %{y} tokens<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=f"Activations where it fires (density {density:.3%}, mean {mean:.3g})",
+    fig.update_layout(template=TEMPLATE, title=f"Where it fires: density {density:.2%},<br>mean activation {mean:.3g}", margin=dict(t=70),
                       height=320, bargap=0, xaxis=dict(title="activation", type="log"), yaxis=dict(title="tokens"))
     return fig
 

@@ -148,12 +148,13 @@ def register(app: Dash, ctx: AppContext) -> None:
             return [], no_update
         try:
             res = ctx.result(int(run_id))
-            live = res.live_features()[:200]
+            every = res.live_features()
+            live = every[:200]
             dens = res.density()
         except Exception:
             return [], no_update
         opts = [{"label": f"feature {f} (density {float(dens[f]):.2%})", "value": f} for f in live]
-        return opts, (feature if feature is not None else _first_to_show(live, dens))
+        return opts, (feature if feature is not None else _first_to_show(every, dens))
 
     @app.callback(Output("feat-index", "value", allow_duplicate=True), Input("feat-live", "value"), prevent_initial_call=True)
     def _pick(f):
