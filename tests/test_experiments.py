@@ -355,7 +355,9 @@ def test_bigram_subnetworks_masks_a_pretrained_model_when_the_setting_names_one(
         **bs.PRESETS["quick"]["probe"], "max_steps": 10, "eval_tokens": 512, "rotation_tokens": 512, "n_random": 1, "overlap_samples": 200}}
     section = bs.run(tmp_path / "out", preset="gpt2-stand-in")
     assert "estimated peak" in capsys.readouterr().out  # the memory estimate, printed before any work
-    assert section.markdown.startswith("Model: pretrained `gpt2` (not trained here), raw weights, masked on Brown;"), section.markdown[:300]
+    verdict, _, body = section.markdown.partition("\n\n")
+    assert verdict.startswith("**Verdict: ") and "pretrained `gpt2`" in verdict, verdict
+    assert body.startswith("Model: pretrained `gpt2` (not trained here), raw weights, masked on Brown;"), body[:300]
     assert "not on the pretraining text of `gpt2`" in section.markdown and "Brown LM" not in section.markdown
     (run,) = store.runs(probe="bigram-subnetworks")
     assert run["model"].split("|")[0] == "gpt2" and run["status"] == "done"
@@ -373,7 +375,9 @@ def test_bigram_subnetworks_trains_and_masks_a_byte_level_brown_lm(tmp_path, sto
     monkeypatch.setattr(bs, "write_figure", lambda fig, out, name, png=True: common.write_figure(fig, out, name, png=False))
     section = bs.run(tmp_path / "out", quick=True)
     md = section.markdown
-    assert md.startswith("Model: workbench-trained Brown LM `brownlm-L2-d32-s30"), md[:200]
+    verdict, _, body = md.partition("\n\n")
+    assert verdict.startswith("**Verdict: ") and "[" in verdict, verdict  # the margin carries its interval
+    assert body.startswith("Model: workbench-trained Brown LM `brownlm-L2-d32-s30"), body[:200]
     assert "tokenizer `bytes`" in md and "as bytes (the paper's models use subword tokens)" in md
     assert "sparser rows" not in md  # byte bigram rows are dense: no such caveat
     assert "of contexts unseen" in md and "LM training" in md  # trained in this call, so its cost is reported

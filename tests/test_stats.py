@@ -107,3 +107,28 @@ def test_two_proportion_sample_size_matches_the_formula_and_gives_its_power():
     assert abs(np.mean(np.abs(zstat) > za) - 0.8) < 0.03
     with pytest.raises(ValueError, match="equal"):
         two_proportion_sample_size(0.2, 0.2)
+
+
+def test_block_bootstrap_of_pearson_r_from_sums_equals_the_direct_r():
+    from probes.bigram_subnetworks.metrics import (
+        block_sums,
+        pearson_from_sums,
+        r_difference,
+        r_interval,
+    )
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=1000)
+    y = 0.6 * x + rng.normal(size=1000)
+    keep = rng.random(1000) > 0.1
+    s = block_sums(x, np.where(keep, y, 0.0), keep, 50)
+    assert s.shape == (20, 6)
+    assert pearson_from_sums(s) == pytest.approx(sps.pearsonr(x[keep], y[keep]).statistic, abs=1e-12)
+    # a resample of blocks equals r over the concatenated positions of those blocks
+    idx = np.array([3, 3, 7, 19, 0])
+    pos = np.concatenate([np.arange(b * 50, b * 50 + 50) for b in idx])
+    assert pearson_from_sums(s[idx]) == pytest.approx(sps.pearsonr(x[pos][keep[pos]], y[pos][keep[pos]]).statistic, abs=1e-12)
+    lo, hi = r_interval(s)
+    assert lo < pearson_from_sums(s) < hi
+    d = r_difference(s, s)
+    assert d.value == d.lo == d.hi == 0.0

@@ -88,9 +88,48 @@ class BigramCorrelation:
     n_inf_bigram: int
     n_inf_model: int
     unseen_context_rate: float
+    r_lo: float = float("nan")  # 95% interval of r: bootstrap over blocks of `block` consecutive positions
+    r_hi: float = float("nan")
+    block: int = 0
 
 
-def bigram_correlation(acc: SurprisalAccumulator, bigram: BigramModel) -> BigramCorrelation:
+# Per-block sums for Pearson r: n, Σx, Σy, Σx², Σy², Σxy over the kept positions of each block, so a
+# bootstrap over blocks (whole sequences: positions within one are not independent) resamples sums.
+def block_sums(x: np.ndarray, y: np.ndarray, keep: np.ndarray, block: int) -> np.ndarray:
+    """[n_blocks, 6] sums of consecutive `block`-position blocks (positions where `keep`)."""
+    ids = np.arange(x.size) // max(1, block)
+    nb = int(ids[-1]) + 1 if x.size else 0
+    x, y, k = x.astype(np.float64), y.astype(np.float64), keep.astype(np.float64)
+    cols = [k, k * x, k * y, k * x * x, k * y * y, k * x * y]
+    return np.stack([np.bincount(ids, weights=c, minlength=nb) for c in cols], axis=1)
+
+
+def pearson_from_sums(s: np.ndarray) -> float:
+    """Pearson r from summed block statistics (one row, or summed over rows)."""
+    n, sx, sy, sxx, syy, sxy = s if s.ndim == 1 else s.sum(0)
+    cov = sxy - sx * sy / n
+    vx, vy = sxx - sx * sx / n, syy - sy * sy / n
+    return float(cov / math.sqrt(vx * vy)) if vx > 0 and vy > 0 else float("nan")
+
+
+def r_interval(sums: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% block-bootstrap interval of Pearson r."""
+    from workbench.stats import bootstrap
+
+    if len(sums) < 2:
+        return float("nan"), float("nan")
+    est = bootstrap(lambda i: pearson_from_sums(sums[i]), len(sums), n_boot=n_boot, seed=seed)
+    return est.lo, est.hi
+
+
+def r_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0):
+    """r(a) - r(b) for two models scored on the same positions, with a paired block-bootstrap interval."""
+    from workbench.stats import bootstrap
+
+    return bootstrap(lambda i: pearson_from_sums(a[i]) - pearson_from_sums(b[i]), len(a), n_boot=n_boot, seed=seed)
+
+
+def bigram_correlation(acc: SurprisalAccumulator, bigram: BigramModel, block: int = 0) -> BigramCorrelation:
     """Pearson r between model and bigram surprisals over the accumulated positions.
 
     Infinite bigram surprisals (a seen context followed by a never-seen token: the bigram model is
@@ -109,10 +148,15 @@ def bigram_correlation(acc: SurprisalAccumulator, bigram: BigramModel) -> Bigram
     clamped = s_big.copy()
     if inf_b.any() and keep.any():
         clamped[inf_b] = s_big[keep].max()
-    return BigramCorrelation(
+    out = BigramCorrelation(
         r=r, r_clamped=_pearson(s_model, clamped), lm_loss=float(np.mean(s_model) / LOG2E), n=int(s_model.size),
         n_inf_bigram=int(inf_b.sum()), n_inf_model=int(inf_m.sum()), unseen_context_rate=bigram.unseen_context_rate(ctx),
     )
+    if block:
+        out.block = block
+        out.sums = block_sums(s_model, np.where(keep, s_big, 0.0), keep, block)  # kept for paired differences, not stored
+        out.r_lo, out.r_hi = r_interval(out.sums)
+    return out
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

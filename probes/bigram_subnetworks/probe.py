@@ -57,6 +57,7 @@ from probes.bigram_subnetworks.metrics import (
     lm_loss,
     model_surprisals,
     overlap_with_null,
+    r_difference,
     rotation_table,
 )
 from workbench.activations import available_memory_bytes, estimate_memory_bytes
@@ -255,10 +256,12 @@ def _bigram_model(model: HookedTransformer, train: TokenBatches, cfg: BigramSubn
 
 
 def _evaluate(model: HookedTransformer, masks: dict | None, eval_b: TokenBatches, bigram: BigramModel, desc: str) -> BigramCorrelation:
+    """r against the bigram model with a 95% interval from a bootstrap over whole sequences."""
+    block = eval_b.spec.seq_len - 1  # the (t, t+1) pairs of one sequence
     if masks is None:
-        return bigram_correlation(model_surprisals(model, eval_b, desc), bigram)
+        return bigram_correlation(model_surprisals(model, eval_b, desc), bigram, block=block)
     with masks_applied(model, masks):
-        return bigram_correlation(model_surprisals(model, eval_b, desc), bigram)
+        return bigram_correlation(model_surprisals(model, eval_b, desc), bigram, block=block)
 
 
 def _train(model, train_b, target_fn, cfg: BigramSubnetworksConfig, kind: str, lam: float, identity: dict) -> MaskRun:
@@ -299,12 +302,14 @@ def run(model: HookedTransformer, corpus: Corpus, config: BigramSubnetworksConfi
     identity = {"model": info.key, "data": train_b.describe(), "min_count": config.min_count}
 
     full = _evaluate(model, None, eval_b, bigram, "eval full model")
-    rows, kept_rows, logs, masks = [], [], [], {}
+    rows, kept_rows, logs, masks, sums = [], [], [], {}, {}
 
     def record(run: MaskRun, kind: str, lam: float) -> None:
         ev = _evaluate(model, run.masks, eval_b, bigram, f"eval {run.label}")
         k = kept(run.masks)
-        rows.append({"label": run.label, "kind": kind, "lam": lam, "r": ev.r, "r_clamped": ev.r_clamped, "lm_loss": ev.lm_loss,
+        sums[run.label] = ev.sums
+        rows.append({"label": run.label, "kind": kind, "lam": lam, "r": ev.r, "r_lo": ev.r_lo, "r_hi": ev.r_hi,
+                     "r_clamped": ev.r_clamped, "lm_loss": ev.lm_loss,
                      "kept": k, "maskable": total, "kept_frac": k / total, "steps": run.steps, "stopped": run.stopped,
                      "temperature": run.temperature, "train_seconds": run.seconds})
         kept_rows.append(kept_table(run.masks, slots, run.label))
@@ -332,6 +337,7 @@ def run(model: HookedTransformer, corpus: Corpus, config: BigramSubnetworksConfi
         opt_label = run_opt.label
     sweep = pd.DataFrame(rows)
     sweep["selected"] = sweep["label"] == selected
+    margin = r_difference(sums[selected], full.sums)  # paired over the same held-out sequences
 
     sub = {n: masks[f"{selected}/{n}"] for n in (s.name for s in slots)}
     opt = {n: masks[f"{opt_label}/{n}"] for n in (s.name for s in slots)} if opt_label else None
@@ -358,7 +364,7 @@ def run(model: HookedTransformer, corpus: Corpus, config: BigramSubnetworksConfi
         meta={"memory_estimate": est, "train_slice": train_b.describe(), "eval_slice": eval_b.describe(), "paper": PAPER},
         sweep=sweep, kept=pd.concat(kept_rows, ignore_index=True), ablation=ablation, rotation=rotation,
         train_log=pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(),
-        full_model=asdict(full),
+        full_model={**asdict(full), "margin": margin.value, "margin_lo": margin.lo, "margin_hi": margin.hi, "margin_of": selected},
         bigram={"vocab_size": bigram.vocab_size, "n_pairs": bigram.n_pairs, "n_distinct": int(bigram.counts.nnz),
                 "min_count": bigram.min_count, "seen_contexts": int((bigram.row_totals > 0).sum()),
                 "eval_unseen_context_rate": bigram.unseen_context_rate(eval_ctx),
