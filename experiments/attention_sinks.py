@@ -27,6 +27,7 @@ from probes.attention_sinks import (
     bb_recipe,
     bb_train_time,
     domain_contrast,
+    dormancy_verdicts,
     load_bb,
     load_bb_task,
     paired_gap,
@@ -493,15 +494,19 @@ def lm_section(res, model_name: str) -> str:
         t = domain_contrast(res.heads, doms[0], doms[1]).head(10)
         lines += ["", f"Heads whose dormancy differs most between {doms[0]} and {doms[1]} (dormant: sink ≥ "
                       f"{res.meta['config']['dormant_sink']} and |Δloss| ≤ {res.meta['config']['dormant_loss']} nats):", "",
-                  f"| head | sink {doms[0]} | sink {doms[1]} | Δloss {doms[0]} | Δloss {doms[1]} | dormant on |", "|---|---|---|---|---|---|"]
+                  f"| head | sink {doms[0]} | sink {doms[1]} | Δloss {doms[0]} | Δloss {doms[1]} | verdict |", "|---|---|---|---|---|---|"]
         has_se = "delta_loss_se_a" in t
 
         def dl(r, side: str) -> str:
             se = f" ± {r['delta_loss_se_' + side]:.4f}" if has_se else ""
             return f"{r['delta_loss_' + side]:+.4f}{se}"
 
+        verdict = res.heads.set_index(["domain", "layer", "head"])["verdict"] if "verdict" in res.heads else None
         for _, r in t.iterrows():
-            where = ", ".join(d for d, f in ((doms[0], r["dormant_a"]), (doms[1], r["dormant_b"])) if f) or "neither"
+            if verdict is not None:
+                where = "; ".join(f"{d}: {verdict[(d, r['layer'], r['head'])]}" for d in doms[:2])
+            else:
+                where = ", ".join(d for d, f in ((doms[0], r["dormant_a"]), (doms[1], r["dormant_b"])) if f) or "neither"
             lines.append(f"| L{int(r['layer'])}H{int(r['head'])} | {r['sink_mass_a']:.3f} | {r['sink_mass_b']:.3f} | "
                          f"{dl(r, 'a')} | {dl(r, 'b')} | {where} |")
         if has_se:
@@ -516,11 +521,18 @@ def close_calls_line(heads: pd.DataFrame, domains: list[str], config: dict[str, 
     parts = []
     for d in domains:
         h = heads[(heads["domain"] == d) & (heads["sink_mass"] >= config["dormant_sink"])]
-        close = ((h["delta_loss"].abs() - config["dormant_loss"]).abs() <= 2 * h["delta_loss_se"]).sum()
-        parts.append(f"{int(close)} of the {len(h)} heads with sink ≥ {config['dormant_sink']} on {d}")
+        if "delta_loss_se" in h:
+            n = dormancy_verdicts(h, config["dormant_sink"], config["dormant_loss"]).value_counts()
+            parts.append(f"{d}: of {len(h)} heads with sink ≥ {config['dormant_sink']}, {int(n.get('dormant', 0))} dormant, "
+                         f"{int(n.get('undecided', 0))} undecided, {int(n.get('active', 0))} active")
+        else:
+            close = ((h["delta_loss"].abs() - config["dormant_loss"]).abs() <= 2 * h["delta_loss_se"]).sum()
+            parts.append(f"{int(close)} of the {len(h)} heads with sink ≥ {config['dormant_sink']} on {d} within two standard errors")
     return (f"The ± values are standard errors of the mean per-token loss change on the ablation slice (about "
-            f"{config['ablation_tokens']} tokens per domain; tokens treated as independent, so they understate the spread). Verdicts within two standard errors of the "
-            f"{config['dormant_loss']}-nat threshold: " + "; ".join(parts) + ".")
+            f"{config['ablation_tokens']} tokens per domain; tokens treated as independent, so they understate the spread). "
+            f"One verdict per head: dormant when |Δloss| is below the {config['dormant_loss']}-nat threshold by more than two "
+            "standard errors, active when above it by more than two (or when its sink mass is below the threshold), undecided "
+            "in between, and counted neither way; the cross-analysis uses these same verdicts. " + "; ".join(parts) + ".")
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None = None) -> ReportSection:

@@ -183,15 +183,16 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None 
             "**(a) Sink heads against function tokens.** Per head, mean attention on the BOS position from function-token "
             f"queries and from content-token queries ({split_info['n_function_queries']:,} and {split_info['n_content_queries']:,} "
             f"query positions, {split_info.get('n_positions') or p['max_tokens']:,} Brown tokens in chunks of {p['seq_len']}), beside "
-            f"sink mass and dormancy from {src['survey']} (dormant: sink ≥ {cfgd['dormant_sink']} and |Δloss| ≤ {cfgd['dormant_loss']} nats "
-            "under zero-ablation).",
+            f"sink mass and dormancy from {src['survey']} (dormant: sink ≥ {cfgd['dormant_sink']} and |Δloss| below {cfgd['dormant_loss']} nats "
+            f"by more than two standard errors under zero-ablation; {s.get('n_undecided', 0)} heads within two standard errors are "
+            "undecided and counted in neither group).",
             "",
             "| heads | quantity | value |", "|---|---|---|",
             f"| all {s['n_heads']} | mean (function − content) BOS attention | {_f(s['mean_f_minus_c'])} |",
             f"| all | share of heads with function > content | {s['share_f_gt_c']:.0%} |",
             f"| {s['n_dormant']} dormant | mean (function − content) | {_f(s['dormant_mean_f_minus_c'])} "
             f"({_f(s['dormant_share_f_gt_c'], 2)} of them function > content) |",
-            f"| {s['n_heads'] - s['n_dormant']} others | mean (function − content) | {_f(s['other_mean_f_minus_c'])} |",
+            f"| {s['n_heads'] - s['n_dormant'] - s.get('n_undecided', 0)} active | mean (function − content) | {_f(s['other_mean_f_minus_c'])} |",
             f"| {s['n_sink_heads']} with sink mass ≥ 0.5 | mean (function − content) | {_f(s['sink_heads_mean_f_minus_c'])} |",
             f"| all | Spearman ρ(sink mass, function − content) | {_f(s['rho_sink_vs_f_minus_c'], 2)} |",
             f"| all | Spearman ρ(|Δloss|, function − content) | {_f(s['rho_absdl_vs_f_minus_c'], 2)} |",

@@ -238,15 +238,17 @@ def test_lm_report_gives_loss_changes_with_standard_errors_and_counts_close_call
     cfg = {**res.meta["config"], "dormant_sink": 0.5, "dormant_loss": 0.01}
     h["sink_mass"], h["delta_loss"], h["delta_loss_se"] = 0.2, 0.5, 0.001
     brown = h.index[h.domain == "brown"]
-    # three brown heads above the sink threshold: one close call (|0.012 - 0.01| <= 2 * 0.002), two clear
+    # three brown heads above the sink threshold: one close call (|0.012 - 0.01| <= 2 * 0.002): undecided;
+    # one clearly above (active), one clearly below (dormant)
     h.loc[brown[:3], "sink_mass"] = 0.9
     h.loc[brown[:3], "delta_loss"] = [-0.012, 0.05, 0.0]
     h.loc[brown[:3], "delta_loss_se"] = 0.002
     line = close_calls_line(h, ["brown", "python-stdlib"], cfg)
-    assert "1 of the 3 heads with sink ≥ 0.5 on brown" in line and "0 of the 0 heads with sink ≥ 0.5 on python-stdlib" in line
+    assert "brown: of 3 heads with sink ≥ 0.5, 1 dormant, 1 undecided, 1 active" in line
+    assert "python-stdlib: of 0 heads with sink ≥ 0.5, 0 dormant, 0 undecided, 0 active" in line
     md = lm_section(out.result, "tiny")
     r = domain_contrast(out.result.heads, "brown", "python-stdlib").iloc[0]
-    assert f"{r.delta_loss_a:+.4f} ± {r.delta_loss_se_a:.4f}" in md and "Verdicts within two standard errors" in md
+    assert f"{r.delta_loss_a:+.4f} ± {r.delta_loss_se_a:.4f}" in md and "One verdict per head" in md
 
 
 def test_prompt_head_and_bounds(tiny):
@@ -631,3 +633,19 @@ def test_seed_spread_section_counts_the_seeds_that_meet_all_four(bb_run):
     assert "still rises, by 0.10 to 0.10 per doubling" in seed_spread_section([(1, good)], recipe)
     d.loc[d.step == 2 * steps[-2], "sink_mass"] = 0.5
     assert "still rises" not in seed_spread_section([(1, good)], recipe)
+
+
+def test_dormancy_verdicts_leave_heads_within_two_standard_errors_undecided():
+    import pandas as pd
+
+    from probes.attention_sinks import dormancy_verdicts
+
+    heads = pd.DataFrame({
+        "sink_mass": [0.9, 0.9, 0.9, 0.9, 0.5, 0.9, 0.9],
+        "delta_loss": [0.002, -0.003, 0.009, 0.03, 0.0, float("nan"), 0.008],
+        "delta_loss_se": [0.001, 0.001, 0.002, 0.005, 0.0, 0.0, float("nan")],
+    })
+    got = dormancy_verdicts(heads, dormant_sink=0.7, dormant_loss=0.01).tolist()
+    # 0.002+0.002 <= 0.01: dormant; |-0.003|+0.002: dormant; 0.009±0.004 straddles 0.01: undecided;
+    # 0.03-0.01 > 0.01: active; low sink: active; no ablation: untested; no SE: the point comparison
+    assert got == ["dormant", "dormant", "undecided", "active", "active", "untested", "dormant"]

@@ -24,8 +24,10 @@ from probes.attention_sinks.bigram_backcopy import (
 )
 from probes.attention_sinks.dynamics import BigramBackcopyConfig, BigramBackcopyResult
 from probes.attention_sinks.heads import (
+    VERDICTS,
     HeadSurveyAccumulator,
     HeadTables,
+    dormancy_verdicts,
     head_ablation,
     spread_chunks,
 )
@@ -39,6 +41,7 @@ from probes.attention_sinks.probe import (
 from probes.attention_sinks.prompt import prompt_head
 
 __all__ = [
+    "VERDICTS", "dormancy_verdicts",
     "AttentionSinksConfig", "AttentionSinksResult", "bb_checkpoints", "bb_model", "bb_recipe", "bb_risks",
     "bb_train_time", "BB_VARIANTS", "BBRecipe", "BBTask", "BigramBackcopyConfig", "BigramBackcopyResult",
     "domain_contrast", "head_ablation", "HeadSurveyAccumulator", "HeadTables", "install_relu_attention",

@@ -25,6 +25,7 @@ from probes.attention_sinks.bigram_backcopy import bb_risks, paired_gap, task_of
 from probes.attention_sinks.heads import (
     HeadTables,
     _quantiles,
+    dormancy_verdicts,
     head_ablation,
     reduce_inputs,
     reduce_pattern,
@@ -213,7 +214,8 @@ def bb_analysis(model: HookedTransformer, task, config: BigramBackcopyConfig) ->
     heads = snap.assign(domain="bb", kv_group=snap["head"], loss_clean=abl.clean, loss_ablated=abl.ablated.flatten().numpy())
     heads["delta_loss"] = heads["loss_ablated"] - abl.clean
     heads["delta_loss_se"] = abl.delta_se.flatten().numpy()
-    heads["dormant"] = (heads["sink_mass"] >= config.dormant_sink) & (heads["delta_loss"].abs() <= config.dormant_loss)
+    heads["verdict"] = dormancy_verdicts(heads, config.dormant_sink, config.dormant_loss)
+    heads["dormant"] = heads["verdict"] == "dormant"  # undecided heads are counted neither way
     L = model.cfg.n_layers
     rn = r["rn"]
     layers = pd.DataFrame({

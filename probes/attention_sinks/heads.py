@@ -49,6 +49,8 @@ class HeadTables(Result):
             out[f"{d}:mean_sink"] = round(float(h["sink_mass"].mean()), 4)
             if h["delta_loss"].notna().any():
                 out[f"{d}:dormant_heads"] = int(h["dormant"].sum())
+                if "verdict" in h:
+                    out[f"{d}:undecided_heads"] = int((h["verdict"] == "undecided").sum())
         return out
 
 
@@ -456,3 +458,23 @@ def reduce_pattern(model: HookedTransformer, tokens: torch.Tensor) -> torch.Tens
     names = [hooks.attn_pattern(l) for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens.to(next(model.parameters()).device), names_filter=names, return_type=None)
     return torch.stack([cache[n][0] for n in names]).float().cpu()
+
+
+VERDICTS = ("dormant", "active", "undecided", "untested")
+
+
+def dormancy_verdicts(heads: pd.DataFrame, dormant_sink: float, dormant_loss: float, n_se: float = 2.0) -> pd.Series:
+    """One verdict per head from its sink mass and its zero-ablation loss change:
+    - "dormant": sink mass >= `dormant_sink` and |Δloss| + n_se·SE <= `dormant_loss` (surely small);
+    - "active": sink mass below `dormant_sink`, or |Δloss| - n_se·SE > `dormant_loss` (surely large);
+    - "undecided": a sink head whose |Δloss| is within n_se standard errors of the threshold;
+    - "untested": no ablation was run (Δloss is NaN).
+    Without a standard error (SE NaN) the verdict is the point comparison."""
+    sink = heads["sink_mass"] >= dormant_sink
+    dl = heads["delta_loss"].abs()
+    se = heads["delta_loss_se"].fillna(0.0) if "delta_loss_se" in heads else 0.0
+    out = pd.Series("undecided", index=heads.index, dtype="str")
+    out[~sink | (dl - n_se * se > dormant_loss)] = "active"
+    out[sink & (dl + n_se * se <= dormant_loss)] = "dormant"
+    out[heads["delta_loss"].isna()] = "untested"
+    return out

@@ -38,6 +38,7 @@ from probes.attention_sinks.bigram_backcopy import task_of_model
 from probes.attention_sinks.heads import (
     HeadSurveyAccumulator,
     HeadTables,
+    dormancy_verdicts,
     head_ablation,
     spread_chunks,
 )
@@ -121,7 +122,8 @@ def survey_domain(model: HookedTransformer, corpus: Corpus, config: AttentionSin
         heads["delta_loss_se"] = abl.delta_se.flatten().numpy()
     else:
         heads["loss_clean"] = heads["loss_ablated"] = heads["delta_loss"] = heads["delta_loss_se"] = float("nan")
-    heads["dormant"] = (heads["sink_mass"] >= config.dormant_sink) & (heads["delta_loss"].abs() <= config.dormant_loss)
+    heads["verdict"] = dormancy_verdicts(heads, config.dormant_sink, config.dormant_loss)
+    heads["dormant"] = heads["verdict"] == "dormant"  # undecided heads are counted neither way
     sink_prof, val_prof = acc.profiles()
     ex_ids = acc.state["example_tokens"].long().cpu()
     ex_ids = ex_ids[ex_ids >= 0]

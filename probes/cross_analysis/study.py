@@ -106,14 +106,17 @@ def spearman(x, y) -> float:
 
 def head_view(heads: pd.DataFrame, split: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Join the survey's heads (one domain) with the function/content split; summary numbers."""
-    t = heads[["layer", "head", "sink_mass", "delta_loss", "dormant"]].merge(split, on=["layer", "head"])
+    cols = ["layer", "head", "sink_mass", "delta_loss", "dormant"] + (["verdict"] if "verdict" in heads else [])
+    t = heads[cols].merge(split, on=["layer", "head"])
     t["f_minus_c"] = t["sink_function"] - t["sink_content"]
     dorm = t[t["dormant"].astype(bool)]
-    rest = t[~t["dormant"].astype(bool)]
+    # "the rest" is the heads surely not dormant: undecided ones are counted neither way
+    rest = t[t["verdict"] == "active"] if "verdict" in t else t[~t["dormant"].astype(bool)]
     sinky = t[t["sink_mass"] >= 0.5]
     nan = float("nan")
     s = {
         "n_heads": len(t), "n_dormant": len(dorm), "n_sink_heads": len(sinky),
+        "n_undecided": int((t["verdict"] == "undecided").sum()) if "verdict" in t else 0,
         "mean_f_minus_c": float(t["f_minus_c"].mean()),
         "share_f_gt_c": float((t["f_minus_c"] > 0).mean()),
         "dormant_mean_f_minus_c": float(dorm["f_minus_c"].mean()) if len(dorm) else nan,
@@ -135,11 +138,12 @@ def residual_peaks(layers: pd.DataFrame) -> dict[str, Any]:
 
 
 def _survey(cfg: CrossAnalysisConfig, ctx: StudyContext, model, corpus) -> tuple[Any, str]:
-    """The attention-sinks experiment's own survey when the store holds it, else a smaller Brown-only one."""
+    """The attention-sinks experiment's survey (its settings, so every head has one dormancy
+    verdict across the report: reused from the store, or computed now), else a smaller Brown-only one."""
     if cfg.survey:
-        theirs = ctx.stored("attention-sinks", model, corpus, AttentionSinksConfig.from_dict(cfg.survey))
-        if theirs is not None:
-            return theirs.result, f"the attention-sinks experiment's stored survey (key {theirs.key})"
+        out = ctx.run_probe("attention-sinks", model, corpus, AttentionSinksConfig.from_dict(cfg.survey))
+        how = "reused from the store" if out.reused else "computed now"
+        return out.result, f"the attention-sinks experiment's survey, with its settings ({how}, run #{out.run_id}, key {out.key})"
     small = AttentionSinksConfig(max_tokens=cfg.max_tokens, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                                  ablation_tokens=cfg.ablation_tokens, domains=[])
     out = ctx.run_probe("attention-sinks", model, corpus, small)
