@@ -96,8 +96,11 @@ def _correlation_md(corr: pd.DataFrame) -> str:
         verdict = "–" if math.isnan(rho) else ("agrees" if rho * sign > 0 else "opposite")
         if not math.isnan(rho) and r["p_loss"] > 0.05:
             verdict += " (n.s.)"
+        pr = r.get("partial_rho_loss", math.nan)
+        partial = "–" if pr is None or math.isnan(pr) else f"{pr:+.2f} [{r['partial_lo']:+.2f}, {r['partial_hi']:+.2f}], p {r['partial_p']:.2g}"
         rows.append({"metric": figs.metric_label(r["metric"]), "paper's trend vs loss": "+" if sign > 0 else "−",
-                     "ρ(val loss)": rho, "p": r["p_loss"], "ρ(params)": r["rho_params"], "p ": r["p_params"], "verdict": verdict})
+                     "ρ(val loss)": rho, "p": r["p_loss"], "ρ(params)": r["rho_params"], "p ": r["p_params"],
+                     "partial ρ(val loss | size) [95% CI]": partial, "verdict": verdict})
     return _md_table(pd.DataFrame(rows))
 
 
@@ -248,13 +251,16 @@ self-duality (NC3) rising, as validation loss falls.
 **Setting.** {len(sweep.table)} models from `workbench.zoo` trained on Brown's train split (BPE 4096, context {cfg.n_ctx},
 batch {cfg.batch_size}, lr {cfg.lr}, cosine schedule, seeds {cfg.seeds}): depth {cfg.depths} x width {cfg.widths} x
 steps {cfg.steps} (each budget its own run). For each: class statistics over {cfg.probe.get('max_tokens'):,} train-split
-tokens, NC4 and validation loss over {cfg.probe.get('heldout_max_tokens'):,} validation-split tokens (min_count 1, as
-the paper). {lm} (raw numerics) over {m['n_tokens']:,} Brown train-split positions and
+tokens, NC4 and validation loss over {cfg.probe.get('heldout_max_tokens'):,} validation-split tokens (min_count
+{m.get('min_count', 1)}: classes seen once have zero variance by construction and are left out; the paper keeps every
+seen class, but its TinyStories classes all have many samples). {lm} (raw numerics) over {m['n_tokens']:,} Brown train-split positions and
 {m['heldout_positions']:,} validation positions. Hardware: {hardware()}. Time: {sweep_time}; {smol_time}.
 Sweep run {_computed_run(store, sweep_run)}, {lm} run {_computed_run(store, smol_run_id)}. Features are `ln_final.hook_normalized` with the final norm's gain (the unembedding's input); metric
 formulas follow the paper's final `analyze.py` (CDNV with distance^4); see `probes/_nc_metrics.py`.
 
-**Rank correlations over the sweep** (Spearman, n = {len(sweep.table)}; "agrees" = sign of the paper's trend):
+**Rank correlations over the sweep** (Spearman, n = {len(sweep.table)}; "agrees" = sign of the paper's trend; the
+partial correlation holds parameters and training steps fixed, so with several seeds per size it tests the paper's
+"correlates with generalisation independent of scale"):
 
 {_correlation_md(sweep.correlations)}
 

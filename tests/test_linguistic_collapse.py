@@ -25,7 +25,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-SMALL = dict(max_tokens=1200, heldout_max_tokens=500, seq_len=32, batch_size=4, sensitivity_min_counts=[1, 3], top_classes=8)
+# min_count 1 here: the brute-force checks below compare every seen class
+SMALL = dict(max_tokens=1200, heldout_max_tokens=500, seq_len=32, batch_size=4, sensitivity_min_counts=[1, 3], top_classes=8, min_count=1)
 
 
 @pytest.fixture(scope="module")
@@ -458,3 +459,37 @@ def test_run_sweep_trains_runs_stores_and_reuses(store, brown, monkeypatch):
     assert sorted(r["status"] for r in new_rows) == ["reused"] * 5 and again.table.equals(result.table)
     with pytest.raises(ConfigError, match="divisible"):
         sweep.SweepConfig(widths=[30]).validate()
+
+
+def test_sweep_partial_correlation_controls_for_size():
+    """Loss and metric both driven by size and by seed noise shared between them: the plain
+    Spearman correlation mixes the two; the partial one controlling for size finds the seed part."""
+    import numpy as np
+    import pandas as pd
+
+    from probes.linguistic_collapse.sweep import correlations
+    from workbench.stats import partial_correlation
+
+    rng = np.random.default_rng(0)
+    n_params = np.repeat([1e4, 3e4, 1e5, 3e5], 6)
+    steps = np.tile([150, 450], 12)
+    shared = rng.normal(size=24)
+    val_loss = 5 - 0.3 * np.log(n_params) - 0.001 * steps + 0.2 * shared
+    metric = -0.5 * np.log(n_params) + 0.3 * shared + 0.05 * rng.normal(size=24)
+    table = pd.DataFrame({"nc1_cdnv": metric, "val_loss": val_loss, "n_params": n_params, "steps": steps})
+    row = correlations(table, ["nc1_cdnv"]).iloc[0]
+    ref = partial_correlation(metric, val_loss, np.column_stack([n_params, steps]), method="spearman")
+    assert row["partial_rho_loss"] == ref.value and row["partial_lo"] == ref.lo and row["n_partial"] == 24
+    assert row["partial_rho_loss"] > 0.5 and row["partial_p"] < 0.01  # the shared seed noise, found
+    assert row["partial_lo"] < row["partial_rho_loss"] < row["partial_hi"]
+
+
+def test_singleton_classes_are_left_out_by_default(tiny, brown):
+    """A class seen once has zero variance by construction: the default min_count 2 keeps only
+    classes with two or more samples, and the sensitivity table still reports min_count 1."""
+    cfg = lc.LinguisticCollapseConfig(**{k: v for k, v in SMALL.items() if k != "min_count"})
+    assert cfg.min_count == 2
+    res = lc.run(tiny, brown, cfg)
+    m, sens = res.metrics, res.sensitivity.set_index("min_count")
+    assert m["min_count"] == 2 and bool((res.classes["count"] >= 2).all()) and m["n_classes"] == len(res.classes)
+    assert list(sens.index) == [1, 2, 3] and sens.loc[1, "n_classes"] == m["n_classes_seen"] > m["n_classes"] == sens.loc[2, "n_classes"]

@@ -57,7 +57,10 @@ class LinguisticCollapseConfig(StreamConfig):
     max_tokens: int | None = 50_000
     heldout_split: str = "validation"  # NC4 and validation loss; must not overlap `split`
     heldout_max_tokens: int | None = setting(10_000, min=1, max=10_000_000, why="a dashboard run streams at most 10M tokens")
-    min_count: int = setting(1, min=1, max=1_000_000, why="samples per class")  # keep classes with at least this many samples (the paper keeps >= 1)
+    # keep classes with at least this many samples: 2 by default, because a singleton class has zero
+    # variance by construction and would pull CDNV toward 0 (the paper keeps >= 1, but its TinyStories
+    # classes all have many samples); the sensitivity table reports 1 too
+    min_count: int = setting(2, min=1, max=1_000_000, why="samples per class")
     sensitivity_min_counts: list[int] = setting(default_factory=lambda: [1, 2, 5, 10, 25], min=1, max=1_000_000, max_items=16,
                                                 why="one metric pass per threshold")
     variance: Literal["one-pass", "two-pass"] = "one-pass"

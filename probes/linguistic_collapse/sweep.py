@@ -76,8 +76,9 @@ class SweepConfig(ConfigBase):
 
 
 GRIDS: dict[str, SweepConfig] = {
-    # 18 models; about 30 min of CPU on one core (training dominates; measured in the experiment report)
-    "cpu": SweepConfig(),
+    # 2 x 3 x 2 x 3 seeds = 36 models: the seeds give the variation at fixed size that the partial
+    # correlation with validation loss (controlling for size) needs (training dominates the cost)
+    "cpu": SweepConfig(depths=[1, 2], seeds=[0, 1, 2]),
     # for a GPU: 4 x 4 x 2 = 32 models, longer budgets, larger slices
     "gpu": SweepConfig(depths=[1, 2, 4, 8], widths=[64, 128, 256, 512], steps=[2000, 6000], batch_size=32,
                        lr=1e-3, probe={"max_tokens": 500_000, "heldout_max_tokens": 100_000}),
@@ -121,7 +122,11 @@ def model_row(recipe: LMRecipe, model, result, run_id: int, key: str) -> dict:
 
 
 def correlations(table: pd.DataFrame, metrics: list[str] = METRICS) -> pd.DataFrame:
-    """Spearman rank correlation (and p-value) of each metric with val loss and with parameter count."""
+    """Spearman rank correlation (and p-value) of each metric with val loss and with parameter
+    count, and the partial Spearman correlation with val loss controlling for size (parameters and
+    training steps), with a 95% Fisher-z interval and p: the paper's "independent of scale"."""
+    from workbench.stats import partial_correlation, partial_correlation_p
+
     rows = []
     for metric in metrics:
         row = {"metric": metric, "expected_sign_loss": EXPECTED_SIGN.get(metric, 0)}
@@ -133,6 +138,15 @@ def correlations(table: pd.DataFrame, metrics: list[str] = METRICS) -> pd.DataFr
             else:
                 row[f"rho_{against}"], row[f"p_{against}"] = math.nan, math.nan
             row[f"n_{against}"] = int(len(sub))
+        scale = [c for c in ("n_params", "steps") if c in table]
+        sub = table[[metric, "val_loss", *scale]].replace([math.inf, -math.inf], math.nan).dropna()
+        size = sub[scale].to_numpy(dtype=float)
+        row["partial_rho_loss"] = row["partial_lo"] = row["partial_hi"] = row["partial_p"] = math.nan
+        if scale and len(sub) >= 6 and sub[metric].nunique() > 1 and sub["val_loss"].nunique() > 1:
+            est = partial_correlation(sub[metric], sub["val_loss"], size, method="spearman")
+            row.update(partial_rho_loss=est.value, partial_lo=est.lo, partial_hi=est.hi,
+                       partial_p=partial_correlation_p(est.value, len(sub), size.shape[1]))
+        row["n_partial"] = int(len(sub))
         rows.append(row)
     return pd.DataFrame(rows)
 
