@@ -72,9 +72,13 @@ def _patch_ioi(dash_duo, byte_level: bool) -> None:
         for el, text in (("patch-clean", "When M and J went to the store, J gave a drink to "),
                          ("patch-corrupted", "When M and J went to the store, M gave a drink to ")):
             dash_duo.driver.execute_script(set_text, dash_duo.find_element(f"#{el}"), text)
-        for el, text in (("patch-answer", "M"), ("patch-wrong", "J")):
+        from selenium.webdriver.common.keys import Keys
+
+        for el, text in (("patch-answer", "M"), ("patch-wrong", "J")):  # real key presses: React sees them
             box = dash_duo.find_element(f"#{el}")
-            box.clear()
+            box.click()
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(Keys.DELETE)
             box.send_keys(text)
     dash_duo.find_element("#patch-run").click()
     js = ("const p = document.getElementById(JSON.stringify({id: 'explorer-patch', type: 'wb-graph'})).querySelector('.js-plotly-plot');"
@@ -84,7 +88,7 @@ def _patch_ioi(dash_duo, byte_level: bool) -> None:
     while z is None and time.time() < deadline:
         time.sleep(0.5)
         z = dash_duo.driver.execute_script(js)
-    assert z is not None, "no patching heatmap"
+    assert z is not None, f"no patching heatmap: {dash_duo.find_element('#patch-error').text}"
     tokens_before_s2 = len("When M and J went to the store, ") + 1 if byte_level else 10  # BOS included
     assert abs(z[0][tokens_before_s2] - 1) < 1e-2  # the changed name carries the clean answer at the embeddings
     card = dash_duo.driver.execute_script(
