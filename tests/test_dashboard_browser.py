@@ -395,7 +395,7 @@ def test_an_empty_page_offers_run_with_defaults_and_its_estimate(dash_duo, tmp_p
         note.find_element("css selector", "button").click()
         dash_duo.wait_for_contains_text('[id*="run-defaults-status"]', "Queued as run", timeout=15)
         runs = store.runs()
-        assert [r["probe"] for r in runs] == ["residual-norms"] and runs[0]["status"] == "queued"
+        assert [r["probe"] for r in runs] == ["residual-norms"] and runs[0]["status"] in ("queued", "running")  # a worker may take it at once
         app.workbench_ctx.jobs.cancel(runs[0]["run_id"])
         assert dash_duo.get_logs() == []
     finally:
