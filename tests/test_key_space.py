@@ -437,3 +437,22 @@ def test_smollm2_keys_prompts_and_query(smollm2):
     assert tok.convert_ids_to_tokens(ids[:2]) == ["<|im_start|>", "system"] and text.endswith('Answer:\n1. "Ohio"\n2. "')
     q, logits = final_query(smollm2, ids)
     assert torch.allclose(q @ smollm2.W_U.detach(), logits, atol=1e-3)
+
+
+def test_middle_rank_test_reports_difference_interval_permutation_p_and_power():
+    import pandas as pd
+
+    from experiments.key_space import _middle_rank_test_md, middle_rank_test
+
+    rows = []
+    for c in range(6):
+        rows += [{"category": f"c{c}", "group": "main", "correct": i % 10 == 0, "rank": 20} for i in range(40)]  # 10% correct
+        rows += [{"category": f"c{c}", "group": "other", "correct": i % 2 == 0, "rank": 60} for i in range(40)]  # 50% correct
+        rows += [{"category": f"c{c}", "group": "top", "correct": True, "rank": 1}]
+    t = middle_rank_test(pd.DataFrame(rows), n_boot=300)
+    assert t["n_main"] == t["n_other"] == 240 and t["n_categories"] == 6
+    assert t["diff"] == pytest.approx(0.1 - 0.5) and t["p"] < 0.001
+    assert t["lo"] == pytest.approx(-0.4) and t["hi"] == pytest.approx(-0.4)  # every category is the same: no spread
+    assert t["n_needed"] < 240 and t["mde"] < 0.4
+    md = _middle_rank_test_md(t)
+    assert "significant" in md and "not significant" not in md
