@@ -209,7 +209,19 @@ def report(res, other: dict, wall: float, quick: bool, preset: str = "cpu") -> s
     wins = int((ct["ICN - baseline"] > 0).sum())
     losses = int((ct["ICN - baseline"] < 0).sum())
     km = geo["kmeans"]
+    test = middle_rank_test(res.candidates)
+    if "diff" not in test:
+        head = "**Verdict: not testable here**: one of the two middle-rank groups is empty."
+    else:
+        sig = test["p"] < 0.05 and (test["lo"] > 0 or test["hi"] < 0)
+        word = ("reproduced" if sig and test["diff"] < 0 else "contradicted" if sig else "inconclusive")
+        head = (f"**Verdict: {word}** (middle-rank bias): in-main-cluster minus other precision {test['diff']:+.3f} "
+                f"[{test['lo']:+.3f}, {test['hi']:+.3f}], permutation p = {test['p']:.2g}"
+                + ("" if sig else f"; detecting a gap this small would take about {test['n_needed']:,} candidates per group"
+                   if test["n_needed"] else "") + ". Details and the ICN comparison below.")
     lines = [
+        head,
+        "",
         f"Model `{res.meta.get('model', {}).get('id')}` ({res.meta.get('numerics')} numerics); keys = rows of the raw unembedding "
         f"({geo['d_vocab']} × {geo['d_model']}); tied embeddings: {geo['tied_embeddings']} (W_U.T == W_E exactly: {geo['keys_equal_embeddings']}). "
         f"Prompt style: **{geo['prompt_style']}**. Machine: {hardware()}. Wall time of this section: {wall / 60:.1f} min "
@@ -238,7 +250,7 @@ def report(res, other: dict, wall: float, quick: bool, preset: str = "cpu") -> s
         f"{p['MEAN_main_precision']:.3f} against {p['MEAN_other_precision']:.3f}. Top-K precision {p['ALL_top_precision']:.3f}. "
         f"The paper's claim (in-cluster precision lower despite better ranks) is {verdict} on this model when pooled.",
         "",
-        _middle_rank_test_md(middle_rank_test(res.candidates)),
+        _middle_rank_test_md(test),
         "",
         "### ICN against the baseline",
         f"After {cfg.get('n_explore')} explored answers ({cfg.get('icn_per_round')} new first token(s) per ICN round), correct-and-distinct "

@@ -124,6 +124,12 @@ def _from_markdown(folder: Path, name: str) -> ReportSection | None:
     return None
 
 
+def section_verdict(markdown: str) -> str:
+    """The verdict a section opens with (`**Verdict: ...**`), or says it has none yet."""
+    m = re.search(r"\*\*Verdict: ([^*]+)\*\*", markdown)
+    return m.group(1).strip() if m else "not stated yet (section from an earlier run)"
+
+
 def render(sections: list[ReportSection], total_s: float, quick: bool, preset: str, assembled: bool = False) -> str:
     how = ("Assembled by `python -m experiments.run_all --assemble` from the sections each experiment saved when it last "
            "finished, or as the previous report had them where none was saved (each section names its time and preset); "
@@ -142,11 +148,11 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
                                                          "compute time in its text)" if assembled else ""),
         "",
         *preset_notes(preset, [s.title for s in sections], quick),
-        "| analysis | wall time | figures (PNG, each also as HTML where made) |",
-        "|---|---|---|",
+        "| analysis | verdict on the paper's headline | wall time | figures (PNG, each also as HTML where made) |",
+        "|---|---|---|---|",
     ]
     for s in sections:
-        lines.append(f"| {s.title} | {s.wall_s / 60:.1f} min | {sum(f.endswith('.png') for f in s.figures)} |")
+        lines.append(f"| {s.title} | {section_verdict(s.markdown)} | {s.wall_s / 60:.1f} min | {sum(f.endswith('.png') for f in s.figures)} |")
     for s in sections:
         lines += ["", f"## {s.title}", "", s.markdown.strip(), ""]
         pngs = [f for f in s.figures if f.endswith(".png")]

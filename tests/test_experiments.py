@@ -242,7 +242,9 @@ def test_key_space_under_a_hub_preset_runs_on_the_stand_in(tmp_path, store, monk
     sections = run_all.main(only=["key_space"], out=tmp_path / "out", preset="gpt2-small", report=tmp_path / "R.md")
     md = sections[0].markdown
     assert "**Failed**" not in md, md
-    assert md.startswith("Model `gpt2` (raw numerics)") and "Prompt style: **raw**" in md
+    verdict, _, body = md.partition("\n\n")
+    assert verdict.startswith("**Verdict: ") and "middle-rank bias" in verdict, verdict
+    assert body.startswith("Model `gpt2` (raw numerics)") and "Prompt style: **raw**" in md
     assert ks.PRESETS["gpt2-small"]["model"] == "gpt2"
     runs = store.runs(limit=10, probe="key-space")
     assert runs and {r["model"].split("|")[0] for r in runs} == {"gpt2"}, runs
@@ -402,3 +404,8 @@ def test_linguistic_collapse_pretrained_part_runs_on_the_settings_model(tmp_path
     assert {"gpt2_cosines.html", "gpt2_projection.html", "gpt2_min_count.html"} <= set(section.figures)
     models = [r["model"].split("|")[0] for r in store.runs(probe="linguistic-collapse")]
     assert models[0] == "gpt2" and models.count("gpt2") == 1, models  # the last run; the sweep's runs are zoo models
+
+
+def test_the_report_table_carries_each_sections_verdict():
+    assert run_all.section_verdict("**Verdict: reproduced at this scale**: on a model ...") == "reproduced at this scale"
+    assert run_all.section_verdict("Model: ... no verdict").startswith("not stated yet")
