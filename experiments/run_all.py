@@ -94,7 +94,8 @@ def sections_in_report(path: Path) -> dict[str, ReportSection]:
     if not path.is_file():
         return {}
     text = path.read_text()
-    walls = {m[1]: float(m[2]) * 60 for m in re.finditer(r"^\| (.+?) \| ([\d.]+) min \| \d+ \|$", text, re.M)}
+    # summary rows: | title | verdict | wall | figures | (reports written before the verdict column lack it)
+    walls = {m[1]: float(m[2]) * 60 for m in re.finditer(r"^\| (.+?) \| (?:[^|]* \| )?([\d.]+) min \| \d+ \|$", text, re.M)}
     found: dict[str, ReportSection] = {}
     for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
         title, _, body = chunk.partition("\n")

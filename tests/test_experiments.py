@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import types
 
 import pytest
@@ -212,7 +213,12 @@ def test_a_fresh_clone_keeps_the_sections_it_has_no_saved_copy_of(tmp_path, monk
     assert "sink mass 0.85" in text and "sink mass 0.73" not in text  # the saved section wins over the old report
     assert "rho 0.4" in text and text.count("*Section written then.*") == 1  # carried as it stood, stamp not doubled
     assert "**Not run yet**" in text and "python -m experiments.sae_circuits" in text
-    assert "| Key space | 1.5 min | 1 |" in text and "| Attention sinks | 1.0 min | 1 |" in text
+    assert re.search(r"\| Key space \| [^|]+ \| 1\.5 min \| 1 \|", text) and re.search(r"\| Attention sinks \| [^|]+ \| 1\.0 min \| 1 \|", text)
+    # a report from before the verdict column still gives its wall times
+    legacy = tmp_path / "legacy.md"
+    legacy.write_text(report.read_text().replace("| analysis | verdict on the paper's headline |", "| analysis |").replace(
+        "| not stated yet (section from an earlier run) |", "|"))
+    assert run_all.sections_in_report(legacy)["key_space"].wall_s == pytest.approx(90.0)
     assert run_all.sections_in_report(tmp_path / "none.md") == {}
 
 
