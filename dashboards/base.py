@@ -148,15 +148,21 @@ def register_run_picker(app: Dash, ctx: AppContext, component_id: str, probes: s
 
     @app.callback(Output(component_id, "options"), Output(component_id, "value"), Input("url", "pathname"), State("url", "search"))
     def _fill(_path, search):
-        opts = run_options(ctx, names)
-        wanted = run_from_search(search)
-        if wanted is not None and wanted not in {o["value"] for o in opts}:
-            row = ctx.store.get_run(wanted)
-            if row is not None and row["probe"] in names and row["status"] in ("done", "reused"):
-                opts.insert(0, {"label": run_label(row), "value": wanted})
-            else:
-                wanted = None
-        return opts, (wanted if wanted is not None else opts[0]["value"] if opts else None)
+        return picker_state(ctx, names, run_from_search(search))
+
+
+def picker_state(ctx: AppContext, probes: str | tuple[str, ...], wanted: int | None) -> tuple[list[dict], int | None]:
+    """A picker's options and value: `wanted` when it is a finished run of one of `probes` (added to
+    the options if the list left it out), else the newest run, else None."""
+    names = (probes,) if isinstance(probes, str) else tuple(probes)
+    opts = run_options(ctx, names)
+    if wanted is not None and wanted not in {o["value"] for o in opts}:
+        row = ctx.store.get_run(wanted)
+        if row is not None and row["probe"] in names and row["status"] in ("done", "reused"):
+            opts.insert(0, {"label": run_label(row), "value": wanted})
+        else:
+            wanted = None
+    return opts, (wanted if wanted is not None else opts[0]["value"] if opts else None)
 
 
 def feature_href(sae_source: str, feature: int) -> str:

@@ -20,10 +20,9 @@ from dashboards.base import (
     error_message,
     figure_card,
     graph,
+    picker_state,
     register_run_note,
-    run_label,
     run_note,
-    run_options,
     run_picker,
 )
 from dashboards.figures import empty_figure, show_token
@@ -128,18 +127,12 @@ def register(app: Dash, ctx: AppContext) -> None:
                   Input("url", "pathname"), State("url", "search"))
     def _fill(_path, search):
         q = _query(search)
-        opts = run_options(ctx, PROBE)
         wanted = int(q["run"]) if q.get("run", "").isdigit() else None
         if wanted is None and q.get("sae"):
             wanted = _run_for_sae(ctx, q["sae"])
-        if wanted is not None and wanted not in {o["value"] for o in opts}:
-            row = ctx.store.get_run(wanted)
-            if row is not None and row["probe"] == PROBE and row["status"] in ("done", "reused"):
-                opts.insert(0, {"label": run_label(row), "value": wanted})
-            else:
-                wanted = None
+        opts, value = picker_state(ctx, PROBE, wanted)
         feature = int(q["feature"]) if q.get("feature", "").isdigit() else None
-        return opts, (wanted if wanted is not None else opts[0]["value"] if opts else None), feature
+        return opts, value, feature
 
     @app.callback(Output("feat-live", "options"), Output("feat-index", "value", allow_duplicate=True),
                   Input("feat-run", "value"), State("feat-index", "value"), prevent_initial_call=True)
