@@ -242,6 +242,17 @@ def test_bad_input_shows_errors_not_a_dead_app(dash_duo, app):
     assert dash_duo.get_logs() == []
 
 
+def click_fresh(dash_duo, selector: str, timeout: float = 15) -> None:
+    """Click the element `selector` names, found again at click time: Home's table re-renders every
+    refresh, so a handle found a moment earlier may already be stale."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if dash_duo.driver.execute_script("const b = document.querySelector(arguments[0]); if (b) b.click(); return !!b;", selector):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing to click at {selector}")
+
+
 def test_cancel_a_running_job_and_retry_it(dash_duo, app):
     """Cancel stops a running job (its row says cancelled); Retry queues it again."""
     jobs = app.workbench_ctx.jobs
@@ -255,7 +266,7 @@ def test_cancel_a_running_job_and_retry_it(dash_duo, app):
         time.sleep(0.2)
     assert store.get_run(run_id)["status"] == "running"
     button = f'#run-row-{run_id} button[id*="home-cancel"]'
-    dash_duo.wait_for_element(button, timeout=15).click()
+    click_fresh(dash_duo, button)
     read = "const r = document.querySelector(arguments[0]); return r ? r.dataset.status : null;"
     deadline = time.time() + 30
     while dash_duo.driver.execute_script(read, f"#run-row-{run_id}") != "cancelled" and time.time() < deadline:
@@ -263,7 +274,7 @@ def test_cancel_a_running_job_and_retry_it(dash_duo, app):
     assert store.get_run(run_id)["status"] == "cancelled"
     assert dash_duo.driver.execute_script(read, f"#run-row-{run_id}") == "cancelled"
     shot(dash_duo, "home_cancelled")
-    dash_duo.wait_for_element(f'#run-row-{run_id} button[id*="home-retry"]', timeout=10).click()
+    click_fresh(dash_duo, f'#run-row-{run_id} button[id*="home-retry"]')
     dash_duo.wait_for_contains_text("#home-row-msg", "queued again", timeout=10)
     assert store.get_run(run_id)["status"] in ("queued", "running")
     jobs.cancel(run_id)  # do not leave minutes of work behind
