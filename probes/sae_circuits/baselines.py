@@ -123,11 +123,16 @@ def last_rows(resid: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
 @dataclass
 class BaselineOutcome:
     method: str
-    effect: torch.Tensor  # [layers, heads] mean change of the metric when the head is patched
+    per_pair: torch.Tensor  # [pairs, layers, heads] change of each pair's metric when the head is patched
     positive_metric: torch.Tensor  # [pairs]
     negative_metric: torch.Tensor  # [pairs]
     seconds: float
     n_pairs: int
+
+    @property
+    def effect(self) -> torch.Tensor:
+        """[layers, heads] mean change of the metric over pairs."""
+        return self.per_pair.mean(0)
 
     @property
     def total_effect(self) -> float:
@@ -197,7 +202,7 @@ def head_patching(
     pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None and model.tokenizer.pad_token_id is not None else 0
     ans_all = answers_of(prompts, model)
     means = _mean_z(model, prompts, batch_size, pad_id, device) if method == "mean-ablation" else None
-    effect_sum = torch.zeros(L, H, dtype=torch.float64)
+    per_pair = torch.zeros(len(prompts), L, H)
     pos_metric = torch.zeros(len(prompts))
     neg_metric = torch.zeros(len(prompts))
     n_batches = (len(prompts) + batch_size - 1) // batch_size
@@ -235,15 +240,14 @@ def head_patching(
                 x = resid_pre[l].repeat(Hr, 1, 1)  # copy k patches head mine[k]
                 r = final_resid(model, x, start_at_layer=l, fwd=[(hooks.attn_z(l), patch)])
                 patched = metric_from_resid(model, last_rows(r, last_rep), ans_rep).view(Hr, B)
-                effect_sum[l, mine] += (patched - clean[None]).double().sum(1).cpu()
+                per_pair[idx[:, None], l, torch.tensor(mine)[None, :]] = (patched - clean[None]).T.float().cpu()
                 bar.update(1)
     finally:
         bar.close()
-    if world().sharded:  # every head's effect came from exactly one rank: the sum is exact; the metrics agree
-        merged = reduce_states({"effect": effect_sum, "pos": pos_metric, "neg": neg_metric}, {"pos": "first", "neg": "first"})
-        effect_sum, pos_metric, neg_metric = merged["effect"], merged["pos"], merged["neg"]
-    return BaselineOutcome(method, (effect_sum / len(prompts)).float(), pos_metric, neg_metric,
-                           time.perf_counter() - t0, len(prompts))
+    if world().sharded:  # every head's effect came from exactly one rank (zeros elsewhere): the sum is exact; the metrics agree
+        merged = reduce_states({"effect": per_pair, "pos": pos_metric, "neg": neg_metric}, {"pos": "first", "neg": "first"})
+        per_pair, pos_metric, neg_metric = merged["effect"], merged["pos"], merged["neg"]
+    return BaselineOutcome(method, per_pair, pos_metric, neg_metric, time.perf_counter() - t0, len(prompts))
 
 
 def head_attribution(model: HookedTransformer, prompts: ContrastPrompts, batch_size: int = 16, progress: bool = True) -> BaselineOutcome:
@@ -253,7 +257,7 @@ def head_attribution(model: HookedTransformer, prompts: ContrastPrompts, batch_s
     L, H = model.cfg.n_layers, model.cfg.n_heads
     pad_id = model.tokenizer.pad_token_id if model.tokenizer is not None and model.tokenizer.pad_token_id is not None else 0
     ans_all = answers_of(prompts, model)
-    effect_sum = torch.zeros(L, H, dtype=torch.float64)
+    per_pair = torch.zeros(len(prompts), L, H)
     pos_metric = torch.zeros(len(prompts))
     neg_metric = torch.zeros(len(prompts))
     n_batches = (len(prompts) + batch_size - 1) // batch_size
@@ -284,9 +288,8 @@ def head_attribution(model: HookedTransformer, prompts: ContrastPrompts, batch_s
             pos_metric[idx] = metric.detach().float().cpu()
             for l in range(L):
                 delta = (z_neg[l] - z_pos[l].detach()) * z_pos[l].grad  # [batch, pos, heads, d_head]
-                effect_sum[l] += torch.einsum("bp,bphd->h", valid, delta).double().cpu()
+                per_pair[idx, l] = torch.einsum("bp,bphd->bh", valid, delta).float().cpu()
             bar.update(1)
     finally:
         bar.close()
-    return BaselineOutcome("attribution", (effect_sum / len(prompts)).float(), pos_metric, neg_metric,
-                           time.perf_counter() - t0, len(prompts))
+    return BaselineOutcome("attribution", per_pair, pos_metric, neg_metric, time.perf_counter() - t0, len(prompts))

@@ -48,6 +48,7 @@ from probes.sae_circuits.discrete_sae import (
     train_sae,
     unique_cooccurrence,
 )
+from probes.sae_circuits.evidence import auc_intervals, split_half
 from probes.sae_circuits.tasks.backcopy_contrast import (
     backcopy_attention,
     backcopy_prompts,
@@ -56,6 +57,8 @@ from probes.sae_circuits.tasks.contrast import ContrastPrompts, pad_right
 from probes.sae_circuits.tasks.docstring import docstring_prompts
 from probes.sae_circuits.tasks.greater_than import greater_than_prompts
 from probes.sae_circuits.tasks.ioi import ioi_prompts
+from probes.sae_circuits.tasks.planted import TASK as PLANTED_TASK
+from probes.sae_circuits.tasks.planted import planted_circuit, recall_prompts
 from workbench import hooks
 from workbench.config import ConfigBase, setting
 from workbench.cost import ablation_passes
@@ -73,6 +76,7 @@ TASKS: dict[str, tuple[TaskFn | None, float]] = {
     "greater-than": (greater_than_prompts, 0.02),
     "docstring": (docstring_prompts, 0.05),
     "bigram-backcopy": (None, 0.02),
+    PLANTED_TASK: (None, 0.02),
 }
 BACKCOPY_ATTENTION = 0.5  # a BB head is the backcopy head if trigger positions give > half their attention to the previous token
 # The paper's ROC AUCs on GPT-2 small / attn-only-4l (node, edge).
@@ -81,7 +85,7 @@ PAPER_AUC = {"ioi": (0.868, 0.840), "greater-than": (0.855, 0.873), "docstring":
 
 @dataclass
 class SAECircuitsConfig(ConfigBase):
-    task: str = "ioi"  # ioi | greater-than | docstring | bigram-backcopy (on a BB checkpoint)
+    task: str = "ioi"  # ioi | greater-than | docstring | bigram-backcopy (on a BB checkpoint) | planted-recall (on a planted-circuit model)
     n_prompts: int = setting(250, min=2, max=10_000, why="pairs held in memory")  # positive/negative pairs (the paper: 250 + 250)
     task_seed: int = setting(0, min=0, max=2**31 - 1, why="seeds are 31-bit")
     n_features: int = setting(200, min=1, max=100_000, why="SAE width")
@@ -95,6 +99,8 @@ class SAECircuitsConfig(ConfigBase):
     baseline_prompts: int = setting(64, min=1, max=10_000, why="one patched pass per head per pair")  # pairs the baseline patches (the first of the task's pairs)
     threshold: float = setting(0.05, min=0.0, max=1.0, why="a share of the total effect")  # baseline circuit: |share of the total effect| above this
     attribution_too: bool = True  # with patching, also run attribution patching on the same pairs (cheap; compared in stats)
+    mean_ablation_too: bool = False  # with patching, also run mean ablation on the same pairs (as costly as patching)
+    n_boot: int = setting(1000, min=0, max=100_000, why="bootstrap resamples")  # for the AUC intervals over pairs; 0 = none
     batch_size: int = setting(16, min=1, max=1024, why="larger batches do not fit in memory")
     graph_pairs: int = setting(30, min=1, max=10_000, why="edges a graph view can show")  # head pairs (by mean edge co-occurrence) in the circuit graph
 
@@ -129,6 +135,7 @@ class SAECircuitsResult(Result):
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # task metric per prompt
     graph: nx.DiGraph = field(default_factory=nx.DiGraph)
     stats: dict[str, Any] = field(default_factory=dict)
+    pair_effects: dict[str, torch.Tensor] = field(default_factory=dict)  # method -> [pairs, heads] effect of each head on each pair
 
     @property
     def n_positive(self) -> int:
@@ -160,6 +167,8 @@ def head_labels(model: HookedTransformer) -> list[str]:
 def make_task(model: HookedTransformer, task: str, n: int, seed: int) -> ContrastPrompts:
     if task == "bigram-backcopy":
         return backcopy_prompts(_bb_task(model), n=n, seed=seed)
+    if task == PLANTED_TASK:
+        return recall_prompts(model, n=n, seed=seed)
     if model.tokenizer is None:
         raise ConfigError("the task generators need the model's tokenizer; this model has none")
     fn = TASKS[task][0]
@@ -270,6 +279,12 @@ def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline:
     if config.task == "bigram-backcopy" and config.ground_truth in ("auto", "known"):
         att = backcopy_attention(model, _bb_task(model), prompts, config.batch_size)
         return (att > BACKCOPY_ATTENTION).flatten(), f"backcopy-attention>{BACKCOPY_ATTENTION:g}", att.flatten()
+    planted = planted_circuit(model) if config.task == PLANTED_TASK else None
+    if planted is not None and config.ground_truth in ("auto", "known"):
+        truth = torch.zeros(L, H, dtype=torch.bool)
+        for layer, head in planted:
+            truth[layer, head] = True
+        return truth.flatten(), "planted", None
     known = known_circuit(model, config.task)
     if config.ground_truth == "known" and known is None:
         raise ConfigError(f"no published circuit for task {config.task!r} on this model; use ground_truth='baseline'")
@@ -292,11 +307,21 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
     acts, pos_metric, neg_metric = head_outputs(model, prompts, config.batch_size)
     activations_s = time.perf_counter() - t0
 
-    baseline = attribution = None
+    baseline = attribution = mean_ablation = None
+    sae_at_baseline_pairs = None
     if config.baseline != "none" and not (config.ground_truth == "known"):
-        baseline = head_patching(model, prompts.subset(config.baseline_prompts), config.baseline, config.batch_size)
+        pairs = prompts.subset(config.baseline_prompts)
+        baseline = head_patching(model, pairs, config.baseline, config.batch_size)
         if config.baseline == "patching" and config.attribution_too:
-            attribution = head_patching(model, prompts.subset(config.baseline_prompts), "attribution", config.batch_size)
+            attribution = head_patching(model, pairs, "attribution", config.batch_size)
+        if config.baseline == "patching" and config.mean_ablation_too:
+            mean_ablation = head_patching(model, pairs, "mean-ablation", config.batch_size)
+        if len(pairs) < len(prompts):  # the SAE method timed on the baseline's own pairs too (one trial)
+            t1 = time.perf_counter()
+            sub_acts = head_outputs(model, pairs, config.batch_size, progress=False)[0]
+            sub_sae = train_sae(sub_acts, config.sae_settings(), 0)[0]
+            node_scores(sae_codes(sub_sae, sub_acts), torch.arange(2 * len(pairs)) < len(pairs), config.n_features)
+            sae_at_baseline_pairs = time.perf_counter() - t1
     truth, truth_source, bb_attention = _ground_truth(model, config, baseline, prompts)
 
     settings = config.sae_settings()
@@ -337,6 +362,10 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
         heads["backcopy_attention"] = bb_attention.numpy()
     if attribution is not None:
         heads["attribution_share"] = attribution.share().flatten().numpy()
+    if mean_ablation is not None:
+        heads["mean_ablation_share"] = mean_ablation.share().flatten().numpy()
+    pair_effects = {o.method: o.per_pair.flatten(1) for o in (baseline, attribution, mean_ablation) if o is not None}
+    evidence = _evidence(config, baseline, pair_effects, truth, truth_source, node_t.mean(0), edge_t.mean(0), head_labels(model))
     U_mean = torch.stack(Us).mean(0)
     metrics = {"positive": pos_metric, "negative": neg_metric}
     if baseline is not None:
@@ -362,6 +391,10 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
         "baseline_auc_vs_truth": baseline_auc,
         "attribution_s": attribution.seconds if attribution is not None else None,
         "attribution_auc_vs_truth": roc_auc(truth.numpy(), attribution.share().flatten().abs().numpy()) if attribution is not None else None,
+        "mean_ablation_s": mean_ablation.seconds if mean_ablation is not None else None,
+        "mean_ablation_auc_vs_truth": roc_auc(truth.numpy(), mean_ablation.share().flatten().abs().numpy()) if mean_ablation is not None else None,
+        "sae_method_s_at_baseline_pairs": sae_at_baseline_pairs,
+        "evidence": evidence,
         "threshold": config.threshold,
         "paper_auc": list(PAPER_AUC[config.task]) if config.task in PAPER_AUC else None,
         "task_meta": {k: v for k, v in prompts.meta.items() if not isinstance(v, list)},
@@ -370,7 +403,27 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
     return SAECircuitsResult(
         heads=heads, trials=trials_df, codes=torch.stack(codes), node_scores=node_t, edge_scores=edge_t,
         cooccurrence=U_mean, metrics=metrics, graph=circuit_graph(U_mean, heads, config.graph_pairs), stats=stats,
+        pair_effects=pair_effects,
     )
+
+
+def _evidence(config: SAECircuitsConfig, baseline: BaselineOutcome | None, pair_effects: dict[str, torch.Tensor],
+              truth: torch.Tensor, truth_source: str, node: torch.Tensor, edge: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+    """Split-half reliability of a patching ground truth and every method's AUC with a paired
+    bootstrap interval over the baseline's pairs (see `probes.sae_circuits.evidence`)."""
+    if baseline is None or baseline.n_pairs < 4 or config.n_boot == 0:
+        return {}
+    pos, neg = baseline.positive_metric.double().numpy(), baseline.negative_metric.double().numpy()
+    effects = {k: v.double().numpy() for k, v in pair_effects.items()}
+    from_pairs = truth_source.startswith("baseline")
+    per_pair = {k: v for k, v in effects.items() if not (from_pairs and k == baseline.method)}
+    aucs = auc_intervals(effects[baseline.method] if from_pairs else None, pos, neg, config.threshold, per_pair,
+                         {"sae_node": node.double().numpy(), "sae_edge": edge.double().numpy()},
+                         exact_truth=None if from_pairs else truth.numpy(), n_boot=config.n_boot)
+    out: dict[str, Any] = {"auc": {k: {"value": e.value, "lo": e.lo, "hi": e.hi, "method": e.method} for k, e in aucs.items()}}
+    if baseline.method in ("patching", "mean-ablation"):
+        out["split_half"] = split_half(effects[baseline.method], pos, neg, config.threshold, labels)
+    return out
 
 
 PROMPT_TOKENS = 20  # a task prompt's length, roughly (IOI, greater-than)
