@@ -13,7 +13,13 @@ from sklearn.metrics import roc_auc_score
 from probes.sae_circuits import SAECircuitsConfig
 from probes.sae_circuits.baselines import head_patching
 from probes.sae_circuits.evidence import auc, auc_intervals, circuit_of, split_half
-from probes.sae_circuits.tasks.planted import BLANK, PlantedSpec, planted_checkpoint, planted_circuit, recall_prompts
+from probes.sae_circuits.tasks.planted import (
+    BLANK,
+    PlantedSpec,
+    planted_checkpoint,
+    planted_circuit,
+    recall_prompts,
+)
 from workbench.errors import ConfigError
 from workbench.models import load_model
 from workbench.runner import run_probe
