@@ -27,7 +27,7 @@ from probes.function_tokens.steering import (
 )
 from probes.function_tokens.steering import run as run_steering
 from workbench.errors import ConfigError
-from workbench.saes import special_token_ids
+from workbench.saes import encode, special_token_ids
 from workbench.slices import corpus_batches
 
 HOOK0, HOOK1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
@@ -305,3 +305,39 @@ def test_smollm2_function_set_on_brown(smollm2, brown):
     toks = smollm2.tokenizer.batch_decode([[i] for i in ids])
     assert {" the", ",", ".", " of", " and"} <= set(toks[:10])
     assert 20 <= len(ids) <= 80
+
+
+def test_steering_sweep_rows_match_a_direct_computation(tiny, brown, tmp_path):
+    """The sweep's rows: pairs x strengths x {function, content}; a row's log-probability change
+    equals the same addition made by hand; templates that do not end in a function token are left out."""
+    from probes.function_tokens.probe import function_token_ids, token_stats
+    from probes.function_tokens.steering import (
+        add_at_position,
+        feature_contribution,
+        steering_effects,
+    )
+    from workbench.saes import load_sae
+
+    corpus = mini_corpus(brown, 6)
+    sae = load_sae(str(saved_sae(tmp_path / "sae", hook=HOOK1, seed=2)), model=tiny)
+    f_ids = set(int(i) for i in function_token_ids(token_stats(tiny.tokenizer, corpus, "all", special_token_ids(tiny)).counts, 0.4))
+    templates = ["The capital of {} is the", "Where is {}? zq"]
+    eff = steering_effects(tiny, sae, templates, ["Russia", "Japan", "Peru"], [10.0, 50.0], f_ids)
+    assert len(eff) == 3 * 2 * 2 and set(eff["position"]) == {"function", "content"}
+    assert eff.attrs["skipped_templates"] == ["'Where is {}? zq' (ends in 'q')"]
+    assert (eff.loc[eff["position"] == "function", "position_token"] == "e").all()
+    assert np.allclose(eff["delta_logp"], eff["logp_steered"] - eff["logp_base"], atol=1e-6)
+    row = eff[(eff["position"] == "content") & (eff["strength"] == 50.0)].iloc[0]
+    ta, tb = (tiny.to_tokens(templates[0].format(w)) for w in (row["word_a"], row["word_b"]))
+    with torch.no_grad():
+        logits_a = tiny(ta)[0, -1]
+        acts_a = encode(sae, tiny.run_with_cache(ta, names_filter=[HOOK1])[1][HOOK1][0]).float()
+        target = int(logits_a.argmax())
+        base = tiny(tb)[0, -1].log_softmax(-1)[target]
+        pos = tb.shape[1] - len(" is the") - 1  # the content word's last byte (a byte-level tokenizer)
+        delta = feature_contribution(sae, int(row["feature"]), 50.0 * float(acts_a[-1, int(row["feature"])]))
+        steered = tiny.run_with_hooks(tb, fwd_hooks=[(HOOK1, add_at_position(delta, pos))])[0, -1].log_softmax(-1)[target]
+    assert row["logp_base"] == pytest.approx(float(base), abs=1e-4)
+    assert row["logp_steered"] == pytest.approx(float(steered), abs=1e-4)
+    with pytest.raises(ConfigError, match="function-token set"):
+        steering_effects(tiny, sae, ["Where is {}? zq"], ["Russia", "Japan"], [10.0], f_ids)

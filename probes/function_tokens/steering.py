@@ -12,6 +12,13 @@ Two prompts that differ in one content word and end in the same function token (
 The steering feature, unless given, is the one reactivated most strongly at A's final token that
 is silent at B's final token (so it carries A's content word). Decoding recomputes the whole
 sequence each step (no key-value cache), so the addition stays at its prompt position.
+
+The sweep measures the same intervention as a number over many pairs: for each pair built from
+`sweep_templates` x consecutive `sweep_words` (every template ends in a token of the probe's own
+function-token set, checked), the target is the model's own top next token on prompt A, and each
+row records the change of its log-probability on prompt B when the pair's feature is added at B's
+final function token, or at B's content word, at each strength. The experiment reports the mean
+change over pairs with a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -39,13 +46,18 @@ from workbench.saes import (
 )
 
 MAX_PROMPT_CHARS = 2000
+# Sweep pairs: every template ends in a frequent function token (" is", " of", " the" are in the
+# function-token set of SmolLM2's tokenizer on Brown; the probe checks it for the model at hand).
+SWEEP_TEMPLATES = ("The capital of {} is", "The official language of {} is", "The currency of {} is the",
+                   "{} is a country in the continent of")
+SWEEP_WORDS = ("Japan", "France", "Italy", "Germany", "Spain", "Egypt", "Russia", "China", "Greece", "Canada", "Brazil", "Mexico")
 
 
 @dataclass
 class FunctionTokenSteeringConfig(ConfigBase):
     sae: str = setting("trained:15", names="sae")
-    prompt_a: str = "Q: What is the capital of Japan?\nA:"
-    prompt_b: str = "Q: What is the capital of UK?\nA:"
+    prompt_a: str = "Q: What is the capital of Japan?\nA: The capital of Japan is"
+    prompt_b: str = "Q: What is the capital of France?\nA: The capital of France is"
     feature: int = setting(-1, min=-1, max=10_000_000, why="an SAE feature index")  # -1: the strongest feature reactivated at A's final token and silent at B's
     strengths: list[float] = setting(default_factory=lambda: [2.0, 4.0, 8.0], min=-1000.0, max=1000.0, max_items=32,
                                      why="one generation per strength")  # multiples of the feature's activation at A's final token
@@ -54,6 +66,9 @@ class FunctionTokenSteeringConfig(ConfigBase):
     n_features: int = setting(12, min=1, max=1000, why="rows of a heatmap")  # features shown in the heatmaps
     mass: float = setting(0.4, min=0.0, max=1.0, why="a share of token occurrences")
     count_split: str = "all"
+    sweep_templates: list[str] = setting(default_factory=lambda: list(SWEEP_TEMPLATES), max_items=16,
+                                         why="every pair is one forward pass per strength and position")  # '{}' marks the content word
+    sweep_words: list[str] = setting(default_factory=lambda: list(SWEEP_WORDS), max_items=64, why="consecutive words make the pairs")
 
     def validate(self) -> None:
         for name in ("prompt_a", "prompt_b"):
@@ -72,12 +87,18 @@ class FunctionTokenSteeringConfig(ConfigBase):
             raise ConfigError(f"n_features must be at least 1, got {self.n_features}")
         if not 0 < self.mass <= 1 or self.count_split not in SPLITS:
             raise ConfigError("mass must be in (0, 1] and count_split one of " + ", ".join(SPLITS))
+        for t in self.sweep_templates:
+            if t.count("{}") != 1:
+                raise ConfigError(f"a sweep template needs exactly one '{{}}' for the content word, got {t!r}")
+        if self.sweep_templates and len(set(self.sweep_words)) < 2:
+            raise ConfigError("the sweep needs at least two different sweep_words")
 
 
 @dataclass
 class FunctionTokenSteeringResult(Result):
     heatmaps: pd.DataFrame = field(default_factory=pd.DataFrame)  # prompt, position, token, feature, activation
     features: pd.DataFrame = field(default_factory=pd.DataFrame)  # per feature active at either final token
+    effects: pd.DataFrame = field(default_factory=pd.DataFrame)  # the sweep: one row per pair, strength and position
     generations: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per run
     info: dict = field(default_factory=dict)
 
@@ -142,6 +163,84 @@ def feature_contribution(sae, feature: int, activation: float) -> torch.Tensor:
         return (sae.decode(one) - sae.decode(z))[0].float()
 
 
+def final_features(acts_a: torch.Tensor, acts_b: torch.Tensor, span_a: tuple[int, int], span_b: tuple[int, int]) -> pd.DataFrame:
+    """Per feature active at either prompt's final token: its activation there and its largest
+    activation on the prompt's differing content span, and whether the final token reactivates it."""
+    fin = {"a": acts_a[-1], "b": acts_b[-1]}
+    content = {"a": acts_a[span_a[0]:span_a[1]].max(0).values, "b": acts_b[span_b[0]:span_b[1]].max(0).values}
+    active = ((fin["a"] > 0) | (fin["b"] > 0)).nonzero().squeeze(1).tolist()
+    feats = pd.DataFrame({
+        "feature": active,
+        "final_a": fin["a"][active].tolist(), "final_b": fin["b"][active].tolist(),
+        "content_a": content["a"][active].tolist(), "content_b": content["b"][active].tolist(),
+    })
+    feats["reactivated_a"] = (feats["final_a"] > 0) & (feats["content_a"] > 0)
+    feats["reactivated_b"] = (feats["final_b"] > 0) & (feats["content_b"] > 0)
+    return feats.sort_values("final_a", ascending=False, ignore_index=True)
+
+
+def choose_feature(feats: pd.DataFrame) -> tuple[int, str]:
+    """The strongest feature reactivated at A's final token and silent at B's (else the largest
+    final-token gap A - B), and how it was chosen."""
+    own = feats[feats["reactivated_a"] & (feats["final_b"] <= 0)]
+    how = "strongest feature reactivated at A's final token and silent at B's"
+    if own.empty:
+        own = feats.assign(gap=feats["final_a"] - feats["final_b"]).sort_values("gap", ascending=False).head(1)
+        how = "largest final-token activation gap A - B (no feature reactivated in A only)"
+    if own.empty:
+        raise ConfigError("no SAE feature is active at either final token; pick a feature by hand")
+    return int(own.iloc[0]["feature"]), how
+
+
+def sweep_pairs(templates: list[str], words: list[str]) -> list[tuple[str, str, str, str]]:
+    """(template, word A, word B, ...) pairs: each template with consecutive distinct words."""
+    words = list(dict.fromkeys(words))
+    return [(t, a, b, t.format(a)) for t in templates for a, b in zip(words, words[1:] + words[:1])]
+
+
+@torch.no_grad()
+def steering_effects(model: HookedTransformer, sae, templates: list[str], words: list[str], strengths: list[float],
+                     function_ids: set[int]) -> pd.DataFrame:
+    """The sweep: one row per pair, strength and position ("function": B's final token, a function
+    token; "content": B's content word's last token), with the target token's log-probability on
+    B without and with the addition. Templates whose final token is not in `function_ids` are left
+    out (listed in the frame's attrs["skipped_templates"]); none left is an error."""
+    hook, device = hook_name(sae), str(next(model.parameters()).device)
+    rows: list[dict] = []
+    skipped: set[str] = set()
+    for pair, (template, wa, wb, _) in enumerate(sweep_pairs(templates, words)):
+        ta, tb = (model.to_tokens(template.format(w)).to(device) for w in (wa, wb))
+        ia, ib = ta[0].tolist(), tb[0].tolist()
+        (sa, ea), (sb, eb) = differing_spans(ia, ib)
+        if ea == len(ia) or eb == len(ib) or sa == ea or sb == eb:
+            raise ConfigError(f"sweep template {template!r}: {wa!r} and {wb!r} must differ before a shared final token")
+        if ib[-1] not in function_ids:  # not a function token for this tokenizer and corpus: the pair is left out
+            skipped.add(f"{template!r} (ends in {model.tokenizer.decode([ib[-1]])!r})")
+            continue
+        acts_a, acts_b = feature_acts(model, sae, ta), feature_acts(model, sae, tb)
+        feature, _ = choose_feature(final_features(acts_a, acts_b, (sa, ea), (sb, eb)))
+        base_act = float(acts_a[-1, feature]) or float(acts_a[:, feature].max()) or 1.0
+        logits_a = model(ta, return_type="logits")[0, -1].float()
+        target = int(logits_a.argmax())
+        base_b = model(tb, return_type="logits")[0, -1].float().log_softmax(-1)
+        for strength in strengths:
+            delta = feature_contribution(sae, feature, strength * base_act)
+            for where, pos in (("function", len(ib) - 1), ("content", eb - 1)):
+                lp = model.run_with_hooks(tb, return_type="logits", fwd_hooks=[(hook, add_at_position(delta, pos))])[0, -1]
+                lp = lp.float().log_softmax(-1)
+                rows.append({"pair": pair, "template": template, "word_a": wa, "word_b": wb, "feature": feature,
+                             "target": model.tokenizer.decode([target]), "target_is_b_top": target == int(base_b.argmax()),
+                             "strength": strength, "position": where, "position_token": model.tokenizer.decode([ib[pos]]),
+                             "logp_base": float(base_b[target]), "logp_steered": float(lp[target]),
+                             "delta_logp": float(lp[target] - base_b[target]), "target_top": int(lp.argmax()) == target})
+    if not rows:
+        raise ConfigError("no sweep template ends in a token of the function-token set of this corpus ("
+                          + ", ".join(sorted(skipped)) + "); end them in a frequent token such as ' of' or ' the'")
+    out = pd.DataFrame(rows)
+    out.attrs["skipped_templates"] = sorted(skipped)
+    return out
+
+
 def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringConfig) -> FunctionTokenSteeringResult:
     if model.tokenizer is None:
         raise ConfigError("function-token-steering needs a model with a tokenizer")
@@ -165,30 +264,11 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringC
     last = {k: len(ids[k]) - 1 for k in ids}
     spans = {"a": (sa, ea), "b": (sb, eb)}
     fin = {k: acts[k][last[k]] for k in acts}
-    content = {k: acts[k][spans[k][0]:spans[k][1]].max(0).values for k in acts}
+    feats = final_features(acts["a"], acts["b"], spans["a"], spans["b"])
 
-    active = ((fin["a"] > 0) | (fin["b"] > 0)).nonzero().squeeze(1).tolist()
-    feats = pd.DataFrame({
-        "feature": active,
-        "final_a": fin["a"][active].tolist(), "final_b": fin["b"][active].tolist(),
-        "content_a": content["a"][active].tolist(), "content_b": content["b"][active].tolist(),
-    })
-    feats["reactivated_a"] = (feats["final_a"] > 0) & (feats["content_a"] > 0)
-    feats["reactivated_b"] = (feats["final_b"] > 0) & (feats["content_b"] > 0)
-    feats = feats.sort_values("final_a", ascending=False, ignore_index=True)
-
-    feature = config.feature
-    how = "given"
+    feature, how = config.feature, "given"
     if feature < 0:
-        own = feats[feats["reactivated_a"] & (feats["final_b"] <= 0)]
-        if own.empty:
-            own = feats.assign(gap=feats["final_a"] - feats["final_b"]).sort_values("gap", ascending=False).head(1)
-            how = "largest final-token activation gap A - B (no feature reactivated in A only)"
-        else:
-            how = "strongest feature reactivated at A's final token and silent at B's"
-        if own.empty:
-            raise ConfigError("no SAE feature is active at either final token; pick a feature by hand")
-        feature = int(own.iloc[0]["feature"])
+        feature, how = choose_feature(feats)
     elif feature >= sae.cfg.d_sae:
         raise ConfigError(f"feature {feature} out of range 0..{sae.cfg.d_sae - 1}")
     base_act = float(fin["a"][feature]) or float(acts["a"][:, feature].max()) or 1.0
@@ -225,14 +305,17 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringC
                 continue
             for j, f in enumerate(shown):
                 heat.append({"prompt": k, "position": pos, "token": strs[k][pos], "feature": f, "activation": float(m[pos, j])})
+    effects = steering_effects(model, sae, config.sweep_templates, config.sweep_words, config.strengths, f_ids) \
+        if config.sweep_templates else pd.DataFrame()
+    skipped = effects.attrs.get("skipped_templates", [])
     return FunctionTokenSteeringResult(
-        heatmaps=pd.DataFrame(heat), features=feats, generations=gens,
+        heatmaps=pd.DataFrame(heat), features=feats, generations=gens, effects=effects,
         info={"sae": source_of(sae), "hook": hook, "feature": feature, "feature_choice": how, "strengths": list(config.strengths),
               "base_activation": base_act, "final_token": model.tokenizer.decode([final]),
               "final_is_function_token": final in f_ids, "span_a": [sa, ea], "span_b": [sb, eb],
               "word_a": word_a, "word_b": word_b,
               "steer_position": last["b"], "control_position": control, "control_token": strs["b"][control],
-              "tokens_a": strs["a"], "tokens_b": strs["b"],
+              "tokens_a": strs["a"], "tokens_b": strs["b"], "sweep_skipped_templates": skipped,
               "n_reactivated_a": int(feats["reactivated_a"].sum()), "n_reactivated_b": int(feats["reactivated_b"].sum()),
               "n_final_active_a": int((feats["final_a"] > 0).sum()), "n_final_active_b": int((feats["final_b"] > 0).sum())},
     )

@@ -434,7 +434,8 @@ def cost(config: SAECircuitsConfig, model_cfg) -> float | None:
     (every head of every layer re-run from its layer), and the SAE training on head outputs
     (small next to a forward pass: a twentieth of one per prompt token and epoch, per seed)."""
     pairs = config.n_prompts * PROMPT_TOKENS * 2
-    baseline = config.baseline_prompts * PROMPT_TOKENS * 2 * ablation_passes(model_cfg) * (2 if config.attribution_too else 1)
+    baseline = config.baseline_prompts * PROMPT_TOKENS * 2 * ablation_passes(model_cfg) * (1 + config.mean_ablation_too) \
+        + (config.baseline_prompts * PROMPT_TOKENS * 6 if config.attribution_too else 0)  # attribution: a forward and a backward
     training = config.n_seeds * config.epochs * config.n_prompts * PROMPT_TOKENS * 0.05
     return float(pairs + baseline + training)
 
