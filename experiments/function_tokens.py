@@ -55,6 +55,7 @@ from workbench.saes import (
     read_recipe,
     train_saes,
 )
+from workbench.stats import mean_ci
 from workbench.store import ResultStore
 from workbench.zoo import LMRecipe
 
@@ -172,10 +173,74 @@ def comparison_markdown(result) -> str:
 
 
 def loss_markdown(table: pd.DataFrame) -> str:
-    lines = ["| group | predictions | share of predictions | mean CE | share of loss |", "|---|---|---|---|---|"]
+    lines = ["| group | predictions | share of predictions | mean CE ± s.e. | share of loss |", "|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        lines.append(f"| {r['group']} | {int(r['n'])} | {_pct(r['count_share'])}% | {r['mean_ce']:.3f} | {_pct(r['loss_share'])}% |")
+        se = f" ± {r['ce_se']:.3f}" if "ce_se" in r and pd.notna(r["ce_se"]) else ""
+        lines.append(f"| {r['group']} | {int(r['n'])} | {_pct(r['count_share'])}% | {r['mean_ce']:.3f}{se} | {_pct(r['loss_share'])}% |")
     return "\n".join(lines)
+
+
+def steering_summary(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per strength: the mean change of the target's log-probability over pairs with a bootstrap
+    interval, at B's final function token and at its content word, and their paired difference."""
+    rows = []
+    for strength, d in effects.groupby("strength"):
+        f = d[d["position"] == "function"].set_index("pair")
+        c = d[d["position"] == "content"].set_index("pair").loc[f.index]
+        fn, ct = mean_ci(f["delta_logp"].to_numpy()), mean_ci(c["delta_logp"].to_numpy())
+        diff = mean_ci((f["delta_logp"] - c["delta_logp"]).to_numpy())
+        rows.append({"strength": float(strength), "pairs": len(f), "function": fn, "content": ct, "difference": diff,
+                     "top_function": float(f["target_top"].mean()), "top_content": float(c["target_top"].mean()),
+                     "top_before": float(f["target_is_b_top"].mean())})
+    return pd.DataFrame(rows)
+
+
+def steering_markdown(effects: pd.DataFrame) -> str:
+    lines = ["| strength | pairs | Δ log p(target), at the function token | at the content word | function − content | "
+             "target becomes top-1 (function / content; before) |", "|---|---|---|---|---|---|"]
+    for r in steering_summary(effects).itertuples():
+        lines.append(f"| {r.strength:g} | {r.pairs} | {r.function.value:+.3f} [{r.function.lo:+.3f}, {r.function.hi:+.3f}] | "
+                     f"{r.content.value:+.3f} [{r.content.lo:+.3f}, {r.content.hi:+.3f}] | "
+                     f"{r.difference.value:+.3f} [{r.difference.lo:+.3f}, {r.difference.hi:+.3f}] | "
+                     f"{r.top_function:.0%} / {r.top_content:.0%}; {r.top_before:.0%} |")
+    return "\n".join(lines)
+
+
+def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame) -> str:
+    """The section's verdict on the paper's three claims: a few function tokens reach most of the
+    features (top-10 function against top-10 content tokens, per SAE); F->C is the costliest
+    prediction group; steering with a content feature at the last function token moves the output
+    towards that content (the largest strength's mean change with its interval, and against the
+    same addition at the content word)."""
+    cmp_ = [res.comparison[lb] for lb in res.labels]
+    fa, ca = [c["function_active"] for c in cmp_], [c["content_active"] for c in cmp_]
+    cover_ok = all(f > c for f, c in zip(fa, ca)) and min(fa) > 0.5
+    part1 = (f"coverage {'reproduced' if cover_ok else 'not reproduced'}: the top-10 function tokens reach "
+             f"{_pct(min(fa))}–{_pct(max(fa))}% of the active features over the {len(fa)} SAEs, the top-10 content tokens "
+             f"{_pct(min(ca))}–{_pct(max(ca))}%")
+    t = loss_table.set_index("group")
+    worst = str(t["mean_ce"].idxmax())
+    others = t.drop(index=worst)
+    gap_se = [(t.loc[worst, "mean_ce"] - r.mean_ce) / max((t.loc[worst, "ce_se"] ** 2 + r.ce_se ** 2) ** 0.5, 1e-12)
+              for r in others.itertuples()] if "ce_se" in t else [float("inf")]
+    part2 = (f"loss decomposition {'reproduced' if worst == 'F->C' and min(gap_se) > 2 else 'not reproduced' if worst != 'F->C' else 'inconclusive'}"
+             f": the costliest group is {worst} ({t.loc[worst, 'mean_ce']:.3f} nats"
+             + (f", at least {min(gap_se):.1f} standard errors above the next" if "ce_se" in t else "") + "; the paper: F->C)")
+    words = [("reproduced" if cover_ok else "no"), ("reproduced" if part2.startswith("loss decomposition reproduced") else "no")]
+    if effects.empty:
+        part3 = "steering not run"
+    else:
+        top = steering_summary(effects).iloc[-1]
+        ok = top.function.lo > 0
+        beats = top.difference.lo > 0
+        part3 = (f"steering at the function token {'reproduced' if ok else 'not reproduced'}: at strength {top.strength:g} the target's "
+                 f"log-probability changes by {top.function.value:+.3f} [{top.function.lo:+.3f}, {top.function.hi:+.3f}] over "
+                 f"{top.pairs} pairs ({'more' if beats else 'not more'} than the same addition at the content word: "
+                 f"{top.difference.value:+.3f} [{top.difference.lo:+.3f}, {top.difference.hi:+.3f}])")
+        words.append("reproduced" if ok else "no")
+    word = "reproduced" if all(w == "reproduced" for w in words) else \
+        "partly reproduced" if "reproduced" in words else "not reproduced"
+    return f"**Verdict: {word}**. " + "; ".join([part1, part2, part3]) + "."
 
 
 def training_markdown(df: pd.DataFrame) -> str:
@@ -238,6 +303,7 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None 
     where = (f"pretrained SAE Lens SAEs {', '.join(f'`{s}`' for s in sae_dirs.values())}, loaded by id (not trained here)" if pretrained
              else f"SAEs trained by the workbench with SAE Lens at {', '.join(f'layer {layer}' for layer in p['layers'])} (resid_post)")
     md = [
+        function_tokens_verdict(res, loss.table, steer.effects), "",
         f"Setting: {p['model']} (raw numerics) on Brown; {where}; graph over "
         f"{res.meta['slice']['n_positions']:,} positions of a shuffled-document slice ({res.meta['slice']['tokens_per_s']:.0f} tok/s); "
         f"machine: {hardware()}. Preset `{'quick' if quick else preset}`.",
@@ -281,6 +347,14 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None 
         *[f"| {r.run} | {r.strength:g} | {r.position} | `{_cell(r.continuation)}` | {'yes' if r.mentions_a else 'no'} | "
           f"{'yes' if r.mentions_b else 'no'} | {_cell(r.top5)} |" for r in gens.itertuples()],
         "",
+        *([f"**Steering sweep** ({steer.effects['pair'].nunique()} pairs: the templates "
+           + ", ".join(f"`{_cell(t)}`" for t in steer.effects["template"].unique())
+           + f" with consecutive words of {', '.join(steer_cfg.sweep_words)}; each ends in a token of the function-token set"
+           + (f"; left out, not ending in one: {', '.join(info['sweep_skipped_templates'])}" if info.get("sweep_skipped_templates") else "")
+           + "). The target is the model's own top next token on prompt A; each pair's feature (chosen as in the case study) "
+           "is added on prompt B at its final function token or at its content word, at each strength (a multiple of the "
+           "feature's activation at A's final token). Mean change of the target's log-probability with 95% bootstrap intervals "
+           "over pairs:", "", steering_markdown(steer.effects), ""] if not steer.effects.empty else []),
         "Deviations: "
         + (f"the SAEs are SAE Lens's pretrained {', '.join(sorted({s.split(':', 1)[0] for s in sae_dirs.values()}))} (width "
            f"{res.saes[res.labels[0]]['d_sae']:,}, {res.saes[res.labels[0]]['architecture']}), trained by their authors on web text, "

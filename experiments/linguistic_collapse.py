@@ -159,6 +159,29 @@ def _findings(sweep) -> str:
     return text
 
 
+def lc_verdict(corr: pd.DataFrame) -> str:
+    """The section's verdict on the paper's "collapse tracks generalisation independent of scale":
+    for each headline metric, the partial Spearman correlation with validation loss holding
+    parameters and steps fixed, and whether its 95% interval lies on the paper's side of zero, on
+    the other side, or spans it."""
+    corr = corr.set_index("metric")
+    if "partial_rho_loss" not in corr or corr["partial_rho_loss"].isna().all():
+        return "**Verdict: not testable here**: the sweep has one model per size (no partial correlation)."
+    parts, words = [], []
+    for k in HEADLINE:
+        if k not in corr.index or pd.isna(corr.loc[k, "partial_rho_loss"]):
+            continue
+        r, lo, hi = (float(corr.loc[k, c]) for c in ("partial_rho_loss", "partial_lo", "partial_hi"))
+        sign = EXPECTED_SIGN[k]
+        w = "agrees" if min(lo * sign, hi * sign) > 0 else "opposite" if max(lo * sign, hi * sign) < 0 else "inconclusive"
+        words.append(w)
+        parts.append(f"{figs.metric_label(k)} {r:+.2f} [{lo:+.2f}, {hi:+.2f}] ({w})")
+    word = ("reproduced" if set(words) == {"agrees"} else "contradicted" if set(words) == {"opposite"} else
+            "inconclusive" if set(words) == {"inconclusive"} else "partly reproduced" if "agrees" in words else "mixed")
+    return (f"**Verdict: {word}** (collapse tracks validation loss at fixed size). Partial Spearman ρ with validation loss, "
+            "parameters and steps held fixed, 95% CI, against the paper's direction: " + "; ".join(parts) + ".")
+
+
 def _computed_run(store: ResultStore, run_id: int) -> str:
     """'#N' for a run that computed its result, '#N (reused as #M)' for a reuse of run N."""
     row = store.get_run(int(run_id)) or {}
@@ -243,6 +266,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | No
     floor_zoo = etf_error_floor(int(sweep.table["n_classes"].median()), max(cfg.widths))
     floor_smol = etf_error_floor(int(m["n_classes"]), int(m["d_model"]))
     md = f"""
+{lc_verdict(sweep.correlations)}
+
 **Claim.** As causal LMs grow and train longer, their top-layer features (next tokens as classes) move toward
 neural collapse, and the NC properties track validation loss. The paper (about 230 GPT-Neo models on TinyStories)
 finds CDNV (NC1), equinorm CoV (NC2), hyperspherical uniformity (GNC2) and NCC mismatch (NC4) falling, and

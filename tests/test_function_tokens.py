@@ -233,6 +233,7 @@ def test_loss_decomposition_matches_brute_force(tiny, brown):
     is_f = set(res.function_set["ids"])
     special = set(special_token_ids(tiny))
     sums, counts = np.zeros(4), np.zeros(4)
+    per_group: list[list[float]] = [[], [], [], []]
     with torch.no_grad():
         for b in corpus_batches(tiny, corpus, cfg):
             logits = tiny(b.tokens)
@@ -242,13 +243,17 @@ def test_loss_decomposition_matches_brute_force(tiny, brown):
                     ok = (b.valid[r, t] and b.valid[r, t + 1] and not b.is_bos[r, t] and cur not in special and tgt not in special)
                     if ok:
                         g = GROUPS.index(("F" if cur in is_f else "C") + "->" + ("F" if tgt in is_f else "C"))
-                        sums[g] += float(F.cross_entropy(logits[r, t][None], torch.tensor([tgt])))
+                        ce = float(F.cross_entropy(logits[r, t][None], torch.tensor([tgt])))
+                        sums[g] += ce
                         counts[g] += 1
+                        per_group[g].append(ce)
     table = res.table.set_index("group")
     assert table["n"].tolist() == counts.astype(int).tolist()
     np.testing.assert_allclose(table["mean_ce"].to_numpy(), sums / counts, rtol=1e-4)
     np.testing.assert_allclose(table["loss_share"].to_numpy(), sums / sums.sum(), rtol=1e-4)
     assert table["count_share"].sum() == pytest.approx(1.0)
+    sem = [float(np.std(x, ddof=1) / np.sqrt(len(x))) for x in per_group]  # the standard error, computed directly
+    np.testing.assert_allclose(table["ce_se"].to_numpy(), sem, rtol=1e-3)
 
 
 # ----- case study and steering -----

@@ -192,4 +192,13 @@ def summary_rows(result: Any) -> list[tuple[str, str]]:
         rows.append(("paper node / edge AUC", f"{s['paper_auc'][0]:.3f} / {s['paper_auc'][1]:.3f}"))
     if s.get("baseline_s") is not None:
         rows.append(("baseline", f"{s['baseline_s']:.1f} s ({s['baseline_pairs']} pairs, {s['baseline_s'] / s['sae_method_s']:.1f}x)"))
+    ev = s.get("evidence") or {}
+    names = {"sae_node": "SAE node", "sae_edge": "SAE edge", "attribution": "attribution patching",
+             "mean-ablation": "mean ablation", "patching": "activation patching"}
+    for key, e in (ev.get("auc") or {}).items():
+        interval = "" if e["lo"] == e["hi"] else f" [{e['lo']:.3f}, {e['hi']:.3f}]"
+        rows.append((f"AUC vs truth, {names.get(key, key)}", f"{e['value']:.3f}{interval}"))
+    if ev.get("split_half"):
+        sh = ev["split_half"]
+        rows.append(("truth split-half Spearman", f"{sh['spearman']:.2f} ({sh['stable_heads']} of {sh['circuit_size']} heads stable)"))
     return rows

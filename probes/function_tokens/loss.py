@@ -77,7 +77,8 @@ class LossDecompositionAccumulator:
     def __init__(self, is_function: torch.Tensor, exclude: list[int]):
         self.is_function = is_function
         self.exclude = torch.tensor(sorted(exclude), dtype=torch.long)
-        self.state = {"ce": torch.zeros(4, dtype=torch.float64), "n": torch.zeros(4, dtype=torch.long)}
+        self.state = {"ce": torch.zeros(4, dtype=torch.float64), "ce2": torch.zeros(4, dtype=torch.float64),
+                      "n": torch.zeros(4, dtype=torch.long)}
 
     def identity(self) -> str:
         return f"F{int(self.is_function.sum())}"
@@ -96,6 +97,7 @@ class LossDecompositionAccumulator:
         ce = F.cross_entropy(logits[:, :-1][pred].float(), tgt, reduction="none").double()
         g = group_index(self.is_function, cur, tgt)
         self.state["ce"].index_add_(0, g, ce)
+        self.state["ce2"].index_add_(0, g, ce * ce)
         self.state["n"].index_add_(0, g, torch.ones_like(g))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -105,9 +107,15 @@ class LossDecompositionAccumulator:
         self.state = {k: v.clone() for k, v in state.items()}
 
     def table(self) -> pd.DataFrame:
+        """Per group: predictions, mean CE with its standard error (tokens treated as independent,
+        so it understates the spread where neighbouring tokens move together), shares of the
+        predictions and of the loss."""
         ce, n = self.state["ce"].cpu().numpy(), self.state["n"].cpu().numpy()
+        ce2 = self.state["ce2"].cpu().numpy() if "ce2" in self.state else np.full(4, np.nan)
+        mean = np.divide(ce, n, out=np.full(4, np.nan), where=n > 0)
+        var = np.divide(ce2 - n * mean**2, n - 1, out=np.full(4, np.nan), where=n > 1).clip(min=0)
         return pd.DataFrame({
-            "group": GROUPS, "n": n, "mean_ce": np.divide(ce, n, out=np.full(4, np.nan), where=n > 0),
+            "group": GROUPS, "n": n, "mean_ce": mean, "ce_se": np.sqrt(var / np.maximum(n, 1)),
             "loss_share": ce / max(ce.sum(), 1e-12), "count_share": n / max(n.sum(), 1), "total_ce": ce,
         })
 
