@@ -10,8 +10,8 @@
    LM the workbench trains on Brown (`workbench.zoo`);
 4. the case study and steering at the last function token, with the content-token control.
 
-Presets: "cpu" (SAEs from one pass over 24,576 tokens, 98,304 samples each; a 24,576-token
-graph slice; measured on 2 shared cores: 10 minutes for the SAEs, 15 for this script, of which 9.5 train
+Presets: "cpu" (SAEs from one pass over 49,152 tokens, 393,216 samples each; a 24,576-token
+graph slice; measured on 2 shared cores: about 15 minutes for the SAEs, 15 for this script, of which 9.5 train
 the 1500-step Brown LM for the over-training curves and are cached for reruns), "gpu" (4M-token
 SAEs, 1M-token slice). `quick` runs the whole pipeline on the tiny random model with seconds-long SAEs (a smoke
 test; its numbers mean nothing). Everything goes through the store and caches, so a rerun reuses it.

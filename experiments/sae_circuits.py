@@ -338,7 +338,9 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False
     lm_runs = {k: v for k, v in results.items() if k not in ("bb3", "planted")}
     versions = sorted({r.meta.get("code_version", "?") for r in results.values()})
     md = "\n\n".join([
-        verdict_line(results),
+        verdict_line(results) + " The paper's own setting (GPT-2 small against its published IOI and greater-than circuits, "
+        "with 250 patched pairs) is `workbench figures --preset gpt2-small --only sae_circuits`, on a machine with the hub "
+        "weights and a GPU.",
         *(["**Quick smoke settings** (tiny random model, 2 seeds, a few prompts): not the experiment."] if quick else []),
         "Claim (O'Neill & Bui 2024): codes of a 200-feature SAE trained on position-averaged head outputs of 10 "
         "examples separate positive from negative prompts on the circuit's heads; node / edge ROC AUC "

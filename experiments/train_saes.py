@@ -8,9 +8,9 @@ probe finds them as `trained:5`, `trained:15`, `trained:25`.
     python -m experiments.train_saes                                     # CPU preset
     python -m experiments.train_saes --preset gpu --device cuda          # GPU preset
 
-CPU preset: d_sae = 4 x 576 = 2304; one shared forward pass over 24,576 Brown tokens (stopped after
-layer 25), then 98,304 training samples (4 shuffled passes over those activations) per SAE; about
-10 minutes in all on 2 cores. GPU preset: d_sae = 8 x 576 = 4608, 4M fresh tokens per SAE.
+CPU preset: d_sae = 4 x 576 = 2304; one shared forward pass over 49,152 Brown tokens (stopped after
+layer 25), then 393,216 training samples (8 shuffled passes over those activations) per SAE, with SAE
+Lens's TopK dead-latent auxiliary loss; about 15 minutes in all on 2 cores. GPU preset: d_sae = 8 x 576 = 4608, 4M fresh tokens per SAE.
 
 Quality on Brown's validation split (explained variance, L0, dead share, CE increase) is printed
 and stored beside each SAE in `workbench_sae.json`.
