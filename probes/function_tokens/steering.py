@@ -56,10 +56,10 @@ SWEEP_WORDS = ("Japan", "France", "Italy", "Germany", "Spain", "Egypt", "Russia"
 @dataclass
 class FunctionTokenSteeringConfig(ConfigBase):
     sae: str = setting("trained:15", names="sae")
-    prompt_a: str = "Q: What is the capital of Japan?\nA: The capital of Japan is"
-    prompt_b: str = "Q: What is the capital of France?\nA: The capital of France is"
+    prompt_a: str = "Q: What is the capital of Japan?\nA: The capital is"
+    prompt_b: str = "Q: What is the capital of France?\nA: The capital is"
     feature: int = setting(-1, min=-1, max=10_000_000, why="an SAE feature index")  # -1: the strongest feature reactivated at A's final token and silent at B's
-    strengths: list[float] = setting(default_factory=lambda: [2.0, 4.0, 8.0], min=-1000.0, max=1000.0, max_items=32,
+    strengths: list[float] = setting(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 32.0], min=-1000.0, max=1000.0, max_items=32,
                                      why="one generation per strength")  # multiples of the feature's activation at A's final token
     control_position: int = setting(-1, min=-1, max=8192, why="a prompt position")  # a content position of B for the control; -1: the differing word's last token
     max_new_tokens: int = setting(12, min=1, max=256, why="tokens generated per continuation")
