@@ -1,6 +1,6 @@
 """Recipe: the SAEs the function-token experiment uses.
 
-SmolLM2-135M (raw numerics) on Brown's train split, SAE Lens TopK SAEs (k = 32) at
+SmolLM2-135M (raw numerics) on Brown's train split, SAE Lens TopK SAEs (k = 64 on the cpu preset) at
 `blocks.{5,15,25}.hook_resid_post` (early, middle, late of 30 layers). Each is cached by its full
 recipe (model, corpus, spec) under `<cache>/saes/`, so running this again returns at once; the
 probe finds them as `trained:5`, `trained:15`, `trained:25`.

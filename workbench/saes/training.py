@@ -17,7 +17,7 @@ validation split is measured (`workbench.saes.quality`) and written with the rec
 SAEs are cached by recipe under `<cache>/saes/`, keyed by model id + numerics, corpus, and spec.
 A training run is not resumable: a killed run starts again.
 
-Presets: "cpu" (TopK, 4x expansion, k=32; 49,152 distinct tokens, 393,216 samples in 8 passes;
+Presets: "cpu" (TopK, 4x expansion, k=64; 49,152 distinct tokens, 393,216 samples in 8 passes;
 about four minutes per SAE of SmolLM2 on 2 cores besides the shared forward pass) and "gpu"
 (TopK, 8x, streaming 4M fresh tokens, larger batches; about four passes over Brown's train split).
 """
