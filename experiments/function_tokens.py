@@ -230,13 +230,19 @@ def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame
     if effects.empty:
         part3 = "steering not run"
     else:
-        top = steering_summary(effects).iloc[-1]
-        ok = top.function.lo > 0
-        beats = top.difference.lo > 0
-        part3 = (f"steering at the function token {'reproduced' if ok else 'not reproduced'}: at strength {top.strength:g} the target's "
-                 f"log-probability changes by {top.function.value:+.3f} [{top.function.lo:+.3f}, {top.function.hi:+.3f}] over "
-                 f"{top.pairs} pairs ({'more' if beats else 'not more'} than the same addition at the content word: "
-                 f"{top.difference.value:+.3f} [{top.difference.lo:+.3f}, {top.difference.hi:+.3f}])")
+        summary = steering_summary(effects)
+        up = summary[[r.function.lo > 0 for r in summary.itertuples()]]
+        ok = not up.empty
+        best = max((up if ok else summary).itertuples(), key=lambda r: r.function.value)
+        beats = [r.strength for r in summary.itertuples() if r.difference.lo > 0]
+        part3 = (("steering at the function token reproduced: the target's log-probability rises at strength "
+                  + ", ".join(f"{x:g}" for x in up["strength"]) + " (interval above zero)" if ok else
+                  "steering at the function token not reproduced: at no strength is the rise in the target's log-probability "
+                  "above zero")
+                 + f"; the largest mean change, {best.function.value:+.3f} [{best.function.lo:+.3f}, {best.function.hi:+.3f}] over "
+                 f"{best.pairs} pairs, is at strength {best.strength:g}, where the same addition at the content word gives "
+                 f"{best.content.value:+.3f} [{best.content.lo:+.3f}, {best.content.hi:+.3f}]; the function token beats the content "
+                 "word at " + (("strength " + ", ".join(f"{x:g}" for x in beats)) if beats else "no strength"))
         words.append("reproduced" if ok else "no")
     word = "reproduced" if all(w == "reproduced" for w in words) else \
         "partly reproduced" if "reproduced" in words else "not reproduced"
