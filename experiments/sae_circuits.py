@@ -34,9 +34,13 @@ import torch
 from dashboards.figures import sae_circuits as figs
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import bb_recipe, load_bb
-from probes.sae_circuits import SAECircuitsConfig, roc_auc
-from probes.sae_circuits.tasks.planted import TASK as PLANTED_TASK
-from probes.sae_circuits.tasks.planted import PlantedSpec, planted_checkpoint
+from probes.sae_circuits import (
+    PLANTED_TASK,
+    PlantedSpec,
+    SAECircuitsConfig,
+    planted_checkpoint,
+    roc_auc,
+)
 from workbench.config import config_from_dict
 from workbench.models import default_device, load_model, set_numerics
 from workbench.runner import run_probe

@@ -1,5 +1,6 @@
 """SAE circuit discovery (arXiv 2405.12522): discrete SAEs on per-head outputs trained on contrast
-pairs (IOI, greater-than, docstring, Bigram-Backcopy), scored against patching baselines.
+pairs (IOI, greater-than, docstring, Bigram-Backcopy, a planted circuit), scored against patching
+baselines with the evidence each comparison carries (split-half reliability, bootstrap intervals).
 
 The public face of the analysis: everything outside this package uses these names."""
 
@@ -11,6 +12,7 @@ from probes.sae_circuits.discrete_sae import (
     train_sae,
     unique_cooccurrence,
 )
+from probes.sae_circuits.evidence import auc_intervals, split_half
 from probes.sae_circuits.probe import (
     SPEC,
     SAECircuitsConfig,
@@ -21,8 +23,10 @@ from probes.sae_circuits.probe import (
     roc_points,
     run,
 )
+from probes.sae_circuits.tasks.planted import TASK as PLANTED_TASK
+from probes.sae_circuits.tasks.planted import PlantedSpec, planted_checkpoint
 
 __all__ = [
-    "edge_scores", "head_outputs", "head_patching", "make_task", "node_scores", "roc_auc", "roc_points",
+    "auc_intervals", "edge_scores", "head_outputs", "PLANTED_TASK", "PlantedSpec", "planted_checkpoint", "split_half", "head_patching", "make_task", "node_scores", "roc_auc", "roc_points",
     "run", "sae_codes", "SAECircuitsConfig", "SAECircuitsResult", "SPEC", "train_sae", "unique_cooccurrence",
 ]
