@@ -162,7 +162,8 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None 
     cfg = study_config(preset, quick)
     out = Path(out)
     figures: list[str] = []
-    md: list[str] = []
+    md: list[str] = ["**Verdict: no paper headline**: these views join two analyses each; the questions are the "
+                     "workbench's own, and each part states what it finds.", ""]
     with Timer() as timer:
         outcome = run_study(NAME, cfg, device=device)
         res = outcome.result
