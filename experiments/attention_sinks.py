@@ -314,6 +314,7 @@ def sink_verdict(runs: list[tuple[int, Any]], recipe, lm_heads: pd.DataFrame, do
              f"{max(a['backcopy_risk'] for a in acc):.2g}; the paper's > 0.8 is met by {n_paper} of {len(sinks)} at "
              f"{recipe.steps} steps of batch {recipe.batch_size}")
     v = lm_heads.set_index(["domain", "layer", "head"])["verdict"] if "verdict" in lm_heads else None
+    flips = 0
     if v is not None and len(domains) >= 2:
         a, b = (v.xs(d, level="domain") for d in domains[:2])
         flips = int((((a == "dormant") & (b == "active")) | ((a == "active") & (b == "dormant"))).sum())
@@ -331,8 +332,8 @@ def sink_verdict(runs: list[tuple[int, Any]], recipe, lm_heads: pd.DataFrame, do
              f"other positions' residual norm under Adam after {last:,} steps"
              + ("" if peak >= PEAK_RATIO else f" (a peak needs {PEAK_RATIO:g}×; the paper's peaks grow over 10k steps at batch 512, "
                                                 "which `--preset gpu` runs)"))
-    word = "reproduced" if sink_ok and "reproduced" in part2 and peak >= PEAK_RATIO else \
-        "partly reproduced" if sink_ok or "reproduced" in part2 else "not reproduced"
+    word = "reproduced" if sink_ok and flips and peak >= PEAK_RATIO else \
+        "partly reproduced" if sink_ok or flips else "not reproduced"
     return f"**Verdict: {word}**. " + "; ".join([part1, part2, part3]) + "."
 
 

@@ -223,10 +223,11 @@ def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame
     others = t.drop(index=worst)
     gap_se = [(t.loc[worst, "mean_ce"] - r.mean_ce) / max((t.loc[worst, "ce_se"] ** 2 + r.ce_se ** 2) ** 0.5, 1e-12)
               for r in others.itertuples()] if "ce_se" in t else [float("inf")]
-    part2 = (f"loss decomposition {'reproduced' if worst == 'F->C' and min(gap_se) > 2 else 'not reproduced' if worst != 'F->C' else 'inconclusive'}"
+    loss_ok = worst == "F->C" and min(gap_se) > 2
+    part2 = (f"loss decomposition {'reproduced' if loss_ok else 'not reproduced' if worst != 'F->C' else 'inconclusive'}"
              f": the costliest group is {worst} ({t.loc[worst, 'mean_ce']:.3f} nats"
              + (f", at least {min(gap_se):.1f} standard errors above the next" if "ce_se" in t else "") + "; the paper: F->C)")
-    words = [("reproduced" if cover_ok else "no"), ("reproduced" if part2.startswith("loss decomposition reproduced") else "no")]
+    met = [cover_ok, loss_ok]
     if effects.empty:
         part3 = "steering not run"
     else:
@@ -243,9 +244,8 @@ def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame
                  f"{best.pairs} pairs, is at strength {best.strength:g}, where the same addition at the content word gives "
                  f"{best.content.value:+.3f} [{best.content.lo:+.3f}, {best.content.hi:+.3f}]; the function token beats the content "
                  "word at " + (("strength " + ", ".join(f"{x:g}" for x in beats)) if beats else "no strength"))
-        words.append("reproduced" if ok else "no")
-    word = "reproduced" if all(w == "reproduced" for w in words) else \
-        "partly reproduced" if "reproduced" in words else "not reproduced"
+        met.append(ok)
+    word = "reproduced" if all(met) else "partly reproduced" if any(met) else "not reproduced"
     return f"**Verdict: {word}**. " + "; ".join([part1, part2, part3]) + "."
 
 

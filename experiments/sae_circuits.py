@@ -269,7 +269,7 @@ def verdict_line(results: dict[str, Any]) -> str:
                      f"SAE node AUC {planted.stats['node_auc_mean']:.3f} ± {planted.stats['node_auc_std']:.3f} over seeds, "
                      f"attribution {_ci(auc.get('attribution'))}, mean ablation {_ci(auc.get('mean-ablation'))}")
     speed = [f"{n}: patching {r.stats['baseline_s'] / r.stats['sae_method_s_at_baseline_pairs']:.1f}x the SAE method's time"
-             for n, r in results.items() if n in dict((x[0], 1) for x in per) and r.stats.get("sae_method_s_at_baseline_pairs")]
+             for n, r in results.items() if n in {name for name, _, _ in per} and r.stats.get("sae_method_s_at_baseline_pairs")]
     if speed:
         parts.append("speed, measured on the same pairs: " + ", ".join(speed))
     return f"**Verdict: {word}**. " + "; ".join(parts) + "."

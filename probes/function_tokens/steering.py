@@ -192,10 +192,10 @@ def choose_feature(feats: pd.DataFrame) -> tuple[int, str]:
     return int(own.iloc[0]["feature"]), how
 
 
-def sweep_pairs(templates: list[str], words: list[str]) -> list[tuple[str, str, str, str]]:
-    """(template, word A, word B, ...) pairs: each template with consecutive distinct words."""
+def sweep_pairs(templates: list[str], words: list[str]) -> list[tuple[str, str, str]]:
+    """(template, word A, word B): each template with consecutive distinct words."""
     words = list(dict.fromkeys(words))
-    return [(t, a, b, t.format(a)) for t in templates for a, b in zip(words, words[1:] + words[:1])]
+    return [(t, a, b) for t in templates for a, b in zip(words, words[1:] + words[:1])]
 
 
 @torch.no_grad()
@@ -208,7 +208,7 @@ def steering_effects(model: HookedTransformer, sae, templates: list[str], words:
     hook, device = hook_name(sae), str(next(model.parameters()).device)
     rows: list[dict] = []
     skipped: set[str] = set()
-    for pair, (template, wa, wb, _) in enumerate(sweep_pairs(templates, words)):
+    for pair, (template, wa, wb) in enumerate(sweep_pairs(templates, words)):
         ta, tb = (model.to_tokens(template.format(w)).to(device) for w in (wa, wb))
         ia, ib = ta[0].tolist(), tb[0].tolist()
         (sa, ea), (sb, eb) = differing_spans(ia, ib)

@@ -272,6 +272,14 @@ def circuit_graph(cooccurrence: torch.Tensor, heads: pd.DataFrame, n_pairs: int)
 # ----------------------------------------------------------------------------- the probe
 
 
+def _head_mask(L: int, H: int, heads: list[tuple[int, int]]) -> torch.Tensor:
+    """[L * H] bool, True at the given (layer, head) pairs."""
+    mask = torch.zeros(L, H, dtype=torch.bool)
+    for layer, head in heads:
+        mask[layer, head] = True
+    return mask.flatten()
+
+
 def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline: BaselineOutcome | None,
                   prompts: ContrastPrompts) -> tuple[torch.Tensor, str, torch.Tensor | None]:
     """(truth over heads, where it comes from, the backcopy attention per head for BB models)."""
@@ -281,18 +289,12 @@ def _ground_truth(model: HookedTransformer, config: SAECircuitsConfig, baseline:
         return (att > BACKCOPY_ATTENTION).flatten(), f"backcopy-attention>{BACKCOPY_ATTENTION:g}", att.flatten()
     planted = planted_circuit(model) if config.task == PLANTED_TASK else None
     if planted is not None and config.ground_truth in ("auto", "known"):
-        truth = torch.zeros(L, H, dtype=torch.bool)
-        for layer, head in planted:
-            truth[layer, head] = True
-        return truth.flatten(), "planted", None
+        return _head_mask(L, H, planted), "planted", None
     known = known_circuit(model, config.task)
     if config.ground_truth == "known" and known is None:
         raise ConfigError(f"no published circuit for task {config.task!r} on this model; use ground_truth='baseline'")
     if known is not None and config.ground_truth in ("auto", "known"):
-        truth = torch.zeros(L, H, dtype=torch.bool)
-        for layer, head in known:
-            truth[layer, head] = True
-        return truth.flatten(), "published", None
+        return _head_mask(L, H, known), "published", None
     if baseline is None:
         raise ConfigError(f"no ground truth for task {config.task!r} on this model: it has no published circuit, "
                           "so set baseline to 'patching', 'mean-ablation' or 'attribution'")
