@@ -182,13 +182,16 @@ def loss_markdown(table: pd.DataFrame) -> str:
 
 def steering_summary(effects: pd.DataFrame) -> pd.DataFrame:
     """Per strength: the mean change of the target's log-probability over pairs with a bootstrap
-    interval, at B's final function token and at its content word, and their paired difference."""
+    interval, at B's final function token and at its content word, and their paired difference.
+    Pairs that steer towards the same word A (one per template) share its feature and target, so
+    the bootstrap resamples words A with all their pairs, not single pairs."""
     rows = []
     for strength, d in effects.groupby("strength"):
         f = d[d["position"] == "function"].set_index("pair")
         c = d[d["position"] == "content"].set_index("pair").loc[f.index]
-        fn, ct = mean_ci(f["delta_logp"].to_numpy()), mean_ci(c["delta_logp"].to_numpy())
-        diff = mean_ci((f["delta_logp"] - c["delta_logp"]).to_numpy())
+        words = f["word_a"].to_numpy()
+        fn, ct = mean_ci(f["delta_logp"].to_numpy(), clusters=words), mean_ci(c["delta_logp"].to_numpy(), clusters=words)
+        diff = mean_ci((f["delta_logp"] - c["delta_logp"]).to_numpy(), clusters=words)
         rows.append({"strength": float(strength), "pairs": len(f), "function": fn, "content": ct, "difference": diff,
                      "top_function": float(f["target_top"].mean()), "top_content": float(c["target_top"].mean()),
                      "top_before": float(f["target_is_b_top"].mean())})
@@ -203,6 +206,19 @@ def steering_markdown(effects: pd.DataFrame) -> str:
                      f"{r.content.value:+.3f} [{r.content.lo:+.3f}, {r.content.hi:+.3f}] | "
                      f"{r.difference.value:+.3f} [{r.difference.lo:+.3f}, {r.difference.hi:+.3f}] | "
                      f"{r.top_function:.0%} / {r.top_content:.0%}; {r.top_before:.0%} |")
+    return "\n".join(lines)
+
+
+def steering_by_template(effects: pd.DataFrame) -> str:
+    """Each template's mean change at the middle strength of the grid: the spread the word-resampling
+    interval holds fixed (it generalises over words for these templates, not over templates)."""
+    strengths = sorted(effects["strength"].unique())
+    mid = strengths[len(strengths) // 2]
+    d = effects[effects["strength"] == mid]
+    lines = [f"| template (strength {mid:g}) | pairs | mean Δ log p at the function token | at the content word |", "|---|---|---|---|"]
+    for template, g in d.groupby("template", sort=False):
+        fn, ct = (g.loc[g["position"] == w, "delta_logp"] for w in ("function", "content"))
+        lines.append(f"| `{_cell(template)}` | {len(fn)} | {fn.mean():+.3f} | {ct.mean():+.3f} |")
     return "\n".join(lines)
 
 
@@ -236,14 +252,18 @@ def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame
         ok = not up.empty
         best = max((up if ok else summary).itertuples(), key=lambda r: r.function.value)
         beats = [r.strength for r in summary.itertuples() if r.difference.lo > 0]
+        at_best = effects[(effects["strength"] == best.strength) & (effects["position"] == "function")]
+        per_template = at_best.groupby("template")["delta_logp"].mean()
+        n_up = int((per_template > 0).sum())
         part3 = (("steering at the function token reproduced: the target's log-probability rises at strength "
                   + ", ".join(f"{x:g}" for x in up["strength"]) + " (interval above zero)" if ok else
                   "steering at the function token not reproduced: at no strength is the rise in the target's log-probability "
                   "above zero")
                  + f"; the largest mean change, {best.function.value:+.3f} [{best.function.lo:+.3f}, {best.function.hi:+.3f}] over "
-                 f"{best.pairs} pairs, is at strength {best.strength:g}, where the same addition at the content word gives "
+                 f"{best.pairs} pairs (words resampled, templates fixed), is at strength {best.strength:g}, where the same addition at the content word gives "
                  f"{best.content.value:+.3f} [{best.content.lo:+.3f}, {best.content.hi:+.3f}]; the function token beats the content "
-                 "word at " + (("strength " + ", ".join(f"{x:g}" for x in beats)) if beats else "no strength"))
+                 "word at " + (("strength " + ", ".join(f"{x:g}" for x in beats)) if beats else "no strength")
+                 + f"; at strength {best.strength:g} the mean rises in {n_up} of {len(per_template)} templates")
         met.append(ok)
     word = "reproduced" if all(met) else "partly reproduced" if any(met) else "not reproduced"
     return f"**Verdict: {word}**. " + "; ".join([part1, part2, part3]) + "."
@@ -359,8 +379,10 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None 
            + (f"; left out, not ending in one: {', '.join(info['sweep_skipped_templates'])}" if info.get("sweep_skipped_templates") else "")
            + "). The target is the model's own top next token on prompt A; each pair's feature (chosen as in the case study) "
            "is added on prompt B at its final function token or at its content word, at each strength (a multiple of the "
-           "feature's activation at A's final token). Mean change of the target's log-probability with 95% bootstrap intervals "
-           "over pairs:", "", steering_markdown(steer.effects), ""] if not steer.effects.empty else []),
+           "feature's activation at A's final token). Mean change of the target's log-probability over pairs with 95% bootstrap "
+           "intervals that resample words A with all their pairs (pairs sharing word A share its feature and target; the "
+           "templates are held fixed, and their spread is the second table):", "", steering_markdown(steer.effects), "",
+           steering_by_template(steer.effects), ""] if not steer.effects.empty else []),
         "Deviations: "
         + (f"the SAEs are SAE Lens's pretrained {', '.join(sorted({s.split(':', 1)[0] for s in sae_dirs.values()}))} (width "
            f"{res.saes[res.labels[0]]['d_sae']:,}, {res.saes[res.labels[0]]['architecture']}), trained by their authors on web text, "

@@ -10,6 +10,7 @@ from scipy import stats as sps
 
 from workbench.stats import (
     bootstrap,
+    cluster_bootstrap,
     mean_ci,
     partial_correlation,
     partial_correlation_p,
@@ -37,6 +38,30 @@ def test_a_paired_bootstrap_resamples_every_array_with_the_same_units():
     assert est.value == est.lo == est.hi == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         bootstrap(lambda i: 0.0, 1)
+
+
+def test_cluster_bootstrap_of_equal_clusters_is_the_bootstrap_of_their_means():
+    rng = np.random.default_rng(2)
+    means = rng.normal(0.0, 1.0, 12)
+    x = np.repeat(means, 4) + rng.normal(0.0, 0.1, 48)  # 12 clusters of 4 correlated units
+    labels = np.repeat([f"w{i}" for i in range(12)], 4)
+    ours = mean_ci(x, clusters=labels, n_boot=500, seed=3)
+    per_cluster = x.reshape(12, 4).mean(1)
+    ref = bootstrap(lambda i: per_cluster[i].mean(), 12, n_boot=500, seed=3)  # same draws, cluster means by hand
+    assert ours.value == pytest.approx(x.mean(), rel=1e-12)
+    assert (ours.lo, ours.hi) == pytest.approx((ref.lo, ref.hi), rel=1e-9, abs=1e-12)
+    assert ours.n == 12
+    naive = mean_ci(x, n_boot=500, seed=3)  # treats 48 correlated units as independent: too narrow
+    assert (ours.hi - ours.lo) > 1.5 * (naive.hi - naive.lo)
+
+
+def test_cluster_bootstrap_with_one_unit_per_cluster_draws_what_the_bootstrap_draws():
+    x = np.random.default_rng(4).normal(size=30)
+    a = cluster_bootstrap(lambda i: x[i].mean(), list(range(30)), n_boot=300, seed=5)
+    b = bootstrap(lambda i: x[i].mean(), 30, n_boot=300, seed=5)
+    assert (a.value, a.lo, a.hi) == pytest.approx((b.value, b.lo, b.hi), rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        cluster_bootstrap(lambda i: 0.0, ["a", "a", "a"])
 
 
 def test_permutation_test_equals_scipys_exact_test():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import linguistic_collapse, sae_circuits
+from experiments import function_tokens, linguistic_collapse, sae_circuits
 from experiments.run_all import section_verdict
 
 
@@ -62,3 +62,44 @@ def test_sae_circuit_verdict_combines_tasks():
     line = sae_circuits.verdict_line(runs)
     assert section_verdict(line) == "partly reproduced"
     assert "patching 10.0x the SAE method's time" in line
+
+
+def _effects(template_means: list[float], word_noise: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """12 words x the given templates' mean function-token effects at strength 8; content +0.3."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(12)]
+    rows = []
+    for t, m in enumerate(template_means):
+        for i, w in enumerate(words):
+            for where, base in (("function", m), ("content", 0.3)):
+                rows.append({"pair": t * 12 + i, "template": f"T{t} {{}}", "word_a": w, "strength": 8.0, "position": where,
+                             "delta_logp": base + word_noise * rng.normal(), "target_top": False, "target_is_b_top": False})
+    return pd.DataFrame(rows)
+
+
+def _ft_inputs():
+    res = types.SimpleNamespace(labels=["L1"], comparison={"L1": {"function_active": 0.9, "content_active": 0.6}})
+    loss = pd.DataFrame([{"group": g, "mean_ce": ce, "ce_se": 0.01} for g, ce in
+                         (("F->F", 2.0), ("F->C", 5.0), ("C->F", 2.5), ("C->C", 4.0))])
+    return res, loss
+
+
+def test_steering_interval_resamples_words_and_the_verdict_counts_templates():
+    effects = _effects([0.4, 0.5, -0.1, 0.2])
+    row = function_tokens.steering_summary(effects).iloc[0]
+    assert row["function"].n == 12 and "cluster bootstrap over 12 clusters" in row["function"].method
+    assert row["function"].lo > 0  # words vary little around the templates' mean: the interval is above zero
+    res, loss = _ft_inputs()
+    line = function_tokens.function_tokens_verdict(res, loss, effects)
+    assert section_verdict(line) == "reproduced"
+    assert "rises in 3 of 4 templates" in line
+    table = function_tokens.steering_by_template(effects)
+    t2 = effects[(effects["template"] == "T2 {}") & (effects["position"] == "function")]["delta_logp"].mean()
+    assert f"| `T2 {{}}` | 12 | {t2:+.3f} |" in table and t2 < 0
+
+
+def test_steering_verdict_is_partly_reproduced_when_no_interval_clears_zero():
+    res, loss = _ft_inputs()
+    line = function_tokens.function_tokens_verdict(res, loss, _effects([0.0, 0.0, 0.0, 0.0], word_noise=0.5))
+    assert section_verdict(line) == "partly reproduced"
+    assert "not reproduced: at no strength" in line

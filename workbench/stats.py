@@ -3,7 +3,8 @@ correlation, split-half reliability and the sample size a two-proportion compari
 
 Every function is seeded and deterministic, works on plain numpy arrays, and is checked in the
 tests against scipy or a closed form. Conventions: two-sided tests, 95% intervals, percentile
-bootstrap (the resampling unit is whatever the first axis indexes: prompts, tokens, pairs).
+bootstrap (the resampling unit is whatever the first axis indexes: prompts, tokens, pairs; or
+whole clusters of them).
 """
 
 from __future__ import annotations
@@ -45,9 +46,31 @@ def bootstrap(fn: Callable[[np.ndarray], float], n: int, n_boot: int = 2000, lev
     return Estimate(value, float(lo), float(hi), n, f"percentile bootstrap, {n_boot} resamples")
 
 
-def mean_ci(x: Sequence[float], **kw) -> Estimate:
-    """The mean of `x` with its bootstrap interval."""
+def cluster_bootstrap(fn: Callable[[np.ndarray], float], clusters: Sequence, n_boot: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> Estimate:
+    """Percentile bootstrap of `fn(indices)` that resamples whole clusters: `clusters[i]` names the
+    cluster of unit i (units that share a prompt, a word or a seed are not independent), and each
+    resample draws as many clusters as there are, with replacement, and passes all their units'
+    indices. With one unit per cluster it draws exactly what `bootstrap` draws."""
+    labels = np.asarray(clusters)
+    groups = [np.flatnonzero(labels == g) for g in dict.fromkeys(labels.tolist())]
+    k = len(groups)
+    if k < 2:
+        raise ValueError(f"a cluster bootstrap needs at least 2 clusters, got {k}")
+    rng = np.random.default_rng(seed)
+    value = float(fn(np.arange(len(labels))))
+    draws = np.array([fn(np.concatenate([groups[j] for j in rng.integers(0, k, k)])) for _ in range(n_boot)], dtype=float)
+    draws = draws[np.isfinite(draws)]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(draws, [a, 1 - a]) if draws.size else (math.nan, math.nan)
+    return Estimate(value, float(lo), float(hi), k, f"cluster bootstrap over {k} clusters, {n_boot} resamples")
+
+
+def mean_ci(x: Sequence[float], clusters: Sequence | None = None, **kw) -> Estimate:
+    """The mean of `x` with its bootstrap interval (over `clusters` of units when given)."""
     x = np.asarray(x, dtype=float)
+    if clusters is not None:
+        return cluster_bootstrap(lambda i: x[i].mean(), clusters, **kw)
     return bootstrap(lambda i: x[i].mean(), len(x), **kw)
 
 
