@@ -313,6 +313,9 @@ def test_bigram_correlation_is_one_for_the_bigram_model_itself_and_handles_infin
     acc.parts = {"surprisal": [torch.from_numpy(s)], "context": [torch.from_numpy(ctx2)], "next": [torch.from_numpy(nxt2)]}
     res = bigram_correlation(acc, bg)
     assert res.n_inf_bigram == 1 and res.r == pytest.approx(1.0) and res.r_clamped < 1.0
+    blocked = bigram_correlation(acc, bg, block=49)  # one block per sequence: sums for the paired bootstrap
+    assert blocked.sums.shape == (21, 6) and blocked.sums[:, 0].sum() == blocked.n - 1  # the unseen bigram is not kept
+    assert "sums" not in blocked.stored() and blocked.stored()["r"] == blocked.r
 
 
 def test_kept_table_shares(tiny):

@@ -9,7 +9,7 @@ Everything streams: per batch only scalars per token (surprisals) or d_model x d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -91,6 +91,11 @@ class BigramCorrelation:
     r_lo: float = float("nan")  # 95% interval of r: bootstrap over blocks of `block` consecutive positions
     r_hi: float = float("nan")
     block: int = 0
+    sums: np.ndarray | None = field(default=None, repr=False)  # [blocks, 6] per-block sums for paired differences
+
+    def stored(self) -> dict:
+        """The numbers a result keeps: every field but the per-block sums."""
+        return {k: v for k, v in asdict(self).items() if k != "sums"}
 
 
 # Per-block sums for Pearson r: n, Σx, Σy, Σx², Σy², Σxy over the kept positions of each block, so a
@@ -154,7 +159,7 @@ def bigram_correlation(acc: SurprisalAccumulator, bigram: BigramModel, block: in
     )
     if block:
         out.block = block
-        out.sums = block_sums(s_model, np.where(keep, s_big, 0.0), keep, block)  # kept for paired differences, not stored
+        out.sums = block_sums(s_model, np.where(keep, s_big, 0.0), keep, block)
         out.r_lo, out.r_hi = r_interval(out.sums)
     return out
 

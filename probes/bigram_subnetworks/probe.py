@@ -364,7 +364,7 @@ def run(model: HookedTransformer, corpus: Corpus, config: BigramSubnetworksConfi
         meta={"memory_estimate": est, "train_slice": train_b.describe(), "eval_slice": eval_b.describe(), "paper": PAPER},
         sweep=sweep, kept=pd.concat(kept_rows, ignore_index=True), ablation=ablation, rotation=rotation,
         train_log=pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(),
-        full_model={**asdict(full), "margin": margin.value, "margin_lo": margin.lo, "margin_hi": margin.hi, "margin_of": selected},
+        full_model={**full.stored(), "margin": margin.value, "margin_lo": margin.lo, "margin_hi": margin.hi, "margin_of": selected},
         bigram={"vocab_size": bigram.vocab_size, "n_pairs": bigram.n_pairs, "n_distinct": int(bigram.counts.nnz),
                 "min_count": bigram.min_count, "seen_contexts": int((bigram.row_totals > 0).sum()),
                 "eval_unseen_context_rate": bigram.unseen_context_rate(eval_ctx),
