@@ -49,6 +49,13 @@ SPEEDUP = 50  # CPU preset: the paper's schedule compressed this many times in s
 # The workbench LM the cpu and gpu presets mask (see the module docstring for why bytes).
 BROWN_BYTE_LM = dict(n_layers=4, d_model=128, n_heads=4, n_ctx=128, steps=2000, batch_size=16, lr=1e-3, warmup_steps=100, seed=0,
                      n_checkpoints=4, tokenizer="bytes")
+
+# The paper's headline, as the report's summary table states it beside ours.
+PAPER_HEADLINE = (
+    'Under 0.2% of the weights (1B models) predict bigram surprisal better than the full model '
+    '(Pythia-70M r 0.961 against 0.737), sit mostly in the first MLP and are critical for the full model'
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "recipe": BROWN_BYTE_LM,

@@ -43,6 +43,11 @@ from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, writ
 from probes.cross_analysis import NAME, CrossAnalysisConfig
 from workbench.runner import run_study
 
+# The paper's headline, as the report's summary table states it beside ours.
+PAPER_HEADLINE = (
+    "None: the views join two analyses on one model (the workbench's own questions)"
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # zero-ablation of all 270 heads on one 128-token chunk: ~140 forward-equivalents, about 5 min on 2 shared cores
     "cpu": dict(model="smollm2-135m", max_tokens=2048, seq_len=128, batch_size=8, ablation_tokens=128, saes=[],

@@ -43,6 +43,13 @@ from workbench.runner import run_probe
 QUICK = {"categories": ["planets", "months"], "top_n": 16, "top_k": 4, "n_explore": 5, "max_new_tokens": 6, "icn_per_round": 2,
          "batch_size": 8, "n_clusters": 6}
 RAW_SUBSET = ["us_states", "chemical_elements", "countries"]
+
+# The paper's headline, as the report's summary table states it beside ours.
+PAPER_HEADLINE = (
+    "Among the first tokens ranked 11–100, those in the top-10 tokens' key clusters are less often "
+    'correct than the others, though ranked higher (Llama-3-8B, GPT-4o judge)'
+)
+
 # model: the model probed (raw weights); probe: KeySpaceConfig overrides (empty = the probe's defaults);
 # raw_categories: categories of the raw-prompt comparison when the main run used the chat template
 # (None = the same as the main run, [] = none)

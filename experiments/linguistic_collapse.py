@@ -42,6 +42,13 @@ from workbench.zoo import train_batches
 # SmolLM2's forward is ~300 tokens/s on 2 free cores (far less on a shared machine): 40k + 10k tokens.
 SMOL_CONFIG = {"max_tokens": 40_000, "heldout_max_tokens": 10_000, "batch_size": 8, "seq_len": 128}
 SMOL_QUICK = {"max_tokens": 2_000, "heldout_max_tokens": 1_000, "batch_size": 4, "seq_len": 64}
+
+# The paper's headline, as the report's summary table states it beside ours.
+PAPER_HEADLINE = (
+    'Neural-collapse properties (NC1 CDNV, NC2, NC3, NC4) correlate with validation loss, partly '
+    'independently of scale (about 230 TinyStories models)'
+)
+
 # grid: key of GRIDS (the sweep); model: the pretrained model's workbench / TransformerLens name;
 # pretrained: its linguistic-collapse probe budget
 PRESETS = {

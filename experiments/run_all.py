@@ -94,8 +94,8 @@ def sections_in_report(path: Path) -> dict[str, ReportSection]:
     if not path.is_file():
         return {}
     text = path.read_text()
-    # summary rows: | title | verdict | wall | figures | (reports written before the verdict column lack it)
-    walls = {m[1]: float(m[2]) * 60 for m in re.finditer(r"^\| (.+?) \| (?:[^|]* \| )?([\d.]+) min \| \d+ \|$", text, re.M)}
+    # summary rows: | title | headline | ours | verdict | wall | figures | (older reports have fewer text columns)
+    walls = {m[1]: float(m[2]) * 60 for m in re.finditer(r"^\| (.+?) \| (?:[^|]* \| )*?([\d.]+) min \| \d+ \|$", text, re.M)}
     found: dict[str, ReportSection] = {}
     for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
         title, _, body = chunk.partition("\n")
@@ -131,6 +131,29 @@ def section_verdict(markdown: str) -> str:
     return m.group(1).strip() if m else "not stated yet (section from an earlier run)"
 
 
+def section_finding(markdown: str) -> str:
+    """What the section found, as its verdict line says it after the verdict word ("" without one)."""
+    m = re.search(r"\*\*Verdict: [^*]+\*\*(.*)", markdown)
+    return m.group(1).lstrip(" .:").strip() if m else ""
+
+
+def paper_headline(analysis: str) -> str:
+    """The paper's headline an experiment module states (its PAPER_HEADLINE), "" when it states none."""
+    try:
+        return getattr(importlib.import_module(f"experiments.{analysis}"), "PAPER_HEADLINE", "")
+    except ImportError:
+        return ""
+
+
+def _analysis_of(section: ReportSection) -> str:
+    """The analysis a section belongs to, named by its figures' folder (out/<name>/...); "" without figures."""
+    return section.figures[0].split("/")[0] if section.figures else ""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ") or "—"
+
+
 def render(sections: list[ReportSection], total_s: float, quick: bool, preset: str, assembled: bool = False) -> str:
     how = ("Assembled by `python -m experiments.run_all --assemble` from the sections each experiment saved when it last "
            "finished, or as the previous report had them where none was saved (each section names its time and preset); "
@@ -149,11 +172,13 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
                                                          "compute time in its text)" if assembled else ""),
         "",
         *preset_notes(preset, [s.title for s in sections], quick),
-        "| analysis | verdict on the paper's headline | wall time | figures (PNG, each also as HTML where made) |",
-        "|---|---|---|---|",
+        "| analysis | the paper's headline | ours (the section's verdict line) | verdict on the paper's headline | wall time | "
+        "figures (PNG, each also as HTML where made) |",
+        "|---|---|---|---|---|---|",
     ]
     for s in sections:
-        lines.append(f"| {s.title} | {section_verdict(s.markdown)} | {s.wall_s / 60:.1f} min | {sum(f.endswith('.png') for f in s.figures)} |")
+        lines.append(f"| {s.title} | {_cell(paper_headline(_analysis_of(s)))} | {_cell(section_finding(s.markdown))} | "
+                     f"{section_verdict(s.markdown)} | {s.wall_s / 60:.1f} min | {sum(f.endswith('.png') for f in s.figures)} |")
     for s in sections:
         lines += ["", f"## {s.title}", "", s.markdown.strip(), ""]
         pngs = [f for f in s.figures if f.endswith(".png")]

@@ -61,6 +61,13 @@ SMOLLM2_GPU = dict(n_prompts=250, n_seeds=10, baseline="patching", baseline_prom
 BB_CPU = dict(n_layers=3, d_model=64, batch_size=16, seq_len=64, lr=3e-3, steps=400, layernorm_bias=False)
 # The planted-circuit model (probes.sae_circuits.tasks.planted): 8 circuit heads among 4 x 12, exact truth.
 PLANTED_CONFIG = dict(n_prompts=250, n_seeds=10, baseline_prompts=64, mean_ablation_too=True, batch_size=32)
+
+# The paper's headline, as the report's summary table states it beside ours.
+PAPER_HEADLINE = (
+    "Discrete SAE codes from 5–10 examples find known circuits' heads: node / edge AUC 0.868 / 0.840 "
+    '(IOI), 0.855 / 0.873 (greater-than) on GPT-2 small, in seconds instead of hours'
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than"], "lm_config": SMOLLM2_CPU,
             "bb_recipe": BB_CPU, "bb_config": dict(n_prompts=250, n_seeds=10, baseline_prompts=64, mean_ablation_too=True),

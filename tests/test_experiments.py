@@ -213,12 +213,15 @@ def test_a_fresh_clone_keeps_the_sections_it_has_no_saved_copy_of(tmp_path, monk
     assert "sink mass 0.85" in text and "sink mass 0.73" not in text  # the saved section wins over the old report
     assert "rho 0.4" in text and text.count("*Section written then.*") == 1  # carried as it stood, stamp not doubled
     assert "**Not run yet**" in text and "python -m experiments.sae_circuits" in text
-    assert re.search(r"\| Key space \| [^|]+ \| 1\.5 min \| 1 \|", text) and re.search(r"\| Attention sinks \| [^|]+ \| 1\.0 min \| 1 \|", text)
-    # a report from before the verdict column still gives its wall times
-    legacy = tmp_path / "legacy.md"
-    legacy.write_text(report.read_text().replace("| analysis | verdict on the paper's headline |", "| analysis |").replace(
-        "| not stated yet (section from an earlier run) |", "|"))
-    assert run_all.sections_in_report(legacy)["key_space"].wall_s == pytest.approx(90.0)
+    assert re.search(r"\| Key space \| (?:[^|]+ \| ){3}1\.5 min \| 1 \|", text)
+    assert re.search(r"\| Attention sinks \| (?:[^|]+ \| ){3}1\.0 min \| 1 \|", text)
+    # reports from before the headline and verdict columns still give their wall times
+    rows = [line for line in report.read_text().splitlines() if line.startswith("| Key space |")]
+    assert len(rows) == 1 and rows[0].count(" | ") == 5  # six cells
+    for legacy_row in ("| Key space | 1.5 min | 1 |", "| Key space | inconclusive | 1.5 min | 1 |"):
+        legacy = tmp_path / "legacy.md"
+        legacy.write_text(report.read_text().replace(rows[0], legacy_row))
+        assert run_all.sections_in_report(legacy)["key_space"].wall_s == pytest.approx(90.0)
     assert run_all.sections_in_report(tmp_path / "none.md") == {}
 
 
@@ -415,3 +418,18 @@ def test_linguistic_collapse_pretrained_part_runs_on_the_settings_model(tmp_path
 def test_the_report_table_carries_each_sections_verdict():
     assert run_all.section_verdict("**Verdict: reproduced at this scale**: on a model ...") == "reproduced at this scale"
     assert run_all.section_verdict("Model: ... no verdict").startswith("not stated yet")
+    assert run_all.section_finding("*stamp*\n\n**Verdict: inconclusive** (bias): gap +0.009 [-0.05, +0.07].\nMore.") == \
+        "(bias): gap +0.009 [-0.05, +0.07]."
+    assert run_all.section_finding("no verdict here") == ""
+
+
+def test_the_summary_table_states_the_papers_headline_and_ours_beside_the_verdict():
+    from experiments import key_space
+
+    sec = common.ReportSection(title="Key space", markdown="**Verdict: contradicted**: precision a|b lower elsewhere.",
+                               figures=["key_space/k.png"], wall_s=60.0)
+    table_row = next(line for line in run_all.render([sec], 60.0, False, "cpu").splitlines() if line.startswith("| Key space |"))
+    cells = [c.strip() for c in table_row.strip("|").split(" | ")]
+    assert cells[1] == key_space.PAPER_HEADLINE and "11–100" in cells[1]
+    assert cells[2] == "precision a/b lower elsewhere." and cells[3] == "contradicted" and cells[4:] == ["1.0 min", "1"]
+    assert all(run_all.paper_headline(name) for name in run_all.ANALYSES)  # every analysis states its paper's headline
