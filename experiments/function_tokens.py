@@ -234,7 +234,7 @@ def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame
     features (top-10 function against top-10 content tokens, per SAE); F->C is the costliest
     prediction group; steering with a content feature at the last function token moves the output
     towards that content (the largest strength's mean change with its interval, and against the
-    same addition at the content word)."""
+    same addition at the content word; reproduced only when the rise also holds in most templates)."""
     cmp_ = [res.comparison[lb] for lb in res.labels]
     fa, ca = [c["function_active"] for c in cmp_], [c["content_active"] for c in cmp_]
     cover_ok = all(f > c for f, c in zip(fa, ca)) and min(fa) > 0.5
@@ -256,21 +256,22 @@ def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame
     else:
         summary = steering_summary(effects)
         up = summary[[r.function.lo > 0 for r in summary.itertuples()]]
-        ok = not up.empty
-        best = max((up if ok else summary).itertuples(), key=lambda r: r.function.value)
+        best = max((up if not up.empty else summary).itertuples(), key=lambda r: r.function.value)
         beats = [r.strength for r in summary.itertuples() if r.difference.lo > 0]
         at_best = effects[(effects["strength"] == best.strength) & (effects["position"] == "function")]
         per_template = at_best.groupby("template")["delta_logp"].mean()
-        n_up = int((per_template > 0).sum())
-        part3 = (("steering at the function token reproduced: the target's log-probability rises at strength "
-                  + ", ".join(f"{x:g}" for x in up["strength"]) + " (interval above zero)" if ok else
-                  "steering at the function token not reproduced: at no strength is the rise in the target's log-probability "
-                  "above zero")
-                 + f"; the largest mean change, {best.function.value:+.3f} [{best.function.lo:+.3f}, {best.function.hi:+.3f}] over "
-                 f"{best.pairs} pairs (words resampled, templates fixed), is at strength {best.strength:g}, where the same addition at the content word gives "
-                 f"{best.content.value:+.3f} [{best.content.lo:+.3f}, {best.content.hi:+.3f}]; the function token beats the content "
-                 "word at " + (("strength " + ", ".join(f"{x:g}" for x in beats)) if beats else "no strength")
-                 + f"; at strength {best.strength:g} the mean rises in {n_up} of {len(per_template)} templates")
+        n_up, n_templates = int((per_template > 0).sum()), len(per_template)
+        ok = not up.empty and 2 * n_up > n_templates  # above zero over pairs, and in most templates, not a few
+        lead = ("steering at the function token " + ("reproduced" if ok else "inconclusive") + ": the target's log-probability "
+                "rises at strength " + ", ".join(f"{x:g}" for x in up["strength"]) + " (interval above zero)"
+                + ("" if ok else f", but in only {n_up} of {n_templates} templates")) if not up.empty else \
+               ("steering at the function token not reproduced: at no strength is the rise in the target's log-probability "
+                "above zero")
+        part3 = (lead + f"; the largest mean change, {best.function.value:+.3f} [{best.function.lo:+.3f}, {best.function.hi:+.3f}] over "
+                 f"{best.pairs} pairs (words resampled, templates fixed), is at strength {best.strength:g}, where the same addition "
+                 f"at the content word gives {best.content.value:+.3f} [{best.content.lo:+.3f}, {best.content.hi:+.3f}]; the function "
+                 "token beats the content word at " + (("strength " + ", ".join(f"{x:g}" for x in beats)) if beats else "no strength")
+                 + (f"; at strength {best.strength:g} the mean rises in {n_up} of {n_templates} templates" if ok else ""))
         met.append(ok)
     word = "reproduced" if all(met) else "partly reproduced" if any(met) else "not reproduced"
     return f"**Verdict: {word}**. " + "; ".join([part1, part2, part3]) + "."

@@ -103,3 +103,10 @@ def test_steering_verdict_is_partly_reproduced_when_no_interval_clears_zero():
     line = function_tokens.function_tokens_verdict(res, loss, _effects([0.0, 0.0, 0.0, 0.0], word_noise=0.5))
     assert section_verdict(line) == "partly reproduced"
     assert "not reproduced: at no strength" in line
+
+
+def test_steering_that_rises_in_only_half_the_templates_is_inconclusive():
+    res, loss = _ft_inputs()
+    line = function_tokens.function_tokens_verdict(res, loss, _effects([0.8, 0.6, -0.2, -0.1]))
+    assert section_verdict(line) == "partly reproduced"  # coverage and loss hold; steering does not count
+    assert "steering at the function token inconclusive" in line and "in only 2 of 4 templates" in line
