@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import function_tokens, linguistic_collapse, sae_circuits
+from experiments import (
+    attention_sinks,
+    function_tokens,
+    linguistic_collapse,
+    sae_circuits,
+)
 from experiments.run_all import section_verdict
 
 
@@ -110,3 +115,22 @@ def test_steering_that_rises_in_only_half_the_templates_is_inconclusive():
     line = function_tokens.function_tokens_verdict(res, loss, _effects([0.8, 0.6, -0.2, -0.1]))
     assert section_verdict(line) == "partly reproduced"  # coverage and loss hold; steering does not count
     assert "steering at the function token inconclusive" in line and "in only 2 of 4 templates" in line
+
+
+def _dynamics(ratios_last: list[float]) -> pd.DataFrame:
+    """3 layers, steps 0 and 3000; <s>'s residual norm over the others' per layer at the last step."""
+    rows = [{"step": 0, "layer": i, "resid_first": 1.0, "resid_rest": 1.0} for i in range(3)]
+    rows += [{"step": 3000, "layer": i, "resid_first": 10.0 * r, "resid_rest": 10.0} for i, r in enumerate(ratios_last)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("adam,sgd,ok", [
+    ([[2.5, 1.0, 0.9], [3.0, 1.2, 1.0]], [[1.3, 1.1, 1.0], [1.5, 1.0, 1.0]], True),
+    ([[2.5, 1.0, 0.9], [1.6, 1.2, 1.0]], [[1.3, 1.1, 1.0], [1.5, 1.0, 1.0]], False),  # one seed below 2x
+    ([[2.5, 1.0, 0.9], [3.0, 1.2, 1.0]], [[1.3, 1.1, 1.0], [3.5, 1.0, 1.0]], False),  # SGD peaks higher in one seed
+])
+def test_the_residual_peak_clause_needs_every_seed(adam, sgd, ok):
+    by_seed = {seed: {"adam": _dynamics(a), "sgd": _dynamics(s)} for seed, a, s in zip((0, 2), adam, sgd)}
+    text, got = attention_sinks.residual_peak_finding(by_seed)
+    assert got is ok and text.startswith("Adam-driven residual peak " + ("reproduced" if ok else "inconclusive"))
+    assert f"{max(adam[0]):.2f}× / {max(adam[1]):.2f}×" in text and "(seeds 0, 2, largest layer)" in text
