@@ -27,7 +27,7 @@ from probes.function_tokens.steering import (
 )
 from probes.function_tokens.steering import run as run_steering
 from workbench.errors import ConfigError
-from workbench.saes import encode, special_token_ids
+from workbench.saes import encode, load_sae, special_token_ids
 from workbench.slices import corpus_batches
 
 HOOK0, HOOK1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
@@ -295,6 +295,9 @@ def test_case_study_and_steering_on_a_tiny_model(tiny, brown, tmp_path):
     g = res.generations.set_index("run")
     assert g.loc["steer_function_b", "top5_prob"] != g.loc["baseline_b", "top5_prob"]  # a large push changes the answer distribution
     assert g.loc["steer_function_b", "strength"] == 50.0 and g.loc["baseline_b", "strength"] == 0.0
+    added = 50.0 * info["base_activation"] * load_sae(str(path)).W_dec[chosen].norm().item()  # |strength x act x decoder row|
+    assert g.loc["steer_function_b", "added_norm"] == pytest.approx(added, rel=1e-5) == g.loc["steer_content_b", "added_norm"]
+    assert g.loc["baseline_a", "added_norm"] == 0.0
     with pytest.raises(ConfigError):
         FunctionTokenSteeringConfig(prompt_a="same", prompt_b="same").validate()
     with pytest.raises(ConfigError, match="strengths"):
@@ -321,7 +324,6 @@ def test_steering_sweep_rows_match_a_direct_computation(tiny, brown, tmp_path):
         feature_contribution,
         steering_effects,
     )
-    from workbench.saes import load_sae
 
     corpus = mini_corpus(brown, 6)
     sae = load_sae(str(saved_sae(tmp_path / "sae", hook=HOOK1, seed=2)), model=tiny)

@@ -277,20 +277,22 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokenSteeringC
     if not 0 < control < last["b"]:
         raise ConfigError(f"control_position must be a content position of prompt B in 1..{last['b'] - 1}, got {control}")
     hook = hook_name(sae)
-    runs: list[tuple[str, float, int, torch.Tensor, list]] = [("baseline_a", 0.0, -1, toks["a"], []), ("baseline_b", 0.0, -1, toks["b"], [])]
+    # (run, strength, position, tokens, hooks, norm of the added vector)
+    runs: list[tuple[str, float, int, torch.Tensor, list, float]] = [("baseline_a", 0.0, -1, toks["a"], [], 0.0),
+                                                                     ("baseline_b", 0.0, -1, toks["b"], [], 0.0)]
     for strength in config.strengths:
         delta = feature_contribution(sae, feature, strength * base_act)
-        runs += [("steer_function_b", strength, last["b"], toks["b"], [(hook, add_at_position(delta, last["b"]))]),
-                 ("steer_content_b", strength, control, toks["b"], [(hook, add_at_position(delta, control))])]
+        norm = float(delta.norm())
+        runs += [("steer_function_b", strength, last["b"], toks["b"], [(hook, add_at_position(delta, last["b"]))], norm),
+                 ("steer_content_b", strength, control, toks["b"], [(hook, add_at_position(delta, control))], norm)]
     word_a, word_b = "".join(strs["a"][sa:ea]).strip(), "".join(strs["b"][sb:eb]).strip()
     rows = []
-    for name, strength, pos, t, hooks in runs:
+    for name, strength, pos, t, hooks, norm in runs:
         new, probs = greedy(model, t, config.max_new_tokens, hooks)
         top = probs.topk(5)
         text = model.tokenizer.decode(new)
         rows.append({"run": name, "strength": strength, "position": pos, "continuation": text,
-                     "mentions_a": word_a in text, "mentions_b": word_b in text,
-                     "added_norm": float(feature_contribution(sae, feature, strength * base_act).norm()) if strength else 0.0,
+                     "mentions_a": word_a in text, "mentions_b": word_b in text, "added_norm": norm,
                      "top5": " · ".join(repr(model.tokenizer.decode([i])) for i in top.indices.tolist()),
                      "top5_prob": " · ".join(f"{p:.3f}" for p in top.values.tolist())})
     gens = pd.DataFrame(rows)
