@@ -216,16 +216,23 @@ def steering_markdown(effects: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def template_means(effects: pd.DataFrame, strength: float) -> pd.DataFrame:
+    """Per template (in sweep order) at one strength: pairs, and the mean change at the function
+    token and at the content word (columns "pairs", "function", "content")."""
+    d = effects[effects["strength"] == strength]
+    means = d.pivot_table(index="template", columns="position", values="delta_logp", aggfunc="mean", sort=False)
+    pairs = d[d["position"] == "function"].groupby("template", sort=False).size()
+    return means.assign(pairs=pairs)[["pairs", "function", "content"]]
+
+
 def steering_by_template(effects: pd.DataFrame) -> str:
     """Each template's mean change at the middle strength of the grid: the spread the word-resampling
     interval holds fixed (it generalises over words for these templates, not over templates)."""
     strengths = sorted(effects["strength"].unique())
     mid = strengths[len(strengths) // 2]
-    d = effects[effects["strength"] == mid]
     lines = [f"| template (strength {mid:g}) | pairs | mean Δ log p at the function token | at the content word |", "|---|---|---|---|"]
-    for template, g in d.groupby("template", sort=False):
-        fn, ct = (g.loc[g["position"] == w, "delta_logp"] for w in ("function", "content"))
-        lines.append(f"| `{_cell(template)}` | {len(fn)} | {fn.mean():+.3f} | {ct.mean():+.3f} |")
+    for template, r in template_means(effects, mid).iterrows():
+        lines.append(f"| `{_cell(template)}` | {int(r['pairs'])} | {r['function']:+.3f} | {r['content']:+.3f} |")
     return "\n".join(lines)
 
 
@@ -258,8 +265,7 @@ def function_tokens_verdict(res, loss_table: pd.DataFrame, effects: pd.DataFrame
         up = summary[[r.function.lo > 0 for r in summary.itertuples()]]
         best = max((up if not up.empty else summary).itertuples(), key=lambda r: r.function.value)
         beats = [r.strength for r in summary.itertuples() if r.difference.lo > 0]
-        at_best = effects[(effects["strength"] == best.strength) & (effects["position"] == "function")]
-        per_template = at_best.groupby("template")["delta_logp"].mean()
+        per_template = template_means(effects, best.strength)["function"]
         n_up, n_templates = int((per_template > 0).sum()), len(per_template)
         ok = not up.empty and 2 * n_up > n_templates  # above zero over pairs, and in most templates, not a few
         lead = ("steering at the function token " + ("reproduced" if ok else "inconclusive") + ": the target's log-probability "

@@ -103,7 +103,7 @@ def sections_in_report(path: Path) -> dict[str, ReportSection]:
         if not last.startswith("Figures: "):
             continue
         figures = re.findall(r"\]\(out/([^)]+)\)", last)
-        analyses = {f.split("/")[0] for f in figures}
+        analyses = _analyses_of(figures)
         if len(analyses) == 1:
             found[analyses.pop()] = ReportSection(title=title.strip(), markdown=head.strip(), figures=figures,
                                                   wall_s=walls.get(title.strip(), 0.0))
@@ -145,9 +145,15 @@ def paper_headline(analysis: str) -> str:
         return ""
 
 
+def _analyses_of(figures: list[str]) -> set[str]:
+    """The analyses figures belong to, named by their folder (out/<name>/...)."""
+    return {f.split("/")[0] for f in figures}
+
+
 def _analysis_of(section: ReportSection) -> str:
-    """The analysis a section belongs to, named by its figures' folder (out/<name>/...); "" without figures."""
-    return section.figures[0].split("/")[0] if section.figures else ""
+    """The analysis a section belongs to ("" without figures, or with figures of several)."""
+    names = _analyses_of(section.figures)
+    return names.pop() if len(names) == 1 else ""
 
 
 def _cell(text: str) -> str:

@@ -38,12 +38,17 @@ def bootstrap(fn: Callable[[np.ndarray], float], n: int, n_boot: int = 2000, lev
     if n < 2:
         raise ValueError(f"a bootstrap needs at least 2 units, got {n}")
     rng = np.random.default_rng(seed)
-    value = float(fn(np.arange(n)))
-    draws = np.array([fn(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
+    draws = [fn(rng.integers(0, n, n)) for _ in range(n_boot)]
+    return _percentile_interval(float(fn(np.arange(n))), draws, level, n, f"percentile bootstrap, {n_boot} resamples")
+
+
+def _percentile_interval(value: float, draws: Sequence[float], level: float, n: int, method: str) -> Estimate:
+    """`value` with the percentile interval of its finite resampled `draws`."""
+    draws = np.asarray(draws, dtype=float)
     draws = draws[np.isfinite(draws)]
     a = (1 - level) / 2
     lo, hi = np.quantile(draws, [a, 1 - a]) if draws.size else (math.nan, math.nan)
-    return Estimate(value, float(lo), float(hi), n, f"percentile bootstrap, {n_boot} resamples")
+    return Estimate(value, float(lo), float(hi), n, method)
 
 
 def cluster_bootstrap(fn: Callable[[np.ndarray], float], clusters: Sequence, n_boot: int = 2000, level: float = 0.95,
@@ -58,12 +63,9 @@ def cluster_bootstrap(fn: Callable[[np.ndarray], float], clusters: Sequence, n_b
     if k < 2:
         raise ValueError(f"a cluster bootstrap needs at least 2 clusters, got {k}")
     rng = np.random.default_rng(seed)
-    value = float(fn(np.arange(len(labels))))
-    draws = np.array([fn(np.concatenate([groups[j] for j in rng.integers(0, k, k)])) for _ in range(n_boot)], dtype=float)
-    draws = draws[np.isfinite(draws)]
-    a = (1 - level) / 2
-    lo, hi = np.quantile(draws, [a, 1 - a]) if draws.size else (math.nan, math.nan)
-    return Estimate(value, float(lo), float(hi), k, f"cluster bootstrap over {k} clusters, {n_boot} resamples")
+    draws = [fn(np.concatenate([groups[j] for j in rng.integers(0, k, k)])) for _ in range(n_boot)]
+    return _percentile_interval(float(fn(np.arange(len(labels)))), draws, level, k,
+                                f"cluster bootstrap over {k} clusters, {n_boot} resamples")
 
 
 def mean_ci(x: Sequence[float], clusters: Sequence | None = None, **kw) -> Estimate:

@@ -27,6 +27,23 @@ from probes.sae_circuits.tasks.planted import TASK as PLANTED_TASK
 from probes.sae_circuits.tasks.planted import PlantedSpec, planted_checkpoint
 
 __all__ = [
-    "auc_intervals", "edge_scores", "head_outputs", "PLANTED_TASK", "PlantedSpec", "planted_checkpoint", "split_half", "head_patching", "make_task", "node_scores", "roc_auc", "roc_points",
-    "run", "sae_codes", "SAECircuitsConfig", "SAECircuitsResult", "SPEC", "train_sae", "unique_cooccurrence",
+    "auc_intervals",
+    "edge_scores",
+    "head_outputs",
+    "head_patching",
+    "make_task",
+    "node_scores",
+    "planted_checkpoint",
+    "PLANTED_TASK",
+    "PlantedSpec",
+    "roc_auc",
+    "roc_points",
+    "run",
+    "sae_codes",
+    "SAECircuitsConfig",
+    "SAECircuitsResult",
+    "SPEC",
+    "split_half",
+    "train_sae",
+    "unique_cooccurrence",
 ]
