@@ -20,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from dash import Dash, Input, Output, dcc, html
+from dash import Dash, Input, Output, dcc, html, set_props
 
 from dashboards.base import AppContext, DashPage, error_message, register_run_defaults
 from dashboards.exports import register_export_callbacks
 from dashboards.graphs import register_graph_callbacks
+from dashboards.guard import LOOPBACK_NAMES, allowed_hosts_for, guard_requests
 from dashboards.jobs import JobManager
 from workbench.store import ResultStore
 
 log = logging.getLogger("workbench.dashboard")
 ASSETS = Path(__file__).parent / "assets"
+APP_ERROR = "app-error"  # the page-wide alert where a failed callback says what went wrong
 
 
 @dataclass
@@ -101,8 +103,13 @@ def create_app(
     title: str = "Interpretability workbench",
     device: str = "cpu",
     worker_device: str | None = None,
+    allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES,
 ) -> Dash:
     """Build the Dash app over a result store (default: the workbench store).
+
+    allowed_hosts: the Host names it answers to (`dashboards.guard`; None: any); request bodies
+    are capped at MAX_REQUEST_BYTES. A callback that fails shows its error in the page's alert
+    area instead of answering HTTP 500.
 
     model: the model the explorer starts with; model_loader: `(name, numerics=...) -> model`
     (default `workbench.models.load_model`). The app's context is `app.workbench_ctx`.
@@ -118,8 +125,9 @@ def create_app(
 
     app = Dash(
         __name__, title=title, assets_folder=str(ASSETS), suppress_callback_exceptions=True, update_title=None,
-        serve_locally=True,
+        serve_locally=True, on_error=_show_error,
     )
+    guard_requests(app.server, allowed_hosts)
     app.workbench_ctx = ctx
     register_export_callbacks(app)
     register_graph_callbacks(app)
@@ -151,14 +159,19 @@ def create_app(
                 ],
                 className="sidebar",
             ),
-            html.Main(html.Div(id="page-content"), className="content"),
+            html.Main([html.Div(id=APP_ERROR, className="error-box app-error", role="alert"), html.Div(id="page-content")],
+                      className="content"),
         ],
         className="shell",
     )
 
+    @app.callback(Output(APP_ERROR, "children"), Input("url", "pathname"))
+    def _clear_error(_pathname):
+        return ""  # a new page starts without the last page's error
+
     @app.callback(Output("page-content", "children"), Output("nav-links", "children"), Input("url", "pathname"))
     def _route(pathname: str | None):
-        path = pathname or "/"
+        path = pathname if isinstance(pathname, str) else "/"
         nav = _nav(ok, broken, path)
         page = by_path.get(path)
         if page is not None:
@@ -178,12 +191,22 @@ def create_app(
     return app
 
 
+def _show_error(err: Exception) -> None:
+    """Every callback's last resort: its error, in one line, in the page's alert area (the
+    callback's own outputs stay as they were), never an HTTP 500 with a dead widget."""
+    log.warning("a callback failed: %s: %s", type(err).__name__, err)
+    set_props(APP_ERROR, {"children": error_message(err)})
+
+
 def serve(host: str = "127.0.0.1", port: int = 8050, model: str = "smollm2-135m", debug: bool = False,
-          device: str = "cpu", worker_device: str | None = None) -> None:
+          device: str = "cpu", worker_device: str | None = None, allow_hosts: tuple[str, ...] = ()) -> None:
     """Start the dashboard; the explorer's model loads in the background right away."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    app = create_app(model=model, device=device, worker_device=worker_device)
+    allowed = allowed_hosts_for(host, allow_hosts)
+    if allowed is None:
+        log.warning("listening on every interface and answering to any host name; --allow-host NAME restricts it")
+    app = create_app(model=model, device=device, worker_device=worker_device, allowed_hosts=allowed)
     ctx: AppContext = app.workbench_ctx
 
     def preload() -> None:

@@ -17,7 +17,7 @@ from dash import Dash, dcc, html
 
 from workbench.prompt_analysis import MAX_PROMPT_CHARS, check_prompt  # noqa: F401  (the pages' prompt bound)
 from workbench.results import Result
-from workbench.store import ResultStore
+from workbench.store import ResultStore, parse_run_id
 
 MAX_MODELS = 3  # models the app keeps loaded at once
 
@@ -70,11 +70,15 @@ class AppContext:
         """The stored result of a finished run (cached, at most 16 in memory)."""
         from workbench.runner import result_of_run
 
+        asked = run_id
+        run_id = parse_run_id(run_id)
+        if run_id is None:
+            raise LookupError(f"{str(asked)[:40]!r} is not a run id")
         with self._lock:
             if run_id in self._results:
                 self._results.move_to_end(run_id)
                 return self._results[run_id]
-        res = result_of_run(int(run_id), self.store)
+        res = result_of_run(run_id, self.store)
         with self._lock:
             self._results[run_id] = res
             while len(self._results) > 16:
@@ -176,8 +180,8 @@ def run_from_search(search: str | None) -> int | None:
     """The run id in a query string like `?run=12` (None when absent or not an integer)."""
     from urllib.parse import parse_qs
 
-    values = parse_qs((search or "").lstrip("?")).get("run", [])
-    return int(values[0]) if values and values[0].isdigit() else None
+    values = parse_qs((search or "")[:4096].lstrip("?")).get("run", [])
+    return parse_run_id(values[0]) if values else None
 
 
 GRAPH_CONFIG = {
@@ -255,7 +259,7 @@ def register_run_note(app: Dash, ctx: AppContext, picker_id: str, note_id: str, 
         if run_id is None:
             parts.append(empty_state(ctx, probe, note_id))
             return parts
-        row = ctx.store.get_run(int(run_id))
+        row = ctx.store.get_run(run_id)
         label = (row or {}).get("label") or ""
         if label.startswith(FIRST_LOOK):
             budget = label.split(":", 1)[1].strip() if ":" in label else ""

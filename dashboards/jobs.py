@@ -31,9 +31,9 @@ from dashboards.base import check_model_name
 from workbench.config import check_bounds, config_fields, config_from_dict
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import offline_n_layers
-from workbench.probe_api import ProbeSpec, describe_config, get_probe
+from workbench.probe_api import ProbeSpec, Spec, describe_config, get_probe
 from workbench.resources import check_offered_sae, offered_corpora, resource_fields
-from workbench.store import ACTIVE, ResultStore
+from workbench.store import ACTIVE, ResultStore, parse_run_id
 
 log = logging.getLogger("workbench.dashboard")
 MAX_ACTIVE = 20  # queued + running runs the dashboard accepts at once
@@ -50,6 +50,14 @@ class RunRequest:
     corpus: str | None
     config: dict[str, Any]
     numerics: str
+
+
+def _run_id(value: Any) -> int:
+    """A run id from a request, or ConfigError saying that it is not one."""
+    run_id = parse_run_id(value)
+    if run_id is None:
+        raise ConfigError(f"{str(value)[:40]!r} is not a run id")
+    return run_id
 
 
 def corpus_names() -> list[str]:
@@ -74,31 +82,42 @@ def check_request(probe: Any, model: Any, corpus: Any, config: Any) -> RunReques
             raise ConfigError(f"unknown corpus {str(corpus)[:80]!r}; choose one of: {', '.join(corpus_names())}")
     else:
         corpus = None
+    cfg = check_config(spec, config, _offline_n_layers(model))
+    return RunRequest(spec.name, model, corpus, asdict(cfg), spec.numerics)
+
+
+def check_config(spec: Spec, config: Any, n_layers: int | None) -> Any:
+    """The config of a probe or study built from a request's mapping, or ConfigError naming the
+    field: unknown fields, wrong types, numbers outside their declared range, and, in every field
+    that names a resource (`setting(names=...)`), anything the server does not offer: corpora
+    outside the built-in ones, SAEs other than `trained:<layer>` (a layer of a model with
+    `n_layers`) or a listed release id, models outside the offline names. Never a path."""
     if config is None:
         config = {}
     if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
         raise ConfigError(f"the config must be a mapping of field names to values, got {type(config).__name__}")
+    owner = spec.config_cls.__name__
     try:
         cfg = config_from_dict(spec.config_cls, config)
     except WorkbenchError:
         raise
     except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a validate() that is not ours to word
-        raise ConfigError(f"{spec.config_cls.__name__}: {e}") from None
+        raise ConfigError(f"{owner}: {e}") from None
     check_bounds(cfg)
-    n_layers = _offline_n_layers(model)
     for name, kind in resource_fields(spec.config_cls).items():
         value = getattr(cfg, name)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         for v in values:
-            if kind == "corpus" and v not in corpus_names():
-                raise ConfigError(f"{spec.config_cls.__name__}.{name}: corpus {str(v)[:80]!r} is not offered here; "
-                                  f"choose from: {', '.join(corpus_names())}")
-            if kind == "sae":
-                try:
+            try:
+                if kind == "corpus" and v not in corpus_names():
+                    raise ConfigError(f"corpus {str(v)[:80]!r} is not offered here; choose from: {', '.join(corpus_names())}")
+                if kind == "sae":
                     check_offered_sae(v, n_layers)
-                except ConfigError as e:
-                    raise ConfigError(f"{spec.config_cls.__name__}.{name}: {e}") from None
-    return RunRequest(spec.name, model, corpus, asdict(cfg), spec.numerics)
+                if kind == "model":
+                    check_model_name(v)
+            except ConfigError as e:
+                raise ConfigError(f"{owner}.{name}: {e}") from None
+    return cfg
 
 
 def _offline_n_layers(model: str) -> int | None:
@@ -205,18 +224,20 @@ class JobManager:
     def cancel(self, run_id: int) -> str:
         """Cancel a queued run at once, a running one at its next progress report (or kill it after
         CANCEL_GRACE_S); returns the status now."""
-        status = self.store.request_cancel(int(run_id))
+        run_id = _run_id(run_id)
+        status = self.store.request_cancel(run_id)
         if status == "running":
             with self._lock:
-                self._cancels.setdefault(int(run_id), time.monotonic())
+                self._cancels.setdefault(run_id, time.monotonic())
         return status
 
     def retry(self, run_id: int) -> bool:
         """Queue an interrupted, failed or cancelled run again; it resumes from its checkpoints."""
-        ok = self.store.requeue(int(run_id))
+        run_id = _run_id(run_id)
+        ok = self.store.requeue(run_id)
         if ok:
             with self._lock:
-                self._queued_here.add(int(run_id))
+                self._queued_here.add(run_id)
                 self._ensure_worker()
         return ok
 

@@ -143,3 +143,55 @@ def test_the_catalogue_notices_an_edited_source(tmp_path):
     assert source_fingerprint(tmp_path) == before
     f.write_text("A = 22\n")
     assert source_fingerprint(tmp_path) != before
+
+
+def _one_line_error(out) -> str:
+    """The CLI's answer to a mistake: exit code 2 and one `error:` line, no traceback."""
+    assert out.exit_code == 2, out.output
+    assert "Traceback" not in out.output and out.exception is None or isinstance(out.exception, SystemExit)
+    lines = [ln for ln in out.output.splitlines() if ln.strip() and not ln.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.output
+    return lines[0]
+
+
+def test_a_config_file_holding_a_list_is_one_line(store, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text("[1, 2, 3]")
+    line = _one_line_error(runner.invoke(app, ["run", "residual-norms", "--model", "tiny", "--config", str(cfg)]))
+    assert "JSON object" in line and "list" in line
+    missing = _one_line_error(runner.invoke(app, ["run", "residual-norms", "--model", "tiny", "--config", str(tmp_path / "none.json")]))
+    assert "cannot be read" in missing
+
+
+def test_a_model_directory_with_an_empty_config_is_one_line(store, tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("")
+    assert "config.json is empty" in _one_line_error(runner.invoke(app, ["run", "residual-norms", "--model", str(d), "--device", "cpu"]))
+    (d / "config.json").write_text("{\"hidden_size\": 8}")
+    assert "model_type" in _one_line_error(runner.invoke(app, ["run", "residual-norms", "--model", str(d), "--device", "cpu"]))
+
+
+def test_a_huge_integer_is_read_exactly_or_refused_never_rounded(store, tmp_path):
+    from probes.residual_norms.probe import ResidualNormsConfig
+    from workbench.config import config_from_dict
+
+    assert config_from_dict(ResidualNormsConfig, {"max_tokens": "123456789012345678"}).max_tokens == 123456789012345678
+    line = _one_line_error(runner.invoke(app, ["run", "residual-norms", "--model", "tiny", "--set",
+                                               "max_tokens=99999999999999999999999999"]))
+    assert "99999999999999999999999999" in line.replace(",", "") and "too large" in line
+    assert "4764729344" not in line.replace(",", "")  # what reading it as a float printed
+
+
+def test_a_prompt_that_is_not_text_is_refused_in_one_line():
+    from workbench.errors import ConfigError
+    from workbench.prompt_analysis import check_prompt
+
+    for bad, words in [("ab\ud800cd", "not valid text at position 2"), (["a", "b"], "not a list"), (7, "not a int"),
+                       (None, "type a prompt"), ("   ", "type a prompt")]:
+        try:
+            check_prompt(bad)
+        except ConfigError as e:
+            assert words in str(e) and "\n" not in str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")

@@ -163,3 +163,64 @@ def test_the_queue_has_a_limit(store):
     assert jobs.cancel(store.runs(limit=1)[0]["run_id"]) == "cancelled"
     jobs.submit("residual-norms", "tiny", "brown", {"seed": 9})  # room again
     jobs.shutdown()
+
+
+# ----------------------------------------------------------------------------- every field of every probe and study
+
+HOSTILE_RESOURCES = ["/etc/passwd", "../../secrets", "~/.cache/workbench", "file:///etc/passwd", "hf:some/dataset",
+                     "gpt2-small-res-jb:nonexistent", "trained:../x", "trained:999", "release:id", "gpt2", "x" * 300]
+
+
+def _all_specs():
+    from workbench.probe_api import list_studies
+
+    return list_probes() + list_studies()
+
+
+def test_every_string_field_of_every_probe_and_study_declares_what_it_holds():
+    """A string field either names a resource (it is keyed and whitelisted) or holds plain text."""
+    from workbench.config import undeclared_string_fields
+
+    specs = _all_specs()
+    assert len(specs) >= 15
+    assert {s.name: undeclared_string_fields(s.config_cls) for s in specs} == {s.name: [] for s in specs}
+    assert resource_fields(get_probe_cfg("sae-features")) == {"sae": "sae"}
+
+
+def get_probe_cfg(name: str):
+    from workbench.probe_api import get_spec
+
+    return get_spec(name).config_cls
+
+
+def test_registering_a_config_with_an_undeclared_string_field_is_refused():
+    from workbench.probe_api import REGISTRY, ProbeSpec, register
+    from workbench.results import Result
+
+    @dataclasses.dataclass
+    class Sneaky:
+        sae: str = "trained:1"  # would name an SAE without its identity entering the key
+
+    with pytest.raises(ConfigError, match=r"\['sae'\]"):
+        register(ProbeSpec("undeclared-demo", "", Sneaky, Result, lambda m, c, cfg: Result()))
+    assert "undeclared-demo" not in REGISTRY
+
+
+@pytest.mark.parametrize("spec", _all_specs(), ids=lambda s: s.name)
+def test_every_resource_field_of_every_probe_and_study_refuses_paths_and_unknown_ids(spec):
+    from dashboards.jobs import check_config
+
+    fields = resource_fields(spec.config_cls)
+    types = config_fields(spec.config_cls)
+    for name in fields:
+        listed = typing.get_origin(types[name]) in (list, tuple)
+        for bad in HOSTILE_RESOURCES:
+            with pytest.raises(ConfigError, match=name):
+                check_config(spec, {name: [bad] if listed else bad}, 2)
+
+
+def test_the_sae_feature_page_probe_takes_no_path_through_the_queue():
+    for bad in ("/etc/passwd", "gpt2-small-res-jb:nonexistent"):
+        with pytest.raises(ConfigError, match="SAEFeaturesConfig.sae"):
+            check_request("sae-features", "tiny", "brown", {"sae": bad})
+    assert check_request("sae-features", "tiny", "brown", {"sae": "trained:1"}).config["sae"] == "trained:1"

@@ -193,3 +193,19 @@ def test_the_stored_meta_names_every_part_of_the_key(tiny, store):
     meta = out.result.meta
     assert meta["model_key"] == model_key(tiny) and meta["runtime"] == runtime_versions()
     assert meta["key"] == out.key == key(tiny)
+
+
+def test_sae_features_is_recomputed_when_the_sae_weights_change(tiny, store, tmp_path):
+    """The SAE a feature-page run names is part of its key: overwriting the SAE's weights gives a new
+    key and a recomputed result, never the old SAE's statistics."""
+    from sae_standins import saved_sae
+
+    sae = saved_sae(tmp_path / "sae", hook="blocks.1.hook_resid_post", d_sae=48, k=4, seed=0)
+    cfg = {"sae": str(sae), "max_tokens": 600, "seq_len": 32, "batch_size": 4, "top_contexts": 2}
+    first = run_probe("sae-features", tiny, corpus(), cfg, store=store)
+    assert run_probe("sae-features", tiny, corpus(), cfg, store=store).reused
+    other = saved_sae(tmp_path / "other", hook="blocks.1.hook_resid_post", d_sae=48, k=4, seed=5)
+    shutil.copy(other / "sae_weights.safetensors", sae / "sae_weights.safetensors")
+    again = run_probe("sae-features", tiny, corpus(), cfg, store=store)
+    assert not again.reused and again.key != first.key
+    assert not torch.equal(again.result.tensors["act_sum"], first.result.tensors["act_sum"])

@@ -192,13 +192,16 @@ def dashboard_cmd(
     debug: bool = typer.Option(False, help="Dash debug mode (hot reload, error overlay)"),
     device: str = typer.Option("cpu", help="where the app's explorer loads models (the run worker owns the GPU)"),
     worker_device: Optional[str] = typer.Option(None, help="where runs started from the app compute (default: cuda when present)"),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="another host name the app answers to (repeatable); "
+                                         "by default only the loopback names and --host itself"),
 ) -> None:
     """Start the dashboard (run registry, model explorer, one page per probe)."""
     try:
         from dashboards.app import serve
     except ImportError as e:  # the dashboard package is part of the install
         _fail(WorkbenchError(f"dashboard unavailable: {e}"))
-    serve(host=host, port=port, model=model, debug=debug, device=device, worker_device=worker_device)
+    serve(host=host, port=port, model=model, debug=debug, device=device, worker_device=worker_device,
+          allow_hosts=tuple(allow_host))
 
 
 @app.command("figures")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,7 @@ from workbench.corpora.tokenized import ChunkSpec
 from workbench.errors import ConfigError
 
 C = TypeVar("C")
+INT_LIMIT = 2**63 - 1  # the largest integer a field may hold (torch and SQLite hold 64 bits)
 MAX_TEXT_CHARS = 2000  # the longest string any request field may hold
 
 
@@ -27,6 +29,7 @@ def setting(
     min: float | None = None,
     max: float | None = None,
     max_items: int | None = None,
+    text: bool = False,
     why: str = "",
 ) -> Any:
     """A config field with what the workbench must know about it besides its type.
@@ -35,9 +38,16 @@ def setting(
         result key; the dashboard accepts only what it offers, see `workbench.resources`);
     min / max: the range of a number, or of each number in a list, that a request may ask for,
         with `why` (shown in the error) saying what the bound protects;
-    max_items: the longest list a request may hold.
+    max_items: the longest list a request may hold;
+    text: the field holds plain text (a prompt, a split, a task name) and names no resource. Every
+        string field must say which it is (`names=` or `text=True`): a registered config with an
+        undeclared one is refused (`undeclared_string_fields`), so no resource escapes the key.
     """
+    if names is not None and text:
+        raise ValueError("a field either names a resource or holds plain text, not both")
     meta = {k: v for k, v in dict(names=names, min=min, max=max, max_items=max_items, why=why).items() if v not in (None, "")}
+    if text:
+        meta["text"] = True
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -59,7 +69,7 @@ class ConfigBase:
 class StreamConfig(ConfigBase):
     """Which slice of a corpus a probe streams, and how it is cut into batches."""
 
-    split: str = "all"
+    split: str = setting("all", text=True, why="one of the corpus splits")
     max_tokens: int | None = setting(20_000, min=1, max=10_000_000, why="a dashboard run streams at most 10M tokens")
     seq_len: int = setting(128, min=2, max=8192, why="longer than any supported model's context")
     batch_size: int = setting(8, min=1, max=1024, why="larger batches do not fit in memory")
@@ -80,6 +90,23 @@ def config_fields(cls: type) -> dict[str, Any]:
     """Field name -> resolved type annotation."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _holds_strings(typ: Any) -> bool:
+    """Whether a field of this type can hold a free string (directly, in a list, or in a union)."""
+    if typ is str:
+        return True
+    if typing.get_origin(typ) is typing.Literal:
+        return False
+    return any(_holds_strings(a) for a in typing.get_args(typ))
+
+
+def undeclared_string_fields(cls: type) -> list[str]:
+    """Fields of config `cls` that can hold a string but declare neither `names=` (a corpus, an SAE,
+    a model: its identity goes into the result key) nor `text=True` (plain text). A path or an SAE
+    id in such a field would change the result without changing its key."""
+    return [name for name, typ in config_fields(cls).items()
+            if _holds_strings(typ) and not ({"names", "text"} & set(field_meta(cls, name)))]
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any] | None) -> C:
@@ -105,7 +132,11 @@ def config_from_file(cls: type[C], path: str | Path, overrides: Mapping[str, Any
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"Config file {path} is not valid JSON: {e}") from None
-    data.update(overrides or {})
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a JSON object of field names to values, not a {type(data).__name__}")
+    data = {**data, **(overrides or {})}
     return config_from_dict(cls, data)
 
 
@@ -161,13 +192,16 @@ def _coerce(owner: str, name: str, value: Any, typ: Any) -> Any:
         is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
         if is_null and type(None) in args:
             return None
+        errors: list[ConfigError] = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(owner, name, value, a)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:  # Optional[X]: X's own message says more than the union's
+            raise errors[0]
         raise ConfigError(f"{owner}.{name}: cannot read {_short(value)} as {typ}")
     if origin is typing.Literal:
         if value not in args:
@@ -196,7 +230,11 @@ def _coerce(owner: str, name: str, value: Any, typ: Any) -> Any:
     if typ is int:
         if isinstance(value, bool):
             raise ConfigError(f"{owner}.{name} must be an integer, got {_short(value)}")
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,4300}\s*", value):
+            value = int(value)  # exact: a long integer read as a float would lose its last digits
         if isinstance(value, int):
+            if abs(value) > INT_LIMIT:
+                raise ConfigError(f"{owner}.{name} = {_short(value)} is too large (integers are at most 2**63 - 1)")
             return value
         try:
             f = float(value)

@@ -61,3 +61,8 @@ class CorruptResultError(WorkbenchError):
 
 class RunCancelled(WorkbenchError):
     """A run was cancelled by the user (from the dashboard or the registry)."""
+
+
+class StoreUnavailableError(WorkbenchError):
+    """The store cannot be written or read right now (disk full, read-only, I/O error, locked):
+    nothing in it was changed or moved."""

@@ -70,7 +70,16 @@ _discovered = False
 
 
 def register(spec: Spec) -> Spec:
-    """Add a probe or study; a second spec under a registered name is refused."""
+    """Add a probe or study; a second spec under a registered name is refused, and so is a config
+    with a string field that does not declare whether it names a resource (see
+    `workbench.config.setting`): such a field could change a result without changing its key."""
+    from workbench.config import undeclared_string_fields
+
+    if dataclasses.is_dataclass(spec.config_cls):
+        undeclared = undeclared_string_fields(spec.config_cls)
+        if undeclared:
+            raise ConfigError(f"{spec.kind} {spec.name!r}: config field(s) {undeclared} of {spec.config_cls.__name__} hold "
+                              "strings but declare neither setting(names=...) (a corpus, SAE or model) nor setting(text=True)")
     known = REGISTRY.get(spec.name)
     if known is not None and known is not spec and (known.module, known.run.__qualname__) != (spec.module, spec.run.__qualname__):
         raise ConfigError(f"{spec.kind} name {spec.name!r} is already registered by {known.module}")

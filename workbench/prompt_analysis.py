@@ -58,9 +58,14 @@ class PromptAnalysis:
 def check_prompt(prompt: object) -> str:
     """A non-empty prompt of at most MAX_PROMPT_CHARS characters, else a clear error."""
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError("type a prompt first")
+        raise ConfigError("type a prompt first" if prompt is None or isinstance(prompt, str)
+                          else f"a prompt is text, not a {type(prompt).__name__}")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise PromptTooLongError(f"the prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no tokenizer can read it
+        raise ConfigError(f"the prompt holds a character that is not valid text at position {e.start}") from None
     return prompt
 
 

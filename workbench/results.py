@@ -143,6 +143,9 @@ def verify_files(d: Path) -> None:
     """Raise CorruptResultError unless `d` holds exactly the files its manifest lists, unchanged."""
     if not d.is_dir():
         raise CorruptResultError(f"{d} does not exist")
+    links = [p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_symlink()]
+    if links:  # a stored result is plain files written by the workbench, never a link to elsewhere
+        raise CorruptResultError(f"{d}: holds symbolic links {links[:3]}")
     try:
         listed: dict[str, str] = json.loads((d / FILES_MANIFEST).read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as e:

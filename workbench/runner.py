@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from transformer_lens import HookedTransformer
 from workbench.config import config_from_dict
 from workbench.corpora.base import Corpus
 from workbench.distributed import broadcast, world
-from workbench.errors import ConfigError, RunCancelled
+from workbench.errors import ConfigError, RunCancelled, StoreUnavailableError
 from workbench.identity import runtime_versions
 from workbench.models.info import default_device, model_info, model_key
 from workbench.probe_api import (
@@ -130,9 +131,9 @@ def result_of_run(run_id: int, store: ResultStore | None = None, expect: str | t
     CorruptResultError (after moving it to quarantine) when its files do not verify.
     """
     store = store or ResultStore()
-    row = store.get_run(int(run_id))
+    row = store.get_run(run_id)  # None for anything that is not a run id
     if row is None or row["status"] not in FINISHED_OK or not row["artifact"]:
-        raise LookupError(f"run {run_id} has no stored result")
+        raise LookupError(f"run {str(run_id)[:40]} has no stored result")
     names = (expect,) if isinstance(expect, str) else tuple(expect)
     if names and row["probe"] not in names:
         raise LookupError(f"run {run_id} is a {row['probe']} run, not {' or '.join(names)}")
@@ -233,9 +234,23 @@ def _reuse(store: ResultStore, spec: Spec, key: str, force: bool) -> tuple[bool,
 
 
 def _finish(store: ResultStore, run_id: int, status: str, **fields: Any) -> None:
-    """Record how the run ended (rank 0 alone writes the registry)."""
+    """Record how the run ended (rank 0 alone writes the registry). A registry that cannot be
+    written now (a full disk) costs the row, not the result: the run's outcome is returned, a
+    note says so, and the row is marked done when the store is next opened (`mark_interrupted`)."""
     if world().is_main:
-        store.finish_run(run_id, status, **fields)
+        try:
+            store.finish_run(run_id, status, **fields)
+        except StoreUnavailableError as e:
+            warnings.warn(f"run {run_id} is {status} and its result is stored at {fields.get('artifact')}, but the registry "
+                          f"could not record it ({e}); it is recorded when the store is next opened", stacklevel=2)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """A registry write that must not end a run when the registry cannot be written (None then)."""
+    try:
+        return fn(*args, **kwargs)
+    except StoreUnavailableError:
+        return None
 
 
 def _progress_callback(store: ResultStore, run_id: int) -> Callable[[float, str], None]:
@@ -249,8 +264,8 @@ def _progress_callback(store: ResultStore, run_id: int) -> Callable[[float, str]
         now = time.monotonic()
         if now - last[0] > 1.0 or fraction >= 1.0:
             last[0] = now
-            store.update_run(run_id, progress=fraction, message=message)
-            if store.cancel_requested(run_id):
+            _quietly(store.update_run, run_id, progress=fraction, message=message)  # a full disk must not end the run here
+            if _quietly(store.cancel_requested, run_id):
                 raise RunCancelled(f"run {run_id} was cancelled")
 
     return on_progress
@@ -265,13 +280,13 @@ def _recorded(store: ResultStore, run_id: int) -> Iterator[None]:
     try:
         yield
     except RunCancelled as e:
-        store.finish_run(run_id, "cancelled", error=str(e))
+        _quietly(store.finish_run, run_id, "cancelled", error=str(e))
         raise
     except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted", error=INTERRUPTED_HINT)
+        _quietly(store.finish_run, run_id, "interrupted", error=INTERRUPTED_HINT)
         raise
-    except BaseException as e:
-        store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+    except BaseException as e:  # the run's own error is what propagates, whether or not the row can record it
+        _quietly(store.finish_run, run_id, "failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         raise
 
 
@@ -285,14 +300,20 @@ def _run_keyed(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int |
     """The store protocol of a probe run: register, reuse a verified result, or compute with
     progress and cancellation, save atomically and record how the run ended."""
     version = code_version(spec)
-    run_id = _register(store, spec, cfg, key, run_id, row, version)
     path = store.path(spec.name, key)
-    reuse, stored = _reuse(store, spec, key, force)
-    if reuse:
-        _finish(store, run_id, "reused", artifact=str(path), summary=stored.summary() if stored is not None else None)
-        return RunOutcome(stored, run_id, key, True, path)
-    t0 = time.time()
-    with _recorded(store, run_id):
+    if store.read_only:  # a store that cannot be written can still answer with what it holds
+        stored = None if force else store.get(spec.name, key, spec.result_cls)
+        if stored is None:
+            raise StoreUnavailableError(f"the store {store.root} is read-only and holds no {spec.name} result for these "
+                                        "inputs; point WORKBENCH_STORE at a writable store to compute it")
+        return RunOutcome(stored, -1, key, True, path)
+    run_id = _register(store, spec, cfg, key, run_id, row, version)
+    with _recorded(store, run_id), _claimed(store, spec.name, key, run_id):
+        reuse, stored = _reuse(store, spec, key, force)
+        if reuse:
+            _finish(store, run_id, "reused", artifact=str(path), summary=stored.summary() if stored is not None else None)
+            return RunOutcome(stored, run_id, key, True, path)
+        t0 = time.time()
         with reporting_to(_progress_callback(store, run_id)), running(RunContext(store, spec.name, key, run_id)):
             result = compute()
         result.meta.update(_meta(spec, cfg, key, version, t0, meta))
@@ -300,3 +321,26 @@ def _run_keyed(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int |
             store.save(spec.name, key, result)
     _finish(store, run_id, "done", artifact=str(path), summary=result.summary())
     return RunOutcome(result, run_id, key, False, path)
+
+
+@contextmanager
+def _claimed(store: ResultStore, probe: str, key: str, run_id: int) -> Iterator[None]:
+    """Rank 0 holds the claim on the key while the result is looked up and computed, so a second
+    run of the same key (another CLI run, a worker) waits and then reuses it instead of computing
+    it again. While it waits its row says so, and a Cancel stops the wait."""
+    if not world().is_main:
+        yield
+        return
+    told = [False]
+
+    def waiting(seconds: float) -> None:
+        if not told[0]:
+            told[0] = True
+            warnings.warn(f"another process is computing {probe} {key}; waiting for it, then its result is reused",
+                          stacklevel=2)
+        _quietly(store.update_run, run_id, message=f"waiting {seconds:.0f} s for another run computing the same result")
+        if _quietly(store.cancel_requested, run_id):
+            raise RunCancelled(f"run {run_id} was cancelled")
+
+    with store.computing(probe, key, waiting):
+        yield

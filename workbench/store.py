@@ -15,21 +15,25 @@ same job.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import random
 import shutil
 import socket
 import sqlite3
+import threading
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import psutil
 
-from workbench.errors import CorruptResultError
+from workbench.errors import CorruptResultError, StoreUnavailableError
 from workbench.io import RESULT_FILE, _json_default, remove_stale
 from workbench.paths import store_dir
 
@@ -78,6 +82,27 @@ EXTRA_COLUMNS = {
 }
 
 
+MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer
+
+
+def parse_run_id(value: Any) -> int | None:
+    """A run id from what a caller holds (an int, or a string of ASCII digits from an address or a
+    form), or None when it cannot be one: not a number, a bool, a digit of another script ('²'),
+    zero or negative, or beyond SQLite's 64-bit range."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        v = value.strip()
+        if not (0 < len(v) <= 19 and v.isascii() and v.isdigit()):
+            return None
+        value = int(v)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or not 0 < value <= MAX_RUN_ID:
+        return None
+    return value
+
+
 def result_key(model_key: str, corpus_key: str | None, probe: str, config: dict[str, Any], code_version: str,
                resources: dict[str, Any] | None = None, runtime: dict[str, str] | None = None) -> str:
     """Hash of everything that determines a result (canonical JSON, SHA-256, 20 hex chars).
@@ -118,16 +143,61 @@ def process_alive(pid: int | None, host: str | None, proc_start: float | None) -
     return proc_start is None or abs(started - float(proc_start)) < 1.0
 
 
+_HELD: dict[tuple[str, str, str, int], int] = {}  # (store, probe, key, thread) claims held here, with their depth
+SCHEMA_ATTEMPTS = 12  # tries to create or upgrade the schema while another process holds SQLite's lock (about 40 s in all)
+
+
+class RegistryCorrupt(sqlite3.DatabaseError):
+    """The registry opened but failed its integrity check."""
+
+
+def _is_corruption(e: BaseException) -> bool:
+    """Whether a registry error means the file itself is damaged (the only case that quarantines)."""
+    if isinstance(e, RegistryCorrupt):
+        return True
+    name = getattr(e, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def _is_busy(e: BaseException) -> bool:
+    name = getattr(e, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(e)
+
+
+def _free_bytes(path: Path) -> int:
+    """Bytes free for this user on `path`'s file system (a large number when it cannot be told)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, all links resolved, lies inside `root`."""
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+        return True
+    except ValueError:
+        return False
+
+
 class ResultStore:
     """Results under `<root>/results/<probe>/<key>/` and the registry in `<root>/registry.sqlite`."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else store_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailableError(f"cannot create the store {self.root}: {e.strerror or e}") from None
+        # A store on a read-only file system (or one this user may not write) can still be read.
+        self.read_only = not os.access(self.root, os.W_OK)
         self._open_registry()
-        self.mark_interrupted()
-        for sub in ("results", "scratch"):
-            remove_stale(self.root / sub)
+        if not self.read_only:
+            self.mark_interrupted()
+            for sub in ("results", "scratch"):
+                remove_stale(self.root / sub)
 
     @property
     def registry_path(self) -> Path:
@@ -142,10 +212,22 @@ class ResultStore:
         return self.path(probe, key).is_dir()
 
     def load(self, probe: str, key: str, result_cls: type[R]) -> R:
-        """The stored result, verified against its manifest. A corrupt one is moved to the
-        quarantine folder and CorruptResultError is raised."""
+        """The stored result, verified against its manifest and against the key it was asked for.
+
+        A result directory that is a link, or that holds a result computed for another key (copied
+        or linked from elsewhere), is refused like a corrupt one: moved to the quarantine folder,
+        and CorruptResultError is raised.
+        """
+        path = self.path(probe, key)
         try:
-            return result_cls.load(self.path(probe, key))
+            if path.is_symlink() or not _inside(path, self.root):
+                raise CorruptResultError(f"{path} is a link to {os.path.realpath(path)}, not a result written into this store")
+            result = result_cls.load(path)
+            stored_key = result.meta.get("key")
+            if stored_key != key:
+                raise CorruptResultError(f"{path} holds the result of key {str(stored_key)[:40]!r}, not {key!r} "
+                                         "(copied or linked from another key)")
+            return result
         except CorruptResultError as e:
             self.quarantine(probe, key, str(e))
             raise
@@ -163,20 +245,73 @@ class ResultStore:
         return result.save(self.path(probe, key))
 
     def quarantine(self, probe: str, key: str, reason: str) -> Path | None:
-        """Move a result directory aside to `<root>/quarantine/` with the reason; warn once."""
+        """Move a result directory (or a link in its place) aside to `<root>/quarantine/` with the
+        reason; warn once. The reason is written beside what was moved, inside the store: never
+        through a link. A store that cannot be written is left as it is (the result is still
+        refused)."""
         src = self.path(probe, key)
-        if not src.exists():
+        if not os.path.lexists(src):
+            return None
+        if self.read_only:
+            warnings.warn(f"stored result {probe}/{key} is refused ({reason}); the store is read-only, so it stays where it is",
+                          stacklevel=2)
             return None
         dest = self.root / "quarantine" / probe / f"{key}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(src, dest)
-        except OSError:  # another process moved it first
+            dest.mkdir(parents=True)
+            os.rename(src, dest / ("link" if src.is_symlink() else "result"))
+        except OSError:  # another process moved it first, or the disk cannot take even a directory
             return None
-        (dest / "QUARANTINED.txt").write_text(reason + "\n")
-        warnings.warn(f"stored result {probe}/{key} is corrupt ({reason}); moved to {dest} and will be computed again",
+        try:
+            (dest / "QUARANTINED.txt").write_text(reason + "\n")
+        except OSError:
+            pass  # the move is what matters; a full disk may refuse the note
+        warnings.warn(f"stored result {probe}/{key} is refused ({reason}); moved to {dest} and will be computed again",
                       stacklevel=2)
         return dest
+
+    @contextmanager
+    def computing(self, probe: str, key: str, waiting: Callable[[float], None] | None = None) -> Iterator[None]:
+        """Hold the claim on (probe, key) while its result is looked up and, if absent, computed.
+
+        Two processes asking for one key at once (two CLI runs, a CLI run and a worker) take turns:
+        the second waits here, calling `waiting(seconds_waited)` about once a second (it may raise
+        to give up, e.g. on Cancel), and then finds the first one's result stored and reuses it.
+        The claim is a lock on `<root>/locks/<probe>/<key>.lock`, released by the kernel when its
+        process ends, however it ends. Re-entrant within a process; none on a read-only store."""
+        ident = (str(self.root.resolve()), probe, key, threading.get_ident())
+        if self.read_only or _HELD.get(ident):
+            _HELD[ident] = _HELD.get(ident, 0) + 1
+            try:
+                yield
+            finally:
+                _HELD[ident] -= 1
+            return
+        lock = self.root / "locks" / probe / f"{key}.lock"
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreUnavailableError(f"the store {self.root} cannot take the claim on {probe}/{key}: {e.strerror or e}") from None
+        try:
+            t0, last = time.monotonic(), 0.0
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waited = time.monotonic() - t0
+                    if waiting is not None and waited - last >= 1.0:
+                        last = waited
+                        waiting(waited)
+                    time.sleep(0.1)
+            _HELD[ident] = 1
+            try:
+                yield
+            finally:
+                _HELD.pop(ident, None)
+        finally:
+            os.close(fd)
 
     def scratch(self, probe: str, key: str) -> Path:
         """A per-key directory for checkpoints of an unfinished run (kept across restarts)."""
@@ -186,19 +321,50 @@ class ResultStore:
 
     # ----- registry -----
     def _open_registry(self) -> None:
+        """Create or upgrade the registry's schema (once per store, under a file lock, retried while
+        another process holds SQLite's write lock). Only real corruption (not a database, a
+        malformed image, a failed `quick_check`) moves the registry to quarantine; a full disk, a
+        read-only file system or an I/O error raise StoreUnavailableError and touch nothing."""
+        if self.read_only:
+            self._check_readable()
+            return
+        with self._schema_lock():
+            for attempt in range(SCHEMA_ATTEMPTS):
+                try:
+                    self._init_schema()
+                    return
+                except sqlite3.DatabaseError as e:
+                    if _is_corruption(e):
+                        self._recover_registry(str(e))
+                        return
+                    if _is_busy(e) and attempt + 1 < SCHEMA_ATTEMPTS:
+                        time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+                        continue
+                    raise self._unavailable(e) from None
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """An exclusive lock on `<root>/.registry.lock` while the schema is created or upgraded, so
+        processes opening a fresh store at once take turns instead of failing on SQLite's lock."""
         try:
-            self._init_schema()
-        except sqlite3.DatabaseError as e:
-            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-                raise
-            self._recover_registry(str(e))
+            fd = os.open(self.root / ".registry.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # cannot create even an empty file (full or odd file system): rely on the retries
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _init_schema(self) -> None:
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        with self._raw_db() as db:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+                raise RegistryCorrupt(f"integrity check failed: {check}")
             db.executescript(SCHEMA)
             have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
             for name, decl in EXTRA_COLUMNS.items():
@@ -209,16 +375,49 @@ class ResultStore:
                         if "duplicate column" not in str(e):
                             raise
 
+    def _check_readable(self) -> None:
+        """A read-only store's registry must at least open (or be absent: no runs yet)."""
+        if not self.registry_path.exists():
+            return
+        try:
+            with self._raw_db() as db:
+                db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise self._unavailable(e) from None
+
+    def _unavailable(self, e: BaseException) -> StoreUnavailableError:
+        """A one-line error for a registry that cannot be used now; says what and where."""
+        name = getattr(e, "sqlite_errorname", "") or ""
+        code = getattr(e, "errno", None)
+        if name.startswith("SQLITE_FULL") or code == errno.ENOSPC or _free_bytes(self.root) < 1 << 20:
+            what = "its disk is full; free some space and run again"
+        elif name.startswith("SQLITE_READONLY") or code == errno.EROFS or self.read_only:
+            what = "it is read-only (results can be read; runs cannot be recorded)"
+        elif _is_busy(e):
+            what = "another process has held its lock for more than 30 s"
+        elif name.startswith("SQLITE_CANTOPEN"):
+            what = "the registry file cannot be opened (permissions, or a missing directory)"
+        else:
+            what = f"the disk reported an error ({e}); is it full or unmounted?"
+        return StoreUnavailableError(f"the store {self.root} cannot be used: {what}; nothing in it was changed")
+
     def _recover_registry(self, reason: str) -> None:
         """Move an unreadable registry aside and rebuild it from the stored results' metadata."""
         dest = self.root / "quarantine" / f"registry-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        dest.mkdir(parents=True, exist_ok=True)
+        try:  # the note first: a disk that cannot take it must not see the registry moved
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / "QUARANTINED.txt").write_text(reason + "\n")
+        except OSError as e:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise self._unavailable(e) from None
         for suffix in ("", "-wal", "-shm"):
             p = Path(str(self.registry_path) + suffix)
             if p.exists():
-                shutil.move(str(p), dest / p.name)
-        (dest / "QUARANTINED.txt").write_text(reason + "\n")
-        self._init_schema()
+                os.rename(p, dest / p.name)
+        try:
+            self._init_schema()
+        except sqlite3.DatabaseError as e:
+            raise self._unavailable(e) from None
         n = self._rebuild_from_results()
         warnings.warn(f"the run registry {self.registry_path} was unreadable ({reason}); moved to {dest} and "
                       f"rebuilt from {n} stored results", stacklevel=3)
@@ -244,14 +443,41 @@ class ResultStore:
         return n
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.registry_path, timeout=30)
+    def _raw_db(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the registry (read-only when the store is); sqlite3 errors propagate."""
+        if self.read_only:
+            if self.registry_path.exists():
+                uri = f"{self.registry_path.resolve().as_uri()}?mode=ro"
+                try:
+                    con = sqlite3.connect(uri, uri=True, timeout=30)
+                    con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                except sqlite3.OperationalError:  # a WAL registry whose -shm cannot be created here
+                    con = sqlite3.connect(f"{self.registry_path.resolve().as_uri()}?immutable=1", uri=True)
+            else:  # no registry yet: an empty one in memory
+                con = sqlite3.connect(":memory:")
+                con.executescript(SCHEMA)
+                for name, decl in EXTRA_COLUMNS.items():
+                    con.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+        else:
+            con = sqlite3.connect(self.registry_path, timeout=30)
         con.row_factory = sqlite3.Row
         try:
             with con:
                 yield con
         finally:
             con.close()
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A registry connection whose I/O, full-disk, read-only and lock errors become one
+        StoreUnavailableError (corruption errors propagate as sqlite3 errors)."""
+        try:
+            with self._raw_db() as con:
+                yield con
+        except sqlite3.DatabaseError as e:
+            if _is_corruption(e):
+                raise
+            raise self._unavailable(e) from None
 
     def start_run(self, key: str, probe: str, model: str, numerics: str, corpus: str | None, config: dict, code_version: str,
                   status: str = "running", world_size: int = 1, label: str | None = None) -> int:
@@ -315,11 +541,25 @@ class ResultStore:
         return int(row["run_id"]) if row else None
 
     def mark_interrupted(self) -> list[int]:
-        """Mark runs left "running" by processes that no longer exist as "interrupted"."""
+        """Mark runs left "running" by processes that no longer exist as "interrupted", or as "done"
+        when their result was saved under their key (a process that saved its result and then
+        could not write the registry: a full disk at the very end)."""
         with self._db() as db:
-            rows = db.execute("SELECT run_id, pid, host, proc_start FROM runs WHERE status = 'running'").fetchall()
-        dead = [r["run_id"] for r in rows if not process_alive(r["pid"], r["host"], r["proc_start"])]
-        for run_id in dead:
+            rows = db.execute("SELECT run_id, pid, host, proc_start, probe, key, started FROM runs WHERE status = 'running'").fetchall()
+        dead = [r for r in rows if not process_alive(r["pid"], r["host"], r["proc_start"])]
+        for row in dead:
+            run_id = row["run_id"]
+            saved = self._saved_meta(row["probe"], row["key"], since=row["started"])
+            if saved is not None:
+                with self._db() as db:
+                    db.execute(
+                        "UPDATE runs SET status = 'done', progress = 1.0, finished = ?, wall_s = ?, artifact = ?, message = ? "
+                        "WHERE run_id = ? AND status = 'running'",
+                        (self.path(row["probe"], row["key"]).stat().st_mtime, saved.get("wall_s"),
+                         str(self.path(row["probe"], row["key"])),
+                         "finished; recorded when the store was next opened (the registry could not be written then)", run_id),
+                    )
+                continue
             with self._db() as db:
                 db.execute(
                     "UPDATE runs SET status = 'interrupted', finished = ?, message = ?, "
@@ -327,11 +567,29 @@ class ResultStore:
                     (time.time(), "its process ended before it finished; rerun it to resume",
                      "the process running this run ended (killed or crashed) before it finished", run_id),
                 )
-        return dead
+        return [r["run_id"] for r in dead]
+
+    def _saved_meta(self, probe: str | None, key: str | None, since: float | None = None) -> dict[str, Any] | None:
+        """The meta of the result saved under (probe, key) (after `since`, when given), when one is
+        there and says it is that key's (not yet verified against its manifest: `load` does that
+        when it is read)."""
+        if not probe or not key:
+            return None
+        rj = self.path(probe, key) / RESULT_FILE
+        try:
+            if since is not None and rj.stat().st_mtime < float(since):
+                return None  # an older result under the key; this run did not finish
+            meta = json.loads(rj.read_text())["fields"]["meta"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("key") == key else None
 
     def forget_run(self, run_id: int) -> bool:
         """Remove a run that ended without a result (failed, interrupted, cancelled) from the registry;
         its checkpoints stay (a later run of the same key resumes from them). False for any other run."""
+        run_id = parse_run_id(run_id)
+        if run_id is None:
+            return False
         with self._db() as db:
             cur = db.execute("DELETE FROM runs WHERE run_id = ? AND status IN ('failed', 'interrupted', 'cancelled')", (run_id,))
             return cur.rowcount == 1
@@ -339,6 +597,9 @@ class ResultStore:
     def request_cancel(self, run_id: int) -> str:
         """Cancel a run: a queued one at once, a running one at its next progress report.
         Returns the run's status afterwards."""
+        run_id = parse_run_id(run_id)
+        if run_id is None:
+            return "missing"
         with self._db() as db:
             db.execute("UPDATE runs SET status = 'cancelled', finished = ?, message = 'cancelled before it started' "
                        "WHERE run_id = ? AND status = 'queued'", (time.time(), run_id))
@@ -348,12 +609,18 @@ class ResultStore:
         return row["status"] if row else "missing"
 
     def cancel_requested(self, run_id: int) -> bool:
+        run_id = parse_run_id(run_id)
+        if run_id is None:
+            return False
         with self._db() as db:
             row = db.execute("SELECT cancel_requested FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return bool(row and row["cancel_requested"])
 
     def requeue(self, run_id: int) -> bool:
         """Put an interrupted, failed or cancelled run back in the queue (it resumes from its checkpoints)."""
+        run_id = parse_run_id(run_id)
+        if run_id is None:
+            return False
         with self._db() as db:
             cur = db.execute(
                 "UPDATE runs SET status = 'queued', cancel_requested = 0, progress = 0, error = NULL, finished = NULL, "
@@ -383,6 +650,10 @@ class ResultStore:
         return {"probe": row["probe"], "model": row["model"], "corpus": row["corpus"], "config": json.loads(row["config"] or "{}")}
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
+        """The registry row of a run, or None (also for anything that cannot be a run id)."""
+        run_id = parse_run_id(run_id)
+        if run_id is None:
+            return None
         with self._db() as db:
             row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return dict(row) if row else None

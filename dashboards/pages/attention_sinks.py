@@ -115,7 +115,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None:
             return [], None, [], None, [], None, [], None
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
         except Exception:  # noqa: BLE001 - shown by the figure callback
             return [], None, [], None, [], None, [], None
         doms = [{"label": d, "value": d} for d in res.domains]
@@ -139,7 +139,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             e = empty_figure(msg)
             return e, e, e, e, e, e, e, e, html.P(msg, className="empty"), "", {"display": "none"}, ""
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             cfg = res.meta.get("config", {})
             diff = (figs.dormancy_difference_heatmap(res.heads, domain, compare) if compare and compare != domain
                     else empty_figure("choose a second domain to compare"))
@@ -164,7 +164,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             return empty_figure("a stored run fixes the model: start one above, then press Show pattern"), "", ""
         try:
             prompt = check_prompt(prompt)
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             model = ctx.model_of(res)
             r = prompt_head(model, prompt, int(layer or 0), int(head or 0))
         except Exception as e:  # noqa: BLE001 - shown on the page

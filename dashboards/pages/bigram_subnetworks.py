@@ -84,7 +84,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None:
             return [], None, [], None
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
         except Exception:
             return [], None, [], None
         opts = [{"label": f"{row.label} ({row.kept_frac:.3%} kept, r = {row.r:.3f})", "value": row.label} for row in res.sweep.itertuples()]
@@ -101,7 +101,7 @@ def register(app: Dash, ctx: AppContext) -> None:
                    "(default: smollm2-135m, hours on a CPU).")
             return (*[empty_figure(msg) for _ in FIGS], html.P(msg, className="empty"), "")
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             figs = [r_vs_sparsity(res), kept_heatmap(res, a, value), kept_heatmap(res, b, value), compare_blocks(res, a, b),
                     ablation_bars(res), overlap_null(res), rotation_angles(res), training_curves(res)]
         except Exception as e:
@@ -117,7 +117,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             return no_update
         from safetensors.torch import save
 
-        res = ctx.result(int(run_id))
+        res = ctx.result(run_id)
         blob = save({k: v.bool().contiguous() for k, v in res.masks_for(label).items()}, metadata={"label": label})
         return dcc.send_bytes(blob, f"run{run_id}-{label.replace(':', '-lambda')}.safetensors")
 

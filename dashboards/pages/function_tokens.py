@@ -200,7 +200,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None:
             return [], None
         try:
-            labels = ctx.result(int(run_id)).labels
+            labels = ctx.result(run_id).labels
         except Exception:
             return [], None
         return [{"label": lb, "value": lb} for lb in labels], (labels[len(labels) // 2] if labels else None)
@@ -216,7 +216,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             e = empty_figure(msg)
             return html.P(msg, className="empty"), e, e, e, e, ""
         try:
-            r = ctx.result(int(run_id))
+            r = ctx.result(run_id)
             return (summary_block(r), figs.degree_rank_figure(r), figs.coverage_figure(r), figs.coverage_table_figure(r),
                     figs.comparison_figure(r), "")
         except Exception as e:
@@ -229,7 +229,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None or label is None:
             return [], ""
         try:
-            r = ctx.result(int(run_id))
+            r = ctx.result(run_id)
             g = figs.styled_graph(r.layer_graph(label, int(n_tokens or 20), int(n_features or 6)))
             return nx_to_elements(g, pos=figs.bipartite_positions(g)), ""
         except Exception as e:
@@ -250,7 +250,7 @@ def register(app: Dash, ctx: AppContext) -> None:
                 return no_update
             f, layer = int(node["feature"]), node.get("layer", label)
         try:
-            return contexts_block(ctx.result(int(run_id)), layer, f)
+            return contexts_block(ctx.result(run_id), layer, f)
         except Exception as e:
             return error_message(e)
 
@@ -260,7 +260,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None or label is None or not text:
             return no_update
         try:
-            return token_block(ctx.result(int(run_id)), label, str(text)[:50])
+            return token_block(ctx.result(run_id), label, str(text)[:50])
         except Exception as e:
             return error_message(e)
 
@@ -273,7 +273,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None or not wanted.isdigit():
             return no_update
         try:
-            t = ctx.result(int(run_id)).tokens
+            t = ctx.result(run_id).tokens
             row = t[t["token_id"] == int(wanted)]
         except Exception:
             return no_update
@@ -304,7 +304,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             msg = f"No {STEER} run yet: `workbench run {STEER}`."
             return empty_figure(msg), html.P(msg, className="empty"), ""
         try:
-            r = ctx.result(int(run_id))
+            r = ctx.result(run_id)
             return figs.case_heatmaps_figure(r), steering_block(r), ""
         except Exception as e:
             return no_update, no_update, error_message(e)

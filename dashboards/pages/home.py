@@ -12,6 +12,7 @@ from dash import ALL, Dash, Input, Output, State, callback_context, dcc, html, n
 from dashboards.base import AppContext, DashPage, error_message, model_names
 from dashboards.jobs import ACTIVE, FieldSpec, corpus_names, form_fields, form_to_config
 from workbench.probe_api import describe_config, get_probe, list_probes
+from workbench.store import parse_run_id
 
 MAX_ROWS = 100
 
@@ -207,7 +208,9 @@ def register(app: Dash, ctx: AppContext) -> None:
         trig = callback_context.triggered_id
         if not isinstance(trig, dict) or not any(t["value"] for t in callback_context.triggered):
             return no_update  # the buttons were (re)drawn, not clicked
-        run_id = int(trig["run"])
+        run_id = parse_run_id(trig.get("run"))
+        if run_id is None:
+            return f"{str(trig.get('run'))[:40]!r} is not a run id."
         if trig["type"] == "home-cancel":
             status = ctx.jobs.cancel(run_id)
             return f"Run #{run_id}: " + ("cancelled." if status == "cancelled" else "cancelling…" if status == "running" else f"it is {status}.")

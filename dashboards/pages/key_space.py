@@ -124,7 +124,7 @@ def _tables(ctx: AppContext, run_id, category, live) -> tuple[pd.DataFrame, pd.D
     """(candidates, icn, dots, top_k) of the chosen category, stored or live."""
     if category == TYPED and live:
         return pd.DataFrame(live["candidates"]), pd.DataFrame(live["icn"]), pd.DataFrame(live["dots"]), int(live["top_k"])
-    res = ctx.result(int(run_id))
+    res = ctx.result(run_id)
     top_k = int(res.meta.get("config", {}).get("top_k", 10))
     sel = lambda df: df[df["category"] == category]  # noqa: E731
     return sel(res.candidates), sel(res.icn), sel(res.icn_dots), top_k
@@ -151,7 +151,7 @@ def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None, sh
     """(category options, chosen category, judge options, precision figure, family figure, summary table) of a stored run.
 
     `show_typed`: a typed instruction was just probed, so choose it."""
-    res = ctx.result(int(run_id))
+    res = ctx.result(run_id)
     cats = list(dict.fromkeys(res.candidates["category"])) if not res.candidates.empty else list(res.prompts)  # probing order
     options = [{"label": f"{c}: {res.prompts[c]['instruction']}", "value": c} for c in cats]
     if live:
@@ -185,7 +185,7 @@ def live_probe(ctx: AppContext, run_id, instruction, judge: str | None, top_n, e
     if run_id is None:
         raise ConfigError("choose a stored key-space run first (its clusters are used)")
     instruction = check_prompt(instruction)
-    res = ctx.result(int(run_id))
+    res = ctx.result(run_id)
     p, cfg = probe_typed_instruction(ctx.model_of(res), res, instruction, int(top_n or 30), int(explore or 10), judge,
                                      LIVE_MAX_TOP_N, LIVE_MAX_EXPLORE)
     return {"instruction": instruction, "top_k": cfg.top_k, "candidates": _records(p.candidates), "icn": _records(p.icn),
@@ -194,7 +194,7 @@ def live_probe(ctx: AppContext, run_id, instruction, judge: str | None, top_n, e
 
 def token_view(ctx: AppContext, run_id, token: str | None) -> tuple:
     """(key map with the token's cluster and cosine neighbours highlighted, neighbour table)."""
-    res = ctx.result(int(run_id))
+    res = ctx.result(run_id)
     xy, cl, ev = res.key_map.numpy(), res.cluster_ids.numpy(), res.geometry.get("map_explained_variance")
     if not token:
         return key_map_figure(xy, cl, res.vocab, explained=ev), ""

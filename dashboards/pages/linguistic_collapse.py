@@ -93,7 +93,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             msg = "No sweep stored yet: `python -m experiments.linguistic_collapse` trains and stores one."
             return empty_figure(msg), empty_figure(msg), ""
         try:
-            return (*sweep_view(load_sweep(ctx.store, int(run_id)), metric or "nc1_cdnv"), "")
+            return (*sweep_view(load_sweep(ctx.store, run_id), metric or "nc1_cdnv"), "")
         except Exception as e:
             return no_update, no_update, error_message(e)
 
@@ -104,7 +104,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             msg = "No linguistic-collapse run yet: start one on Home, or `workbench run linguistic-collapse`."
             return html.P(msg, className="empty"), empty_figure(msg), empty_figure(msg), empty_figure(msg), ""
         try:
-            return (*model_view(ctx.result(int(run_id))), "")
+            return (*model_view(ctx.result(run_id)), "")
         except Exception as e:
             return no_update, no_update, no_update, no_update, error_message(e)
 

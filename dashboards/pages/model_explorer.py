@@ -74,13 +74,13 @@ class AnalysisCache:
 
     def get(self, ctx, model_name: str, prompt: str, lens: bool = False) -> PromptAnalysis:
         """The analysis of `prompt` (forward pass once); with `lens`, the logit lens too."""
+        check_prompt(prompt)  # before anything is looked up or loaded for it
         key = (model_name, prompt)
         with self._lock:
             a = self._d.get(key)
             if a is not None:
                 self._d.move_to_end(key)
         if a is None:
-            check_prompt(prompt)  # before a model is loaded for it
             a = analyse_prompt(ctx.model(model_name), prompt, model_name, lens=False)
             with self._lock:
                 self._d[key] = a

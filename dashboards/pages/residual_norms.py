@@ -71,7 +71,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             msg = "No residual-norms run yet: start one on Home, or `workbench run residual-norms`."
             return empty_figure(msg), empty_figure(msg), empty_figure(msg), html.P(msg, className="empty"), ""
         try:
-            main = ctx.result(int(run_id))
+            main = ctx.result(run_id)
             series = [(label_of(main, run_id), main.table)]
             for other in compare or []:
                 if other != run_id:

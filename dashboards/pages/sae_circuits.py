@@ -116,7 +116,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None:
             return [], None, None
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
         except Exception:
             return [], None, None
         best = int(res.heads["node_score"].to_numpy().argmax())
@@ -133,7 +133,7 @@ def register(app: Dash, ctx: AppContext) -> None:
             msg = "No sae-circuits run yet: start one on Home, or `workbench run sae-circuits --set task=ioi`."
             return (*[empty_figure(msg) for _ in range(4)], [], html.P(msg, className="empty"), "")
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             g = res.graph.copy()
             for _, d in g.nodes(data=True):
                 d["color"] = "#D55E00" if d.get("ground_truth") else "#56B4E9"
@@ -154,7 +154,7 @@ def register(app: Dash, ctx: AppContext) -> None:
     def _pick(click_sae, click_base, node, run_id):
         if run_id is None:
             return no_update
-        res = ctx.result(int(run_id))
+        res = ctx.result(run_id)
         trig = callback_ctx.triggered[0]["prop_id"] if callback_ctx.triggered else ""
         if "tapNodeData" in trig:
             return int(node["index"]) if node and "index" in node else no_update
@@ -167,7 +167,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None or head is None:
             return empty_figure("click a head")
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             return code_histogram(res, int(head), int(seed or 0))
         except Exception as e:
             return empty_figure(f"{type(e).__name__}: {e}")

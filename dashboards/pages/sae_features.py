@@ -31,6 +31,7 @@ from dashboards.figures.sae_features import (
     histogram_figure,
     logit_effects_figure,
 )
+from workbench.store import parse_run_id
 
 PROBE = "sae-features"
 PATH = "/sae-features"
@@ -104,7 +105,7 @@ def _first_to_show(live: list[int], density) -> int:
 
 
 def _query(search: str | None) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs((search or "").lstrip("?")).items() if v}
+    return {k: v[0] for k, v in parse_qs((search or "")[:4096].lstrip("?")).items() if v}
 
 
 def _run_for_sae(ctx: AppContext, source: str) -> int | None:
@@ -127,11 +128,12 @@ def register(app: Dash, ctx: AppContext) -> None:
                   Input("url", "pathname"), State("url", "search"))
     def _fill(_path, search):
         q = _query(search)
-        wanted = int(q["run"]) if q.get("run", "").isdigit() else None
+        wanted = parse_run_id(q.get("run"))
         if wanted is None and q.get("sae"):
             wanted = _run_for_sae(ctx, q["sae"])
         opts, value = picker_state(ctx, PROBE, wanted)
-        feature = int(q["feature"]) if q.get("feature", "").isdigit() else None
+        f = q.get("feature", "")
+        feature = int(f) if 0 < len(f) <= 9 and f.isascii() and f.isdigit() else None  # an index, never a 5,000-digit number
         return opts, value, feature
 
     @app.callback(Output("feat-live", "options"), Output("feat-index", "value", allow_duplicate=True),
@@ -140,7 +142,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if run_id is None:
             return [], no_update
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             every = res.live_features()
             live = every[:200]
             dens = res.density()
@@ -164,7 +166,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         if feature is None:
             return no_update, no_update, no_update, no_update, no_update, no_update, ""
         try:
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             f = res.feature(int(feature))
         except Exception as e:
             return no_update, no_update, no_update, no_update, no_update, no_update, error_message(e)
@@ -188,7 +190,7 @@ def register(app: Dash, ctx: AppContext) -> None:
         try:
             if run_id is None or feature is None:
                 raise LookupError("choose a stored run and a feature first")
-            res = ctx.result(int(run_id))
+            res = ctx.result(run_id)
             res.check_feature(int(feature))
             model = ctx.model_of(res)
             tokens, acts = feature_activations(model, _sae_for(ctx, res, model), text, int(feature))

@@ -96,8 +96,8 @@ class BigramSubnetworksConfig(ConfigBase):
     r_tolerance: float = setting(0.04, min=0.0, max=2.0, why="a correlation difference")
     optimal: bool = True
     optimal_lambda: float | None = setting(None, min=0.0, max=1e6, why="a sparsity weight")  # None: the selected bigram lambda
-    train_split: str = "train"
-    eval_split: str = "validation"
+    train_split: str = setting("train", text=True, why="the corpus split the masks train on")
+    eval_split: str = setting("validation", text=True, why="the corpus split the masks are scored on")
     eval_tokens: int = setting(32_768, min=1, max=10_000_000, why="a dashboard run streams at most 10M tokens")
     rotation_tokens: int = setting(100_000, min=0, max=10_000_000, why="a dashboard run streams at most 10M tokens")  # 0 skips the rotation analysis
     rotation_alpha: float = setting(1.0, min=0.0, max=1e6, why="a ridge penalty")

@@ -43,7 +43,7 @@ GROUPS = ("F->F", "F->C", "C->F", "C->C")
 @dataclass
 class FunctionTokenLossConfig(StreamConfig):
     mass: float = setting(0.4, min=0.0, max=1.0, why="a share of token occurrences")
-    count_split: str = "all"
+    count_split: str = setting("all", text=True, why="the corpus split whose frequencies rank the tokens")
 
     def validate(self) -> None:
         super().validate()

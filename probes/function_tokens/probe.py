@@ -403,7 +403,7 @@ DEFAULT_SAES = ["trained:5", "trained:15", "trained:25"]
 class FunctionTokensConfig(StreamConfig):
     saes: list[str] = setting(default_factory=lambda: list(DEFAULT_SAES), names="sae", max_items=8, why="every SAE encodes every batch")  # SAE dirs, "release:id" or "trained:<layer>"
     mass: float = setting(0.4, min=0.0, max=1.0, why="a share of token occurrences")  # share of token occurrences the function-token set covers
-    count_split: str = "all"  # corpus split whose frequencies define ranks and the function set
+    count_split: str = setting("all", text=True, why="the corpus split whose frequencies define ranks and the function set")
     max_tokens: int | None = 50_000
     graph_tokens: int = setting(20, min=1, max=1000, why="nodes a graph view can show")  # tokens in the networkx graph
     graph_features: int = setting(8, min=1, max=100, why="edges per node a graph view can show")  # strongest features per token in the graph

@@ -56,8 +56,8 @@ SWEEP_WORDS = ("Japan", "France", "Italy", "Germany", "Spain", "Egypt", "Russia"
 @dataclass
 class FunctionTokenSteeringConfig(ConfigBase):
     sae: str = setting("trained:15", names="sae")
-    prompt_a: str = "Q: What is the capital of Japan?\nA: The capital is"
-    prompt_b: str = "Q: What is the capital of France?\nA: The capital is"
+    prompt_a: str = setting("Q: What is the capital of Japan?\nA: The capital is", text=True, why="the prompt whose feature is added")
+    prompt_b: str = setting("Q: What is the capital of France?\nA: The capital is", text=True, why="the prompt that is steered")
     feature: int = setting(-1, min=-1, max=10_000_000, why="an SAE feature index")  # -1: the strongest feature reactivated at A's final token and silent at B's
     strengths: list[float] = setting(default_factory=lambda: [2.0, 4.0, 8.0, 16.0, 32.0], min=-1000.0, max=1000.0, max_items=32,
                                      why="one generation per strength")  # multiples of the feature's activation at A's final token
@@ -65,10 +65,10 @@ class FunctionTokenSteeringConfig(ConfigBase):
     max_new_tokens: int = setting(12, min=1, max=256, why="tokens generated per continuation")
     n_features: int = setting(12, min=1, max=1000, why="rows of a heatmap")  # features shown in the heatmaps
     mass: float = setting(0.4, min=0.0, max=1.0, why="a share of token occurrences")
-    count_split: str = "all"
-    sweep_templates: list[str] = setting(default_factory=lambda: list(SWEEP_TEMPLATES), max_items=16,
+    count_split: str = setting("all", text=True, why="the corpus split whose frequencies define the function tokens")
+    sweep_templates: list[str] = setting(default_factory=lambda: list(SWEEP_TEMPLATES), max_items=16, text=True,
                                          why="every pair is one forward pass per strength and position")  # '{}' marks the content word
-    sweep_words: list[str] = setting(default_factory=lambda: list(SWEEP_WORDS), max_items=64, why="consecutive words make the pairs")
+    sweep_words: list[str] = setting(default_factory=lambda: list(SWEEP_WORDS), max_items=64, text=True, why="consecutive words make the pairs")
 
     def validate(self) -> None:
         for name in ("prompt_a", "prompt_b"):

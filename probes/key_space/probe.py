@@ -65,7 +65,7 @@ PromptStyle = Literal["auto", "chat", "raw"]
 
 @dataclass
 class KeySpaceConfig(ConfigBase):
-    categories: list[str] = setting(default_factory=list, max_items=100, why="the gold lists hold fewer")  # gold categories to probe; empty = all
+    categories: list[str] = setting(default_factory=list, max_items=100, text=True, why="the gold lists hold fewer")  # gold categories to probe; empty = all
     prompt_style: PromptStyle = "auto"  # auto = chat when the tokenizer has a chat template
     n_clusters: int = setting(0, min=0, max=100_000, why="at most one cluster per key")  # 0 = round(d_vocab / 125)
     kmeans_max_iter: int = setting(100, min=1, max=10_000, why="k-means iterations")
@@ -77,7 +77,7 @@ class KeySpaceConfig(ConfigBase):
     icn_per_round: int = setting(1, min=1, max=100, why="answers added per round")
     batch_size: int = setting(50, min=1, max=1024, why="larger batches do not fit in memory")  # continuations decoded together
     n_neighbours: int = setting(10, min=1, max=1000, why="neighbours listed per token")
-    neighbour_tokens: list[str] = setting(default_factory=lambda: list(DEFAULT_NEIGHBOUR_TOKENS), max_items=200, why="tokens listed")
+    neighbour_tokens: list[str] = setting(default_factory=lambda: list(DEFAULT_NEIGHBOUR_TOKENS), max_items=200, text=True, why="tokens listed")
 
     def validate(self) -> None:
         for name in ("top_n", "top_k", "max_new_tokens", "n_explore", "icn_per_round", "batch_size", "n_neighbours", "kmeans_max_iter"):

@@ -55,7 +55,7 @@ class LinguisticCollapseConfig(StreamConfig):
 
     split: str = "train"
     max_tokens: int | None = 50_000
-    heldout_split: str = "validation"  # NC4 and validation loss; must not overlap `split`
+    heldout_split: str = setting("validation", text=True, why="NC4 and validation loss; must not overlap `split`")
     heldout_max_tokens: int | None = setting(10_000, min=1, max=10_000_000, why="a dashboard run streams at most 10M tokens")
     # keep classes with at least this many samples: 2 by default, because a singleton class has zero
     # variance by construction and would pull CDNV toward 0 (the paper keeps >= 1, but its TinyStories

@@ -85,7 +85,7 @@ PAPER_AUC = {"ioi": (0.868, 0.840), "greater-than": (0.855, 0.873), "docstring":
 
 @dataclass
 class SAECircuitsConfig(ConfigBase):
-    task: str = "ioi"  # ioi | greater-than | docstring | bigram-backcopy (on a BB checkpoint) | planted-recall (on a planted-circuit model)
+    task: str = setting("ioi", text=True, why="one of the registered tasks")  # ioi | greater-than | docstring | bigram-backcopy (on a BB checkpoint) | planted-recall (on a planted-circuit model)
     n_prompts: int = setting(250, min=2, max=10_000, why="pairs held in memory")  # positive/negative pairs (the paper: 250 + 250)
     task_seed: int = setting(0, min=0, max=2**31 - 1, why="seeds are 31-bit")
     n_features: int = setting(200, min=1, max=100_000, why="SAE width")

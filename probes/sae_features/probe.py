@@ -47,7 +47,7 @@ HIST_RANGE = (-3.0, 3.0)  # log10 activation range of the histogram (values outs
 
 @dataclass
 class SAEFeaturesConfig(StreamConfig):
-    sae: str = "trained:15"  # an SAE directory, "release:sae_id" or "trained:<layer>"
+    sae: str = setting("trained:15", names="sae")  # an SAE directory, "release:sae_id" or "trained:<layer>"
     max_tokens: int | None = 16_384
     top_contexts: int = setting(10, min=1, max=100, why="contexts kept per feature")
     context_before: int = setting(12, min=0, max=128, why="tokens shown per context")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -10,7 +11,28 @@ import transformer_lens.loading_from_pretrained as tl_loading
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from workbench.errors import ConfigError
 from workbench.models.info import PROCESSING_FLAGS, Numerics
+
+
+def check_hf_dir(path: Path) -> dict:
+    """The parsed `config.json` of a Hugging Face model directory, or ConfigError naming what is wrong
+    with it (empty, not JSON, not an object, no model type), before transformers reads it."""
+    cfg = path / "config.json"
+    try:
+        text = cfg.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"model directory {str(path)!r}: config.json cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not text.strip():
+        raise ConfigError(f"model directory {str(path)!r}: config.json is empty")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"model directory {str(path)!r}: config.json is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not (data.get("model_type") or data.get("architectures")):
+        raise ConfigError(f"model directory {str(path)!r}: config.json names no model_type or architectures, "
+                          "so it is not a transformers model config")
+    return data
 
 
 def hf_config_dict(path: Path, n_ctx: int | None = None) -> dict:
@@ -65,6 +87,7 @@ def hooked_from_hf_dir(
 ) -> tuple[HookedTransformer, object]:
     """Load `path` with transformers, convert to TransformerLens, return (model, hf_config)."""
     path = Path(path)
+    check_hf_dir(path)
     cfg_dict = hf_config_dict(path, n_ctx)
     cfg_dict.update(device=device, dtype=dtype)
     cfg = HookedTransformerConfig(**cfg_dict)
