@@ -31,6 +31,7 @@ from dashboards.base import check_model_name
 from workbench.config import check_bounds, config_fields, config_from_dict
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import offline_n_layers
+from workbench.models.info import DTYPES
 from workbench.probe_api import ProbeSpec, Spec, describe_config, get_probe
 from workbench.resources import check_offered_sae, offered_corpora, resource_fields
 from workbench.store import ACTIVE, ResultStore, parse_run_id
@@ -50,6 +51,7 @@ class RunRequest:
     corpus: str | None
     config: dict[str, Any]
     numerics: str
+    dtype: str = "float32"  # the model's precision (one of workbench.models.info.DTYPES)
 
 
 def _run_id(value: Any) -> int:
@@ -65,7 +67,7 @@ def corpus_names() -> list[str]:
     return offered_corpora()
 
 
-def check_request(probe: Any, model: Any, corpus: Any, config: Any) -> RunRequest:
+def check_request(probe: Any, model: Any, corpus: Any, config: Any, dtype: Any = "float32") -> RunRequest:
     """Validate a run request from the UI against what the server offers.
 
     Only registered probes, the offline model names, the built-in corpora, SAEs the workbench
@@ -82,8 +84,10 @@ def check_request(probe: Any, model: Any, corpus: Any, config: Any) -> RunReques
             raise ConfigError(f"unknown corpus {str(corpus)[:80]!r}; choose one of: {', '.join(corpus_names())}")
     else:
         corpus = None
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ConfigError(f"precision must be one of {', '.join(DTYPES)}, got {str(dtype)[:40]!r}")
     cfg = check_config(spec, config, _offline_n_layers(model))
-    return RunRequest(spec.name, model, corpus, asdict(cfg), spec.numerics)
+    return RunRequest(spec.name, model, corpus, asdict(cfg), spec.numerics, dtype)
 
 
 def check_config(spec: Spec, config: Any, n_layers: int | None) -> Any:
@@ -204,16 +208,16 @@ class JobManager:
         self._lock = threading.Lock()
         atexit.register(self.shutdown)
 
-    def submit(self, probe: Any, model: Any, corpus: Any, config: Any) -> int:
+    def submit(self, probe: Any, model: Any, corpus: Any, config: Any, dtype: Any = "float32") -> int:
         """Check and queue a run; returns its run id at once (a worker does the work)."""
-        req = check_request(probe, model, corpus, config)
+        req = check_request(probe, model, corpus, config, dtype)
         active = self.store.count(ACTIVE)
         if active >= self.max_active:
             raise ConfigError(f"the queue is full ({active} runs waiting or running, at most {self.max_active}); "
                               "wait for one to finish or cancel one")
         run_id = self.store.start_run(
             key="queued", probe=req.probe, model=req.model, numerics=req.numerics, corpus=req.corpus,
-            config=req.config, code_version="", status="queued",
+            config=req.config, code_version="", status="queued", request_extra={"dtype": req.dtype},
         )
         self.store.update_run(run_id, message="waiting for the worker")
         with self._lock:

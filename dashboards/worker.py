@@ -31,18 +31,18 @@ class Worker:
         self.store = store
         self.max_models = max_models
         self.device = device  # the worker owns the GPU: None = CUDA when present
-        self._models: dict[tuple[str, str], Any] = {}
+        self._models: dict[tuple[str, str, str], Any] = {}
         self._corpora: dict[str, Any] = {}
 
-    def model(self, name: str, numerics: str):
+    def model(self, name: str, numerics: str, dtype: str = "float32"):
         from workbench.models import load_model
 
-        key = (name, numerics)
+        key = (name, numerics, dtype)
         if key not in self._models:
             while len(self._models) >= self.max_models:
                 self._models.pop(next(iter(self._models)))
                 _free_device_memory()
-            self._models[key] = load_model(name, numerics=numerics, device=self.device)
+            self._models[key] = load_model(name, numerics=numerics, device=self.device, dtype=dtype)
         return self._models[key]
 
     def corpus(self, name: str):
@@ -79,9 +79,9 @@ class Worker:
         t0 = time.time()
         taken = False
         try:
-            req = check_request(asked["probe"], asked["model"], asked["corpus"], asked["config"])
+            req = check_request(asked["probe"], asked["model"], asked["corpus"], asked["config"], asked.get("dtype", "float32"))
             self.store.update_run(run_id, message=f"loading {req.model}")
-            model = self.model(req.model, req.numerics)
+            model = self.model(req.model, req.numerics, req.dtype)
             corpus = None
             if req.corpus is not None:
                 self.store.update_run(run_id, message=f"loading corpus {req.corpus}")

@@ -160,6 +160,21 @@ def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ") or "—"
 
 
+def _precision() -> str:
+    """The run's precision ("float32" unless `--dtype` or WORKBENCH_DTYPE says otherwise)."""
+    from workbench.models.info import default_dtype
+
+    return str(default_dtype()).removeprefix("torch.")
+
+
+def _itemsize() -> int:
+    import torch
+
+    from workbench.models.info import default_dtype
+
+    return torch.finfo(default_dtype()).bits // 8
+
+
 def render(sections: list[ReportSection], total_s: float, quick: bool, preset: str, assembled: bool = False) -> str:
     how = ("Assembled by `python -m experiments.run_all --assemble` from the sections each experiment saved when it last "
            "finished, or as the previous report had them where none was saved (each section names its time and preset); "
@@ -173,6 +188,7 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
         "",
         f"- hardware: {hardware()}",
         f"- preset: {preset}{' (quick smoke settings, not the real experiment)' if quick else ''}",
+        f"- precision of the models loaded by name: {_precision()}",
         f"- total wall time: {total_s / 60:.1f} min" + (" (sum of the saved sections' last runs; a section whose results "
                                                          "were reused from the store shows little time here, and states its "
                                                          "compute time in its text)" if assembled else ""),
@@ -269,9 +285,11 @@ def plan(preset: str, quick: bool = False, device: str | None = None, names: lis
                 models.append({"model": m, "memory_gib": None, "note": "shape unknown offline (config not in the cache)"})
                 continue
             batch, seq = _batch_shape(entry)
-            transient = transient_bytes(shape["d_model"], shape["d_mlp"], shape["n_heads"], shape["d_vocab"], 4, batch, seq)
+            itemsize = _itemsize()  # the run's precision, not always 4 bytes
+            transient = transient_bytes(shape["d_model"], shape["d_mlp"], shape["n_heads"], shape["d_vocab"], itemsize, batch, seq)
             models.append({"model": m, "n_params": shape["n_params"], "batch": batch, "seq_len": seq,
-                           "memory_gib": (4 * shape["n_params"] + transient) / 2**30})
+                           "dtype": _precision(),
+                           "memory_gib": (itemsize * shape["n_params"] + transient) / 2**30})
         rows.append({"experiment": name, "setting": key, "device": device, "models": models,
                      "note": p.setting(name).note})
     return rows
@@ -284,7 +302,8 @@ def print_plan(preset: str, quick: bool = False, device: str | None = None, name
     for r in rows:
         print(f"\n{r['experiment']}: settings {r['setting']!r} on {r['device']}" + (f"; {r['note']}" if r["note"] else ""))
         for m in r["models"] or [{"model": "(models the experiment trains itself)", "memory_gib": None}]:
-            mem = f"~{m['memory_gib']:.2f} GiB (weights + one batch of {m['batch']} x {m['seq_len']})" if m.get("memory_gib") else m.get("note", "")
+            mem = (f"~{m['memory_gib']:.2f} GiB in {m['dtype']} (weights + one batch of {m['batch']} x {m['seq_len']})"
+                   if m.get("memory_gib") else m.get("note", ""))
             print(f"  loads {m['model']}" + (f" ({m['n_params'] / 1e6:.0f}M parameters)" if m.get("n_params") else "") + (f": {mem}" if mem else ""))
     needed = named_presets.needed_files(p) if not quick else []
     if needed:
@@ -298,7 +317,17 @@ def print_plan(preset: str, quick: bool = False, device: str | None = None, name
 
 def main(only: list[str] | None = None, out: str | Path | None = None, quick: bool = False, preset: str = "cpu",
          report: Path | None = None, assemble_only: bool = False, device: str | None = None,
-         dry_run: bool = False) -> list[ReportSection]:
+         dry_run: bool = False, dtype: str | None = None) -> list[ReportSection]:
+    """Regenerate the report (see the module docstring). `dtype`: the precision every model loaded by
+    name loads in (default float32; `workbench.models.info.using_dtype`)."""
+    from workbench.models.info import using_dtype
+
+    with using_dtype(dtype):
+        return _main(only, out, quick, preset, report, assemble_only, device, dry_run)
+
+
+def _main(only: list[str] | None, out: str | Path | None, quick: bool, preset: str, report: Path | None,
+          assemble_only: bool, device: str | None, dry_run: bool) -> list[ReportSection]:
     out = Path(out) if out else DEFAULT_OUT
     names = only or ANALYSES
     unknown = [n for n in names if n not in ANALYSES]
@@ -352,5 +381,6 @@ if __name__ == "__main__":
                    help="write the report from the sections the experiments saved when they last finished (no recomputation)")
     p.add_argument("--device", help="the device every experiment runs on (default: cuda when present, else cpu)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (settings, device, models, memory, hub files); load nothing")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="precision of every model loaded by name (default float32)")
     a = p.parse_args()
-    main(a.only, a.out, a.quick, a.preset, assemble_only=a.assemble, device=a.device, dry_run=a.dry_run)
+    main(a.only, a.out, a.quick, a.preset, assemble_only=a.assemble, device=a.device, dry_run=a.dry_run, dtype=a.dtype)

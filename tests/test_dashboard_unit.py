@@ -365,3 +365,23 @@ def test_static_export_deadline_kills_a_hung_renderer(monkeypatch, tmp_path):
         os.kill(pid, 0)
     with pytest.raises(static_export.StaticExportError, match="unknown image format"):
         static_export.figure_image(go.Figure(), "bmp")
+
+
+def test_a_run_queued_in_bfloat16_runs_in_bfloat16(store):
+    """The Home form's precision travels with the request to the worker and into the result's key."""
+    from dashboards.jobs import check_request
+    from dashboards.worker import Worker
+    from workbench.runner import result_of_run
+
+    assert check_request("residual-norms", "tiny", "brown", {}, "bfloat16").dtype == "bfloat16"
+    for bad in ("float64", "int8", None, ["bfloat16"]):
+        with pytest.raises(ConfigError, match="precision"):
+            check_request("residual-norms", "tiny", "brown", {}, bad)
+    ids = {}
+    for dtype in ("float32", "bfloat16"):
+        ids[dtype] = store.start_run("queued", "residual-norms", "tiny", "raw", "brown", {"max_tokens": 300, "seq_len": 32}, "",
+                                     status="queued", request_extra={"dtype": dtype})
+        assert Worker(store).run(ids[dtype]) == "done"
+    keys = {d: result_of_run(i, store).meta["model_key"] for d, i in ids.items()}
+    assert "|bfloat16|" in keys["bfloat16"] and "|float32|" in keys["float32"]
+    assert store.get_run(ids["bfloat16"])["key"] != store.get_run(ids["float32"])["key"]

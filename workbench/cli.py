@@ -98,20 +98,25 @@ def run_cmd(
     nproc: str = typer.Option("1", help="ranks to shard the run over on this machine (torch.distributed; 'auto' = one per GPU); "
                               "the result equals a one-process run and is stored under the same key"),
     force: bool = typer.Option(False, help="recompute even if a stored result matches"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16: the model's precision (default float32); "
+                                        "part of the result's key"),
+    explicit: bool = typer.Option(False, "--explicit", help="TransformerLens's own forward everywhere instead of the fast "
+                                  "path (fused attention); slower, for checking"),
 ) -> None:
     """Run a probe (or reuse its stored result when every input matches) and print its summary."""
     from workbench.launch import launch, rank_session, ranks_for
 
     args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),
             *_opt("--config", config), *[a for s in set_ for a in ("--set", s)], *_opt("--device", device),
-            *(["--n-devices", str(n_devices)] if n_devices != 1 else []), *(["--force"] if force else [])]
+            *(["--n-devices", str(n_devices)] if n_devices != 1 else []), *(["--force"] if force else []),
+            *_opt("--dtype", dtype), *(["--explicit"] if explicit else [])]
     try:
         n = ranks_for(nproc)
         if n > 1 and "RANK" not in os.environ:
             launch(args, n)
             return
         with rank_session() as w:
-            outcome = _run_here(probe, model, corpus, numerics, config, set_, device, n_devices, force)
+            outcome = _run_here(probe, model, corpus, numerics, config, set_, device, n_devices, force, dtype, explicit)
     except WorkbenchError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -134,7 +139,8 @@ def _opt(flag: str, value: Optional[str]) -> list[str]:
 
 
 def _run_here(probe: str, model: Optional[str], corpus: Optional[str], numerics: Optional[str], config: Optional[str],
-              set_: list[str], device: Optional[str], n_devices: int, force: bool):
+              set_: list[str], device: Optional[str], n_devices: int, force: bool, dtype: Optional[str] = None,
+              explicit: bool = False):
     """This process's part of a run: the whole run, or one rank's share inside a process group."""
     from workbench.config import config_from_dict, config_from_file, parse_overrides
     from workbench.corpora import load_corpus
@@ -147,7 +153,8 @@ def _run_here(probe: str, model: Optional[str], corpus: Optional[str], numerics:
     overrides = parse_overrides(set_)
     cfg = config_from_file(spec.config_cls, config, overrides) if config else config_from_dict(spec.config_cls, overrides)
     c = load_corpus(corpus or spec.default_corpus) if spec.needs_corpus else None  # a bad corpus fails before the model loads
-    m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=rank_device(device), n_devices=n_devices)
+    m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=rank_device(device), n_devices=n_devices,
+                   dtype=dtype, fast=not explicit)
     return run_probe(spec, m, c, cfg, force=force)
 
 
@@ -212,13 +219,15 @@ def figures_cmd(
     preset: str = typer.Option("cpu", help="cpu (embedded defaults) or a GPU preset from experiments/presets.py"),
     device: Optional[str] = typer.Option(None, help="the device every experiment runs on (default: cuda when present, else cpu)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (settings, device, models, memory, hub files); load nothing"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16: precision of every model loaded by name "
+                                        "(default float32; the models the workbench trains itself stay float32)"),
 ) -> None:
     """Regenerate every analysis's figures and experiments/REPORT.md (resumes; reuses stored results)."""
     try:
         from experiments.run_all import main as run_all
     except ImportError as e:
         _fail(WorkbenchError(f"experiments unavailable: {e}"))
-    run_all(only=only or None, out=out, quick=quick, preset=preset, device=device, dry_run=dry_run)
+    run_all(only=only or None, out=out, quick=quick, preset=preset, device=device, dry_run=dry_run, dtype=dtype)
 
 
 def main() -> None:  # pragma: no cover

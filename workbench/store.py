@@ -480,11 +480,13 @@ class ResultStore:
             raise self._unavailable(e) from None
 
     def start_run(self, key: str, probe: str, model: str, numerics: str, corpus: str | None, config: dict, code_version: str,
-                  status: str = "running", world_size: int = 1, label: str | None = None) -> int:
+                  status: str = "running", world_size: int = 1, label: str | None = None,
+                  request_extra: dict[str, Any] | None = None) -> int:
         now = time.time()
         proc = this_process() if status == "running" else {"pid": None, "host": None, "proc_start": None}
         config_json = json.dumps(config, default=_json_default, sort_keys=True)
-        request = json.dumps({"probe": probe, "model": model, "corpus": corpus, "config": json.loads(config_json)}) if status == "queued" else None
+        request = json.dumps({"probe": probe, "model": model, "corpus": corpus, "config": json.loads(config_json),
+                              **(request_extra or {})}) if status == "queued" else None
         with self._db() as db:
             cur = db.execute(
                 "INSERT INTO runs (key, probe, model, numerics, corpus, config, code_version, status, created, started,"

@@ -12,6 +12,7 @@ from dash import ALL, Dash, Input, Output, State, callback_context, dcc, html, n
 from dashboards.base import AppContext, DashPage, error_message, model_names
 from dashboards.jobs import ACTIVE, FieldSpec, corpus_names, form_fields, form_to_config
 from workbench.probe_api import describe_config, get_probe, list_probes
+from workbench.models.info import DTYPES
 from workbench.store import parse_run_id
 
 MAX_ROWS = 100
@@ -57,6 +58,9 @@ def layout() -> html.Div:
                             html.Div([html.Label("Corpus", htmlFor="home-corpus"),
                                       dcc.Dropdown(id="home-corpus", options=[{"label": c, "value": c} for c in corpus_names()],
                                                    value="brown", clearable=False)], className="form-field"),
+                            html.Div([html.Label("Precision", htmlFor="home-dtype"),
+                                      dcc.Dropdown(id="home-dtype", options=[{"label": d, "value": d} for d in DTYPES],
+                                                   value="float32", clearable=False)], className="form-field"),
                         ],
                         className="form-row",
                     ),
@@ -187,13 +191,14 @@ def register(app: Dash, ctx: AppContext) -> None:
         Input("home-start", "n_clicks"),
         State("home-probe", "value"), State("home-model", "value"), State("home-corpus", "value"),
         State({"type": "home-cfg", "field": ALL}, "value"), State({"type": "home-cfg", "field": ALL}, "id"),
+        State("home-dtype", "value"),
         prevent_initial_call=True,
     )
-    def _start(_n, probe, model, corpus, values, ids):
+    def _start(_n, probe, model, corpus, values, ids, dtype):
         try:
             spec = get_probe(probe)
             cfg = form_to_config(spec, {i["field"]: v for i, v in zip(ids, values)})
-            run_id = ctx.jobs.submit(probe, model, corpus, cfg)
+            run_id = ctx.jobs.submit(probe, model, corpus, cfg, dtype=dtype or "float32")
         except Exception as e:
             return error_message(e), no_update
         return html.Span(f"Run #{run_id} queued.", className="ok", id="home-queued", **{"data-run": str(run_id)}), run_id

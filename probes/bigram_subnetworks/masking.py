@@ -137,8 +137,10 @@ def masked_forward(model: HookedTransformer, masks: dict[str, torch.Tensor], tok
     """Logits of the model with each maskable weight W0 replaced by W0 * mask (no weight copies kept).
 
     Uses `torch.func.functional_call`, so gradients flow to the masks while the base weights stay frozen.
+    The masks stay float32 (the trained logits keep their precision) and each masked weight is cast
+    back to the model's own dtype, so a bfloat16 model runs in bfloat16.
     """
-    params = {n: model.get_parameter(n) * m for n, m in masks.items()}
+    params = {n: (w * m).to(w.dtype) for n, m in masks.items() for w in (model.get_parameter(n),)}
     kwargs.setdefault("return_type", "logits")
     return torch.func.functional_call(model, params, (tokens,), kwargs, strict=False)
 

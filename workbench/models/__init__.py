@@ -37,7 +37,9 @@ from workbench.models.info import (
     Numerics,
     attach_info,
     default_device,
+    default_dtype,
     model_info,
+    parse_dtype,
     model_key,
     weights_signature,
 )
@@ -53,7 +55,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 __all__ = [
     "load_model", "list_models", "model_info", "ModelInfo", "Numerics", "NUMERICS", "DEFAULT_MODEL",
-    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "set_numerics", "model_key", "offline_n_layers", "offline_identity", "offline_shape",
+    "save_checkpoint", "load_checkpoint", "tiny_model", "default_device", "default_dtype", "set_numerics", "model_key", "offline_n_layers", "offline_identity", "offline_shape",
 ]
 
 
@@ -167,7 +169,7 @@ def load_model(
     name: str = DEFAULT_MODEL,
     numerics: Numerics = "raw",
     device: str | None = None,
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str | None = None,
     fast: bool = True,
     n_devices: int = 1,
     **kwargs: Any,
@@ -176,6 +178,9 @@ def load_model(
 
     numerics: "raw" keeps the source weights (logits match the source model);
         "processed" applies TransformerLens's fold_ln, centering and value-bias folding.
+    dtype: float32, bfloat16 or float16; None takes the run's decision (`default_dtype`: the CLI's
+        `--dtype`, else WORKBENCH_DTYPE, else float32). Sources built in float32 (tiny presets,
+        workbench checkpoints) are cast; Hugging Face sources load in it directly.
     fast: route attention, gated MLPs and the unembedding through the fast path
         (`workbench.models.fast_path`: fused attention where no hook needs the pattern); False
         keeps TransformerLens's own forward everywhere.
@@ -188,8 +193,7 @@ def load_model(
     device = device or default_device()
     if n_devices != 1:
         check_devices(n_devices)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = parse_dtype(dtype) if dtype is not None else default_dtype()
     path = Path(name).expanduser()
 
     if name in EMBEDDED:
@@ -225,6 +229,8 @@ def load_model(
                          weights=f"hub:{official}@{hub_revision(official) or 'unknown-revision'}")
     else:
         raise UnknownModelError(name, _known_names(), _path_problem(path))
+    if next(model.parameters()).dtype != dtype:  # built in float32 (tiny presets, checkpoints): cast, as a user would
+        model.to(dtype, print_details=False)
     if n_devices != 1:
         place(model, n_devices)
     if fast:

@@ -14,7 +14,8 @@ A layer takes the fast path only when nothing needs what it skips: no hook on it
 patterns, ReLU attention's permanent hooks), no KV cache, no padding mask, and an architecture
 whose attention is plain causal softmax (no ALiBi, relative position bias, soft-capping, attention
 sinks, log-n scaling, QKV clipping or per-head results). Otherwise the layer runs TransformerLens's
-own code. `hook_q`, `hook_k`, `hook_v`, `hook_rot_q`, `hook_rot_k`, `hook_z` and everything outside
+own code. Local (sliding-window) layers pass the fused kernel a banded causal mask (query i sees
+keys i - window < j <= i, TransformerLens's own rule) when the window is shorter than the sequence. `hook_q`, `hook_k`, `hook_v`, `hook_rot_q`, `hook_rot_k`, `hook_z` and everything outside
 attention fire with the same values either way (within float32 round-off: relative 1e-4 on logits
 is the tested bound; the kernel sums in a different order).
 
@@ -66,6 +67,26 @@ def fusable(attn: AbstractAttention, past_kv_cache_entry: Any = None, additive_a
                 or cfg.load_in_4bit or cfg.original_architecture in _EXPLICIT_ONLY_ARCHITECTURES)
 
 
+def local_window(attn: AbstractAttention, n_pos: int) -> int | None:
+    """The window of a local (sliding-window) attention layer when it is shorter than the sequence:
+    query i then sees keys i - window < j <= i (GPT-Neo, Mistral, Phi-3, Gemma-2/3 local layers).
+    None for global layers and for windows that cover the whole sequence (plain causal)."""
+    if getattr(attn, "attn_type", "global") != "local":
+        return None
+    window = attn.cfg.window_size
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"local attention needs an integer window_size, got {window!r}")
+    return window if window < n_pos else None
+
+
+def banded_causal_mask(n_pos: int, window: int, device: torch.device) -> torch.Tensor:
+    """[pos, pos] boolean mask, True where query i may attend key j: i - window < j <= i (exactly
+    TransformerLens's local mask)."""
+    q = torch.arange(n_pos, device=device)[:, None]
+    k = torch.arange(n_pos, device=device)[None, :]
+    return (k <= q) & (k > q - window)
+
+
 def fused_forward(self: AbstractAttention, query_input: torch.Tensor, key_input: torch.Tensor, value_input: torch.Tensor,
                   past_kv_cache_entry: Any = None, additive_attention_mask: Any = None, attention_mask: Any = None,
                   position_bias: Any = None) -> torch.Tensor:
@@ -78,9 +99,11 @@ def fused_forward(self: AbstractAttention, query_input: torch.Tensor, key_input:
         q = self.hook_rot_q(self.apply_rotary(q, 0, None))
         k = self.hook_rot_k(self.apply_rotary(k, 0, None))
     n_q, n_kv = q.shape[2], k.shape[2]
+    window = local_window(self, q.shape[1])
     z = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype),
-        is_causal=True, scale=1.0 / float(self.attn_scale), enable_gqa=n_kv != n_q,
+        attn_mask=None if window is None else banded_causal_mask(q.shape[1], window, q.device),
+        is_causal=window is None, scale=1.0 / float(self.attn_scale), enable_gqa=n_kv != n_q,
     )  # [batch, head, pos, d_head]
     z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head], as TransformerLens's hook_z
     w = einops.rearrange(self.W_O, "head_index d_head d_model -> d_model (head_index d_head)")

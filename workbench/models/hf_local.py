@@ -12,6 +12,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from workbench.errors import ConfigError
+from workbench.models.conversion import tl_config_for_dir
 from workbench.models.info import PROCESSING_FLAGS, Numerics
 
 
@@ -36,10 +37,8 @@ def check_hf_dir(path: Path) -> dict:
 
 
 def hf_config_dict(path: Path, n_ctx: int | None = None) -> dict:
-    """TransformerLens config for an HF directory, via TransformerLens's own converter."""
-    cfg = tl_loading.convert_hf_model_config(str(path))
-    if n_ctx is not None:
-        cfg["n_ctx"] = min(cfg["n_ctx"], n_ctx)
+    """TransformerLens config for an HF directory, by its own architecture (`workbench.models.conversion`)."""
+    cfg = tl_config_for_dir(Path(path), n_ctx)
     cfg["init_weights"] = False  # every weight is overwritten by the checkpoint
     return cfg
 
@@ -69,13 +68,21 @@ def load_state_into(model: HookedTransformer, state_dict: dict[str, torch.Tensor
     TransformerLens's own `load_and_process_state_dict` so its folding rules apply.
     """
     if numerics == "raw":
-        state_dict = model.fill_missing_keys(dict(state_dict))  # zero biases the source has none of
+        state_dict = model.fill_missing_keys(_without_zero_norm_biases(model, dict(state_dict)))  # zero biases the source has none of
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
         missing = [k for k in missing if not k.endswith(("IGNORE", "mask", "rotary_cos", "rotary_sin"))]
         if missing or unexpected:
             raise RuntimeError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     else:
         model.load_and_process_state_dict(dict(state_dict), **PROCESSING_FLAGS["processed"])
+
+
+def _without_zero_norm_biases(model: HookedTransformer, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop norm biases an RMSNorm model has no place for when they are exactly zero (TransformerLens's
+    Phi-3 converter emits them); a nonzero one is kept, so loading fails loudly instead."""
+    own = set(model.state_dict())
+    return {k: v for k, v in state_dict.items()
+            if k in own or not (k.endswith((".ln1.b", ".ln2.b", "ln_final.b")) and not bool(v.any()))}
 
 
 def hooked_from_hf_dir(

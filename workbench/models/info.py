@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 from transformer_lens import HookedTransformer
@@ -131,3 +134,43 @@ def default_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+# ----- precision: one decision per run, like the device -----
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+_DTYPE: contextvars.ContextVar[str | None] = contextvars.ContextVar("wb_dtype", default=None)
+
+
+def parse_dtype(value: "str | torch.dtype | None") -> torch.dtype:
+    """torch dtype of "float32" / "bfloat16" / "float16" (or "fp32", "bf16", "fp16", a torch dtype);
+    ConfigError for anything else."""
+    from workbench.errors import ConfigError
+
+    if isinstance(value, torch.dtype):
+        if str(value).removeprefix("torch.") not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {value}")
+        return value
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+    name = aliases.get(str(value).lower(), str(value).lower().removeprefix("torch."))
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {str(value)[:40]!r}")
+    return getattr(torch, name)
+
+
+def default_dtype() -> torch.dtype:
+    """The precision models load in when a caller names none: what `using_dtype` set (the CLI's
+    `--dtype`), else WORKBENCH_DTYPE, else float32."""
+    return parse_dtype(_DTYPE.get() or os.environ.get("WORKBENCH_DTYPE") or "float32")
+
+
+@contextmanager
+def using_dtype(dtype: "str | torch.dtype | None") -> Iterator[None]:
+    """Models loaded inside (without a dtype of their own) load in `dtype` (None: no change)."""
+    if dtype is None:
+        yield
+        return
+    token = _DTYPE.set(str(parse_dtype(dtype)).removeprefix("torch."))
+    try:
+        yield
+    finally:
+        _DTYPE.reset(token)
