@@ -11,7 +11,7 @@
    pass's transient memory; on a GPU, torch's peak allocation);
 3. cold (dequantise the GGUF) against warm (cached safetensors) model load time.
 
-Usage: python -m benchmarks.core [--rounds 3] [--skip-cold] [--device cuda]
+Usage: python -m benchmarks.core [--rounds 3] [--skip-cold] [--skip-memory] [--device cuda] [--dtype bfloat16]
 The numbers we measured are in benchmarks/results/core.txt.
 """
 
@@ -64,10 +64,10 @@ class NormAccumulator:
         self.sums = s["sums"].clone()
 
 
-def hf_model(device: str):
+def hf_model(device: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(embedded_dir()), dtype=torch.float32).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(str(embedded_dir()), dtype=getattr(torch, dtype)).to(device).eval()
 
 
 def shape_batches(model, batch: int, seq: int, n_batches: int | None = None):
@@ -157,15 +157,15 @@ class RSSPeak:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def _child(mode: str, batch: int, seq: int, device: str) -> None:
+def _child(mode: str, batch: int, seq: int, device: str, dtype: str = "float32") -> None:
     """One pass of one kind; prints {weights, transient, peak} in GiB as JSON."""
-    model = load_model("smollm2-135m", device=device)
+    model = load_model("smollm2-135m", device=device, dtype=dtype)
     batches = shape_batches(model, batch, seq)
     first = batches.batch(0)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     if mode == "hf":
         del model
-        runner = hf_model(device)
+        runner = hf_model(device, dtype)
         weights = sum(p.numel() * p.element_size() for p in runner.parameters())
 
         def run():
@@ -193,16 +193,16 @@ def _child(mode: str, batch: int, seq: int, device: str) -> None:
                       "peak_gib": (weights + transient) / 2**30}))
 
 
-def _peak(mode: str, batch: int, seq: int, device: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.core", "--child", mode, "--shape", f"{batch}x{seq}", "--device", device],
-                         capture_output=True, text=True, check=True)
+def _peak(mode: str, batch: int, seq: int, device: str, dtype: str = "float32") -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.core", "--child", mode, "--shape", f"{batch}x{seq}", "--device", device,
+                          "--dtype", dtype], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def memory(device: str) -> dict:
+def memory(device: str, dtype: str = "float32") -> dict:
     out = {}
     for batch, seq in SHAPES:
-        s, h = _peak("stream", batch, seq, device), _peak("hf", batch, seq, device)
+        s, h = _peak("stream", batch, seq, device, dtype), _peak("hf", batch, seq, device, dtype)
         tag = f"{batch}x{seq}"
         out.update({f"{tag}:stream_peak_gib": s["peak_gib"], f"{tag}:hf_peak_gib": h["peak_gib"],
                     f"{tag}:stream_transient_gib": s["transient_gib"], f"{tag}:hf_transient_gib": h["transient_gib"],
@@ -234,19 +234,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--child", choices=["stream", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision of both models (the workbench's and the plain transformers one)")
+    p.add_argument("--skip-memory", action="store_true", help="skip the peak-memory comparison (six child processes)")
     args = p.parse_args(argv)
     if args.child:
         b, s = (int(x) for x in args.shape.split("x"))
-        _child(args.child, b, s, args.device)
+        _child(args.child, b, s, args.device, args.dtype)
         return {}
     device = args.device
     out: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
-                 "threads": torch.get_num_threads()}
-    model = load_model("smollm2-135m", device=device)
-    hf = hf_model(device)
+                 "threads": torch.get_num_threads(), "dtype": args.dtype}
+    model = load_model("smollm2-135m", device=device, dtype=args.dtype)
+    hf = hf_model(device, args.dtype)
     out.update(throughput(model, hf, device, args.rounds))
     del model, hf
-    out.update(memory(device))
+    if not args.skip_memory:
+        out.update(memory(device, args.dtype))
     if not args.skip_cold:
         out.update(load_times())
     for k, v in out.items():

@@ -131,11 +131,31 @@ def case_states(name: str, model, batches) -> dict:
         wrong = [[int(x)] for x in torch.randint(1, 200, (10,), generator=g)]
         out = head_patching(model, ContrastPrompts("rand", pos, neg, right, wrong), "patching", batch_size=4, progress=False)
         return {"effect": out.effect, "pos": out.positive_metric, "neg": out.negative_metric}
+    if name == "merge_rules":  # synthetic per-rank states through every rule; the reference merge rides along
+        from workbench.distributed import merge_states, reduce_states, world
+
+        def state_of(r: int) -> dict:
+            return {"bits": torch.tensor([1 << r, 1 << (r + 3), 5], dtype=torch.int64),
+                    "flags": torch.tensor([r == 0, r == 1, False]), "hi": torch.tensor([float(r), -float(r)]),
+                    "lo": torch.tensor([float(r), -float(r)]), "n": torch.tensor([r + 1], dtype=torch.int64),
+                    "head": torch.tensor([10.0 + r])}
+
+        rules = {"bits": "or", "flags": "or", "hi": "max", "lo": "min", "n": "sum", "head": "first"}
+        w = world()
+        got = reduce_states(state_of(w.rank), rules)
+        ref = merge_states([state_of(r) for r in range(w.size)], rules)
+        return {**{f"got/{k}": v for k, v in got.items()}, **{f"ref/{k}": v for k, v in ref.items()}}
+    if name == "sae_features":
+        from probes.sae_features.probe import FeatureAccumulator
+
+        acc = FeatureAccumulator(_sae(model, "blocks.1.hook_resid_post", seed=4), model.cfg.d_vocab, exclude=[], m=3,
+                                 before=3, after=1, bins=10)
+        return streamed(acc)
     raise SystemExit(f"unknown case {name!r}")
 
 
 CASES = ["residual_norms", "head_survey", "bipartite", "loss_split", "class_stats", "centred", "heldout", "surprisal",
-         "ridge", "sae_quality", "function_sink", "head_ablation", "head_patching"]
+         "ridge", "sae_quality", "function_sink", "head_ablation", "head_patching", "sae_features", "merge_rules"]
 
 
 def main(out: str, names: list[str]) -> None:

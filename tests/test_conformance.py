@@ -27,6 +27,7 @@ REFUSED = [f.name for f in FAMILIES if f.refused]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PATHS = ("fast", "explicit")
 FLAGGED_HOOKS = ("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in", "attn.hook_result", "hook_mlp_in")
+DEVICE = os.environ.get("WORKBENCH_TEST_DEVICE", "cpu")  # benchmarks.gpu_check runs this matrix with "cuda"
 MODELS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "MODELS.md"
 
 
@@ -75,13 +76,13 @@ def _logits(model, toks: torch.Tensor, path: str) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_logits_match_transformers_on_both_paths(built, references, name, dtype):
     d, _ = built[name]
-    model = load_model(str(d), device="cpu", dtype=dtype)
+    model = load_model(str(d), device=DEVICE, dtype=dtype)
     assert next(model.parameters()).dtype == DTYPES[dtype] and model.cfg.dtype == DTYPES[dtype]
     assert uses_fast_path(model)
     ref = references[name]
-    toks = tokens()
+    toks = tokens().to(DEVICE)
     for path in PATHS:
-        ours = _logits(model, toks, path)
+        ours = _logits(model, toks, path).cpu()
         assert ours.dtype == DTYPES[dtype]
         if dtype == "float32":
             bound = rounding_bound(torch.float32, model.cfg.n_layers)
@@ -101,8 +102,8 @@ def test_logits_match_transformers_on_both_paths(built, references, name, dtype)
 @pytest.mark.parametrize("name", CONVERTED)
 def test_every_hook_point_hooked_equals_none_hooked(built, name):
     d, _ = built[name]
-    model = load_model(str(d), device="cpu")
-    toks = tokens()
+    model = load_model(str(d), device=DEVICE)
+    toks = tokens().to(DEVICE)
     seen: dict[str, list[str]] = {"explicit": [], "fast": []}
 
     def recorder(path: str):
@@ -175,7 +176,7 @@ def test_every_streaming_probe_runs_on_every_family(built, name, dtype, store, b
     from workbench.runner import run_probe
 
     d, _ = built[name]
-    model = load_model(str(d), device="cpu", dtype=dtype)
+    model = load_model(str(d), device=DEVICE, dtype=dtype)
     from workbench.corpora.base import validation_document
 
     val = [doc for doc in brown.documents if validation_document(doc.doc_id)][:3]

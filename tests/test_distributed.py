@@ -76,6 +76,35 @@ def test_top_contexts_do_not_depend_on_how_candidates_were_split():
             assert torch.equal(x, y)
 
 
+def test_a_batchs_own_candidates_tie_break_by_position_at_every_micro_batch_size():
+    """`merge_batch` keeps, of equal activations, the earliest positions, whether the batch comes
+    whole or halved (as out-of-memory retries cut it): `topk` alone kept other ones."""
+    from workbench.contexts import NO_POSITION, merge_batch
+
+    g = torch.Generator().manual_seed(4)
+    n, rows, m, w = 64, 6, 3, 2
+    acts = torch.randint(0, 3, (n, rows), generator=g).float()  # values 0, 1, 2: ties everywhere
+    positions = torch.arange(n, dtype=torch.int64) * 7 + 11
+    windows = positions[:, None].repeat(1, w)
+
+    def empty():
+        return (torch.full((rows, m), -1.0), torch.full((rows, m), NO_POSITION), torch.full((rows, m, w), -1, dtype=torch.int32))
+
+    def folded(parts: int):
+        state = empty()
+        for chunk in torch.arange(n).chunk(parts):
+            state = merge_batch(state, acts[chunk], windows[chunk], positions[chunk], m)
+        return state
+
+    whole = folded(1)
+    for col in range(rows):  # the brute force: highest value, then earliest position, among those that fire
+        ranked = sorted((-float(acts[i, col]), int(positions[i])) for i in range(n) if acts[i, col] > 0)[:m]
+        assert whole[1][col, : len(ranked)].tolist() == [p for _, p in ranked]
+    for parts in (2, 4, 8, 64):
+        for x, y in zip(folded(parts), whole):
+            assert torch.equal(x, y), parts
+
+
 def test_batch_ownership_is_fixed_by_index():
     owners = [[i for i in range(7) if World(r, 3).owns(i)] for r in range(3)]
     assert owners == [[0, 3, 6], [1, 4], [2, 5]]
@@ -113,6 +142,38 @@ Root Cause (first observed failure):
     assert describe_failure(1, summary, tmp_path, 2).startswith("rank 1 of 2 failed: ValueError: bad batch")
 
 
+def test_ranks_and_gpus_are_checked_before_launch():
+    """More ranks than GPUs (or than GPU groups) is refused in one line before any rank starts;
+    --device cpu means CPU ranks on gloo with no GPU visible, whatever the machine has."""
+    from workbench.launch import check_ranks, first_gpu_of, rank_env
+
+    for nproc, n_dev, gpus, words in [(3, 1, 2, "3 ranks need 3 GPUs; this machine has 2"),
+                                      (2, 2, 3, "2 ranks x 2 GPUs each need 4 GPUs; this machine has 3"),
+                                      (2, 1, 0, "2 ranks need 2 GPUs; this machine has 0")]:
+        with pytest.raises(Exception, match=words):
+            check_ranks(nproc, "cuda", n_dev, gpus=gpus)
+    assert check_ranks(4, "cuda", 2, gpus=8) == "cuda" and check_ranks(2, None, 1, gpus=2) == "cuda"
+    assert check_ranks(2, None, 1, gpus=0) == "cpu"
+    assert check_ranks(8, "cpu", 1, gpus=4) == "cpu"  # CPUs even where GPUs are present
+    assert rank_env("cpu") == {"CUDA_VISIBLE_DEVICES": "", "WORKBENCH_DIST_BACKEND": "gloo"}
+    assert rank_env("cuda", 2) == {"WORKBENCH_DEVICES_PER_RANK": "2"}
+    with pytest.raises(Exception, match="cannot be combined with --device cpu"):
+        check_ranks(2, "cpu", 2, gpus=4)
+    assert [first_gpu_of(r, 2) for r in range(4)] == [0, 2, 4, 6]  # disjoint groups: 0-1, 2-3, 4-5, 6-7
+
+
+def test_the_cli_refuses_more_ranks_than_gpus_without_launching(store, monkeypatch):
+    from typer.testing import CliRunner
+
+    import workbench.launch as launch_mod
+    from workbench.cli import app
+
+    launched = []
+    monkeypatch.setattr(launch_mod, "launch", lambda *a, **k: launched.append(a))
+    out = CliRunner().invoke(app, ["run", "residual-norms", "--model", "tiny", "--nproc", "3", "--device", "cuda"])
+    assert out.exit_code == 2 and "3 ranks need 3 GPUs; this machine has 0" in out.output and not launched
+
+
 # ----------------------------------------------------------------------------- placement over GPUs
 
 
@@ -138,6 +199,9 @@ def test_placement_plan_follows_transformer_lens():
         assert plan["embed"].index == 0 and plan["unembed"].index == plan["ln_final"].index == n_dev - 1
     with pytest.raises(ConfigError, match="more than the model's 2 layers"):
         placement_plan(SimpleNamespace(n_layers=2), 3)
+    # a rank of a sharded run places its model on its own group (rank 1 of --n-devices 2: GPUs 2 and 3)
+    group = placement_plan(SimpleNamespace(n_layers=6), 2, first="cuda:2")
+    assert {str(d) for d in group.values()} == {"cuda:2", "cuda:3"} and str(group["embed"]) == "cuda:2"
 
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="the refusal is for machines without 2 GPUs")
@@ -176,7 +240,7 @@ def _assert_same(single: dict[str, torch.Tensor], ranks: list[dict[str, torch.Te
 
 
 ALL_CASES = ["residual_norms", "head_survey", "bipartite", "loss_split", "class_stats", "centred", "heldout", "surprisal",
-             "ridge", "sae_quality", "function_sink", "head_ablation", "head_patching"]
+             "ridge", "sae_quality", "function_sink", "head_ablation", "head_patching", "sae_features"]
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +260,18 @@ def test_two_ranks_equal_one_process(two_ranks, case):
 
 def test_more_ranks_than_batches(tmp_path):
     """2 batches over 3 ranks: rank 2 streams nothing (and, with 4 heads, ablates one head)."""
-    cases = ["residual_norms", "head_survey", "bipartite", "class_stats", "surprisal", "head_ablation", "head_patching"]
+    cases = ["residual_norms", "head_survey", "bipartite", "class_stats", "surprisal", "head_ablation", "head_patching",
+             "sae_features", "merge_rules"]
     _run_cases(tmp_path, 3, cases, env={"DISTKIT_MAX_TOKENS": "200"})
-    for case in cases:
+    for case in cases[:-1]:
         single = load_file(tmp_path / f"{case}.single.safetensors")
         ranks = [load_file(tmp_path / f"{case}.rank{r}of3.safetensors") for r in range(3)]
         _assert_same(single, ranks, 2, case)
+    for r in range(3):  # every rule through the collectives equals the reference merge; bit masks 1|2|4 = 7
+        state = load_file(tmp_path / f"merge_rules.rank{r}of3.safetensors")
+        for key in [k for k in state if k.startswith("ref/")]:
+            assert torch.equal(state["got/" + key[4:]], state[key]), key
+        assert state["got/bits"].tolist() == [7, 56, 5] and state["got/flags"].tolist() == [True, True, False]
 
 
 # ----------------------------------------------------------------------------- a killed rank, then resume

@@ -158,3 +158,30 @@ def test_local_attention_layers_keep_their_window_on_the_fast_path(window, n_pos
     tokens = torch.randint(0, 100, (2, n_pos), generator=torch.Generator().manual_seed(0))
     fast, _, ref, _ = both_paths(model, tokens, names=lambda n: n.endswith("hook_z"))
     assert rel(fast, ref) < LOGIT_RTOL
+
+
+def test_half_precision_on_the_cpu_multiplies_by_the_transposed_copy(monkeypatch):
+    """On a CPU, `x @ W` in bfloat16 with W stored [in, out] falls to a slow kernel (42 s against 0.75 s
+    for SmolLM2's unembedding on an AVX2 CPU), so there the gated MLP and the unembedding take
+    TransformerLens's own forward (a transposed copy, then `F.linear`); float32 keeps the copy-free one."""
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+    from transformer_lens.components.unembed import Unembed
+
+    calls = {"mlp": 0, "unembed": 0}
+    mlp_forward, unembed_forward = GatedMLP.forward, Unembed.forward
+
+    def counting(kind, fn):
+        def wrapped(self, x):
+            calls[kind] += 1
+            return fn(self, x)
+        return wrapped
+
+    monkeypatch.setattr(GatedMLP, "forward", counting("mlp", mlp_forward))
+    monkeypatch.setattr(Unembed, "forward", counting("unembed", unembed_forward))
+    tokens = torch.randint(3, 250, (2, 9), generator=torch.Generator().manual_seed(2))
+    for dtype, expect in ((torch.float32, 0), (torch.bfloat16, 1)):
+        calls.update(mlp=0, unembed=0)
+        model = load_model("tiny-llama", device="cpu", dtype=dtype)
+        with torch.inference_mode():
+            model(tokens)
+        assert calls == {"mlp": expect * model.cfg.n_layers, "unembed": expect}, (dtype, calls)

@@ -104,7 +104,7 @@ def run_cmd(
                                   "path (fused attention); slower, for checking"),
 ) -> None:
     """Run a probe (or reuse its stored result when every input matches) and print its summary."""
-    from workbench.launch import launch, rank_session, ranks_for
+    from workbench.launch import check_ranks, launch, rank_env, rank_session, ranks_for
 
     args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),
             *_opt("--config", config), *[a for s in set_ for a in ("--set", s)], *_opt("--device", device),
@@ -113,7 +113,8 @@ def run_cmd(
     try:
         n = ranks_for(nproc)
         if n > 1 and "RANK" not in os.environ:
-            launch(args, n)
+            kind = check_ranks(n, device, n_devices)  # refused here, before any rank starts
+            launch(args, n, env=rank_env(kind, n_devices))
             return
         with rank_session() as w:
             outcome = _run_here(probe, model, corpus, numerics, config, set_, device, n_devices, force, dtype, explicit)

@@ -37,12 +37,22 @@ def empty_contexts(rows: int, m: int, width: int, device=None) -> dict[str, torc
             "top_ctx": torch.full((rows, m, width), -1, dtype=torch.int32, device=device)}
 
 
+def batch_top(acts: torch.Tensor, positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column of acts [N, rows], the k highest values and their row indices, equal values by
+    earliest position: the same total order as `top_contexts`, so which of several equal candidates
+    survive does not depend on how the batch was cut (micro-batch halving, ranks). `topk` alone
+    breaks ties in no stated order."""
+    order = torch.argsort(positions, stable=True)
+    vals, pick = torch.sort(acts[order], dim=0, descending=True, stable=True)
+    return vals[:k], order[pick[:k]]
+
+
 def merge_batch(state: tuple[torch.Tensor, torch.Tensor, torch.Tensor], acts: torch.Tensor, windows: torch.Tensor,
                 positions: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge one batch's candidates (acts [N, rows] >0 where active, windows [N, W], positions [N])
     into (top_vals, top_pos, top_ctx) of shapes [rows, m], [rows, m], [rows, m, W]."""
     k = min(m, acts.shape[0])
-    vals, idx = acts.topk(k, dim=0)  # [k, rows]
+    vals, idx = batch_top(acts, positions, k)  # [k, rows]
     vals = torch.where(vals > 0, vals, torch.full_like(vals, -1.0))  # a context counts only where it fires
     return top_contexts(torch.cat([state[0], vals.T.float()], dim=1), torch.cat([state[1], positions[idx].T], dim=1),
                         torch.cat([state[2], windows[idx].permute(1, 0, 2).to(torch.int32)], dim=1), m)

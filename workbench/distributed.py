@@ -63,9 +63,10 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     if not dist.is_initialized():
         local = int(os.environ.get("LOCAL_RANK", 0))
         if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local % torch.cuda.device_count())
+            backend = os.environ.get("WORKBENCH_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":  # this rank's own group of GPUs starts here (workbench.launch.first_gpu_of)
+            per_rank = int(os.environ.get("WORKBENCH_DEVICES_PER_RANK", "1"))
+            torch.cuda.set_device((local * per_rank) % torch.cuda.device_count())
         timeout = datetime.timedelta(seconds=timeout_s or float(os.environ.get("WORKBENCH_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
         dist.init_process_group(backend=backend, timeout=timeout)
     return world()
@@ -185,10 +186,16 @@ def reduce_states(state: Mapping[str, torch.Tensor], rules: Mapping[str, str | C
             raise ValueError(f"unknown merge rule {rule!r} for {key!r}; known: {MERGE_RULES}")
         if rule == "first":
             dist.broadcast(t, src=0)
-        elif rule == "or":
+        elif rule == "or" and value.dtype == torch.bool:
             u = t.to(torch.uint8)
-            dist.all_reduce(u, op=dist.ReduceOp.MAX)
+            dist.all_reduce(u, op=dist.ReduceOp.MAX)  # the or of booleans is their maximum
             t = u.to(value.dtype)
+        elif rule == "or":  # integer bit masks: a real bitwise or (a maximum would merge 1 and 2 to 2)
+            parts = [torch.empty_like(t) for _ in range(world().size)]
+            dist.all_gather(parts, t)  # nccl has no bitwise-or reduction; these masks are small
+            t = parts[0]
+            for p in parts[1:]:
+                t = t | p
         else:
             op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[rule]
             dist.all_reduce(t, op=op)

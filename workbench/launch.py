@@ -48,6 +48,43 @@ def ranks_for(nproc: str | int) -> int:
     return n
 
 
+DEVICES_PER_RANK_ENV = "WORKBENCH_DEVICES_PER_RANK"  # --n-devices of a sharded run: each rank's GPU group size
+
+
+def check_ranks(nproc: int, device: str | None, n_devices: int = 1, gpus: int | None = None) -> str:
+    """Before launching: "cuda" when the ranks will run on GPUs (each on its own group of `n_devices`
+    GPUs), "cpu" when on CPUs (gloo). Refused in one line: more ranks x GPUs per rank than this
+    machine has, or GPUs asked for where there are none. `--device cpu` means CPUs even where GPUs
+    are present."""
+    if gpus is None:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    kind = (device or ("cuda" if gpus else "cpu")).split(":")[0]
+    if kind == "cpu":
+        if n_devices != 1:
+            raise WorkbenchError(f"--n-devices {n_devices} spreads a model over GPUs; it cannot be combined with --device cpu")
+        return "cpu"
+    if kind != "cuda":
+        raise WorkbenchError(f"sharded runs go to 'cuda' or 'cpu' ranks, not {device!r}")
+    need = nproc * n_devices
+    if need > gpus:
+        per = f" x {n_devices} GPUs each" if n_devices > 1 else ""
+        raise WorkbenchError(f"{nproc} ranks{per} need {need} GPUs; this machine has {gpus}. Use --nproc {max(gpus // n_devices, 1)}"
+                             + (" or --device cpu" if gpus == 0 else "") + ".")
+    return "cuda"
+
+
+def rank_env(kind: str, n_devices: int = 1) -> dict[str, str]:
+    """Environment every rank starts with: no GPU at all for CPU ranks (gloo), the GPU group size otherwise."""
+    if kind == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": "", "WORKBENCH_DIST_BACKEND": "gloo"}
+    return {DEVICES_PER_RANK_ENV: str(n_devices)}
+
+
+def first_gpu_of(local_rank: int, n_devices: int = 1) -> int:
+    """The first GPU of a local rank's group: ranks take disjoint groups of `n_devices` GPUs."""
+    return local_rank * n_devices
+
+
 def torchrun_command(args: Sequence[str], nproc: int, entry: Sequence[str] = CLI_ENTRY) -> list[str]:
     """The single-node torchrun command line for `nproc` ranks of `entry args`."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",

