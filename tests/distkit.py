@@ -145,6 +145,23 @@ def case_states(name: str, model, batches) -> dict:
         got = reduce_states(state_of(w.rank), rules)
         ref = merge_states([state_of(r) for r in range(w.size)], rules)
         return {**{f"got/{k}": v for k, v in got.items()}, **{f"ref/{k}": v for k, v in ref.items()}}
+    if name == "once_on_rank0":  # a part trained inside a sharded run: rank 0 trains, every rank gets its result
+        import pandas as pd
+
+        from probes.bigram_subnetworks.mask_training import MaskRun, pack_mask_run, unpack_mask_run
+        from workbench.distributed import once_on_rank0, world
+
+        ran = []
+
+        def compute():
+            ran.append(world().rank)
+            g = torch.Generator().manual_seed(100 + world().rank)  # what a rank would get if it trained on its own
+            return MaskRun("m", {"blocks.0.attn.W_Q": torch.rand(3, 4, generator=g) > 0.5},
+                           pd.DataFrame({"step": [1, 2], "ce": [1.0, 0.5]}), 2, "rule", 1.5, 0.1)
+
+        run = once_on_rank0(compute, pack_mask_run, unpack_mask_run)
+        return {"mask": run.masks["blocks.0.attn.W_Q"], "ran_here": torch.tensor([len(ran)]),
+                "steps": torch.tensor([run.steps]), "ce": torch.tensor(run.log["ce"].tolist(), dtype=torch.float64)}
     if name == "sae_features":
         from probes.sae_features.probe import FeatureAccumulator
 
@@ -155,7 +172,8 @@ def case_states(name: str, model, batches) -> dict:
 
 
 CASES = ["residual_norms", "head_survey", "bipartite", "loss_split", "class_stats", "centred", "heldout", "surprisal",
-         "ridge", "sae_quality", "function_sink", "head_ablation", "head_patching", "sae_features", "merge_rules"]
+         "ridge", "sae_quality", "function_sink", "head_ablation", "head_patching", "sae_features", "merge_rules",
+         "once_on_rank0"]
 
 
 def main(out: str, names: list[str]) -> None:

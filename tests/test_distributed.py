@@ -261,9 +261,9 @@ def test_two_ranks_equal_one_process(two_ranks, case):
 def test_more_ranks_than_batches(tmp_path):
     """2 batches over 3 ranks: rank 2 streams nothing (and, with 4 heads, ablates one head)."""
     cases = ["residual_norms", "head_survey", "bipartite", "class_stats", "surprisal", "head_ablation", "head_patching",
-             "sae_features", "merge_rules"]
+             "sae_features", "merge_rules", "once_on_rank0"]
     _run_cases(tmp_path, 3, cases, env={"DISTKIT_MAX_TOKENS": "200"})
-    for case in cases[:-1]:
+    for case in cases[:-2]:
         single = load_file(tmp_path / f"{case}.single.safetensors")
         ranks = [load_file(tmp_path / f"{case}.rank{r}of3.safetensors") for r in range(3)]
         _assert_same(single, ranks, 2, case)
@@ -272,6 +272,11 @@ def test_more_ranks_than_batches(tmp_path):
         for key in [k for k in state if k.startswith("ref/")]:
             assert torch.equal(state["got/" + key[4:]], state[key]), key
         assert state["got/bits"].tolist() == [7, 56, 5] and state["got/flags"].tolist() == [True, True, False]
+    single = load_file(tmp_path / "once_on_rank0.single.safetensors")
+    ranks = [load_file(tmp_path / f"once_on_rank0.rank{r}of3.safetensors") for r in range(3)]
+    assert [int(r["ran_here"]) for r in ranks] == [1, 0, 0]  # trained once, on rank 0
+    for r in ranks:  # every rank holds rank 0's mask and log, never one of its own
+        assert torch.equal(r["mask"], single["mask"]) and torch.equal(r["ce"], single["ce"]) and int(r["steps"]) == 2
 
 
 # ----------------------------------------------------------------------------- a killed rank, then resume

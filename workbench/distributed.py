@@ -18,7 +18,7 @@ import datetime
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,7 @@ from safetensors.torch import save as st_save
 
 DEFAULT_TIMEOUT_S = 600  # a collective that waits longer than this fails (a dead rank does not hang the others)
 MERGE_RULES = ("sum", "or", "max", "min", "first")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,29 @@ def gather_objects(value: Any) -> list[Any]:
     if not world().sharded:
         return [value]
     return [json.loads(b) for b in _all_gather_bytes(json.dumps(value).encode())]
+
+
+def broadcast_tensors(state: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Rank 0's tensors on every rank (CPU tensors; other ranks pass None)."""
+    if not world().sharded:
+        return dict(state or {})
+    blob = st_save({k: v.detach().cpu().contiguous().clone() for k, v in (state or {}).items()}) if world().is_main else b""
+    return dict(st_load(_all_gather_bytes(blob)[0]))
+
+
+def once_on_rank0(compute: Callable[[], T], pack: Callable[[T], tuple[dict[str, torch.Tensor], Any]],
+                  unpack: Callable[[dict[str, torch.Tensor], Any], T]) -> T:
+    """`compute()` on rank 0 only, its value on every rank: for the parts of a sharded run that are
+    trained inside it (bigram masks, circuit SAEs). Training on every rank would need bitwise
+    determinism that a GPU does not give, and ranks could then stream with different masks.
+    `pack` splits the value into tensors and JSON-able meta; `unpack` rebuilds it on the others."""
+    w = world()
+    if not w.sharded:
+        return compute()
+    value = compute() if w.is_main else None
+    tensors, meta = pack(value) if w.is_main else (None, None)
+    tensors, meta = broadcast_tensors(tensors), broadcast(meta)
+    return value if w.is_main else unpack(tensors, meta)
 
 
 def barrier() -> None:

@@ -71,6 +71,17 @@ class MaskRun:
     seconds: float
 
 
+def pack_mask_run(run: MaskRun) -> tuple[dict[str, torch.Tensor], dict]:
+    """A finished mask as tensors and JSON (to send it from rank 0 to the other ranks)."""
+    return dict(run.masks), {"label": run.label, "log": run.log.to_dict(orient="list"), "steps": run.steps,
+                             "stopped": run.stopped, "temperature": run.temperature, "seconds": run.seconds}
+
+
+def unpack_mask_run(masks: dict[str, torch.Tensor], meta: dict) -> MaskRun:
+    return MaskRun(meta["label"], {k: v.bool() for k, v in masks.items()}, pd.DataFrame(meta["log"]), int(meta["steps"]),
+                   meta["stopped"], float(meta["temperature"]), float(meta["seconds"]))
+
+
 def seeded_batch_fn(batches: TokenBatches, seed: int) -> Callable[[int], TokenBatch]:
     """Batch `step` of a seeded per-epoch permutation (the same order as `training.corpus_batch_fn`)."""
     n = len(batches)

@@ -37,8 +37,10 @@ from probes.bigram_subnetworks.bigrams import BigramModel
 from probes.bigram_subnetworks.mask_training import (
     MaskRun,
     MaskTrainConfig,
+    pack_mask_run,
     seeded_batch_fn,
     train_mask,
+    unpack_mask_run,
 )
 from probes.bigram_subnetworks.masking import (
     complement,
@@ -68,6 +70,7 @@ from workbench.errors import ConfigError, MemoryBudgetError
 from workbench.models.info import model_info
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
+from workbench.distributed import once_on_rank0
 from workbench.run_context import scratch_dir
 from workbench.slices import corpus_batches
 
@@ -268,8 +271,10 @@ def _train(model, train_b, target_fn, cfg: BigramSubnetworksConfig, kind: str, l
     label = _label(kind, lam)
     mcfg = MaskTrainConfig(lam=lam, max_steps=cfg.max_steps, lr=cfg.lr, weight_decay=cfg.weight_decay, temp_growth=cfg.temp_growth,
                            stop_fraction=cfg.stop_fraction, resume_every=cfg.resume_every, seed=cfg.seed)
-    return train_mask(model, seeded_batch_fn(train_b, cfg.seed), target_fn, mcfg, scratch_dir(f"mask-{kind}-{lam:g}"), label,
-                      identity={**identity, "kind": kind})
+    return once_on_rank0(  # a sharded run trains each mask once and every rank streams with rank 0's
+        lambda: train_mask(model, seeded_batch_fn(train_b, cfg.seed), target_fn, mcfg, scratch_dir(f"mask-{kind}-{lam:g}"),
+                           label, identity={**identity, "kind": kind}),
+        pack_mask_run, unpack_mask_run)
 
 
 def _contexts(b: TokenBatch) -> np.ndarray:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from workbench.distributed import once_on_rank0
+
 
 @dataclass
 class SAESettings:
@@ -92,6 +94,22 @@ def train_sae(acts: torch.Tensor, settings: SAESettings, seed: int) -> tuple[Dis
         if epoch % 50 == 0 or epoch == settings.epochs - 1:
             losses.append(float(loss.detach()))
     return sae, train_idx, losses
+
+
+def train_sae_once(acts: torch.Tensor, settings: SAESettings, seed: int) -> tuple[DiscreteSAE, torch.Tensor, list[float]]:
+    """`train_sae`, on rank 0 only in a sharded run, every rank getting rank 0's SAE (ranks must
+    score heads with one SAE; a GPU's training is not bitwise reproducible across processes)."""
+
+    def pack(out: tuple[DiscreteSAE, torch.Tensor, list[float]]) -> tuple[dict[str, torch.Tensor], list[float]]:
+        sae, idx, losses = out
+        return {**{f"sae/{k}": v for k, v in sae.state_dict().items()}, "train_idx": idx}, losses
+
+    def unpack(tensors: dict[str, torch.Tensor], losses: list[float]) -> tuple[DiscreteSAE, torch.Tensor, list[float]]:
+        sae = DiscreteSAE(acts.shape[-1], settings.n_features, torch.Generator().manual_seed(seed))
+        sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae/")})
+        return sae.to(acts.device), tensors["train_idx"], list(losses)
+
+    return once_on_rank0(lambda: train_sae(acts, settings, seed), pack, unpack)
 
 
 @torch.no_grad()

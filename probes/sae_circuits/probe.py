@@ -45,7 +45,7 @@ from probes.sae_circuits.discrete_sae import (
     edge_scores,
     node_scores,
     sae_codes,
-    train_sae,
+    train_sae_once,
     unique_cooccurrence,
 )
 from probes.sae_circuits.evidence import auc_intervals, split_half
@@ -321,7 +321,7 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
         if len(pairs) < len(prompts):  # the SAE method timed on the baseline's own pairs too (one trial)
             t1 = time.perf_counter()
             sub_acts = head_outputs(model, pairs, config.batch_size, progress=False)[0]
-            sub_sae = train_sae(sub_acts, config.sae_settings(), 0)[0]
+            sub_sae = train_sae_once(sub_acts, config.sae_settings(), 0)[0]
             node_scores(sae_codes(sub_sae, sub_acts), torch.arange(2 * len(pairs)) < len(pairs), config.n_features)
             sae_at_baseline_pairs = time.perf_counter() - t1
     truth, truth_source, bb_attention = _ground_truth(model, config, baseline, prompts)
@@ -333,7 +333,7 @@ def run(model: HookedTransformer, corpus: Any, config: SAECircuitsConfig) -> SAE
     try:
         for seed in range(config.n_seeds):
             t1 = time.perf_counter()
-            sae, train_idx, losses = train_sae(acts, settings, seed)
+            sae, train_idx, losses = train_sae_once(acts, settings, seed)
             c = sae_codes(sae, acts)
             node = node_scores(c, is_pos, settings.n_features)
             U = unique_cooccurrence(c, is_pos, settings.n_features)
