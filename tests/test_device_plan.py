@@ -189,3 +189,19 @@ def test_hot_loops_read_nothing_back_per_iteration():
             if len(reads) > allowed:
                 offenders += reads
     assert offenders == [], offenders
+
+
+def test_the_plan_counts_the_bytes_of_the_runs_precision():
+    """The memory plan counts 2 bytes per parameter in bfloat16 (it assumed 4 whatever the dtype)."""
+    from experiments import run_all
+    from workbench.models.info import using_dtype
+
+    def smol(rows):
+        return next(m for r in rows for m in r["models"] if m["model"] == "smollm2-135m" and m.get("memory_gib"))
+
+    full = smol(run_all.plan("gpu", device="cuda"))
+    with using_dtype("bfloat16"):
+        half = smol(run_all.plan("gpu", device="cuda"))
+    assert full["dtype"] == "float32" and half["dtype"] == "bfloat16"
+    assert half["memory_gib"] == pytest.approx(full["memory_gib"] / 2, rel=1e-9)
+    assert half["memory_gib"] * 2**30 >= 2 * full["n_params"]  # the weights alone, in two bytes each
