@@ -85,7 +85,8 @@ def main() -> None:
              f"CPU native bfloat16: {cpu_bf16()}; torch threads {torch.get_num_threads()}",
              f"logit gap ({a.dtype} vs float32, 4 x 128 Brown tokens): raw {gaps['raw']:.4f}, processed {gaps['processed']:.4f}",
              f"rule: every numeric summary value within {SUMMARY_FACTOR} x gap x max(|v|, 1) of float32", "",
-             f"| probe | float32 s | {a.dtype} s | values | within | worst (diff / allowed) |", "|---|---|---|---|---|---|"]
+             f"| probe | float32 s | {a.dtype} s | continuous values | within | worst (diff / allowed) | counts that changed |",
+             "|---|---|---|---|---|---|---|"]
     for name in a.only:
         spec = get_probe(name)
         fields = config_fields(spec.config_cls)
@@ -104,14 +105,16 @@ def main() -> None:
             half = run_probe(name, model(spec.numerics, a.dtype), corpus, run_cfg, store=store)
             t2 = time.time()
         except Exception as e:  # noqa: BLE001 - reported in the table
-            lines.append(f"| {name} | | | | failed: {type(e).__name__}: {str(e)[:120]} | |")
+            lines.append(f"| {name} | | | | failed: {type(e).__name__}: {str(e)[:120]} | | |")
             print(lines[-1], flush=True)
             continue
         rows = summary_differences(full.result.summary(), half.result.summary(), gaps[spec.numerics])
-        worst = max(rows, key=lambda r: r["diff"] / r["allowed"]) if rows else None
-        ok = sum(r["ok"] for r in rows)
-        lines.append(f"| {name} | {t1 - t0:.1f} | {t2 - t1:.1f} | {len(rows)} | {ok}/{len(rows)} | "
-                     + (f"{worst['key']}: {worst['diff']:.3g} / {worst['allowed']:.3g}" if worst else "") + " |")
+        cont = [r for r in rows if not r["discrete"]]
+        worst = max(cont, key=lambda r: r["diff"] / r["allowed"]) if cont else None
+        changed = [f"{r['key']} {r['float32']} -> {r['half']}" for r in rows if r["discrete"] and r["diff"]]
+        lines.append(f"| {name} | {t1 - t0:.1f} | {t2 - t1:.1f} | {len(cont)} | {sum(r['ok'] for r in cont)}/{len(cont)} | "
+                     + (f"{worst['key']}: {worst['diff']:.3g} / {worst['allowed']:.3g}" if worst else "") + " | "
+                     + ("; ".join(changed) or "none") + " |")
         print(lines[-1], flush=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS}")

@@ -32,7 +32,7 @@ from workbench.config import check_bounds, config_fields, config_from_dict
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.models import offline_n_layers
 from workbench.models.info import DTYPES
-from workbench.probe_api import ProbeSpec, Spec, describe_config, get_probe
+from workbench.probe_api import Spec, StudySpec, describe_config, get_spec
 from workbench.resources import check_offered_sae, offered_corpora, resource_fields
 from workbench.store import ACTIVE, ResultStore, parse_run_id
 
@@ -40,6 +40,7 @@ log = logging.getLogger("workbench.dashboard")
 MAX_ACTIVE = 20  # queued + running runs the dashboard accepts at once
 CANCEL_GRACE_S = 10.0  # a running job that has not stopped this long after Cancel is killed
 MAX_NAME_CHARS = 200
+STUDY_MODEL = "study"  # what a study's request and row show as its model (its config names its own)
 
 
 @dataclass
@@ -77,15 +78,18 @@ def check_request(probe: Any, model: Any, corpus: Any, config: Any, dtype: Any =
 
     if not isinstance(probe, str) or len(probe) > MAX_NAME_CHARS:
         raise ConfigError("choose a probe")
-    spec = get_probe(probe)  # unknown names raise ConfigError listing the known ones
+    spec = get_spec(probe)  # unknown names raise ConfigError listing the known probes and studies
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ConfigError(f"precision must be one of {', '.join(DTYPES)}, got {str(dtype)[:40]!r}")
+    if isinstance(spec, StudySpec):  # its models and corpora are config fields, checked like every resource field
+        cfg = check_config(spec, config, None)
+        return RunRequest(spec.name, STUDY_MODEL, None, asdict(cfg), "-", dtype)
     check_model_name(model)
     if spec.needs_corpus:
         if not isinstance(corpus, str) or corpus not in corpus_names():
             raise ConfigError(f"unknown corpus {str(corpus)[:80]!r}; choose one of: {', '.join(corpus_names())}")
     else:
         corpus = None
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise ConfigError(f"precision must be one of {', '.join(DTYPES)}, got {str(dtype)[:40]!r}")
     cfg = check_config(spec, config, _offline_n_layers(model))
     return RunRequest(spec.name, model, corpus, asdict(cfg), spec.numerics, dtype)
 
@@ -152,7 +156,7 @@ class FieldSpec:
         return str(self.default)
 
 
-def form_fields(spec: ProbeSpec) -> list[FieldSpec]:
+def form_fields(spec: Spec) -> list[FieldSpec]:
     """One FieldSpec per config field, from `describe_config` and the field's annotation."""
     types = config_fields(spec.config_cls)
     out = []
@@ -173,7 +177,7 @@ def form_fields(spec: ProbeSpec) -> list[FieldSpec]:
     return out
 
 
-def form_to_config(spec: ProbeSpec, values: dict[str, Any]) -> dict[str, Any]:
+def form_to_config(spec: Spec, values: dict[str, Any]) -> dict[str, Any]:
     """Form values -> config dict for `config_from_dict` (which coerces and validates them).
 
     An empty text box means None for optional fields and the default otherwise.

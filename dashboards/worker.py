@@ -72,14 +72,22 @@ class Worker:
         return self._run_claimed(run_id)
 
     def _run_claimed(self, run_id: int) -> str:
-        from dashboards.jobs import check_request
-        from workbench.runner import run_probe
+        from dashboards.jobs import STUDY_MODEL, check_request
+        from workbench.models.info import using_dtype
+        from workbench.runner import run_probe, run_study
 
         asked = self.store.request_of(run_id)
         t0 = time.time()
         taken = False
         try:
             req = check_request(asked["probe"], asked["model"], asked["corpus"], asked["config"], asked.get("dtype", "float32"))
+            if req.model == STUDY_MODEL:  # a study loads what its config names, through the store like any run
+                taken = True
+                with using_dtype(req.dtype):
+                    outcome = run_study(req.probe, req.config, store=self.store, device=self.device, run_id=run_id)
+                status = "reused" if outcome.reused else "done"
+                log.info("run %s %s in %.1f s", run_id, status, time.time() - t0)
+                return status
             self.store.update_run(run_id, message=f"loading {req.model}")
             model = self.model(req.model, req.numerics, req.dtype)
             corpus = None

@@ -139,10 +139,14 @@ def test_the_catalogue_notices_an_edited_source(tmp_path):
     (tmp_path / "workbench").mkdir()
     f = tmp_path / "probes" / "x" / "probe.py"
     f.write_text("A = 1\n")
-    before = source_fingerprint(tmp_path)
-    assert source_fingerprint(tmp_path) == before
+    dirs = [tmp_path / "probes", tmp_path / "workbench"]
+    before = source_fingerprint(dirs)
+    assert source_fingerprint(dirs) == before
     f.write_text("A = 22\n")
-    assert source_fingerprint(tmp_path) != before
+    assert source_fingerprint(dirs) != before
+    from workbench.catalogue import source_dirs
+
+    assert {d.name for d in source_dirs()} == {"workbench", "probes"}  # the kernel and the declared analysis roots
 
 
 def _one_line_error(out) -> str:
@@ -195,3 +199,25 @@ def test_a_prompt_that_is_not_text_is_refused_in_one_line():
             assert words in str(e) and "\n" not in str(e)
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_a_study_runs_from_the_cli_like_a_probe(store, monkeypatch):
+    """`workbench run <study>`: the same key, store and registry row as `run_study`; a second call
+    reuses it; --model does not apply to a study and says so."""
+    from probes.linguistic_collapse import sweep
+    from workbench.models import load_model
+
+    monkeypatch.setattr(sweep, "train_lm", lambda recipe, device="cpu", progress=True: None)
+    monkeypatch.setattr(sweep, "load_lm", lambda recipe, device="cpu": load_model(
+        "tiny", device="cpu", n_layers=recipe.n_layers, d_model=recipe.d_model, d_head=recipe.d_model // 4, seed=recipe.seed))
+    probe_cfg = json.dumps({"max_tokens": 300, "heldout_max_tokens": 128, "seq_len": 32, "batch_size": 4})
+    args = ["run", "linguistic-collapse-sweep", "--device", "cpu", "--set", "depths=[1]", "--set", "widths=[16, 32]",
+            "--set", "steps=[5]", "--set", f"probe={probe_cfg}"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "computed" in out.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "reused stored result" in again.output
+    rows = [r for r in store.runs() if r["probe"] == "linguistic-collapse-sweep"]
+    assert [r["status"] for r in rows] == ["reused", "done"] and rows[0]["key"] == rows[1]["key"]
+    assert "does not apply" in _one_line_error(runner.invoke(app, [*args, "--model", "tiny"]))

@@ -177,7 +177,7 @@ def test_check_request_validates_every_name():
 
     req = check_request("residual-norms", "tiny", "brown", {"max_tokens": "300", "seq_len": 32})
     assert req.config["max_tokens"] == 300 and req.numerics == "raw"
-    with pytest.raises(ConfigError, match="Unknown probe"):
+    with pytest.raises(ConfigError, match="Unknown analysis"):
         check_request("no-probe", "tiny", "brown", {})
     with pytest.raises(ConfigError, match="unknown model"):
         check_request("residual-norms", "/tmp/model", "brown", {})
@@ -385,3 +385,30 @@ def test_a_run_queued_in_bfloat16_runs_in_bfloat16(store):
     keys = {d: result_of_run(i, store).meta["model_key"] for d, i in ids.items()}
     assert "|bfloat16|" in keys["bfloat16"] and "|float32|" in keys["float32"]
     assert store.get_run(ids["bfloat16"])["key"] != store.get_run(ids["float32"])["key"]
+
+
+def test_a_study_queued_from_the_dashboard_runs_in_the_worker(store, monkeypatch):
+    """Studies are a whole kind: the queue takes them (their resource fields checked like a probe's),
+    the worker runs them through `run_study` under the queued row, and a retry reuses the result."""
+    from dashboards.jobs import STUDY_MODEL, check_request
+    from dashboards.worker import Worker
+    from probes.linguistic_collapse import sweep
+    from workbench.models import load_model
+
+    monkeypatch.setattr(sweep, "train_lm", lambda recipe, device="cpu", progress=True: None)
+    monkeypatch.setattr(sweep, "load_lm", lambda recipe, device="cpu": load_model(
+        "tiny", device="cpu", n_layers=recipe.n_layers, d_model=recipe.d_model, d_head=recipe.d_model // 4, seed=recipe.seed))
+    cfg = {"depths": [1], "widths": [16, 32], "steps": [5],
+           "probe": {"max_tokens": 300, "heldout_max_tokens": 128, "seq_len": 32, "batch_size": 4}}
+    req = check_request("linguistic-collapse-sweep", "anything", None, cfg)
+    assert req.model == STUDY_MODEL and req.corpus is None and req.config["widths"] == [16, 32]
+    with pytest.raises(ConfigError, match="corpus"):
+        check_request("linguistic-collapse-sweep", "tiny", None, {**cfg, "corpus": "/etc/passwd"})
+    run_id = store.start_run("queued", req.probe, req.model, req.numerics, None, req.config, "", status="queued",
+                             request_extra={"dtype": req.dtype})
+    assert Worker(store).run(run_id) == "done"
+    row = store.get_run(run_id)
+    assert row["status"] == "done" and row["probe"] == "linguistic-collapse-sweep" and row["key"] not in ("queued", "pending")
+    again = store.start_run("queued", req.probe, req.model, req.numerics, None, req.config, "", status="queued",
+                            request_extra={"dtype": req.dtype})
+    assert Worker(store).run(again) == "reused" and store.get_run(again)["key"] == row["key"]

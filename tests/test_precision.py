@@ -22,7 +22,8 @@ PROBES = {
     "function-token-loss": {},
     "sinks-by-token-kind": {},
     "function-token-steering": {},
-    "bigram-subnetworks": dict(lambdas=[0.0, 20.0], max_steps=25, lr=0.02, temp_growth=1.15, seq_len=64, eval_tokens=1024),
+    "bigram-subnetworks": dict(lambdas=[0.0, 20.0], max_steps=15, lr=0.02, temp_growth=1.25, seq_len=32, eval_tokens=512,
+                               rotation_tokens=512, n_random=2, overlap_samples=200),
 }
 STREAM = {"max_tokens": 600, "seq_len": 32, "batch_size": 4}
 

@@ -18,22 +18,33 @@ from typing import Any
 from workbench.io import atomic_path
 from workbench.paths import cache_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("probes", "workbench")
 FILE = "catalogue.json"
 
 
-def source_fingerprint(root: Path = ROOT) -> str:
+def source_dirs() -> list[Path]:
+    """The kernel's folder and every analysis root's (found from the entry points, without importing them)."""
+    import importlib.util
+
+    from workbench.plugins import analysis_roots
+
+    dirs = [Path(__file__).resolve().parent]
+    for name in analysis_roots():
+        spec = importlib.util.find_spec(name)
+        dirs += [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    return dirs
+
+
+def source_fingerprint(dirs: list[Path] | None = None) -> str:
     """A digest of (path, size, mtime) of every Python file the listing could depend on."""
     h = hashlib.sha256()
-    for top in SOURCES:
-        for dirpath, dirnames, filenames in os.walk(root / top):
+    for top in dirs if dirs is not None else source_dirs():
+        for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")))
             for name in sorted(filenames):
                 if name.endswith(".py"):
                     p = Path(dirpath, name)
                     st = p.stat()
-                    h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                    h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from workbench.errors import WorkbenchError
+from workbench.plugins import add_commands
 
 app = typer.Typer(
     help="Interpretability workbench: run published analyses on hooked transformers, store the "
@@ -87,7 +88,8 @@ def probes_cmd() -> None:
 
 @app.command("run")
 def run_cmd(
-    probe: str = typer.Argument(..., help="probe name (see `workbench probes`)"),
+    probe: str = typer.Argument(..., help="probe or study name (see `workbench probes`); a study names its own models "
+                                "and corpora in its config, so --model, --corpus and --numerics do not apply to it"),
     model: Optional[str] = typer.Option(None, help="model name or directory (default: the probe's default, smollm2-135m)"),
     corpus: Optional[str] = typer.Option(None, help="corpus name or path (default: brown)"),
     numerics: Optional[str] = typer.Option(None, help="raw | processed (default: what the probe is defined on)"),
@@ -103,7 +105,7 @@ def run_cmd(
     explicit: bool = typer.Option(False, "--explicit", help="TransformerLens's own forward everywhere instead of the fast "
                                   "path (fused attention); slower, for checking"),
 ) -> None:
-    """Run a probe (or reuse its stored result when every input matches) and print its summary."""
+    """Run a probe or a study (or reuse its stored result when every input matches) and print its summary."""
     from workbench.launch import check_ranks, launch, rank_env, rank_session, ranks_for
 
     args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),
@@ -147,12 +149,20 @@ def _run_here(probe: str, model: Optional[str], corpus: Optional[str], numerics:
     from workbench.corpora import load_corpus
     from workbench.distributed import rank_device
     from workbench.models import load_model
-    from workbench.probe_api import get_probe
-    from workbench.runner import run_probe
+    from workbench.models.info import using_dtype
+    from workbench.probe_api import StudySpec, get_spec
+    from workbench.runner import run_probe, run_study
 
-    spec = get_probe(probe)
+    spec = get_spec(probe)
     overrides = parse_overrides(set_)
     cfg = config_from_file(spec.config_cls, config, overrides) if config else config_from_dict(spec.config_cls, overrides)
+    if isinstance(spec, StudySpec):  # a study loads the models its config names, in the run's precision
+        given = [flag for flag, v in (("--model", model), ("--corpus", corpus), ("--numerics", numerics)) if v is not None]
+        if given:
+            raise WorkbenchError(f"{probe!r} is a study: it names its models and corpora in its config (--set); "
+                                 f"{', '.join(given)} does not apply")
+        with using_dtype(dtype):
+            return run_study(spec, cfg, force=force, device=rank_device(device))
     c = load_corpus(corpus or spec.default_corpus) if spec.needs_corpus else None  # a bad corpus fails before the model loads
     m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=rank_device(device), n_devices=n_devices,
                    dtype=dtype, fast=not explicit)
@@ -192,43 +202,7 @@ def show_cmd(run_id: int = typer.Argument(..., help="run id from `workbench runs
         typer.secho(row["error"], fg=typer.colors.RED)
 
 
-@app.command("dashboard")
-def dashboard_cmd(
-    host: str = typer.Option("127.0.0.1", help="interface to listen on (127.0.0.1 keeps it local)"),
-    port: int = typer.Option(8050, help="port"),
-    model: str = typer.Option("smollm2-135m", help="model for the model explorer"),
-    debug: bool = typer.Option(False, help="Dash debug mode (hot reload, error overlay)"),
-    device: str = typer.Option("cpu", help="where the app's explorer loads models (the run worker owns the GPU)"),
-    worker_device: Optional[str] = typer.Option(None, help="where runs started from the app compute (default: cuda when present)"),
-    allow_host: list[str] = typer.Option([], "--allow-host", help="another host name the app answers to (repeatable); "
-                                         "by default only the loopback names and --host itself"),
-) -> None:
-    """Start the dashboard (run registry, model explorer, one page per probe)."""
-    try:
-        from dashboards.app import serve
-    except ImportError as e:  # the dashboard package is part of the install
-        _fail(WorkbenchError(f"dashboard unavailable: {e}"))
-    serve(host=host, port=port, model=model, debug=debug, device=device, worker_device=worker_device,
-          allow_hosts=tuple(allow_host))
-
-
-@app.command("figures")
-def figures_cmd(
-    only: list[str] = typer.Option([], help="only these analyses (repeatable), e.g. --only attention_sinks"),
-    out: Optional[str] = typer.Option(None, help="output directory (default experiments/out)"),
-    quick: bool = typer.Option(False, help="smoke settings: tiny models, seconds (for checking the pipeline)"),
-    preset: str = typer.Option("cpu", help="cpu (embedded defaults) or a GPU preset from experiments/presets.py"),
-    device: Optional[str] = typer.Option(None, help="the device every experiment runs on (default: cuda when present, else cpu)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (settings, device, models, memory, hub files); load nothing"),
-    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16: precision of every model loaded by name "
-                                        "(default float32; the models the workbench trains itself stay float32)"),
-) -> None:
-    """Regenerate every analysis's figures and experiments/REPORT.md (resumes; reuses stored results)."""
-    try:
-        from experiments.run_all import main as run_all
-    except ImportError as e:
-        _fail(WorkbenchError(f"experiments unavailable: {e}"))
-    run_all(only=only or None, out=out, quick=quick, preset=preset, device=device, dry_run=dry_run, dtype=dtype)
+add_commands(app)  # `dashboard`, `figures`: the installed plugins' subcommands (workbench.plugins)
 
 
 def main() -> None:  # pragma: no cover

@@ -6,9 +6,10 @@ A **probe** is one analysis of one model on one corpus: a config dataclass, a re
 into one stored result: `run(config, ctx) -> Result`, where every probe run goes through
 `ctx.run_probe`, so each part is keyed, reused, registered and shown in the run table.
 
-Both register at import of their package under `probes/`; the registry imports that package by
-name the first time it is asked for a name (`discover`). A package that fails to import raises
-with its traceback. A name can be registered once.
+Both register at import of their analysis package; the registry imports the packages that the
+`workbench.analyses` entry points declare (this project's `probes`) the first time it is asked for
+a name (`discover`), so the kernel never names a package above it. A package that fails to import
+raises with its traceback. A name can be registered once.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ import hashlib
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import ConfigError
+from workbench.plugins import ANALYSES_GROUP, analysis_roots
 from workbench.results import Result
 
-PROJECT_PACKAGES = ("workbench", "probes")  # the code a result can depend on
+
+def project_packages() -> tuple[str, ...]:
+    """The code a result can depend on: the kernel and every analysis root."""
+    return ("workbench", *analysis_roots())
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,12 @@ def discover() -> None:
     """
     global _discovered
     if not _discovered:
-        importlib.import_module("probes")
+        eps = sorted(entry_points(group=ANALYSES_GROUP), key=lambda e: e.name)
+        if not eps:
+            raise ConfigError(f"no analyses are installed (no '{ANALYSES_GROUP}' entry points); install the project "
+                              "with `pip install -e .` (scripts/setup.sh does)")
+        for ep in eps:
+            ep.load()
         _discovered = True
 
 
@@ -172,7 +183,7 @@ def analysis_package(module: str) -> str:
     """The unit a code version covers: `probes.<analysis>` for a module of an analysis package,
     else the module's top-level package (an analysis defined outside `probes/`, e.g. in a test)."""
     parts = module.split(".")
-    return ".".join(parts[:2]) if parts[0] == "probes" and len(parts) > 1 else parts[0]
+    return ".".join(parts[:2]) if parts[0] in analysis_roots() and len(parts) > 1 else parts[0]
 
 
 def _module_path(name: str) -> Path | None:
@@ -196,8 +207,9 @@ def _package_modules(name: str) -> list[str]:
     return [".".join([name, *p.relative_to(root).with_suffix("").parts]).removesuffix(".__init__") for p in sorted(root.rglob("*.py"))]
 
 
-def imported_modules(path: Path, name: str, roots: tuple[str, ...] = PROJECT_PACKAGES) -> set[str]:
+def imported_modules(path: Path, name: str, roots: tuple[str, ...] | None = None) -> set[str]:
     """Modules under `roots` that the source at `path` (module `name`) imports, anywhere in the file."""
+    roots = roots if roots is not None else project_packages()
     found: set[str] = set()
     is_pkg = path.name == "__init__.py"
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -224,12 +236,12 @@ def imported_modules(path: Path, name: str, roots: tuple[str, ...] = PROJECT_PAC
 def dependencies(package: str) -> dict[str, Path]:
     """Module name -> source path of `package`'s modules and every project module they import,
     transitively (the `probes` package's own `__init__`, which imports every analysis, excluded)."""
-    roots = tuple(dict.fromkeys([*PROJECT_PACKAGES, package.split(".")[0]]))
+    roots = tuple(dict.fromkeys([*project_packages(), package.split(".")[0]]))
     todo = _package_modules(package)
     seen: dict[str, Path] = {}
     while todo:
         name = todo.pop()
-        if name in seen or name == "probes":
+        if name in seen or name in analysis_roots():  # a root's own __init__ imports every analysis
             continue
         path = _module_path(name)
         if path is None:

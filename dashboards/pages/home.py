@@ -11,7 +11,7 @@ from dash import ALL, Dash, Input, Output, State, callback_context, dcc, html, n
 
 from dashboards.base import AppContext, DashPage, error_message, model_names
 from dashboards.jobs import ACTIVE, FieldSpec, corpus_names, form_fields, form_to_config
-from workbench.probe_api import describe_config, get_probe, list_probes
+from workbench.probe_api import StudySpec, describe_config, get_spec, list_probes, list_studies
 from workbench.models.info import DTYPES
 from workbench.store import parse_run_id
 
@@ -33,7 +33,9 @@ def _field_widget(f: FieldSpec) -> html.Div:
 
 
 def _probe_options() -> list[dict]:
-    return [{"label": s.name, "value": s.name} for s in list_probes()]
+    """Every probe, then every study (a study names its own models and corpora in its config)."""
+    return ([{"label": s.name, "value": s.name} for s in list_probes()]
+            + [{"label": f"{s.name} (study)", "value": s.name} for s in list_studies()])
 
 
 def layout() -> html.Div:
@@ -84,7 +86,7 @@ def _compact_config(probe: str, config_json: str | None) -> tuple[str, str]:
     """(non-default fields as 'k=v, ...', full JSON) for a registry row."""
     try:
         cfg = json.loads(config_json or "{}")
-        defaults = {f["name"]: f["default"] for f in describe_config(get_probe(probe))}
+        defaults = {f["name"]: f["default"] for f in describe_config(get_spec(probe))}
     except Exception:
         return (config_json or "")[:60], config_json or ""
     changed = [f"{k}={v}" for k, v in sorted(cfg.items()) if k in defaults and _norm(defaults[k]) != _norm(v)]
@@ -171,20 +173,23 @@ def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
 def register(app: Dash, ctx: AppContext) -> None:
     @app.callback(
         Output("home-probe-desc", "children"), Output("home-config-fields", "children"),
-        Output("home-model", "value"), Output("home-corpus", "disabled"),
+        Output("home-model", "value"), Output("home-corpus", "disabled"), Output("home-model", "disabled"),
         Input("home-probe", "value"),
     )
     def _probe_form(probe: str | None):
         if not probe:
-            return "", [], no_update, False
+            return "", [], no_update, False, False
         try:
-            spec = get_probe(probe)
+            spec = get_spec(probe)
         except Exception as e:
-            return error_message(e), [], no_update, False
+            return error_message(e), [], no_update, False, False
         fields = [_field_widget(f) for f in form_fields(spec)]
+        if isinstance(spec, StudySpec):
+            return (spec.description + " A study: it names its models and corpora in its config fields below.", fields,
+                    no_update, True, True)
         model = spec.default_model if spec.default_model in model_names() else no_update
         note = f" Defined on {spec.numerics} weights." + ("" if spec.needs_corpus else " Needs no corpus.")
-        return spec.description + note, fields, model, not spec.needs_corpus
+        return spec.description + note, fields, model, not spec.needs_corpus, False
 
     @app.callback(
         Output("home-start-msg", "children"), Output("home-kick", "data"),
@@ -196,7 +201,7 @@ def register(app: Dash, ctx: AppContext) -> None:
     )
     def _start(_n, probe, model, corpus, values, ids, dtype):
         try:
-            spec = get_probe(probe)
+            spec = get_spec(probe)
             cfg = form_to_config(spec, {i["field"]: v for i, v in zip(ids, values)})
             run_id = ctx.jobs.submit(probe, model, corpus, cfg, dtype=dtype or "float32")
         except Exception as e:
