@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -175,14 +176,29 @@ def test_outside_a_package_only_its_public_names_are_used():
     assert bad == []
 
 
+HOOKISH = re.compile(r"(^|\.)hook_[a-z_]+$")
+NOT_HOOKS = {"hook_name", "hook_layer"}  # SAE Lens config fields that hold a hook's name, not hook points
+
+
 def test_hook_names_come_from_one_module():
+    """No hook name is spelt outside `workbench.hooks`: no f"blocks.{l}..." and no string constant that
+    is a hook name or a suffix of one ("hook_embed", "ln_final.hook_normalized", "hook_attn_scores")
+    in the kernel or an analysis (docstrings and comments may name them)."""
     offenders = []
     for m, p in modules().items():
-        if m == "workbench.hooks":
+        if m == "workbench.hooks" or m.split(".")[0] not in ("workbench", "probes"):
             continue
         text = p.read_text()
         if 'f"blocks.' in text or "f'blocks." in text or '"blocks.0.hook' in text:
             offenders.append(m)
+        tree = ast.parse(text)
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and HOOKISH.search(node.value) and " " not in node.value and node.value not in NOT_HOOKS):
+                offenders.append(f"{m}:{node.lineno} {node.value!r}")
     assert offenders == []
 
 

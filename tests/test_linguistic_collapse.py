@@ -447,7 +447,7 @@ def test_run_sweep_trains_runs_stores_and_reuses(store, brown, monkeypatch):
     assert params[(2, 32)] > params[(1, 32)] > params[(1, 16)] and (result.table["val_loss"] > 0).all()
     assert set(result.correlations["metric"]) == set(sweep.METRICS)
     row = store.get_run(run_id)
-    assert row["probe"] == sweep.SWEEP_PROBE and row["status"] == "done"
+    assert row["probe"] == sweep.SWEEP_STUDY and row["status"] == "done"
     back = sweep.load_sweep(store, run_id)
     pd.testing.assert_frame_equal(back.table, result.table)
     n_runs = len(store.runs())

@@ -72,7 +72,7 @@ def stop_layer(model: HookedTransformer, hook_names: Sequence[str], needs_logits
     for name in hook_names:
         layer = hooks.layer_of(name)
         if layer is None:
-            if name in (hooks.EMBED, hooks.POS_EMBED, "hook_tokens"):
+            if name in (hooks.EMBED, hooks.POS_EMBED, hooks.TOKENS):
                 continue
             return None  # ln_final.*, unembed: need the whole model
         deepest = max(deepest, layer)
@@ -100,9 +100,9 @@ def transient_bytes(d_model: int, d_mlp: int, n_heads: int, d_vocab: int, itemsi
     captured = 0
     for name in hook_names:
         width = d_model
-        if "hook_pattern" in name or "hook_attn_scores" in name:
+        if hooks.is_attention_weights(name):
             width = n_heads * seq_len
-        elif "mlp.hook" in name:
+        elif hooks.is_mlp(name):
             width = d_mlp or d_model
         captured += bt * width * itemsize
     return int(transient + logits + captured)

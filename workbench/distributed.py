@@ -226,13 +226,6 @@ def broadcast(value: Any) -> Any:
     return json.loads(_all_gather_bytes(blob)[0])
 
 
-def gather_objects(value: Any) -> list[Any]:
-    """Every rank's JSON-able `value`, in rank order, on every rank."""
-    if not world().sharded:
-        return [value]
-    return [json.loads(b) for b in _all_gather_bytes(json.dumps(value).encode())]
-
-
 def broadcast_tensors(state: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """Rank 0's tensors on every rank (CPU tensors; other ranks pass None)."""
     if not world().sharded:

@@ -11,6 +11,12 @@ import re
 
 EMBED = "hook_embed"
 POS_EMBED = "hook_pos_embed"
+TOKENS = "hook_tokens"
+# What a hook name ends with, for every layer's copy of it (sae configs name hooks by these too)
+RESID_PRE, RESID_MID, RESID_POST = "hook_resid_pre", "hook_resid_mid", "hook_resid_post"
+ATTN_OUT, MLP_OUT, PATTERN = "hook_attn_out", "hook_mlp_out", "hook_pattern"
+D_MODEL_WIDE = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT)  # d_model-wide states of the residual stream
+RESIDUAL_WRITES = (*D_MODEL_WIDE, EMBED, POS_EMBED)  # writes into (or states of) the residual stream
 FINAL_NORM = "ln_final.hook_normalized"
 FINAL_SCALE = "ln_final.hook_scale"  # the final norm's per-position scale [batch, pos, 1]
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -76,12 +82,18 @@ def attn_result(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_result"
 
 
+def is_attention_weights(name: str) -> bool:
+    """Whether a hook holds attention scores or weights ([batch, head, query, key]: no fused kernel)."""
+    return name.endswith(("attn.hook_pattern", "attn.hook_attn_scores"))
+
+
+def is_mlp(name: str) -> bool:
+    """Whether a hook sits inside an MLP (its width is d_mlp)."""
+    return ".mlp.hook_" in name
+
+
 def layer_of(name: str) -> int | None:
     """The block index a hook name belongs to (None for embeddings and the final norm)."""
     m = _LAYER.match(name)
     return int(m.group(1)) if m else None
 
-
-def is_attention_weights(name: str) -> bool:
-    """Whether a hook needs explicit attention scores or weights (no fused attention kernel)."""
-    return name.endswith(("attn.hook_pattern", "attn.hook_attn_scores"))

@@ -88,7 +88,7 @@ def analyse_prompt(model: HookedTransformer, prompt: str, model_name: str = "", 
     L = model.cfg.n_layers
 
     def keep(name: str) -> bool:
-        return name.endswith("hook_pattern") or name.endswith("hook_resid_post") or name == hooks.resid_pre(0)
+        return name.endswith((hooks.PATTERN, hooks.RESID_POST)) or name == hooks.resid_pre(0)
 
     logits, cache = model.run_with_cache(tokens[None], names_filter=keep)
     probs = logits[0].float().softmax(-1)

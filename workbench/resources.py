@@ -29,7 +29,9 @@ RESOURCE_KINDS = ("corpus", "sae", "model")
 
 def resource_fields(config_cls: type) -> dict[str, str]:
     """Field name -> resource kind, for the fields of a config dataclass that name resources."""
-    from workbench.config import field_meta  # a subclass that only changes a default keeps its base's declaration
+    from workbench.config import (
+        field_meta,  # a subclass that only changes a default keeps its base's declaration
+    )
 
     out = {f.name: field_meta(config_cls, f.name).get("names") for f in dataclasses.fields(config_cls)}
     return {name: kind for name, kind in out.items() if kind}

@@ -11,8 +11,14 @@ from dash import ALL, Dash, Input, Output, State, callback_context, dcc, html, n
 
 from dashboards.base import AppContext, DashPage, error_message, model_names
 from dashboards.jobs import ACTIVE, FieldSpec, corpus_names, form_fields, form_to_config
-from workbench.probe_api import StudySpec, describe_config, get_spec, list_probes, list_studies
 from workbench.models.info import DTYPES
+from workbench.probe_api import (
+    StudySpec,
+    describe_config,
+    get_spec,
+    list_probes,
+    list_studies,
+)
 from workbench.store import parse_run_id
 
 MAX_ROWS = 100

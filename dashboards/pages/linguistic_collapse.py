@@ -18,7 +18,7 @@ from dashboards.base import (
 )
 from dashboards.figures import empty_figure
 from dashboards.figures import linguistic_collapse as figs
-from probes.linguistic_collapse import METRICS, SWEEP_PROBE, load_sweep
+from probes.linguistic_collapse import METRICS, SWEEP_STUDY, load_sweep
 
 PROBE = "linguistic-collapse"
 
@@ -61,7 +61,7 @@ def layout() -> html.Div:
 
 def sweep_options(ctx: AppContext) -> list[dict]:
     seen, out = set(), []
-    for r in ctx.store.runs(limit=200, probe=SWEEP_PROBE):
+    for r in ctx.store.runs(limit=200, probe=SWEEP_STUDY):
         if r["status"] in ("done", "reused") and r["key"] not in seen:
             seen.add(r["key"])
             out.append({"label": f"#{r['run_id']} {r['model']}", "value": r["run_id"]})

@@ -466,7 +466,8 @@ def bos_self_scores(model: HookedTransformer, bos_id: int) -> list[float]:
     head 0. Under ReLU attention ⟨s⟩'s weight on itself is ReLU(this score) / 1: unbounded, and its
     gradient is zero while the score is negative. Position 0 sees only itself, so one token is fed."""
     x = torch.tensor([[bos_id]], device=next(model.parameters()).device)
-    _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_attn_scores"))
+    wanted = {hooks.attn_scores(layer) for layer in range(model.cfg.n_layers)}
+    _, cache = model.run_with_cache(x, names_filter=lambda n: n in wanted)
     return [float(cache[hooks.attn_scores(l)][0, 0, 0, 0]) for l in range(model.cfg.n_layers)]
 
 

@@ -66,11 +66,11 @@ from workbench.activations import available_memory_bytes, estimate_memory_bytes
 from workbench.config import ConfigBase, StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
+from workbench.distributed import once_on_rank0
 from workbench.errors import ConfigError, MemoryBudgetError
 from workbench.models.info import model_info
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.distributed import once_on_rank0
 from workbench.run_context import scratch_dir
 from workbench.slices import corpus_batches
 

@@ -10,7 +10,6 @@ from probes.cross_analysis.study import (
     CrossAnalysisConfig,
     CrossAnalysisResult,
     cross_analysis,
-    run_cross_analysis,
     spearman,
 )
 from probes.cross_analysis.token_kind import (
@@ -20,6 +19,6 @@ from probes.cross_analysis.token_kind import (
 )
 
 __all__ = [
-    "CrossAnalysisConfig", "CrossAnalysisResult", "cross_analysis", "function_set", "NAME", "run_cross_analysis",
+    "CrossAnalysisConfig", "CrossAnalysisResult", "cross_analysis", "function_set", "NAME",
     "SinksByTokenKindConfig", "SinksByTokenKindResult", "spearman",
 ]

@@ -48,7 +48,7 @@ from workbench.corpora import load_corpus
 from workbench.models import load_model
 from workbench.probe_api import StudySpec, register
 from workbench.results import Result
-from workbench.runner import StudyContext, result_of_run, run_study
+from workbench.runner import StudyContext, result_of_run
 from workbench.saes import load_sae, trained_saes
 from workbench.zoo import LMRecipe, checkpoints, load_lm
 
@@ -313,11 +313,6 @@ def cross_analysis(cfg: CrossAnalysisConfig, ctx: StudyContext) -> CrossAnalysis
         clusters, cluster_summary = cluster_view(model, saes, split, cfg)
     return CrossAnalysisResult(heads=heads, head_summary=head_summary, peaks=peaks, bigram_layers=bigram_layers,
                                layer_summary=layer_summary, clusters=clusters, cluster_summary=cluster_summary, sources=sources)
-
-
-def run_cross_analysis(cfg: CrossAnalysisConfig, store=None, device: str | None = None):
-    """The study's outcome (result, run id, reused) for `cfg`."""
-    return run_study(NAME, cfg, store=store, device=device)
 
 
 STUDY = register(StudySpec(

@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from workbench import hooks
 from workbench.activations import stream
 from workbench.config import StreamConfig, setting
 from workbench.contexts import (
@@ -177,7 +178,7 @@ def sae_labels(saes: list) -> list[str]:
     out: list[str] = []
     for sae in saes:
         name, layer = hook_name(sae), hook_layer(sae)
-        base = f"L{layer}" if layer is not None and name.endswith("hook_resid_post") else name
+        base = f"L{layer}" if layer is not None and name.endswith(hooks.RESID_POST) else name
         label, i = base, 2
         while label in out:
             label, i = f"{base}#{i}", i + 1

@@ -16,7 +16,7 @@ from probes.linguistic_collapse.sweep import (
     EXPECTED_SIGN,
     GRIDS,
     METRICS,
-    SWEEP_PROBE,
+    SWEEP_STUDY,
     SweepConfig,
     SweepResult,
     correlations,
@@ -27,5 +27,5 @@ from probes.linguistic_collapse.sweep import (
 __all__ = [
     "ClassStatsAccumulator", "correlations", "etf_error_floor", "EXPECTED_SIGN", "GRIDS",
     "HeldoutAccumulator", "LinguisticCollapseConfig", "LinguisticCollapseResult", "load_sweep", "METRICS",
-    "run", "run_sweep", "SPEC", "SWEEP_PROBE", "SweepConfig", "SweepResult",
+    "run", "run_sweep", "SPEC", "SWEEP_STUDY", "SweepConfig", "SweepResult",
 ]

@@ -118,7 +118,7 @@ def feature_site(model: HookedTransformer) -> tuple[str, torch.Tensor | None, to
                           "load the model with numerics='raw'")
     if norm is None:
         return hooks.resid_post(model.cfg.n_layers - 1), None, None
-    return "ln_final.hook_normalized", model.ln_final.w.detach(), getattr(model.ln_final, "b", None)
+    return hooks.FINAL_NORM, model.ln_final.w.detach(), getattr(model.ln_final, "b", None)
 
 
 def features_and_labels(batch: TokenBatch, act: torch.Tensor, gain, bias, skip_bos: bool):

@@ -6,7 +6,7 @@ The paper trained ~230 GPT-Neo models on TinyStories (depth {1..12} x width {64.
 epochs, 2 weight decays, plus 21 seeds of one shape). The CPU grid here is far smaller (see GRIDS);
 each step budget is its own training run with its own cosine schedule, as the paper's epoch budgets.
 Training and probe results are cached (zoo recipe cache, result store), so a rerun is cheap and an
-interrupted sweep resumes. The sweep is a registered study (`SWEEP_PROBE`): every model's probe run
+interrupted sweep resumes. The sweep is a registered study (`SWEEP_STUDY`): every model's probe run
 goes through `run_probe`, and the sweep's table and correlations are stored like any result.
 """
 
@@ -29,7 +29,7 @@ from workbench.runner import StudyContext, result_of_run, run_study
 from workbench.store import ResultStore
 from workbench.zoo import LMRecipe, load_lm, recipe_dir, train_lm
 
-SWEEP_PROBE = "linguistic-collapse-sweep"
+SWEEP_STUDY = "linguistic-collapse-sweep"
 PROBE = "linguistic-collapse"
 
 # Metric -> the sign of its Spearman correlation with validation loss if the paper's trend holds
@@ -173,17 +173,17 @@ def sweep_study(cfg: SweepConfig, ctx: StudyContext) -> SweepResult:
 
 def run_sweep(cfg: SweepConfig, store: ResultStore | None = None, device: str | None = None, force: bool = False) -> tuple[SweepResult, int]:
     """The sweep study's result (computed, or reused from the store) and its registry run id."""
-    out = run_study(SWEEP_PROBE, cfg, store=store, device=device, force=force)
+    out = run_study(SWEEP_STUDY, cfg, store=store, device=device, force=force)
     return out.result, out.run_id
 
 
 def load_sweep(store: ResultStore, run_id: int) -> SweepResult:
     """A stored sweep by its registry run id."""
-    return result_of_run(run_id, store, expect=SWEEP_PROBE)
+    return result_of_run(run_id, store, expect=SWEEP_STUDY)
 
 
 STUDY = register(StudySpec(
-    name=SWEEP_PROBE,
+    name=SWEEP_STUDY,
     description="The linguistic-collapse probe on a grid of small LMs trained on Brown (depth x width x steps x seed), "
                 "with Spearman correlations of every metric with validation loss and with size.",
     config_cls=SweepConfig,

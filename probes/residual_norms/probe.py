@@ -64,7 +64,7 @@ class ResidualNormsAccumulator:
         self.model = model
         self.n_layers = model.cfg.n_layers
         self.lens_positions = lens_positions
-        self.hook_names = ["hook_embed"] + (["hook_pos_embed"] if model.cfg.positional_embedding_type in ("standard", "shortformer") else []) + [
+        self.hook_names = [hooks.EMBED] + ([hooks.POS_EMBED] if model.cfg.positional_embedding_type in ("standard", "shortformer") else []) + [
             hooks.resid_post(l) for l in range(self.n_layers)
         ]
         L = self.n_layers + 1
@@ -77,7 +77,7 @@ class ResidualNormsAccumulator:
         return f"lens{self.lens_positions}"
 
     def _layers(self, acts: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        resid0 = acts["hook_embed"] + acts.get("hook_pos_embed", 0)
+        resid0 = acts[hooks.EMBED] + acts.get(hooks.POS_EMBED, 0)
         return [resid0] + [acts[hooks.resid_post(l)] for l in range(self.n_layers)]
 
     def update(self, batch: TokenBatch, acts: dict[str, torch.Tensor], logits: torch.Tensor | None) -> None:

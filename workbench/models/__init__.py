@@ -39,8 +39,8 @@ from workbench.models.info import (
     default_device,
     default_dtype,
     model_info,
-    parse_dtype,
     model_key,
+    parse_dtype,
     weights_signature,
 )
 from workbench.models.placement import check_devices, place

@@ -26,7 +26,7 @@ def placement_plan(cfg, n_devices: int, first: str = "cuda:0") -> dict[str, torc
     shadow = _Shape(cfg.n_layers, n_devices, first)
     blocks = {hooks.block(i): get_device_for_block_index(i, shadow) for i in range(cfg.n_layers)}
     head, tail = blocks[hooks.block(0)], blocks[hooks.block(cfg.n_layers - 1)]
-    plan = {"embed": head, "hook_embed": head, "pos_embed": head, "hook_pos_embed": head, **blocks,
+    plan = {"embed": head, hooks.EMBED: head, "pos_embed": head, hooks.POS_EMBED: head, **blocks,
             "ln_final": tail, "unembed": tail}
     return plan
 
@@ -66,12 +66,3 @@ def place(model: HookedTransformer, n_devices: int, first: int | None = None) ->
     model.cfg.device = str(plan["embed"])
     return model
 
-
-def devices_of(model: HookedTransformer) -> list[str]:
-    """The distinct devices `model`'s parameters live on, in order of first use."""
-    seen: list[str] = []
-    for p in model.parameters():
-        d = str(p.device)
-        if d not in seen:
-            seen.append(d)
-    return seen

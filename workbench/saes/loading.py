@@ -119,7 +119,7 @@ PROCESSING_KEYS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_
 TL_FROM_PRETRAINED = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 # activations that are writes into (or states of) the residual stream: fold_ln, center_unembed and
 # fold_value_biases leave them unchanged; center_writing_weights removes each one's mean over d_model
-RESIDUAL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_embed", "hook_pos_embed")
+RESIDUAL_HOOKS = hooks.RESIDUAL_WRITES
 
 
 def expected_processing(sae: "SAE") -> dict[str, bool] | None:
@@ -196,7 +196,7 @@ def check_fits(sae: "SAE", model: HookedTransformer) -> None:
     name = hook_name(sae)
     if name not in model.hook_dict:
         raise ConfigError(f"SAE hook {name!r} does not exist in model {model.cfg.model_name!r}")
-    if name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out", "hook_attn_out")) and sae.cfg.d_in != model.cfg.d_model:
+    if name.endswith(hooks.D_MODEL_WIDE) and sae.cfg.d_in != model.cfg.d_model:
         raise ConfigError(f"SAE input width {sae.cfg.d_in} does not match the model's d_model {model.cfg.d_model} at {name!r}")
 
 

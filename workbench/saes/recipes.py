@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from transformer_lens import HookedTransformer
 
+from workbench import hooks
 from workbench.corpora import load_corpus
 from workbench.corpora.base import SPLITS
 from workbench.errors import ConfigError, MissingResourceError
@@ -157,7 +158,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def trained_saes(model: HookedTransformer, corpus_name: str, layers: list[int] | tuple[int, ...],
-                 hook_suffix: str = "hook_resid_post") -> dict[int, Path]:
+                 hook_suffix: str = hooks.RESID_POST) -> dict[int, Path]:
     """Workbench-trained SAEs of this model (same name and weights) on `corpus_name` in the cache,
     one per wanted layer at `blocks.<layer>.<hook_suffix>` (the first recipe in name order)."""
     info = model_info(model)

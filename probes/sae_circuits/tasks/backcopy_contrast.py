@@ -73,7 +73,7 @@ def backcopy_attention(model: HookedTransformer, task: BBTask, prompts: Contrast
         tokens = pad_right(seqs, task.delim_id)
         valid = torch.arange(tokens.shape[1])[None] < torch.tensor([len(s) for s in seqs])[:, None]
         query = (trig[tokens] & valid)[:, 1:].to(device)  # trigger inputs at positions 1.., as queries
-        _, cache = model.run_with_cache(tokens.to(device), names_filter=lambda n: n.endswith("hook_pattern"))
+        _, cache = model.run_with_cache(tokens.to(device), names_filter=lambda n: n.endswith(hooks.PATTERN))
         for l in range(L):
             to_prev = cache[hooks.attn_pattern(l)].diagonal(offset=-1, dim1=-2, dim2=-1)  # [b, heads, T-1]
             total[l] += (to_prev * query[:, None]).sum((0, 2)).double().cpu()
