@@ -30,10 +30,10 @@ SETTINGS = {
     "function-token-loss": {},
     "sinks-by-token-kind": {},
     "function-token-steering": {"sweep_templates": [], "strengths": [4.0, 16.0], "max_new_tokens": 6},
-    "key-space": {},
+    "key-space": {"categories": ["planets", "days_of_week"], "top_n": 20, "n_explore": 4, "max_new_tokens": 8},
     "bigram-subnetworks": dict(lambdas=[0.0, 20.0], max_steps=10, lr=0.02, temp_growth=1.15, batch_size=2, seq_len=64,
                                eval_tokens=512, rotation_tokens=512, n_random=2, overlap_samples=200),
-    "sae-circuits": {},
+    "sae-circuits": {"n_prompts": 40, "baseline_prompts": 8, "epochs": 100, "n_seeds": 2},
 }
 
 
@@ -87,6 +87,8 @@ def main() -> None:
              f"rule: every numeric summary value within {SUMMARY_FACTOR} x gap x max(|v|, 1) of float32", "",
              f"| probe | float32 s | {a.dtype} s | continuous values | within | worst (diff / allowed) | counts that changed |",
              "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
     for name in a.only:
         spec = get_probe(name)
         fields = config_fields(spec.config_cls)
@@ -116,7 +118,7 @@ def main() -> None:
                      + (f"{worst['key']}: {worst['diff']:.3g} / {worst['allowed']:.3g}" if worst else "") + " | "
                      + ("; ".join(changed) or "none") + " |")
         print(lines[-1], flush=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+        RESULTS.write_text("\n".join(lines) + "\n")  # after every probe: an interrupted run keeps what it measured
     print(f"wrote {RESULTS}")
 
 
