@@ -343,3 +343,17 @@ def test_a_new_probe_following_the_guide_registers_runs_stores_and_is_reused(tin
     assert torch.equal(first.result.counts, brute) and first.result.table["count"].tolist() == brute.topk(3).values.tolist()
     again = run_probe("token-count", tiny, corpus, {"top": 3}, store=store)
     assert again.reused and again.key == first.key and torch.equal(again.result.counts, brute)
+
+
+def test_analyses_use_only_the_kernels_public_names():
+    """No `from workbench... import _private` above the kernel: what an analysis needs is public
+    (resumable training state, for one, lives in `workbench.resume` for every trainer)."""
+    bad = []
+    mods = modules()
+    for m, p in mods.items():
+        if m.split(".")[0] == "workbench":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "workbench":
+                bad += [f"{m}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert bad == []

@@ -10,7 +10,6 @@ for analyses over training are written at `checkpoint_steps` with `save_checkpoi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from contextlib import contextmanager
@@ -25,10 +24,9 @@ from transformer_lens import HookedTransformer
 
 from workbench.corpora.tokenized import TokenBatches
 from workbench.errors import ConfigError
-from workbench.io import _json_default
 from workbench.models.checkpoint import save_checkpoint
 from workbench.progress import progress_bar
-from workbench.statefile import load_state, save_state
+from workbench.resume import load_training_state, save_training_state
 
 BatchFn = Callable[[int], torch.Tensor]
 # (loss, extra values to log): extras may be tensors; they are read only at logging steps
@@ -180,30 +178,7 @@ def corpus_batch_fn(batches: TokenBatches, seed: int = 0) -> BatchFn:
     return fn
 
 
-# ----- resume state (safetensors + JSON, no pickle) -----
-
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
-    for idx, st in sd["state"].items():
-        scalars["state"][str(idx)] = {}
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{idx}.{k}"] = v
-            else:
-                scalars["state"][str(idx)][k] = v
-    return tensors, scalars
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in scalars["state"].items()}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    return {"state": state, "param_groups": scalars["param_groups"]}
-
+# ----- resume state (workbench.resume: one verified file) -----
 
 def _run_identity(cfg: TrainConfig, model: HookedTransformer) -> dict[str, Any]:
     """What must match for a resume: everything but the step budget and bookkeeping."""
@@ -218,23 +193,15 @@ RESUME_FILE = "resume_state.safetensors"
 
 
 def _save_resume_state(model: HookedTransformer, opt: torch.optim.Optimizer, out_dir: Path, step: int, log: list[dict], identity: dict) -> None:
-    opt_t, opt_s = _flatten_optimizer(opt)
     weights = {f"model.{k}": v for k, v in model.state_dict().items() if not k.endswith(("IGNORE", ".mask", "rotary_cos", "rotary_sin"))}
-    save_state(out_dir / RESUME_FILE, {**weights, **opt_t}, {"step": step, "optimizer": opt_s, "log": log, "identity": identity})
+    save_training_state(out_dir / RESUME_FILE, weights, opt, step, log, identity)
 
 
 def _load_resume_state(model: HookedTransformer, opt: torch.optim.Optimizer, out_dir: Path, log: list[dict], identity: dict) -> int:
-    saved = load_state(out_dir / RESUME_FILE)
-    if saved is None:
+    resumed = load_training_state(out_dir / RESUME_FILE, opt, identity, other_run="refuse")
+    if resumed is None:
         return 0
-    tensors, meta = saved
-    if json.loads(json.dumps(identity, default=_json_default)) != meta.get("identity"):
-        raise ConfigError(
-            f"{out_dir} holds a training run with a different config or model; "
-            "use a new output directory (or delete this one) instead of resuming it."
-        )
     device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}, strict=False)
-    opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    log.extend(meta["log"])
-    return int(meta["step"])
+    model.load_state_dict({k[6:]: v.to(device) for k, v in resumed.tensors.items() if k.startswith("model.")}, strict=False)
+    log.extend(resumed.log)
+    return resumed.step

@@ -12,7 +12,6 @@ killed run resumes exactly; a finished run is reused when its identity matches.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ from transformer_lens import HookedTransformer
 from probes.bigram_subnetworks.masking import MaskLogits, masked_forward
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
 from workbench.errors import ConfigError
-from workbench.io import _json_default
 from workbench.progress import progress_bar
+from workbench.resume import load_training_state, plain_json, save_training_state
 from workbench.statefile import load_state, save_state
-from workbench.training import _flatten_optimizer, _unflatten_optimizer, frozen
+from workbench.training import frozen
 
 TargetFn = Callable[[TokenBatch], torch.Tensor]  # batch -> next-token probabilities [B, T, V]
 
@@ -139,8 +138,8 @@ def train_mask(
     cfg.validate()
     device = next(model.parameters()).device
     # the resume state may continue under a new step cap; a finished run is reused only for the same cap
-    ident = json.loads(json.dumps({"cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume_every", "log_every", "max_steps")},
-                                   **(identity or {})}, default=_json_default))
+    ident = plain_json({"cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume_every", "log_every", "max_steps")},
+                        **(identity or {})})
     finished_ident = {**ident, "max_steps": cfg.max_steps}
     state_dir = Path(state_dir) if state_dir is not None else None
     done = _load_finished(state_dir, finished_ident, label)
@@ -192,22 +191,18 @@ STATE_FILE, FINISHED_FILE = "mask_state.safetensors", "mask_run.safetensors"
 
 
 def _save_state(d: Path, ident: dict, logits: MaskLogits, opt: torch.optim.Optimizer, step: int, log: list[dict]) -> None:
-    opt_t, opt_s = _flatten_optimizer(opt)
-    save_state(d / STATE_FILE, {**{f"mask.{k}": v for k, v in logits.state_tensors().items()}, **opt_t},
-               {"step": step, "optimizer": opt_s, "log": log, "identity": ident})
+    save_training_state(d / STATE_FILE, {f"mask.{k}": v for k, v in logits.state_tensors().items()}, opt, step, log, ident)
 
 
 def _load_state(d: Path, ident: dict, logits: MaskLogits, opt: torch.optim.Optimizer, log: list[dict]) -> int:
-    # on the CPU: the optimizer moves its state to the parameters' device itself, and keeps Adam's step
-    # counters on the CPU (counters on a GPU would cost a host sync per parameter per step)
-    saved = load_state(d / STATE_FILE, expect={"identity": ident})
-    if saved is None:
-        return 0  # none, unreadable, or another run's: start afresh (it will be overwritten)
-    t, meta = saved
-    logits.load_state_tensors({k[5:]: v for k, v in t.items() if k.startswith("mask.")})
-    opt.load_state_dict(_unflatten_optimizer(t, meta["optimizer"]))
-    log.extend(meta["log"])
-    return int(meta["step"])
+    """The step to resume from (0: none, unreadable, or another run's, which is then overwritten).
+    On the CPU: the optimizer moves its state to the parameters' device itself."""
+    resumed = load_training_state(d / STATE_FILE, opt, ident, other_run="restart")
+    if resumed is None:
+        return 0
+    logits.load_state_tensors({k[5:]: v for k, v in resumed.tensors.items() if k.startswith("mask.")})
+    log.extend(resumed.log)
+    return resumed.step
 
 
 def _save_finished(d: Path, ident: dict, run: MaskRun) -> None:
