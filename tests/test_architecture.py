@@ -266,7 +266,7 @@ def test_editing_the_bb_recipe_leaves_other_results_keys_unchanged(tmp_path):
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     before = keys()
-    recipe = tmp_path / "probes" / "attention_sinks" / "bigram_backcopy.py"
+    recipe = tmp_path / "probes" / "attention_sinks" / "bigram_backcopy" / "recipes.py"
     recipe.write_text(recipe.read_text().replace('"sgd": {"optimizer": "sgd", "lr": 0.03}', '"sgd": {"optimizer": "sgd", "lr": 0.02}'))
     after = keys()
     assert after["rn"] == before["rn"] and after["ks"] == before["ks"]

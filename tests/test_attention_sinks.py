@@ -275,7 +275,7 @@ def bb_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("bb")
     mp.setenv("WORKBENCH_CACHE", str(root))
-    mp.setattr(bbm, "load_bb_task", lambda corpus, k, charset="all": task)
+    mp.setattr(bbm.training, "load_bb_task", lambda corpus, k, charset="all": task)  # where train_bb and task_of_model read it
     recipe = bbm.bb_recipe("adam", d_model=32, batch_size=4, seq_len=32, steps=4, n_checkpoints=3, lr=3e-3)
     path = bbm.train_bb(recipe, progress=False)
     model = load_model(str(path / "checkpoints" / "step_000004"))

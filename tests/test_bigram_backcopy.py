@@ -212,7 +212,7 @@ def test_encode_rejects_unknown_characters(small_task):
 
 def test_fifty_step_training_lowers_loss(tmp_path, monkeypatch, brown_task):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
+    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.training.load_bb_task", lambda corpus, k, charset="all": brown_task)
     recipe = bb_recipe("adam", d_model=64, batch_size=8, seq_len=64, steps=50, n_checkpoints=4, lr=3e-3)
     out = train_bb(recipe, progress=False)
     import pandas as pd
@@ -239,7 +239,7 @@ def test_fifty_step_training_lowers_loss(tmp_path, monkeypatch, brown_task):
 
 def test_relu_variant_checkpoint_reloads_with_relu_attention(tmp_path, monkeypatch, brown_task):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
+    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.training.load_bb_task", lambda corpus, k, charset="all": brown_task)
     recipe = bb_recipe("relu", d_model=32, batch_size=4, seq_len=32, steps=3, n_checkpoints=2)
     out = train_bb(recipe, progress=False)
     from workbench.models import load_model
@@ -302,7 +302,7 @@ def test_bos_self_scores_match_hand_computation_and_pick_an_inactive_seed(monkey
     _, cache = m.run_with_cache(brown_task.sample(1, 8, 0)[:, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
     assert abs(float(cache["blocks.0.attn.hook_pattern"][0, 0, 0, 0]) - max(scores[0], 0.0)) < 1e-4
 
-    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.load_bb_task", lambda corpus, k, charset="all": brown_task)
+    monkeypatch.setattr("probes.attention_sinks.bigram_backcopy.recipes.load_bb_task", lambda corpus, k, charset="all": brown_task)
     recipe = bb_recipe("relu", n_layers=1, d_model=32)
     seed = relu_inactive_seed(recipe, start=0)
     first = [bos_self_scores(install_relu_attention(bb_model(brown_task, 1, 32, s)), brown_task.bos_id)[0] for s in range(seed + 1)]

@@ -158,7 +158,7 @@ HOT = {  # (file, function) -> host reads allowed per call: bodies that run once
     ("probes/bigram_subnetworks/mask_training.py", "optimizer_step"): 1,  # loss, ce and the stopping rule's counts, together
     ("probes/bigram_subnetworks/mask_training.py", "mask_step"): 0,
     ("probes/bigram_subnetworks/masking.py", "decided_counts"): 0,
-    ("probes/attention_sinks/bigram_backcopy.py", "fn"): 0,  # the BB training loss
+    ("probes/attention_sinks/bigram_backcopy/training.py", "fn"): 0,  # the BB training loss
     ("probes/function_tokens/probe.py", "update"): 0,
     ("probes/cross_analysis/token_kind.py", "update"): 0,
     ("workbench/saes/quality.py", "update"): 0,

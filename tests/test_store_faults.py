@@ -5,7 +5,6 @@ was computed for other inputs, and nothing computed twice that one process can c
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -13,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
