@@ -10,11 +10,10 @@ GPT-NeoX's partial rotary, Phi's parallel attention and MLP, OPT's learned posit
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import zlib
 
 import torch
 

@@ -148,7 +148,11 @@ def case_states(name: str, model, batches) -> dict:
     if name == "once_on_rank0":  # a part trained inside a sharded run: rank 0 trains, every rank gets its result
         import pandas as pd
 
-        from probes.bigram_subnetworks.mask_training import MaskRun, pack_mask_run, unpack_mask_run
+        from probes.bigram_subnetworks.mask_training import (
+            MaskRun,
+            pack_mask_run,
+            unpack_mask_run,
+        )
         from workbench.distributed import once_on_rank0, world
 
         ran = []

@@ -357,3 +357,29 @@ def test_analyses_use_only_the_kernels_public_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "workbench":
                 bad += [f"{m}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert bad == []
+
+
+FOR_USERS = {"bigram_subnetworks": {"load_masks", "apply_masks"}}  # a stored subnetwork, loaded into a model by hand
+
+
+def test_every_public_name_of_an_analysis_is_used_above_it_or_is_its_config_or_result():
+    """An analysis's public face (`__all__`) holds its config and result classes and what the
+    dashboard, the experiments, the benchmarks or another analysis use, nothing more (tests import
+    internals from the module that defines them)."""
+    users = [p for layer in ("probes", "dashboards", "experiments", "benchmarks") for p in (ROOT / layer).rglob("*.py")]
+    texts = {p: p.read_text() for p in users}
+    extra = {}
+    for pkg in sorted(ANALYSES):
+        module = f"probes.{pkg}"
+        exported = __import__(module, fromlist=["__all__"]).__all__
+        used: set[str] = set()
+        for p, text in texts.items():
+            if (ROOT / "probes" / pkg) in p.parents:
+                continue
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ImportFrom) and node.module == module:
+                    used |= {a.name for a in node.names}
+        spare = [n for n in exported if n not in used and not n.endswith(("Config", "Result")) and n not in FOR_USERS.get(pkg, ())]
+        if spare:
+            extra[pkg] = spare
+    assert extra == {}

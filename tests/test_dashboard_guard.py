@@ -16,7 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dashboards.guard import LOOPBACK_NAMES, MAX_REQUEST_BYTES, allowed_hosts_for, host_name
+from dashboards.guard import (
+    LOOPBACK_NAMES,
+    MAX_REQUEST_BYTES,
+    allowed_hosts_for,
+    host_name,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -74,7 +74,7 @@ def test_the_pattern_is_explicit_exactly_where_a_hook_asks_for_it():
 
 
 def test_relu_attention_models_keep_their_explicit_patterns(tmp_path):
-    from probes.attention_sinks import install_relu_attention
+    from probes.attention_sinks.bigram_backcopy import install_relu_attention
 
     model = model_of("tiny")
     install_relu_attention(model)

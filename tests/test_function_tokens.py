@@ -15,11 +15,10 @@ from probes.function_tokens import (
     FunctionTokensResult,
     export_graph,
     function_token_ids,
-    run,
 )
 from probes.function_tokens.loss import GROUPS, FunctionTokenLossConfig
 from probes.function_tokens.loss import run as run_loss
-from probes.function_tokens.probe import coverage_curve, rank_tokens
+from probes.function_tokens.probe import coverage_curve, rank_tokens, run
 from probes.function_tokens.steering import (
     FunctionTokenSteeringConfig,
     add_at_position,

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from probes.sae_circuits import SAECircuitsConfig, SAECircuitsResult, run
+from probes.sae_circuits import SAECircuitsConfig, SAECircuitsResult
 from probes.sae_circuits.baselines import KNOWN_CIRCUITS, answers_of, head_patching
 from probes.sae_circuits.discrete_sae import (
     SAESettings,
@@ -19,6 +19,7 @@ from probes.sae_circuits.discrete_sae import (
     train_sae,
     unique_cooccurrence,
 )
+from probes.sae_circuits.probe import run
 from probes.sae_circuits.tasks.contrast import ContrastPrompts, set_logit_diff
 from workbench import hooks
 from workbench.config import config_from_dict

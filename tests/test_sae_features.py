@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from probes.sae_features import (
-    SAEFeaturesConfig,
-    feature_activations,
-    run,
-    top_tokens_per_feature,
-)
-from probes.sae_features.probe import HIST_RANGE
+from probes.sae_features import SAEFeaturesConfig, feature_activations
+from probes.sae_features.probe import HIST_RANGE, run, top_tokens_per_feature
 from tests.sae_standins import mini_corpus, saved_sae
 from workbench.errors import ConfigError
 from workbench.saes import load_sae
@@ -118,7 +113,7 @@ def test_top_tokens_per_feature_orders_by_count_then_id():
 def test_two_ranks_give_the_single_run(feature_run):
     """Each half of the batches streamed alone (as two ranks do), then merged, equals one pass."""
     tiny, corpus, cfg, res = feature_run
-    from probes.sae_features import FeatureAccumulator
+    from probes.sae_features.probe import FeatureAccumulator
     sae = load_sae(cfg.sae, model=tiny)
     batches = list(corpus_batches(tiny, corpus, cfg))
     states = []

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import diskkit
 import pytest
 
-import diskkit
 from workbench.errors import CorruptResultError, StoreUnavailableError
 from workbench.store import ResultStore
 
@@ -107,10 +107,10 @@ def test_a_store_without_a_registry_on_a_read_only_path_lists_nothing(tmp_path, 
 
 def test_a_result_copied_under_another_key_is_not_reused(tiny, store):
     small = _run(tiny, store, 1000)
+    from faultkit import corpus
+
     import probes.residual_norms.probe as rn
     from workbench.corpora.base import Corpus  # noqa: F401
-
-    from faultkit import corpus
     from workbench.runner import probe_key
 
     big_key = probe_key(rn.SPEC, tiny, corpus(), {"max_tokens": 3000, "seq_len": 32, "batch_size": 4})

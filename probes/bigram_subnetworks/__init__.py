@@ -8,14 +8,19 @@ from probes.bigram_subnetworks.mask_training import optimizer_step
 from probes.bigram_subnetworks.masking import MaskLogits, apply_masks, load_masks
 from probes.bigram_subnetworks.probe import (
     PAPER,
-    SPEC,
     BigramSubnetworksConfig,
     BigramSubnetworksResult,
     announce_memory,
-    run,
 )
 
 __all__ = [
-    "announce_memory", "apply_masks", "BigramModel", "BigramSubnetworksConfig", "BigramSubnetworksResult",
-    "load_masks", "MaskLogits", "optimizer_step", "PAPER", "run", "SPEC",
+    "announce_memory",
+    "apply_masks",
+    "BigramModel",
+    "BigramSubnetworksConfig",
+    "BigramSubnetworksResult",
+    "load_masks",
+    "MaskLogits",
+    "optimizer_step",
+    "PAPER",
 ]

@@ -9,16 +9,16 @@ from probes.cross_analysis.study import (
     NAME,
     CrossAnalysisConfig,
     CrossAnalysisResult,
-    cross_analysis,
-    spearman,
 )
 from probes.cross_analysis.token_kind import (
     SinksByTokenKindConfig,
     SinksByTokenKindResult,
-    function_set,
 )
 
 __all__ = [
-    "CrossAnalysisConfig", "CrossAnalysisResult", "cross_analysis", "function_set", "NAME",
-    "SinksByTokenKindConfig", "SinksByTokenKindResult", "spearman",
+    "CrossAnalysisConfig",
+    "CrossAnalysisResult",
+    "NAME",
+    "SinksByTokenKindConfig",
+    "SinksByTokenKindResult",
 ]

@@ -12,13 +12,11 @@ from probes.function_tokens.loss import (
     loss_over_checkpoints,
 )
 from probes.function_tokens.probe import (
-    SPEC,
     BipartiteAccumulator,
     FunctionTokensConfig,
     FunctionTokensResult,
     export_graph,
     function_token_ids,
-    run,
     sae_labels,
     token_stats,
 )
@@ -28,8 +26,18 @@ from probes.function_tokens.steering import (
 )
 
 __all__ = [
-    "BipartiteAccumulator", "export_graph", "function_token_ids", "FunctionTokenLossConfig",
-    "FunctionTokenLossResult", "FunctionTokensConfig", "FunctionTokensResult", "FunctionTokenSteeringConfig",
-    "FunctionTokenSteeringResult", "loss_over_checkpoints", "LossOverTrainingConfig",
-    "LossOverTrainingResult", "run", "sae_labels", "SPEC", "token_stats",
+    "BipartiteAccumulator",
+    "export_graph",
+    "function_token_ids",
+    "FunctionTokenLossConfig",
+    "FunctionTokenLossResult",
+    "FunctionTokensConfig",
+    "FunctionTokensResult",
+    "FunctionTokenSteeringConfig",
+    "FunctionTokenSteeringResult",
+    "loss_over_checkpoints",
+    "LossOverTrainingConfig",
+    "LossOverTrainingResult",
+    "sae_labels",
+    "token_stats",
 ]

@@ -5,12 +5,9 @@ The public face of the analysis: everything outside this package uses these name
 
 from probes.linguistic_collapse.metrics import etf_error_floor
 from probes.linguistic_collapse.probe import (
-    SPEC,
     ClassStatsAccumulator,
-    HeldoutAccumulator,
     LinguisticCollapseConfig,
     LinguisticCollapseResult,
-    run,
 )
 from probes.linguistic_collapse.sweep import (
     EXPECTED_SIGN,
@@ -25,7 +22,17 @@ from probes.linguistic_collapse.sweep import (
 )
 
 __all__ = [
-    "ClassStatsAccumulator", "correlations", "etf_error_floor", "EXPECTED_SIGN", "GRIDS",
-    "HeldoutAccumulator", "LinguisticCollapseConfig", "LinguisticCollapseResult", "load_sweep", "METRICS",
-    "run", "run_sweep", "SPEC", "SWEEP_STUDY", "SweepConfig", "SweepResult",
+    "ClassStatsAccumulator",
+    "correlations",
+    "etf_error_floor",
+    "EXPECTED_SIGN",
+    "GRIDS",
+    "LinguisticCollapseConfig",
+    "LinguisticCollapseResult",
+    "load_sweep",
+    "METRICS",
+    "run_sweep",
+    "SWEEP_STUDY",
+    "SweepConfig",
+    "SweepResult",
 ]

@@ -3,13 +3,13 @@
 The public face of the analysis: everything outside this package uses these names."""
 
 from probes.residual_norms.probe import (
-    SPEC,
     ResidualNormsAccumulator,
     ResidualNormsConfig,
     ResidualNormsResult,
-    run,
 )
 
 __all__ = [
-    "ResidualNormsAccumulator", "ResidualNormsConfig", "ResidualNormsResult", "run", "SPEC",
+    "ResidualNormsAccumulator",
+    "ResidualNormsConfig",
+    "ResidualNormsResult",
 ]

@@ -12,22 +12,18 @@ from probes.sae_circuits.discrete_sae import (
     train_sae,
     unique_cooccurrence,
 )
-from probes.sae_circuits.evidence import auc_intervals, split_half
 from probes.sae_circuits.probe import (
-    SPEC,
     SAECircuitsConfig,
     SAECircuitsResult,
     head_outputs,
     make_task,
     roc_auc,
     roc_points,
-    run,
 )
 from probes.sae_circuits.tasks.planted import TASK as PLANTED_TASK
 from probes.sae_circuits.tasks.planted import PlantedSpec, planted_checkpoint
 
 __all__ = [
-    "auc_intervals",
     "edge_scores",
     "head_outputs",
     "head_patching",
@@ -38,12 +34,9 @@ __all__ = [
     "PlantedSpec",
     "roc_auc",
     "roc_points",
-    "run",
     "sae_codes",
     "SAECircuitsConfig",
     "SAECircuitsResult",
-    "SPEC",
-    "split_half",
     "train_sae",
     "unique_cooccurrence",
 ]

@@ -4,14 +4,13 @@ and logit effects of one SAE (trained here, a local directory, or an SAE Lens re
 The public face of the analysis: everything outside this package uses these names."""
 
 from probes.sae_features.probe import (
-    SPEC,
-    FeatureAccumulator,
     SAEFeaturesConfig,
     SAEFeaturesResult,
     feature_activations,
-    run,
-    top_tokens_per_feature,
 )
 
-__all__ = ["FeatureAccumulator", "SAEFeaturesConfig", "SAEFeaturesResult", "feature_activations", "run", "SPEC",
-           "top_tokens_per_feature"]
+__all__ = [
+    "feature_activations",
+    "SAEFeaturesConfig",
+    "SAEFeaturesResult",
+]
