@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from dash import Dash, Input, Output, dcc, html, set_props
 
-from dashboards.base import AppContext, DashPage, error_message, register_run_defaults
+from dashboards.base import AppState, DashPage, error_message, register_run_defaults
 from dashboards.exports import register_export_callbacks
 from dashboards.graphs import register_graph_callbacks
 from dashboards.guard import LOOPBACK_NAMES, allowed_hosts_for, guard_requests
@@ -119,7 +119,7 @@ def create_app(
     """
 
     store = store or ResultStore()
-    ctx = AppContext(store=store, default_model=model, model_loader=model_loader, device=device)
+    ctx = AppState(store=store, default_model=model, model_loader=model_loader, device=device)
     ctx.jobs = JobManager(store, device=worker_device)
     pages, broken = discover_pages(pages_package)
 
@@ -207,7 +207,7 @@ def serve(host: str = "127.0.0.1", port: int = 8050, model: str = "smollm2-135m"
     if allowed is None:
         log.warning("listening on every interface and answering to any host name; --allow-host NAME restricts it")
     app = create_app(model=model, device=device, worker_device=worker_device, allowed_hosts=allowed)
-    ctx: AppContext = app.workbench_ctx
+    ctx: AppState = app.workbench_ctx
 
     def preload() -> None:
         log.info("loading %s for the model explorer (in the background; pages work meanwhile)", model)

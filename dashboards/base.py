@@ -23,7 +23,7 @@ MAX_MODELS = 3  # models the app keeps loaded at once
 
 
 @dataclass
-class AppContext:
+class AppState:
     """Shared state of one running app: the store, lazily loaded models, and a small result cache."""
 
     store: ResultStore
@@ -115,13 +115,13 @@ class DashPage:
     path: str
     name: str
     layout: Callable[[], Any]
-    register: Callable[[Dash, AppContext], None] = lambda app, ctx: None
+    register: Callable[[Dash, AppState], None] = lambda app, ctx: None
     probe: str | None = None
     order: int = 100
     also_shows: tuple[str, ...] = ()  # other probes or studies whose runs this page opens
 
 
-def run_options(ctx: AppContext, probes: str | tuple[str, ...]) -> list[dict]:
+def run_options(ctx: AppState, probes: str | tuple[str, ...]) -> list[dict]:
     """Dropdown options for the finished runs of a probe (or several), newest first."""
     seen, out = set(), []
     for r in ctx.finished_runs(probes):
@@ -144,7 +144,7 @@ def run_picker(component_id: str, what: str) -> html.Div:
     )
 
 
-def register_run_picker(app: Dash, ctx: AppContext, component_id: str, probes: str | tuple[str, ...]) -> None:
+def register_run_picker(app: Dash, ctx: AppState, component_id: str, probes: str | tuple[str, ...]) -> None:
     """Fill the picker when its page opens; `?run=<id>` in the address selects that run."""
     from dash import Input, Output, State
 
@@ -155,7 +155,7 @@ def register_run_picker(app: Dash, ctx: AppContext, component_id: str, probes: s
         return picker_state(ctx, names, run_from_search(search))
 
 
-def picker_state(ctx: AppContext, probes: str | tuple[str, ...], wanted: int | None) -> tuple[list[dict], int | None]:
+def picker_state(ctx: AppState, probes: str | tuple[str, ...], wanted: int | None) -> tuple[list[dict], int | None]:
     """A picker's options and value: `wanted` when it is a finished run of one of `probes` (added to
     the options if the list left it out), else the newest run, else None."""
     names = (probes,) if isinstance(probes, str) else tuple(probes)
@@ -239,7 +239,7 @@ def run_note(note_id: str) -> html.Div:
     return html.Div(id=note_id, className="run-note", role="status")
 
 
-def register_run_note(app: Dash, ctx: AppContext, picker_id: str, note_id: str, probe: str, also: tuple[str, ...] = ()) -> None:
+def register_run_note(app: Dash, ctx: AppState, picker_id: str, note_id: str, probe: str, also: tuple[str, ...] = ()) -> None:
     """Fill `note_id` from the picker's run: "No <probe> run yet" with a "Run with defaults" button
     and the time it should take here; the label of a first-look run and how to get the report's
     numbers; a `?run=` that names a run of another probe (`also`: other probes the picker offers)."""
@@ -268,7 +268,7 @@ def register_run_note(app: Dash, ctx: AppContext, picker_id: str, note_id: str, 
         return parts
 
 
-def empty_state(ctx: AppContext, probe: str, note_id: str) -> html.Div:
+def empty_state(ctx: AppState, probe: str, note_id: str) -> html.Div:
     """No stored run yet: what to run, in one click, and how long it should take here."""
     from workbench.probe_api import get_probe
 
@@ -283,7 +283,7 @@ def empty_state(ctx: AppContext, probe: str, note_id: str) -> html.Div:
     ], className="empty-state", id=f"{note_id}-empty")
 
 
-def estimate_text(ctx: AppContext, spec) -> str:
+def estimate_text(ctx: AppState, spec) -> str:
     """", about 4 min here" from the probe's cost model and this machine's measured speed ("" when
     the probe has none or the model cannot be loaded)."""
     from workbench.config import config_from_dict
@@ -300,7 +300,7 @@ def estimate_text(ctx: AppContext, spec) -> str:
     return "" if seconds is None else f" (about {format_seconds(seconds)} here)"
 
 
-def register_run_defaults(app: Dash, ctx: AppContext) -> None:
+def register_run_defaults(app: Dash, ctx: AppState) -> None:
     """Every page's "Run with defaults" button queues its probe to the worker (app-wide, once)."""
     from dash import MATCH, Input, Output, State
 

@@ -228,8 +228,8 @@ def print_plan() -> None:
 def main(device: str | None = None, store=None, only: list[str] | None = None, quick: bool = False) -> dict[str, float]:
     """Run every step (or those whose title is in `only`); return the seconds each took. `quick`
     runs the same steps on tiny stand-ins in seconds (for tests)."""
+    from workbench.active_run import labelled
     from workbench.models import default_device
-    from workbench.run_context import labelled
     from workbench.store import ResultStore
 
     device = device or default_device()

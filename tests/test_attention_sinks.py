@@ -396,7 +396,7 @@ def test_figures_build_on_real_results(lm_run, bb_run):
 def test_page_layout_builds_and_registers(lm_run):
     from dash import Dash
 
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
     from dashboards.pages.attention_sinks import PAGE
 
     assert PAGE.probe == "attention-sinks" and PAGE.path == "/attention-sinks"
@@ -405,7 +405,7 @@ def test_page_layout_builds_and_registers(lm_run):
     assert "as-run" in text and "as-prompt" in text
     app = Dash(__name__, suppress_callback_exceptions=True)
     app.layout = layout
-    PAGE.register(app, AppContext(store=lm_run[1]))
+    PAGE.register(app, AppState(store=lm_run[1]))
     assert len(app.callback_map) >= 3
 
 

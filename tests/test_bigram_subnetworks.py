@@ -422,12 +422,12 @@ def test_figures_and_page_build_on_a_real_result(probe_run):
 def test_page_callbacks_register(probe_run):
     from dash import Dash
 
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
     from dashboards.pages.bigram_subnetworks import PAGE
 
     app = Dash(__name__, suppress_callback_exceptions=True)
     app.layout = PAGE.layout()
-    PAGE.register(app, AppContext(store=probe_run[2]))
+    PAGE.register(app, AppState(store=probe_run[2]))
     assert len(app.callback_map) >= 4
 
 

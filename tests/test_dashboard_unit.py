@@ -286,7 +286,7 @@ def test_explorer_figures_render(tiny_model):
 
 
 def test_residual_norm_figures_from_a_stored_result(store, done_run):
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
     from dashboards.figures.residual_norms import (
         bos_ratio_figure,
         label_of,
@@ -295,7 +295,7 @@ def test_residual_norm_figures_from_a_stored_result(store, done_run):
         summary_rows,
     )
 
-    res = AppContext(store).result(done_run)
+    res = AppState(store).result(done_run)
     series = [(label_of(res, done_run), res.table)]
     fig = norms_figure(series)
     assert isinstance(fig, go.Figure) and len(fig.data) == 3  # band, mean, BOS

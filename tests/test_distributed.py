@@ -55,7 +55,7 @@ def test_merge_rules_combine_rank_states_key_by_key():
 def test_top_contexts_do_not_depend_on_how_candidates_were_split():
     """The top m by (value desc, earliest position) of a union is the top m of the parts' top m,
     ties included: folding the candidates in any chunking gives one answer."""
-    from workbench.contexts import NO_POSITION, top_contexts
+    from workbench.top_contexts import NO_POSITION, top_contexts
 
     g = torch.Generator().manual_seed(0)
     d, n, m = 5, 40, 4
@@ -79,7 +79,7 @@ def test_top_contexts_do_not_depend_on_how_candidates_were_split():
 def test_a_batchs_own_candidates_tie_break_by_position_at_every_micro_batch_size():
     """`merge_batch` keeps, of equal activations, the earliest positions, whether the batch comes
     whole or halved (as out-of-memory retries cut it): `topk` alone kept other ones."""
-    from workbench.contexts import NO_POSITION, merge_batch
+    from workbench.top_contexts import NO_POSITION, merge_batch
 
     g = torch.Generator().manual_seed(4)
     n, rows, m, w = 64, 6, 3, 2

@@ -26,11 +26,11 @@ def stored(store, tiny, brown, tmp_path):
 def test_page_builders_and_figures_from_stored_runs(store, stored):
     from dash import html
 
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
     from dashboards.figures import function_tokens as figs
     from dashboards.pages import function_tokens as page
 
-    ctx = AppContext(store)
+    ctx = AppState(store)
     res = ctx.result(stored["ft"])
     assert res.labels == ["L0", "L1"]
     for fig in (figs.degree_rank_figure(res), figs.coverage_figure(res), figs.coverage_table_figure(res), figs.comparison_figure(res),

@@ -386,7 +386,7 @@ def test_figures_build_on_a_real_result(small_run):
 def test_page_layout_and_views(small_run):
     from dash import Dash
 
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
     from dashboards.pages import key_space as page
 
     model, store, out = small_run
@@ -394,7 +394,7 @@ def test_page_layout_and_views(small_run):
     assert "ks-run" in str(layout) and "ks-instruction" in str(layout)
     app = Dash(__name__, suppress_callback_exceptions=True)
     app.layout = layout
-    ctx = AppContext(store=store, default_model="tiny-llama", model_loader=lambda name, numerics="raw": model)
+    ctx = AppState(store=store, default_model="tiny-llama", model_loader=lambda name, numerics="raw": model)
     page.PAGE.register(app, ctx)
     assert len(app.callback_map) >= 5
     options, value, judges, prec, fam, _ = page.run_view(ctx, out.run_id, None, None)

@@ -414,14 +414,14 @@ def test_figures_build_on_real_results(small_sweep):
 def test_page_layout_and_callbacks_register(small_sweep, store):
     from dash import Dash
 
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
     from dashboards.pages import linguistic_collapse as page
 
     assert page.PAGE.path == "/linguistic-collapse" and page.PAGE.probe == "linguistic-collapse"
     layout = page.PAGE.layout()
     assert "lc-run" in str(layout) and "lc-sweep" in str(layout)
     app = Dash(__name__, suppress_callback_exceptions=True)
-    page.PAGE.register(app, AppContext(store=store))
+    page.PAGE.register(app, AppState(store=store))
     assert len(app.callback_map) >= 3
     sweep, results = small_sweep
     figs = page.model_view(results[0])

@@ -254,11 +254,11 @@ def test_an_edited_value_in_result_json_is_caught(tiny, store):
 
 
 def test_the_dashboard_refuses_a_corrupt_result_with_a_clear_error(tiny, store):
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
 
     first = residual_norms(tiny, store)
     corrupt(first.path / "result.json", "truncate")
-    ctx = AppContext(store)
+    ctx = AppState(store)
     with pytest.raises(CorruptResultError):
         ctx.result(first.run_id)
 
@@ -361,13 +361,13 @@ def test_a_corrupt_registry_is_moved_aside_and_rebuilt_from_the_results(tiny, st
 
 
 def test_a_deleted_registry_row_gives_a_clear_error_and_the_result_stays_reusable(tiny, store):
-    from dashboards.base import AppContext
+    from dashboards.base import AppState
 
     first = residual_norms(tiny, store)
     with store._db() as db:
         db.execute("DELETE FROM runs WHERE run_id = ?", (first.run_id,))
     with pytest.raises(LookupError, match="no stored result"):
-        AppContext(store).result(first.run_id)
+        AppState(store).result(first.run_id)
     again = residual_norms(tiny, store)
     assert again.reused and again.run_id != first.run_id
 

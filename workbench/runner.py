@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from transformer_lens import HookedTransformer
 
+from workbench.active_run import ActiveRun, current_label, running
 from workbench.config import config_from_dict
 from workbench.corpora.base import Corpus
 from workbench.distributed import broadcast, world
@@ -38,7 +39,6 @@ from workbench.probe_api import (
 from workbench.progress import reporting_to
 from workbench.resources import resource_identities
 from workbench.results import Result
-from workbench.run_context import RunContext, current_label, running
 from workbench.store import FINISHED_OK, ResultStore, result_key
 
 
@@ -142,7 +142,7 @@ def result_of_run(run_id: int, store: ResultStore | None = None, expect: str | t
 
 
 @dataclass
-class StudyContext:
+class StudyParts:
     """What a study's `run(config, ctx)` composes its parts with: probe runs through the store (each
     keyed, reused and registered like any other), stored results, and the run's device. Every
     part's key is collected in `parts`; the study's own key includes them."""
@@ -184,7 +184,7 @@ def run_study(study: str | StudySpec, config: Any = None, *, store: ResultStore 
     store = store or ResultStore()
     version = code_version(spec)
     run_id = _register(store, spec, cfg, "pending", run_id, dict(model="study", numerics="-", corpus=None), version)
-    ctx = StudyContext(store, device or default_device())  # the run's one device decision
+    ctx = StudyParts(store, device or default_device())  # the run's one device decision
     t0 = time.time()
     with _recorded(store, run_id):
         with reporting_to(_progress_callback(store, run_id)):
@@ -314,7 +314,7 @@ def _run_keyed(store: ResultStore, spec: Spec, cfg: Any, key: str, run_id: int |
             _finish(store, run_id, "reused", artifact=str(path), summary=stored.summary() if stored is not None else None)
             return RunOutcome(stored, run_id, key, True, path)
         t0 = time.time()
-        with reporting_to(_progress_callback(store, run_id)), running(RunContext(store, spec.name, key, run_id)):
+        with reporting_to(_progress_callback(store, run_id)), running(ActiveRun(store, spec.name, key, run_id)):
             result = compute()
         result.meta.update(_meta(spec, cfg, key, version, t0, meta))
         if world().is_main:

@@ -9,12 +9,12 @@ import numpy as np
 from transformer_lens import HookedTransformer
 
 from workbench.activations import Accumulator, StreamStats, stream
+from workbench.active_run import scratch_dir
 from workbench.config import StreamConfig
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatches, TokenizedCorpus, tokenize_corpus
 from workbench.errors import ConfigError, EmptyCorpusError
 from workbench.models.info import model_info
-from workbench.run_context import scratch_dir
 
 CHARS_PER_TOKEN_GUESS = 3.0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     check_prompt,
     error_box,
@@ -104,7 +104,7 @@ def _contrast_table(result, a: str, b: str) -> html.Div:
     return html.Div([html.H4(f"Heads whose dormancy differs most: {a} vs {b}"), html.Table([html.Thead(head), html.Tbody(body)], className="summary-table")])
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     register_run_picker(app, ctx, "as-run", PROBES)
     register_run_note(app, ctx, "as-run", "as-note", PROBE, also=PROBES)
 

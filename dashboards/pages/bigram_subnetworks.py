@@ -6,7 +6,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     error_box,
     error_message,
@@ -74,7 +74,7 @@ def layout() -> html.Div:
     )
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     register_run_picker(app, ctx, "bs-run", PROBE)
     register_run_note(app, ctx, "bs-run", "bs-note", PROBE)
 

@@ -9,7 +9,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from dash import ctx as dash_ctx
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     error_box,
     error_message,
@@ -141,7 +141,7 @@ def token_block(result, label: str, text: str) -> html.Div:
                      html.P("features: " + ", ".join(f"f{f}" for f in feats[:200]) + (" …" if len(feats) > 200 else ""))])
 
 
-def _loss_tables(ctx: AppContext, run_ids: list[int]) -> list[tuple[str, pd.DataFrame]]:
+def _loss_tables(ctx: AppState, run_ids: list[int]) -> list[tuple[str, pd.DataFrame]]:
     out = []
     for rid in run_ids or []:
         r = ctx.result(int(rid))
@@ -149,7 +149,7 @@ def _loss_tables(ctx: AppContext, run_ids: list[int]) -> list[tuple[str, pd.Data
     return out
 
 
-def training_frame(ctx: AppContext) -> tuple[str, pd.DataFrame] | None:
+def training_frame(ctx: AppState) -> tuple[str, pd.DataFrame] | None:
     """The loss decomposition over the checkpoints of the recipe with the most stored checkpoint runs."""
     by_recipe: dict[str, list[tuple[int, int]]] = {}
     for row in ctx.finished_runs(LOSS):
@@ -190,7 +190,7 @@ def steering_block(result) -> html.Div:
     ])
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     register_run_picker(app, ctx, "ft-run", PROBE)
     register_run_note(app, ctx, "ft-run", "ft-note", PROBE)
     register_run_picker(app, ctx, "ft-steer-run", STEER)

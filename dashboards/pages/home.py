@@ -9,7 +9,7 @@ from typing import Any
 
 from dash import ALL, Dash, Input, Output, State, callback_context, dcc, html, no_update
 
-from dashboards.base import AppContext, DashPage, error_message, model_names
+from dashboards.base import AppState, DashPage, error_message, model_names
 from dashboards.jobs import ACTIVE, FieldSpec, corpus_names, form_fields, form_to_config
 from workbench.models.info import DTYPES
 from workbench.probe_api import (
@@ -140,7 +140,7 @@ def _status_cell(r: dict) -> html.Td:
     return html.Td(parts, className="c-status")
 
 
-def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
+def runs_table(ctx: AppState, rows: list[dict]) -> html.Table | html.P:
     if not rows:
         return html.P("No runs yet. Start one above, or run `workbench run residual-norms`.", className="empty")
     head = html.Thead(html.Tr([html.Th(h, className=f"c-{c}") for h, c in (
@@ -176,7 +176,7 @@ def runs_table(ctx: AppContext, rows: list[dict]) -> html.Table | html.P:
     return html.Table([head, html.Tbody(body)], className="runs-table")
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     @app.callback(
         Output("home-probe-desc", "children"), Output("home-config-fields", "children"),
         Output("home-model", "value"), Output("home-corpus", "disabled"), Output("home-model", "disabled"),

@@ -13,7 +13,7 @@ import pandas as pd
 from dash import Dash, Input, Output, State, callback_context, dcc, html, no_update
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     check_prompt,
     error_box,
@@ -120,7 +120,7 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
-def _tables(ctx: AppContext, run_id, category, live) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+def _tables(ctx: AppState, run_id, category, live) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
     """(candidates, icn, dots, top_k) of the chosen category, stored or live."""
     if category == TYPED and live:
         return pd.DataFrame(live["candidates"]), pd.DataFrame(live["icn"]), pd.DataFrame(live["dots"]), int(live["top_k"])
@@ -147,7 +147,7 @@ def round_view(icn: pd.DataFrame, rnd: int) -> html.Div:
     ], id="ks-round-content")
 
 
-def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None, show_typed: bool = False) -> tuple:
+def run_view(ctx: AppState, run_id, live: dict | None, current: str | None, show_typed: bool = False) -> tuple:
     """(category options, chosen category, judge options, precision figure, family figure, summary table) of a stored run.
 
     `show_typed`: a typed instruction was just probed, so choose it."""
@@ -166,7 +166,7 @@ def run_view(ctx: AppContext, run_id, live: dict | None, current: str | None, sh
     return options, value, judges, precision_figure(res.groups), family_figure(res.families, res.family_summary), summary
 
 
-def category_view(ctx: AppContext, run_id, category: str, live: dict | None) -> tuple:
+def category_view(ctx: AppState, run_id, category: str, live: dict | None) -> tuple:
     """(ranking figure, discovery figure, last ICN round, slider marks) of a stored category or the typed instruction."""
     cand, icn, _, top_k = _tables(ctx, run_id, category, live)
     last = int(icn[icn["method"] == "icn"]["round"].max()) + 1 if len(icn) else 1
@@ -174,13 +174,13 @@ def category_view(ctx: AppContext, run_id, category: str, live: dict | None) -> 
     return ranking_figure(cand, top_k=top_k), discovery_figure(icn), last, marks
 
 
-def rounds_view(ctx: AppContext, run_id, category: str, live: dict | None, rnd: int) -> tuple:
+def rounds_view(ctx: AppState, run_id, category: str, live: dict | None, rnd: int) -> tuple:
     """(query-key figure with round `rnd` marked, the round's prompt and explored answers)."""
     _, icn, dots, _ = _tables(ctx, run_id, category, live)
     return query_key_figure(dots, current_round=rnd), round_view(icn, rnd)
 
 
-def live_probe(ctx: AppContext, run_id, instruction, judge: str | None, top_n, explore) -> dict:
+def live_probe(ctx: AppState, run_id, instruction, judge: str | None, top_n, explore) -> dict:
     """Probe a typed instruction on the run's model with the run's clusters; JSON-able tables for a dcc.Store."""
     if run_id is None:
         raise ConfigError("choose a stored key-space run first (its clusters are used)")
@@ -192,7 +192,7 @@ def live_probe(ctx: AppContext, run_id, instruction, judge: str | None, top_n, e
             "dots": _records(p.dots)}
 
 
-def token_view(ctx: AppContext, run_id, token: str | None) -> tuple:
+def token_view(ctx: AppState, run_id, token: str | None) -> tuple:
     """(key map with the token's cluster and cosine neighbours highlighted, neighbour table)."""
     res = ctx.result(run_id)
     xy, cl, ev = res.key_map.numpy(), res.cluster_ids.numpy(), res.geometry.get("map_explained_variance")
@@ -213,7 +213,7 @@ def token_view(ctx: AppContext, run_id, token: str | None) -> tuple:
     return key_map_figure(xy, cl, res.vocab, tid, [j for j, _ in nb], explained=ev), table
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     register_run_picker(app, ctx, "ks-run", PROBE)
     register_run_note(app, ctx, "ks-run", "ks-note", PROBE)
 

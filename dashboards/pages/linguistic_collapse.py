@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, dcc, html, no_update
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     error_box,
     error_message,
@@ -59,7 +59,7 @@ def layout() -> html.Div:
     )
 
 
-def sweep_options(ctx: AppContext) -> list[dict]:
+def sweep_options(ctx: AppState) -> list[dict]:
     seen, out = set(), []
     for r in ctx.store.runs(limit=200, probe=SWEEP_STUDY):
         if r["status"] in ("done", "reused") and r["key"] not in seen:
@@ -77,7 +77,7 @@ def model_view(result) -> tuple:
     return table, figs.cosine_heatmap(result), figs.projection_figure(result), figs.sensitivity_figure(result)
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     register_run_picker(app, ctx, "lc-run", PROBE)
     register_run_note(app, ctx, "lc-run", "lc-note", PROBE)
 

@@ -16,7 +16,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from dashboards.base import (
     MAX_PROMPT_CHARS,
-    AppContext,
+    AppState,
     DashPage,
     check_model_name,
     error_box,
@@ -215,15 +215,15 @@ def layout() -> html.Div:
     )
 
 
-def _analysis(app_ctx: AppContext, data: dict, lens: bool = False):
+def _analysis(app_ctx: AppState, data: dict, lens: bool = False):
     return CACHE.get(app_ctx, data["model"], data["prompt"], lens=lens)
 
 
-def _tokenizer(app_ctx: AppContext, name: str):
+def _tokenizer(app_ctx: AppState, name: str):
     return app_ctx.model(name).tokenizer
 
 
-def register(app: Dash, app_ctx: AppContext) -> None:
+def register(app: Dash, app_ctx: AppState) -> None:
     app.clientside_callback(
         f"""function(v) {{
             const n = (v || '').length, max = {MAX_PROMPT_CHARS};

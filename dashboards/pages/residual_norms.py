@@ -5,7 +5,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, dcc, html, no_update
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     error_box,
     error_message,
@@ -53,7 +53,7 @@ def layout() -> html.Div:
     )
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     register_run_picker(app, ctx, "rn-run", PROBE)
     register_run_note(app, ctx, "rn-run", "rn-note", PROBE)
 

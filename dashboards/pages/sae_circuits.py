@@ -9,7 +9,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from dash import ctx as callback_ctx
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     error_box,
     error_message,
@@ -73,7 +73,7 @@ def layout() -> html.Div:
     )
 
 
-def run_choices(ctx: AppContext) -> list[dict]:
+def run_choices(ctx: AppState) -> list[dict]:
     """Finished runs with their task: [{'run_id', 'task', 'model'}], newest first, one per result key."""
     seen, out = set(), []
     for r in ctx.finished_runs(PROBE):
@@ -97,7 +97,7 @@ def _head_from_click(click: dict | None, n_heads: int) -> int | None:
     return int(p["y"]) * n_heads + int(p["x"])
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     @app.callback(Output("sc-task", "options"), Input("url", "pathname"))
     def _tasks(_path):
         return sorted({c["task"] for c in run_choices(ctx)})

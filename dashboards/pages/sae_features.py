@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dashboards.base import (
-    AppContext,
+    AppState,
     DashPage,
     error_box,
     error_message,
@@ -83,7 +83,7 @@ _SAES: dict[tuple, object] = {}
 _SAE_LOCK = threading.Lock()
 
 
-def _sae_for(ctx: AppContext, result, model):
+def _sae_for(ctx: AppState, result, model):
     """The run's SAE on its model (loaded once per app)."""
     from workbench.saes import load_sae
 
@@ -108,7 +108,7 @@ def _query(search: str | None) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs((search or "")[:4096].lstrip("?")).items() if v}
 
 
-def _run_for_sae(ctx: AppContext, source: str) -> int | None:
+def _run_for_sae(ctx: AppState, source: str) -> int | None:
     """The newest finished sae-features run of the SAE `source` (as asked for or as resolved)."""
     for r in ctx.finished_runs(PROBE):
         try:
@@ -121,7 +121,7 @@ def _run_for_sae(ctx: AppContext, source: str) -> int | None:
     return None
 
 
-def register(app: Dash, ctx: AppContext) -> None:
+def register(app: Dash, ctx: AppState) -> None:
     register_run_note(app, ctx, "feat-run", "feat-note", PROBE)
 
     @app.callback(Output("feat-run", "options"), Output("feat-run", "value"), Output("feat-index", "value"),

@@ -63,6 +63,7 @@ from probes.bigram_subnetworks.metrics import (
     rotation_table,
 )
 from workbench.activations import available_memory_bytes, estimate_memory_bytes
+from workbench.active_run import scratch_dir
 from workbench.config import ConfigBase, StreamConfig, setting
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.tokenized import TokenBatch, TokenBatches
@@ -71,7 +72,6 @@ from workbench.errors import ConfigError, MemoryBudgetError
 from workbench.models.info import model_info
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.run_context import scratch_dir
 from workbench.slices import corpus_batches
 
 PAPER = {

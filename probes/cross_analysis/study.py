@@ -48,7 +48,7 @@ from workbench.corpora import load_corpus
 from workbench.models import load_model
 from workbench.probe_api import StudySpec, register
 from workbench.results import Result
-from workbench.runner import StudyContext, result_of_run
+from workbench.runner import StudyParts, result_of_run
 from workbench.saes import load_sae, trained_saes
 from workbench.zoo import LMRecipe, checkpoints, load_lm
 
@@ -137,7 +137,7 @@ def residual_peaks(layers: pd.DataFrame) -> dict[str, Any]:
             "growth": float(growth.max()), "embed_ratio": float(r[0]), "ratios": [float(x) for x in r]}
 
 
-def _survey(cfg: CrossAnalysisConfig, ctx: StudyContext, model, corpus) -> tuple[Any, str]:
+def _survey(cfg: CrossAnalysisConfig, ctx: StudyParts, model, corpus) -> tuple[Any, str]:
     """The attention-sinks experiment's survey (its settings, so every head has one dormancy
     verdict across the report: reused from the store, or computed now), else a smaller Brown-only one."""
     if cfg.survey:
@@ -154,7 +154,7 @@ def _survey(cfg: CrossAnalysisConfig, ctx: StudyContext, model, corpus) -> tuple
 # ----------------------------------------------------------------------------- (b)
 
 
-def find_bigram_result(cfg: CrossAnalysisConfig, ctx: StudyContext) -> tuple[BigramSubnetworksResult, dict] | None:
+def find_bigram_result(cfg: CrossAnalysisConfig, ctx: StudyParts) -> tuple[BigramSubnetworksResult, dict] | None:
     """The bigram experiment's own result (exact key) when its model is cached, else the newest
     finished bigram-subnetworks run in the registry on a model trained at least `min_bigram_steps`."""
     if cfg.bigram:
@@ -178,7 +178,7 @@ def find_bigram_result(cfg: CrossAnalysisConfig, ctx: StudyContext) -> tuple[Big
     return None
 
 
-def layer_view(res: BigramSubnetworksResult, model: HookedTransformer, corpus, tokens: int, ctx: StudyContext) -> tuple[pd.DataFrame, dict[str, Any]]:
+def layer_view(res: BigramSubnetworksResult, model: HookedTransformer, corpus, tokens: int, ctx: StudyParts) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per block of the bigram result's model: kept share (selected and optimal subnetworks) and the
     first-position / rest residual-norm ratio after that block (and its growth)."""
     blocks = res.block_table()
@@ -269,7 +269,7 @@ def sae_sources(cfg: CrossAnalysisConfig, model: HookedTransformer) -> list[str]
 # ----------------------------------------------------------------------------- the study
 
 
-def cross_analysis(cfg: CrossAnalysisConfig, ctx: StudyContext) -> CrossAnalysisResult:
+def cross_analysis(cfg: CrossAnalysisConfig, ctx: StudyParts) -> CrossAnalysisResult:
     device = ctx.device
     model = load_model(cfg.model, numerics="raw", device=device)
     corpus = load_corpus(cfg.corpus)

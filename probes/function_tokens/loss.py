@@ -31,7 +31,7 @@ from workbench.errors import ConfigError
 from workbench.models import load_model
 from workbench.probe_api import ProbeSpec, StudySpec, register
 from workbench.results import Result
-from workbench.runner import StudyContext, run_study
+from workbench.runner import StudyParts, run_study
 from workbench.saes import special_token_ids
 from workbench.saes.quality import scored_mask
 from workbench.slices import stream_corpus
@@ -179,7 +179,7 @@ class LossOverTrainingResult(Result):
                 **{f"{g}:loss_share": round(float(last.loc[g, "loss_share"]), 4) for g in GROUPS if g in last.index}}
 
 
-def loss_over_training(cfg: LossOverTrainingConfig, ctx: StudyContext) -> LossOverTrainingResult:
+def loss_over_training(cfg: LossOverTrainingConfig, ctx: StudyParts) -> LossOverTrainingResult:
     """Train (or reuse) the zoo recipe, then the decomposition at each saved checkpoint, each a stored probe run."""
     recipe = LMRecipe(**cfg.recipe)
     corpus = load_corpus(cfg.corpus)

@@ -39,14 +39,8 @@ from transformer_lens import HookedTransformer
 
 from workbench import hooks
 from workbench.activations import stream
+from workbench.active_run import scratch_dir
 from workbench.config import StreamConfig, setting
-from workbench.contexts import (
-    NO_POSITION,
-    POSITIONS_PER_BATCH,
-    merge_batch,
-    token_windows,
-    top_contexts,
-)
 from workbench.corpora.base import SPLITS, Corpus
 from workbench.corpora.brown import is_closed_class
 from workbench.corpora.tokenized import TokenBatch, tokenize_corpus, tokenizer_id
@@ -56,7 +50,6 @@ from workbench.io import atomic_path
 from workbench.paths import cache_dir
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result, graph_to_json
-from workbench.run_context import scratch_dir
 from workbench.saes import (
     check_fits,
     encode,
@@ -69,6 +62,13 @@ from workbench.saes import (
 )
 from workbench.saes.quality import scored_mask
 from workbench.slices import corpus_batches
+from workbench.top_contexts import (
+    NO_POSITION,
+    POSITIONS_PER_BATCH,
+    merge_batch,
+    token_windows,
+    top_contexts,
+)
 
 # --------------------------------------------------------------------------------------------
 # Function-token set

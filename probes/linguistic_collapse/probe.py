@@ -35,13 +35,13 @@ from transformer_lens import HookedTransformer
 
 from probes.linguistic_collapse import metrics as ncm
 from workbench import hooks
+from workbench.active_run import scratch_dir
 from workbench.config import StreamConfig, setting
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.run_context import scratch_dir
 from workbench.slices import stream_corpus
 from workbench.statefile import load_state, save_state
 

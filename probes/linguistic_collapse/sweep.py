@@ -25,7 +25,7 @@ from workbench.models.info import model_info
 from workbench.probe_api import StudySpec, get_probe, register
 from workbench.progress import progress_bar
 from workbench.results import Result
-from workbench.runner import StudyContext, result_of_run, run_study
+from workbench.runner import StudyParts, result_of_run, run_study
 from workbench.store import ResultStore
 from workbench.zoo import LMRecipe, load_lm, recipe_dir, train_lm
 
@@ -151,7 +151,7 @@ def correlations(table: pd.DataFrame, metrics: list[str] = METRICS) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def sweep_study(cfg: SweepConfig, ctx: StudyContext) -> SweepResult:
+def sweep_study(cfg: SweepConfig, ctx: StudyParts) -> SweepResult:
     """Train (or reuse) every grid model, run the probe on each through the store, correlate."""
     corpus = load_corpus(cfg.corpus)
     recipes = cfg.recipes()

@@ -3,7 +3,7 @@ SAEDashboard, computed in one streamed pass over a corpus slice and stored.
 
 Per feature:
 - the top activating contexts (the firing token with `context_before` tokens before it and
-  `context_after` after), chosen by value then earliest position (`workbench.contexts`);
+  `context_after` after), chosen by value then earliest position (`workbench.top_contexts`);
 - the activation histogram (log10 of the positive activations, fixed bins) and the firing
   density (share of scored tokens where it is positive) with its mean activation;
 - the tokens that fire it most often (counts of (feature, token) pairs, kept sparse);
@@ -25,13 +25,6 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.config import StreamConfig, setting
-from workbench.contexts import (
-    POSITIONS_PER_BATCH,
-    empty_contexts,
-    merge_batch,
-    token_windows,
-    top_contexts,
-)
 from workbench.corpora.base import Corpus
 from workbench.corpora.tokenized import TokenBatch
 from workbench.distributed import merge_states
@@ -41,6 +34,13 @@ from workbench.results import Result
 from workbench.saes import check_fits, encode, hook_name, load_sae, source_of
 from workbench.saes.quality import scored_mask, special_token_ids
 from workbench.slices import stream_corpus
+from workbench.top_contexts import (
+    POSITIONS_PER_BATCH,
+    empty_contexts,
+    merge_batch,
+    token_windows,
+    top_contexts,
+)
 
 HIST_RANGE = (-3.0, 3.0)  # log10 activation range of the histogram (values outside land in the end bins)
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class RunContext:
+class ActiveRun:
     """Where the running probe may keep resumable state (stream checkpoints, trainer state)."""
 
     store: "ResultStore"
@@ -32,10 +32,10 @@ class RunContext:
         return self.store.scratch(self.probe, self.key)
 
 
-_context: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wb_run", default=None)
+_context: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar("wb_run", default=None)
 
 
-def current_run() -> RunContext | None:
+def current_run() -> ActiveRun | None:
     """The run in progress, if the probe was started through `run_probe`."""
     return _context.get()
 
@@ -55,7 +55,7 @@ def scratch_dir(name: str) -> Path | None:
 
 
 @contextmanager
-def running(ctx: RunContext) -> Iterator[None]:
+def running(ctx: ActiveRun) -> Iterator[None]:
     token = _context.set(ctx)
     try:
         yield
