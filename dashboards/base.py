@@ -8,18 +8,18 @@ builders in `dashboards.figures` (which return plain Plotly figures, so they als
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dash import Dash, dcc, html
 
+from dashboards.cache import LRU
 from workbench.prompt_analysis import MAX_PROMPT_CHARS, check_prompt  # noqa: F401  (the pages' prompt bound)
 from workbench.results import Result
 from workbench.store import ResultStore, parse_run_id
 
 MAX_MODELS = 3  # models the app keeps loaded at once
+MAX_RESULTS = 16  # stored results the app keeps in memory
 
 
 @dataclass
@@ -32,10 +32,8 @@ class AppState:
     jobs: Any = None  # dashboards.jobs.JobManager, set by the app
     device: str = "cpu"  # where the app loads models (the run worker owns the GPU)
     probe_pages: dict[str, str] = field(default_factory=dict)  # probe name -> page path
-    _models: "OrderedDict[tuple[str, str], Any]" = field(default_factory=OrderedDict)
-    _results: "OrderedDict[int, Result]" = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _model_lock: threading.Lock = field(default_factory=threading.Lock)
+    _models: LRU = field(default_factory=lambda: LRU(MAX_MODELS))
+    _results: LRU = field(default_factory=lambda: LRU(MAX_RESULTS))
 
     def model(self, name: str | None = None, numerics: str = "raw"):
         """Load (once) and return a model. Only registry names are accepted (see `model_names`)."""
@@ -53,18 +51,14 @@ class AppState:
         return self.model(m.get("id"), numerics=numerics)
 
     def _cached_model(self, name: str, numerics: str):
-        key = (name, numerics)
-        with self._model_lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-            else:
-                loader = self.model_loader
-                if loader is None:
-                    from workbench.models import load_model as loader
-                self._models[key] = loader(name, numerics=numerics) if self.model_loader else loader(name, numerics=numerics, device=self.device)
-                while len(self._models) > MAX_MODELS:
-                    self._models.popitem(last=False)
-            return self._models[key]
+        def load():
+            if self.model_loader is not None:
+                return self.model_loader(name, numerics=numerics)
+            from workbench.models import load_model
+
+            return load_model(name, numerics=numerics, device=self.device)
+
+        return self._models.get((name, numerics), load)
 
     def result(self, run_id: int) -> Result:
         """The stored result of a finished run (cached, at most 16 in memory)."""
@@ -74,16 +68,7 @@ class AppState:
         run_id = parse_run_id(run_id)
         if run_id is None:
             raise LookupError(f"{str(asked)[:40]!r} is not a run id")
-        with self._lock:
-            if run_id in self._results:
-                self._results.move_to_end(run_id)
-                return self._results[run_id]
-        res = result_of_run(run_id, self.store)
-        with self._lock:
-            self._results[run_id] = res
-            while len(self._results) > 16:
-                self._results.popitem(last=False)
-        return res
+        return self._results.get(run_id, lambda: result_of_run(run_id, self.store))
 
     def finished_runs(self, probes: str | tuple[str, ...]) -> list[dict]:
         """Finished runs of one probe (or study) or of several, newest first."""

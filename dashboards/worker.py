@@ -19,6 +19,7 @@ import time
 import traceback
 from typing import Any
 
+from dashboards.cache import LRU
 from workbench.errors import RunCancelled
 from workbench.store import ResultStore
 
@@ -31,19 +32,14 @@ class Worker:
         self.store = store
         self.max_models = max_models
         self.device = device  # the worker owns the GPU: None = CUDA when present
-        self._models: dict[tuple[str, str, str], Any] = {}
+        self._models: LRU = LRU(max_models, on_evict=lambda _model: _free_device_memory())
         self._corpora: dict[str, Any] = {}
 
     def model(self, name: str, numerics: str, dtype: str = "float32"):
         from workbench.models import load_model
 
-        key = (name, numerics, dtype)
-        if key not in self._models:
-            while len(self._models) >= self.max_models:
-                self._models.pop(next(iter(self._models)))
-                _free_device_memory()
-            self._models[key] = load_model(name, numerics=numerics, device=self.device, dtype=dtype)
-        return self._models[key]
+        return self._models.get((name, numerics, dtype),
+                                lambda: load_model(name, numerics=numerics, device=self.device, dtype=dtype))
 
     def corpus(self, name: str):
         from workbench.corpora import load_corpus

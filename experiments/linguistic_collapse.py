@@ -35,7 +35,7 @@ from probes.linguistic_collapse import (
 )
 from workbench.corpora import load_corpus
 from workbench.models import load_model
-from workbench.runner import run_probe
+from workbench.runner import result_of_run, run_probe
 from workbench.store import ResultStore
 from workbench.zoo import train_batches
 
@@ -199,10 +199,10 @@ def _computed_run(store: ResultStore, run_id: int) -> str:
 
 
 def _stored_smollm2(store: ResultStore, run_id: int) -> tuple[LinguisticCollapseResult, dict]:
-    row = store.get_run(int(run_id))
-    if row is None or row["probe"] != "linguistic-collapse" or row["status"] not in ("done", "reused") or not row["artifact"]:
-        raise LookupError(f"run {run_id} is not a finished linguistic-collapse run")
-    return LinguisticCollapseResult.load(Path(row["artifact"])), row
+    """A finished linguistic-collapse run's result, through the store (verified against its manifest
+    and its key; a corrupt one is quarantined), and its registry row."""
+    result = result_of_run(run_id, store, expect="linguistic-collapse")
+    return result, store.get_run(run_id)
 
 
 def run(out: Path, quick: bool = False, preset: str = "cpu", sweep_run: int | None = None,

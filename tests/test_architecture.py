@@ -383,3 +383,17 @@ def test_every_public_name_of_an_analysis_is_used_above_it_or_is_its_config_or_r
         if spare:
             extra[pkg] = spare
     assert extra == {}
+
+
+def test_nothing_above_the_kernel_reads_a_result_around_the_store():
+    """`Result.load(path)` skips the store's checks (its key, links, quarantine): layers above the
+    kernel read results through `result_of_run`, `stored_result` or `ResultStore.load`."""
+    bad = []
+    for m, p in modules().items():
+        if m.split(".")[0] == "workbench":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id.endswith("Result")):
+                bad.append(f"{m}:{node.lineno} {node.func.value.id}.load")
+    assert bad == []

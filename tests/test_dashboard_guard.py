@@ -102,6 +102,7 @@ def test_a_real_server_refuses_a_200_mb_body_and_a_foreign_host_without_growing(
                 time.sleep(0.5)
         else:
             pytest.fail("the dashboard did not start")
+        assert _post_declared(port, 200 * 2**20, 8 * 2**20)[0] == 413  # warm-up: the first refusal allocates its buffers once
         before = psutil.Process(server.pid).memory_info().rss
         sent = 0
         for mb in (32, 32, 64):  # 128 MB sent of three declared 200 MB bodies
@@ -109,7 +110,8 @@ def test_a_real_server_refuses_a_200_mb_body_and_a_foreign_host_without_growing(
             assert status == 413
             sent += n
         grown = psutil.Process(server.pid).memory_info().rss - before
-        assert grown < 32 * 2**20, f"the server grew by {grown / 2**20:.0f} MB after {sent / 2**20:.0f} MB sent"
+        # reading the bodies would hold at least what was sent (128 MB); buffers and lazy imports stay well under
+        assert grown < 48 * 2**20, f"the server grew by {grown / 2**20:.0f} MB after {sent / 2**20:.0f} MB sent"
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         c.request("GET", "/", headers={"Host": "evil.example"})
         assert c.getresponse().status == 403

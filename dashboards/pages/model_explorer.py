@@ -7,8 +7,6 @@ activation patching between a clean and a corrupted prompt. Works for every mode
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from urllib.parse import parse_qs
 
 import torch
@@ -25,6 +23,7 @@ from dashboards.base import (
     graph,
     model_names,
 )
+from dashboards.cache import LRU
 from dashboards.figures import empty_figure, show_token
 from dashboards.figures.attention_view import attention_page_html
 from dashboards.figures.model_explorer import (
@@ -68,24 +67,12 @@ class AnalysisCache:
     head or position redraws without another forward pass."""
 
     def __init__(self, size: int = 6):
-        self.size = size
-        self._d: OrderedDict[tuple[str, str], PromptAnalysis] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lru: LRU[PromptAnalysis] = LRU(size)
 
     def get(self, ctx, model_name: str, prompt: str, lens: bool = False) -> PromptAnalysis:
         """The analysis of `prompt` (forward pass once); with `lens`, the logit lens too."""
         check_prompt(prompt)  # before anything is looked up or loaded for it
-        key = (model_name, prompt)
-        with self._lock:
-            a = self._d.get(key)
-            if a is not None:
-                self._d.move_to_end(key)
-        if a is None:
-            a = analyse_prompt(ctx.model(model_name), prompt, model_name, lens=False)
-            with self._lock:
-                self._d[key] = a
-                while len(self._d) > self.size:
-                    self._d.popitem(last=False)
+        a = self._lru.get((model_name, prompt), lambda: analyse_prompt(ctx.model(model_name), prompt, model_name, lens=False))
         return compute_lens(a, ctx.model(model_name)) if lens else a
 
 

@@ -8,7 +8,6 @@ the function-token graph, steering and SAE circuits use the second form).
 from __future__ import annotations
 
 import json
-import threading
 from urllib.parse import parse_qs
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
@@ -25,6 +24,7 @@ from dashboards.base import (
     run_note,
     run_picker,
 )
+from dashboards.cache import LRU
 from dashboards.figures import empty_figure, show_token
 from dashboards.figures.sae_features import (
     firing_tokens_figure,
@@ -79,20 +79,17 @@ def layout() -> html.Div:
     )
 
 
-_SAES: dict[tuple, object] = {}
-_SAE_LOCK = threading.Lock()
+_SAES: LRU = LRU(4)  # SAEs of the feature pages, by the model's key and the SAE's source
 
 
 def _sae_for(ctx: AppState, result, model):
-    """The run's SAE on its model (loaded once per app)."""
+    """The run's SAE on its model (loaded once while it stays among the last four used)."""
+    from workbench.models.info import model_key
     from workbench.saes import load_sae
 
-    key = (id(model), result.sae.get("source"))
-    with _SAE_LOCK:
-        if key not in _SAES:
-            _SAES[key] = load_sae(result.sae.get("asked") or result.sae["source"], model=model,
-                                  corpus_name=str(result.meta.get("corpus") or "brown").split("@")[0])
-        return _SAES[key]
+    return _SAES.get((model_key(model), result.sae.get("source")),
+                     lambda: load_sae(result.sae.get("asked") or result.sae["source"], model=model,
+                                      corpus_name=str(result.meta.get("corpus") or "brown").split("@")[0]))
 
 
 def _first_to_show(live: list[int], density) -> int:
