@@ -97,6 +97,7 @@ def spies(monkeypatch):
     return calls
 
 
+@pytest.mark.timeout(900)  # every experiment's quick settings end to end: ~100 s idle, 220 s with both cores busy
 def test_every_experiment_hands_the_runs_device_to_every_call(spies, store, tmp_path, monkeypatch):
     from experiments import common, run_all
 
