@@ -19,6 +19,8 @@ from typing import Any
 import pandas as pd
 
 from dashboards.figures import attention_sinks as figs
+from experiments.presets import declare
+from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import (
     SEQ_LEN,
@@ -47,7 +49,7 @@ PAPER_HEADLINE = (
     'another; the ⟨s⟩ residual peak forms under Adam, not SGD (Guo et al. 2024)'
 )
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, Any] = declare("attention_sinks", {
     # CPU (2 shared cores), sized to stay under 90 minutes from a cold cache: the 1-layer model on Brown's lowercase
     # letters and space at the paper's lr 3e-4 with batch 32 x 1700 AdamW steps on seeds 0, 1, 2 (the paper: batch 512,
     # 10k steps; about 11 minutes per seed here at 0.38 s/step; the spread over seeds is the headline's uncertainty), the
@@ -69,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"bb1": dict(batch_size=4, steps=30, d_model=32, lr=3e-3, charset="letters"), "bb1_seeds": (1,),
               "bb3": dict(batch_size=4, steps=10, d_model=32, charset="letters"),
               "survey": dict(max_tokens=256, seq_len=32, batch_size=4, ablation_tokens=64), "lm": "tiny"},
-}
+})
 PAPER = {
     "backcopy_risk": 5.5e-6, "bigram_risk": 2.2299, "no_attention": (7.69, 2.23), "no_mlp": (3.17, 4.21),
     "resid_adam": (20, 140), "ratio_10k": 7.0,
@@ -693,6 +695,9 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", device: str | None 
         + ", ".join(r.name for r in all_recipes) + ").",
     ])
     return ReportSection(title="Attention sinks and active-dormant heads", markdown=md, figures=figures, wall_s=timer.seconds)
+
+
+REPORT = register_report("attention_sinks", description="attention sinks and active-dormant heads: the Bigram-Backcopy toys and the LM survey (Guo et al.)", presets=PRESETS, order=1)
 
 
 if __name__ == "__main__":

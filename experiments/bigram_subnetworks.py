@@ -36,6 +36,8 @@ from typing import Any
 import torch
 
 from dashboards.figures import bigram_subnetworks as figs
+from experiments.presets import declare
+from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.bigram_subnetworks import PAPER, BigramSubnetworksConfig, announce_memory
 from workbench.corpora import load_corpus
@@ -56,7 +58,7 @@ PAPER_HEADLINE = (
     '(Pythia-70M r 0.961 against 0.737), sit mostly in the first MLP and are critical for the full model'
 )
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, Any] = declare("bigram_subnetworks", {
     "cpu": {
         "recipe": BROWN_BYTE_LM,
         "probe": dict(lambdas=[0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0], lr=5e-5 * SPEEDUP, temp_growth=1.001 ** SPEEDUP, max_steps=160,
@@ -77,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       rotation_tokens=2048, n_random=2, overlap_samples=1000),
         "model": None,
     },
-}
+})
 MARGIN = 0.05  # "a clear margin" for the bigram r of the subnetwork over the full model
 
 
@@ -291,6 +293,9 @@ def main() -> None:
     a = ap.parse_args()
     sec = run(Path(a.out), quick=a.quick, preset=a.preset)
     sec.publish(Path(a.out), "quick" if a.quick else a.preset)
+
+
+REPORT = register_report("bigram_subnetworks", description="bigram subnetworks: the sparsest mask that keeps the bigram loss, its rotation and overlap", presets=PRESETS, order=3)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ report section each script returns, and a record of the machine and wall time.""
 from __future__ import annotations
 
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,15 @@ class ReportSection:
     wall_s: float = 0.0
     preset: str = ""
     finished: str = ""  # UTC time the experiment finished, set by save()
+    verdict: str = ""  # the verdict on the paper's headline (its section's `**Verdict: ...**`), set when it is made
+    finding: str = ""  # what the section found, as its verdict line says it after the verdict word
 
     SECTION_FILE = "section.json"
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict, found = verdict_of(self.markdown)
+            self.finding = self.finding or found
 
     def save(self, out: Path, preset: str | None = None) -> Path:
         """Write this section to `out`/section.json (atomically), so that a report can be assembled
@@ -43,7 +51,8 @@ class ReportSection:
         target = out / self.SECTION_FILE
         with atomic_path(target) as tmp:
             tmp.write_text(json.dumps(dict(title=self.title, markdown=self.markdown, figures=self.figures,
-                                           wall_s=self.wall_s, preset=self.preset, finished=self.finished), indent=1))
+                                           wall_s=self.wall_s, preset=self.preset, finished=self.finished,
+                                           verdict=self.verdict, finding=self.finding), indent=1))
         return target
 
     def publish(self, out: Path, preset: str) -> None:
@@ -58,7 +67,15 @@ class ReportSection:
         import json
 
         d = json.loads((out / cls.SECTION_FILE).read_text())
-        return cls(**{k: d[k] for k in ("title", "markdown", "figures", "wall_s", "preset", "finished") if k in d})
+        return cls(**{k: d[k] for k in ("title", "markdown", "figures", "wall_s", "preset", "finished", "verdict", "finding")
+                      if k in d})
+
+
+def verdict_of(markdown: str) -> tuple[str, str]:
+    """(verdict, finding) of a section the experiment just wrote: its `**Verdict: ...**` line's word
+    and what follows it; ("not stated", "") without one. Read once, when the section is made."""
+    m = re.search(r"\*\*Verdict: ([^*]+)\*\*(.*)", markdown)
+    return (m.group(1).strip(), m.group(2).lstrip(" .:").strip()) if m else ("not stated", "")
 
 
 def hardware() -> str:

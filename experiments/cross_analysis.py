@@ -39,6 +39,8 @@ from plotly.subplots import make_subplots
 
 from experiments import attention_sinks as exp_sinks
 from experiments import bigram_subnetworks as exp_bigram
+from experiments.presets import declare
+from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.cross_analysis import NAME, CrossAnalysisConfig
 from workbench.runner import run_study
@@ -48,7 +50,7 @@ PAPER_HEADLINE = (
     "None: the views join two analyses on one model (the workbench's own questions)"
 )
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, Any] = declare("cross_analysis", {
     # zero-ablation of all 270 heads on one 128-token chunk: ~140 forward-equivalents, about 5 min on 2 shared cores
     "cpu": dict(model="smollm2-135m", max_tokens=2048, seq_len=128, batch_size=8, ablation_tokens=128, saes=[],
                 sae_layers=(5, 15, 25), min_fires=20, purity=0.9, n_promoted=10, resid_tokens=8192),
@@ -56,7 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 sae_layers=(5, 15, 25), min_fires=50, purity=0.9, n_promoted=10, resid_tokens=65_536),
     "quick": dict(model="tiny", max_tokens=512, seq_len=64, batch_size=4, ablation_tokens=64, saes=[],
                   sae_layers=(0, 1), min_fires=3, purity=0.9, n_promoted=10, resid_tokens=512),
-}
+})
 
 
 # ----------------------------------------------------------------------------- (a) survey + function/content split
@@ -298,6 +300,9 @@ def _finding_c(t: pd.DataFrame, sc: dict) -> str:
     return (f"Finding: pooled over SAEs, function-token features' promoted tokens fall {_f(f.mean() if len(f) else float('nan'), 2)} "
             f"into one key cluster ({len(f)} features), content-token features' {_f(c.mean() if len(c) else float('nan'), 2)} "
             f"({len(c)} features), random sets {sc['chance']:.2f}.")
+
+
+REPORT = register_report("cross_analysis", description="views that join two analyses (sinks by token kind, bigram heads, SAE features of heads)", presets=PRESETS, order=7)
 
 
 if __name__ == "__main__":

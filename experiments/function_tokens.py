@@ -33,6 +33,8 @@ import pandas as pd
 
 from dashboards.figures import function_tokens as figs
 from dashboards.figures.function_tokens import coverage_rows, show_token
+from experiments.presets import declare
+from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from experiments.train_saes import quality_table
 from probes.function_tokens import (
@@ -68,7 +70,7 @@ PAPER_HEADLINE = (
 
 # saes: SAE Lens "release:sae_id" sources, one per layer of `layers` (empty: train the workbench's own
 # SAEs at `layers` with the `sae_preset` recipe)
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, Any] = declare("function_tokens", {
     "cpu": dict(model="smollm2-135m", layers=(5, 15, 25), saes=(), sae_preset="cpu", sae_overrides={}, graph_tokens=24_576,
                 loss_tokens=12_288, zoo=dict(), zoo_tokens=8192, steer_layer=15),
     "gpu": dict(model="smollm2-135m", layers=(5, 15, 25), saes=(), sae_preset="gpu", sae_overrides={}, graph_tokens=1_000_000,
@@ -79,7 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                      dead_feature_window=4, lr_warm_up_steps=2),
                   graph_tokens=2048, loss_tokens=1024, zoo=dict(n_layers=1, d_model=32, steps=40, batch_size=4, n_ctx=64, n_checkpoints=4,
                                                                 warmup_steps=5), zoo_tokens=1024, steer_layer=1),
-}
+})
 
 
 def _train_saes(model, corpus, p: dict) -> dict[int, Path]:
@@ -425,6 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     section = run(args.out, quick=args.quick, preset=args.preset)
     (args.out / "function_tokens.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
     section.publish(args.out, "quick" if args.quick else args.preset)
+
+
+REPORT = register_report("function_tokens", description="function tokens and SAE features: coverage, loss by bigram class, steering", presets=PRESETS, order=2)
 
 
 if __name__ == "__main__":

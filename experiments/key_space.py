@@ -28,6 +28,8 @@ thread made batched decoding about 8x slower here (OpenMP threads waiting on eac
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 from pathlib import Path
 
@@ -35,6 +37,8 @@ import pandas as pd
 
 from dashboards.figures import key_space as figs
 from dashboards.figures import key_space as kfigs
+from experiments.presets import declare
+from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.key_space import group_table
 from workbench.models import load_model
@@ -53,12 +57,12 @@ PAPER_HEADLINE = (
 # model: the model probed (raw weights); probe: KeySpaceConfig overrides (empty = the probe's defaults);
 # raw_categories: categories of the raw-prompt comparison when the main run used the chat template
 # (None = the same as the main run, [] = none)
-PRESETS = {
+PRESETS: dict[str, Any] = declare("key_space", {
     "cpu": {"model": "smollm2-135m", "probe": {"max_new_tokens": 12, "batch_size": 100}, "raw_categories": []},
     "cpu-raw": {"model": "smollm2-135m", "probe": {"max_new_tokens": 12, "batch_size": 100}, "raw_categories": RAW_SUBSET},
     "gpu": {"model": "smollm2-135m", "probe": {}, "raw_categories": None},
     "quick": {"model": "tiny-llama", "probe": QUICK, "raw_categories": None},
-}
+})
 SHOW_CATEGORY = "us_states"
 MAP_TOKEN = "A"
 
@@ -326,6 +330,9 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", categories: list[st
             figs += write_figure(kfigs.discovery_figure(r.icn), out, f"icn_discovery_{style}", True)
     md = report(main, other, t.seconds, quick, preset)
     return ReportSection(title="Key-space correlation and in-context navigation", markdown=md, figures=figs, wall_s=t.seconds)
+
+
+REPORT = register_report("key_space", description="key-space correlation and in-context navigation of answer categories", presets=PRESETS, order=5)
 
 
 if __name__ == "__main__":

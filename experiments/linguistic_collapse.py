@@ -12,6 +12,8 @@ Usage: python -m experiments.linguistic_collapse [--quick] [--preset cpu|gpu] [-
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import math
 import re
@@ -21,6 +23,8 @@ import pandas as pd
 from scipy.stats import t as student_t
 
 from dashboards.figures import linguistic_collapse as figs
+from experiments.presets import declare
+from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.linguistic_collapse import (
     EXPECTED_SIGN,
@@ -51,11 +55,11 @@ PAPER_HEADLINE = (
 
 # grid: key of GRIDS (the sweep); model: the pretrained model's workbench / TransformerLens name;
 # pretrained: its linguistic-collapse probe budget
-PRESETS = {
+PRESETS: dict[str, Any] = declare("linguistic_collapse", {
     "cpu": {"grid": "cpu", "model": "smollm2-135m", "pretrained": SMOL_CONFIG},
     "gpu": {"grid": "gpu", "model": "smollm2-135m", "pretrained": SMOL_CONFIG},
     "quick": {"grid": "quick", "model": "smollm2-135m", "pretrained": SMOL_QUICK},
-}
+})
 MODEL_LABELS = {"smollm2-135m": "SmolLM2-135M"}
 
 
@@ -342,6 +346,9 @@ def main() -> None:
     args = p.parse_args()
     section = run(Path(args.out), quick=args.quick, preset=args.preset, sweep_run=args.sweep_run, smollm2_run=args.smollm2_run)
     section.publish(Path(args.out), "quick" if args.quick else args.preset)
+
+
+REPORT = register_report("linguistic_collapse", description="linguistic collapse (NC1-NC4) in a model-size sweep and in the pretrained model", presets=PRESETS, order=4)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Named presets for `python -m experiments.run_all --preset NAME` (and `workbench figures --preset NAME`).
 
-A preset maps every experiment to one of that experiment's own settings tables (each experiment
-module keeps a `PRESETS` dict with "cpu", "gpu" and "quick" entries) plus overrides of single
-entries, such as the model. The named GPU presets run the same scripts on the models the papers
+A preset maps every experiment to an entry of that experiment's own settings table (each
+experiment module declares its `PRESETS` table with `declare`, which adds an entry for every named
+preset that overrides anything, so the table is whole when the module is imported and nothing
+writes into it later) plus overrides of single entries, such as the model. The named GPU presets run the same scripts on the models the papers
 used, at the experiments' "gpu" budgets:
 
 - `first-look`: every dashboard page filled in minutes at small budgets (experiments/first_look.py;
@@ -38,11 +39,14 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
-EXPERIMENTS = ("attention_sinks", "function_tokens", "bigram_subnetworks", "linguistic_collapse", "key_space",
-               "sae_circuits", "cross_analysis")
+
+def experiments() -> list[str]:
+    """The registered reports' names, in report order (the `workbench.reports` entry points)."""
+    from workbench.probe_api import list_reports
+
+    return [r.name for r in list_reports()]
 
 
 class UnknownPresetError(SystemExit):
@@ -55,7 +59,6 @@ class Setting:
 
     base: str = "cpu"  # key of the experiment module's own settings table
     overrides: dict[str, Any] = field(default_factory=dict)  # replaced keys of that entry
-    table: str | None = "PRESETS"  # the module attribute holding the table; None: the module takes no settings table
     note: str = ""  # what this preset does not change for this experiment
 
 
@@ -70,8 +73,13 @@ class Preset:
     experiments: dict[str, Setting] = field(default_factory=dict)
 
     def setting(self, experiment: str) -> Setting:
-        if experiment not in EXPERIMENTS:
-            raise SystemExit(f"unknown experiment {experiment!r}; choose from {list(EXPERIMENTS)}")
+        known = experiments()
+        if experiment not in known:
+            raise SystemExit(f"unknown experiment {experiment!r}; choose from {known}")
+        return self.own_setting(experiment)
+
+    def own_setting(self, experiment: str) -> Setting:
+        """What this preset sets for `experiment` (its base entry when it names nothing else)."""
         return self.experiments.get(experiment, Setting(base="gpu" if self.device == "cuda" else "cpu"))
 
 
@@ -100,9 +108,9 @@ def _hub(name: str, model: str, layers: tuple[int, ...], steer_layer: int, saes:
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset("cpu", "embedded defaults (SmolLM2-135M-Instruct, Brown) at budgets sized for a 2-core CPU", "smollm2-135m", "cpu",
-                  experiments={e: Setting("cpu") for e in EXPERIMENTS}),
+                  experiments={}),
     "gpu": Preset("gpu", "the embedded model at the experiments' larger GPU budgets", "smollm2-135m", "cuda",
-                  experiments={e: Setting("gpu") for e in EXPERIMENTS}),
+                  experiments={}),
     "gpt2-small": _hub("gpt2-small", "gpt2", (2, 6, 10), 6,
                        tuple(f"gpt2-small-res-jb:blocks.{l}.hook_resid_pre" for l in (2, 6, 10)),
                        "GPT-2 small (12 layers) with SAE Lens's gpt2-small-res-jb residual SAEs"),
@@ -129,45 +137,40 @@ def resolve(name: str) -> Preset:
     return PRESETS[name]
 
 
-def module_settings(preset: Preset, experiment: str, module: ModuleType, quick: bool = False) -> tuple[str, dict[str, Any] | None]:
-    """(key to pass as the module's `preset`, the merged settings entry; None when nothing is overridden).
+def declare(experiment: str, table: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's whole settings table: its own entries and one entry per named preset that
+    overrides any of them (a copy of the preset's base entry with the overrides). A preset that
+    overrides a key the entry does not have, or names a base the table lacks, is refused here, at
+    import, with the preset's name."""
+    whole = dict(table)
+    for p in PRESETS.values():
+        s = p.own_setting(experiment)
+        if s.base not in table:
+            raise SystemExit(f"preset {p.name!r} runs experiments.{experiment} on its {s.base!r} entry, which its table "
+                             f"lacks (it has {sorted(table)})")
+        if not s.overrides:
+            continue
+        entry = copy.deepcopy(table[s.base])
+        unknown = sorted(set(s.overrides) - set(entry)) if isinstance(entry, dict) else sorted(s.overrides)
+        if unknown:
+            raise SystemExit(f"preset {p.name!r} overrides {unknown} of experiments.{experiment}, whose {s.base!r} entry "
+                             f"has only {sorted(entry)}")
+        entry.update(copy.deepcopy(s.overrides))
+        whole[p.name] = entry
+    return whole
 
-    Raises when the preset overrides a key the module's entry does not have (a stale preset)."""
+
+def key_for(preset: Preset, experiment: str, quick: bool = False) -> str:
+    """The entry of the experiment's settings table that `preset` runs: "quick", the preset's own
+    entry when it overrides anything, else its base entry."""
     s = preset.setting(experiment)
-    if quick:
-        return "quick", None
-    if s.table is None:
-        return s.base, None
-    table = getattr(module, s.table, None)
-    if not isinstance(table, dict):
-        raise SystemExit(f"experiments.{experiment} has no {s.table} table; preset {preset.name!r} cannot configure it")
-    if s.base not in table:
-        raise SystemExit(f"experiments.{experiment}.{s.table} has no {s.base!r} entry (it has {sorted(table)})")
-    if not s.overrides:
-        return s.base, None
-    entry = copy.deepcopy(table[s.base])
-    unknown = sorted(set(s.overrides) - set(entry)) if isinstance(entry, dict) else sorted(s.overrides)
-    if unknown:
-        raise SystemExit(f"preset {preset.name!r} overrides {unknown} of experiments.{experiment}, whose {s.base!r} entry "
-                         f"has only {sorted(entry)}")
-    entry.update(copy.deepcopy(s.overrides))
-    return preset.name, entry
-
-
-def install(preset: Preset, experiment: str, module: ModuleType, quick: bool = False) -> str:
-    """Register the preset's entry in the module's settings table (when it overrides anything) and
-    return the key to pass to the module's `run(..., preset=key)`."""
-    key, entry = module_settings(preset, experiment, module, quick)
-    if entry is not None and key not in getattr(module, preset.setting(experiment).table):
-        getattr(module, preset.setting(experiment).table)[key] = entry
-    return key
+    return "quick" if quick else preset.name if s.overrides else s.base
 
 
 def validate(preset: Preset) -> list[str]:
     """Offline checks: hub names are TransformerLens models, SAE ids are in SAE Lens's release
-    directory, and every override names a key of its experiment's settings entry. Returns problems."""
-    import importlib
-
+    directory, and every experiment's table has the entry the preset runs (an override of a key an
+    entry lacks is refused when the experiment's module is imported). Returns problems."""
     problems: list[str] = []
     for m in preset.hub_models:
         try:
@@ -190,11 +193,11 @@ def validate(preset: Preset) -> list[str]:
                 problems.append(f"SAE Lens release {release!r} has no SAE {sae_id!r}")
             elif preset.model not in (directory[release].model, f"{directory[release].model}".replace("gpt2-small", "gpt2")):
                 problems.append(f"SAE Lens release {release!r} is for {directory[release].model!r}, not {preset.model!r}")
-    for exp in EXPERIMENTS:
-        try:
-            module_settings(preset, exp, importlib.import_module(f"experiments.{exp}"))
-        except SystemExit as e:
-            problems.append(str(e))
+    from workbench.probe_api import get_report
+
+    for exp in experiments():
+        if key_for(preset, exp) not in get_report(exp).presets:
+            problems.append(f"experiments.{exp} has no settings entry {key_for(preset, exp)!r}")
     return problems
 
 
@@ -273,7 +276,7 @@ def describe(preset: Preset) -> str:
     lines = [f"{preset.name}: {preset.description} (model {preset.model}, sized for {preset.device})"]
     if preset.saes:
         lines.append(f"  SAE Lens SAEs: {', '.join(preset.saes)}")
-    for exp in EXPERIMENTS:
+    for exp in experiments():
         s = preset.setting(exp)
         over = ", ".join(f"{k}={v!r}" for k, v in s.overrides.items())
         lines.append(f"  {exp}: {s.base}{' + ' + over if over else ''}{'; ' + s.note if s.note else ''}")

@@ -1,11 +1,18 @@
 """Regenerate every analysis's figures and write experiments/REPORT.md.
 
-Each experiment module exposes `run(out: Path, quick: bool = False, preset: str = "cpu") -> ReportSection`.
-`--preset` names one of experiments/presets.py (cpu, gpu, gpt2-small, pythia-70m, pythia-160m); it maps
-every experiment to an entry of that experiment's own settings table (`python -m experiments.presets`
-lists what each preset sets and what stays the same under it).
-Results come from the store, so a rerun with unchanged inputs reuses them; an interrupted run
-resumes. A failing analysis is reported in its section and does not stop the others.
+Each experiment is a registered report (`experiments/reporting.py`; its module declares `REPORT`
+and a `workbench.reports` entry point names it), so this script is one client of the registry:
+each report runs through the store like any run (`workbench run attention_sinks --set preset=gpu`
+and the dashboard's queue run the same thing), keyed by its settings entry, its code and every run
+it used, and recorded in the run table. `--preset` names one of experiments/presets.py (cpu, gpu,
+gpt2-small, pythia-70m, pythia-160m), which picks an entry of every report's settings table
+(`python -m experiments.presets` lists them). A failing report is reported in its section and does
+not stop the others.
+
+The report is rendered from stored, structured results: the sections just run, each other
+report's latest stored section (`--assemble` uses only those), and otherwise the structured record
+of the last rendered report (experiments/sections.json, kept beside REPORT.md), never by parsing
+REPORT.md.
 
 Usage: workbench figures [--only attention_sinks ...]   or   python -m experiments.run_all --help
 """
@@ -13,147 +20,101 @@ Usage: workbench figures [--only attention_sinks ...]   or   python -m experimen
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
-import re
+import json
 import time
 import traceback
 from pathlib import Path
 
 from experiments import presets as named_presets
 from experiments.common import DEFAULT_OUT, ReportSection, hardware
+from experiments.reporting import SectionResult, figures_in
 from workbench.io import atomic_path
 
-ANALYSES = [
-    "attention_sinks",
-    "function_tokens",
-    "bigram_subnetworks",
-    "linguistic_collapse",
-    "key_space",
-    "sae_circuits",
-    "cross_analysis",
-]
 REPORT = Path(__file__).parent / "REPORT.md"
+SECTIONS = Path(__file__).parent / "sections.json"  # the structured record REPORT.md is rendered from
 
 
-def run_one(name: str, out: Path, quick: bool, preset: str, device: str | None = None) -> ReportSection:
-    mod = importlib.import_module(f"experiments.{name}")
-    kwargs: dict = {"quick": quick}
-    if "device" in inspect.signature(mod.run).parameters:
-        kwargs["device"] = device
-    if "preset" in inspect.signature(mod.run).parameters:
-        # the module's own key for this preset (a named preset's entry is registered in its table)
-        kwargs["preset"] = named_presets.install(named_presets.resolve(preset), name, mod, quick)
-    t0 = time.perf_counter()
-    section = mod.run(out / name, **kwargs)
-    section.wall_s = section.wall_s or time.perf_counter() - t0
-    section.save(out / name, "quick" if quick else preset)
-    return _prefixed(section, name)
+def analyses() -> list[str]:
+    """The registered reports, in report order."""
+    return named_presets.experiments()
 
 
-def _with_the_others(sections: list[ReportSection], names: list[str], out: Path, target: Path) -> list[ReportSection]:
-    """The report's sections: those just run, and for the other analyses their saved section in `out`
-    or their section of the report being replaced (so that `--only` keeps the rest of the report);
-    in report order, without the analyses found nowhere."""
-    ran = dict(zip(names, sections))
-    carried = sections_in_report(target) if set(ANALYSES) - set(ran) else {}  # a full run replaces every section
-    kept = [ran.get(n) or _saved_section(out, n) or carried.get(n) for n in ANALYSES]
-    return [sec for sec in kept if sec is not None]
+def run_one(name: str, out: Path, quick: bool, preset: str, device: str | None = None, store=None) -> ReportSection:
+    """Run (or reuse) report `name` through the store under the preset's settings entry; its section
+    with figures restored under `out`/`name`."""
+    from experiments.reporting import ReportConfig
+    from workbench.probe_api import get_report
+    from workbench.runner import run_study
+
+    key = named_presets.key_for(named_presets.resolve(preset), name, quick)
+    with figures_in(out):
+        outcome = run_study(get_report(name), ReportConfig(preset=key), device=device, store=store)
+    result: SectionResult = outcome.result
+    result.restore_figures(out / name)
+    return result.section(name)
 
 
-def _prefixed(section: ReportSection, name: str) -> ReportSection:
-    section.figures = [f"{name}/{f}" if not f.startswith(f"{name}/") else f for f in section.figures]
-    return section
+def stored_section(name: str, out: Path, store=None) -> ReportSection | None:
+    """Report `name`'s latest stored section (its figures restored under `out`), or None."""
+    from workbench.runner import result_of_run
+    from workbench.store import FINISHED_OK, ResultStore
 
-
-def assemble(out: Path, names: list[str], previous: Path | None = None) -> list[ReportSection]:
-    """Sections saved by each experiment's last finished run in `out` (nothing is recomputed); an
-    experiment with no saved section keeps its section of the `previous` report (a fresh clone has
-    REPORT.md but not the sections, which git ignores); one in neither gets a section saying how to
-    run it."""
-    carried = sections_in_report(previous) if previous is not None else {}
-    return [_saved_section(out, name) or carried.get(name)
-            or ReportSection(title=name, markdown=f"**Not run yet** in `{out}`: `python -m experiments.{name}`.") for name in names]
-
-
-def _saved_section(out: Path, name: str) -> ReportSection | None:
-    """The section an experiment saved in `out` when it last finished, stamped with its time and preset."""
-    try:
-        sec = ReportSection.load(out / name)
-    except FileNotFoundError:
-        return _from_markdown(out / name, name)
-    stamp = f"Section written {sec.finished}" + (f" by the `{sec.preset}` preset" if sec.preset else "")
-    sec.markdown = f"*{stamp}.*\n\n{sec.markdown.strip()}"
-    return _prefixed(sec, name)
-
-
-def sections_in_report(path: Path) -> dict[str, ReportSection]:
-    """The sections of a report `render` wrote, by analysis (named by its figure links, out/<name>/...),
-    with their text as it stands (time stamp included), PNG figures and wall time; {} without a report.
-    A section without figure links names no analysis and is left out."""
-    if not path.is_file():
-        return {}
-    text = path.read_text()
-    # summary rows: | title | headline | ours | verdict | wall | figures | (older reports have fewer text columns)
-    walls = {m[1]: float(m[2]) * 60 for m in re.finditer(r"^\| (.+?) \| (?:[^|]* \| )*?([\d.]+) min \| \d+ \|$", text, re.M)}
-    found: dict[str, ReportSection] = {}
-    for chunk in re.split(r"^## ", text, flags=re.M)[1:]:
-        title, _, body = chunk.partition("\n")
-        head, _, last = body.strip().rpartition("\n")
-        if not last.startswith("Figures: "):
-            continue
-        figures = re.findall(r"\]\(out/([^)]+)\)", last)
-        analyses = _analyses_of(figures)
-        if len(analyses) == 1:
-            found[analyses.pop()] = ReportSection(title=title.strip(), markdown=head.strip(), figures=figures,
-                                                  wall_s=walls.get(title.strip(), 0.0))
-    return found
-
-
-def _from_markdown(folder: Path, name: str) -> ReportSection | None:
-    """A section an experiment script wrote as markdown only (`section.md` or `<name>.md`, headed
-    '## title'); its figures are the PNGs beside it. None when there is neither."""
-    for md in (folder / "section.md", folder / f"{name}.md"):
-        if md.is_file():
-            text = md.read_text().strip()
-            first, _, rest = text.partition("\n")
-            title = first[3:].strip() if first.startswith("## ") else name
-            body = rest if first.startswith("## ") else text
-            stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(md.stat().st_mtime))
-            figures = sorted(f"{name}/{f.name}" for f in folder.glob("*.png"))
-            return ReportSection(title=title, markdown=f"*Section written {stamp}.*\n\n{body.strip()}", figures=figures)
+    store = store or ResultStore()
+    for row in store.runs(limit=200, probe=name):
+        if row["status"] in FINISHED_OK and row["artifact"]:
+            try:
+                result = result_of_run(row["run_id"], store, expect=name)
+            except Exception:  # noqa: BLE001 - a missing or corrupt one (quarantined): try the one before
+                continue
+            result.restore_figures(out / name)
+            sec = result.section(name)
+            sec.markdown = f"*Section of run {row['run_id']}, finished {sec.finished} with settings `{sec.preset}`.*\n\n{sec.markdown.strip()}"
+            return sec
     return None
 
 
-def section_verdict(markdown: str) -> str:
-    """The verdict a section opens with (`**Verdict: ...**`), or says it has none yet."""
-    m = re.search(r"\*\*Verdict: ([^*]+)\*\*", markdown)
-    return m.group(1).strip() if m else "not stated yet (section from an earlier run)"
+def recorded_sections(path: Path = SECTIONS) -> dict[str, ReportSection]:
+    """The sections of the last rendered report, by report name, from its structured record; {} without one."""
+    try:
+        rows = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {r["name"]: ReportSection(**{k: v for k, v in r.items() if k != "name"}) for r in rows if isinstance(r, dict) and "name" in r}
 
 
-def section_finding(markdown: str) -> str:
-    """What the section found, as its verdict line says it after the verdict word ("" without one)."""
-    m = re.search(r"\*\*Verdict: [^*]+\*\*(.*)", markdown)
-    return m.group(1).lstrip(" .:").strip() if m else ""
+def write_record(sections: dict[str, ReportSection], path: Path = SECTIONS) -> None:
+    rows = [dict(name=n, title=s.title, markdown=s.markdown, figures=s.figures, wall_s=s.wall_s, preset=s.preset,
+                 finished=s.finished, verdict=s.verdict, finding=s.finding) for n, s in sections.items()]
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def assemble(out: Path, names: list[str], ran: dict[str, ReportSection] | None = None, record: Path = SECTIONS,
+             store=None, placeholders: bool = True) -> dict[str, ReportSection]:
+    """The report's sections by name, in report order: those just run (`ran`), else each report's
+    latest stored section, else its section in the structured record of the last report; a report
+    in none gets a section saying how to run it (or, without `placeholders`, is left out). Nothing
+    is recomputed."""
+    ran = ran or {}
+    carried = recorded_sections(record)
+    found = {}
+    for name in names:
+        sec = ran.get(name) or stored_section(name, out, store) or carried.get(name)
+        if sec is None and placeholders:
+            sec = ReportSection(title=name, markdown=f"**Not run yet**: `workbench run {name}` or `workbench figures --only {name}`.")
+        if sec is not None:
+            found[name] = sec
+    return found
 
 
 def paper_headline(analysis: str) -> str:
     """The paper's headline an experiment module states (its PAPER_HEADLINE), "" when it states none."""
+    import importlib
+
     try:
         return getattr(importlib.import_module(f"experiments.{analysis}"), "PAPER_HEADLINE", "")
     except ImportError:
         return ""
-
-
-def _analyses_of(figures: list[str]) -> set[str]:
-    """The analyses figures belong to, named by their folder (out/<name>/...)."""
-    return {f.split("/")[0] for f in figures}
-
-
-def _analysis_of(section: ReportSection) -> str:
-    """The analysis a section belongs to ("" without figures, or with figures of several)."""
-    names = _analyses_of(section.figures)
-    return names.pop() if len(names) == 1 else ""
 
 
 def _cell(text: str) -> str:
@@ -175,10 +136,11 @@ def _itemsize() -> int:
     return torch.finfo(default_dtype()).bits // 8
 
 
-def render(sections: list[ReportSection], total_s: float, quick: bool, preset: str, assembled: bool = False) -> str:
-    how = ("Assembled by `python -m experiments.run_all --assemble` from the sections each experiment saved when it last "
-           "finished, or as the previous report had them where none was saved (each section names its time and preset); "
-           "`workbench figures` reruns them all.") if assembled else \
+def render(named: dict[str, ReportSection], total_s: float, quick: bool, preset: str, assembled: bool = False) -> str:
+    sections = list(named.values())
+    how = ("Assembled by `python -m experiments.run_all --assemble` from each report's latest stored result, or from the "
+           "structured record of the previous report (experiments/sections.json) where none is stored (each section names "
+           "its time and settings); `workbench figures` reruns them all.") if assembled else \
           "Generated by `workbench figures` (experiments/run_all.py)."
     lines = [
         "# Experiment report",
@@ -198,9 +160,9 @@ def render(sections: list[ReportSection], total_s: float, quick: bool, preset: s
         "figures (PNG, each also as HTML where made) |",
         "|---|---|---|---|---|---|",
     ]
-    for s in sections:
-        lines.append(f"| {s.title} | {_cell(paper_headline(_analysis_of(s)))} | {_cell(section_finding(s.markdown))} | "
-                     f"{section_verdict(s.markdown)} | {s.wall_s / 60:.1f} min | {sum(f.endswith('.png') for f in s.figures)} |")
+    for name, s in named.items():
+        lines.append(f"| {s.title} | {_cell(paper_headline(name))} | {_cell(s.finding)} | "
+                     f"{s.verdict} | {s.wall_s / 60:.1f} min | {sum(f.endswith('.png') for f in s.figures)} |")
     for s in sections:
         lines += ["", f"## {s.title}", "", s.markdown.strip(), ""]
         pngs = [f for f in s.figures if f.endswith(".png")]
@@ -215,7 +177,7 @@ def preset_notes(preset: str, titles: list[str], quick: bool) -> list[str]:
     if p is None or quick or preset == "cpu":
         return []
     lines = [f"Preset `{preset}`: {p.description}."]
-    for exp in ANALYSES:
+    for exp in analyses():
         s = p.setting(exp)
         over = ", ".join(f"{k}={v!r}" for k, v in s.overrides.items())
         if over or s.note:
@@ -274,10 +236,11 @@ def plan(preset: str, quick: bool = False, device: str | None = None, names: lis
     p = named_presets.resolve(preset)
     device = device or default_device()
     rows = []
-    for name in names or ANALYSES:
-        mod = importlib.import_module(f"experiments.{name}")
-        key, entry = named_presets.module_settings(p, name, mod, quick)
-        entry = entry if entry is not None else getattr(mod, "PRESETS", {}).get(key, {})
+    from workbench.probe_api import get_report
+
+    for name in names or analyses():
+        key = named_presets.key_for(p, name, quick)
+        entry = get_report(name).presets.get(key, {})
         models = []
         for m in dict.fromkeys(model_names_in(entry)):
             shape = offline_shape(m)
@@ -329,10 +292,11 @@ def main(only: list[str] | None = None, out: str | Path | None = None, quick: bo
 def _main(only: list[str] | None, out: str | Path | None, quick: bool, preset: str, report: Path | None,
           assemble_only: bool, device: str | None, dry_run: bool) -> list[ReportSection]:
     out = Path(out) if out else DEFAULT_OUT
-    names = only or ANALYSES
-    unknown = [n for n in names if n not in ANALYSES]
+    known = analyses()
+    names = only or known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"Unknown analyses {unknown}; choose from {ANALYSES}")
+        raise SystemExit(f"Unknown analyses {unknown}; choose from {known}")
     if preset == named_presets.FIRST_LOOK:  # not a report: real runs that fill every page, quickly
         from experiments import first_look
 
@@ -346,39 +310,44 @@ def _main(only: list[str] | None, out: str | Path | None, quick: bool, preset: s
         return []
     if assemble_only:
         target = report or (REPORT if out == DEFAULT_OUT else out / "REPORT.md")
-        sections = assemble(out, names, previous=target)
+        record = SECTIONS if target == REPORT else target.with_name("sections.json")
+        found = assemble(out, names, record=record)
         with atomic_path(target) as tmp:
-            tmp.write_text(render(sections, sum(x.wall_s for x in sections), quick, preset, assembled=True))
+            tmp.write_text(render(found, sum(x.wall_s for x in found.values()), quick, preset, assembled=True))
+        write_record(found, record)
         print(f"report: {target}")
-        return sections
+        return list(found.values())
     check_preset(preset)
     from workbench.models import default_device
 
     device = device or default_device()  # the run's one device decision: every experiment gets it
-    sections: list[ReportSection] = []
+    ran: dict[str, ReportSection] = {}
     t0 = time.perf_counter()
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         try:
-            sections.append(run_one(name, out, quick, preset, device))
+            ran[name] = run_one(name, out, quick, preset, device)
         except Exception as e:  # noqa: BLE001 - recorded in the report, the others still run
-            sections.append(ReportSection(title=name, markdown=f"**Failed**: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc(limit=8)}\n```"))
+            ran[name] = ReportSection(title=name, markdown=f"**Failed**: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc(limit=8)}\n```")
             print(traceback.format_exc())
     target = report or (REPORT if not quick and out == DEFAULT_OUT else out / "REPORT.md")
+    record = SECTIONS if target == REPORT else target.with_name("sections.json")
+    found = assemble(out, known, ran, record=record, placeholders=False)  # --only keeps the other sections
     with atomic_path(target) as tmp:
-        tmp.write_text(render(_with_the_others(sections, names, out, target), time.perf_counter() - t0, quick, preset))
+        tmp.write_text(render(found, time.perf_counter() - t0, quick, preset))
+    write_record(found, record)
     print(f"report: {target}")
-    return sections
+    return list(ran.values())
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="*", help=f"subset of {ANALYSES}")
+    p.add_argument("--only", nargs="*", help="a subset of the registered reports (`workbench probes` lists them)")
     p.add_argument("--out", help="output folder (default experiments/out)")
     p.add_argument("--quick", action="store_true", help="smoke settings (tiny models, seconds)")
     p.add_argument("--preset", default="cpu", help=f"one of {', '.join(named_presets.known())} (see `python -m experiments.presets`)")
     p.add_argument("--assemble", action="store_true",
-                   help="write the report from the sections the experiments saved when they last finished (no recomputation)")
+                   help="write the report from each report's latest stored section (no recomputation)")
     p.add_argument("--device", help="the device every experiment runs on (default: cuda when present, else cpu)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (settings, device, models, memory, hub files); load nothing")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="precision of every model loaded by name (default float32)")

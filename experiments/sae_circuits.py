@@ -32,6 +32,8 @@ import pandas as pd
 import torch
 
 from dashboards.figures import sae_circuits as figs
+from experiments.presets import declare
+from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import bb_recipe, load_bb
 from probes.sae_circuits import (
@@ -68,7 +70,7 @@ PAPER_HEADLINE = (
     '(IOI), 0.855 / 0.873 (greater-than) on GPT-2 small, in seconds instead of hours'
 )
 
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, Any] = declare("sae_circuits", {
     "cpu": {"lm": "smollm2-135m", "tasks": ["ioi", "greater-than"], "lm_config": SMOLLM2_CPU,
             "bb_recipe": BB_CPU, "bb_config": dict(n_prompts=250, n_seeds=10, baseline_prompts=64, mean_ablation_too=True),
             "planted": PlantedSpec(), "planted_config": PLANTED_CONFIG},
@@ -84,7 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "planted": PlantedSpec(n_layers=2, n_heads=4, n_circuit=2),
               "planted_config": dict(n_prompts=16, n_seeds=2, epochs=40, n_features=16, baseline_prompts=8, batch_size=8,
                                      mean_ablation_too=True, n_boot=50)},
-}
+})
 THRESHOLDS = (0.02, 0.05, 0.1)
 PAPER_BASELINES = "ACDC 0.61, HISP 0.81, SP 0.60 (edge AUC, IOI, the paper's figure)"
 
@@ -390,6 +392,9 @@ def run(out: Path, quick: bool = False, preset: str = "cpu", fresh: bool = False
         f"{'--quick' if quick else '--preset ' + preset}{''.join(' --only ' + t for t in only or [])}`.",
     ])
     return ReportSection(title="SAE circuit discovery", markdown=md, figures=figures, wall_s=timer.seconds)
+
+
+REPORT = register_report("sae_circuits", description="SAE circuit discovery against patching, attribution and a planted circuit", presets=PRESETS, order=6)
 
 
 if __name__ == "__main__":

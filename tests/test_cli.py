@@ -146,7 +146,7 @@ def test_the_catalogue_notices_an_edited_source(tmp_path):
     assert source_fingerprint(dirs) != before
     from workbench.catalogue import source_dirs
 
-    assert {d.name for d in source_dirs()} == {"workbench", "probes"}  # the kernel and the declared analysis roots
+    assert {d.name for d in source_dirs()} == {"workbench", "probes", "experiments"}  # the kernel and the declared roots
 
 
 def _one_line_error(out) -> str:

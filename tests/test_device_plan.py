@@ -39,7 +39,7 @@ def spies(monkeypatch):
     import workbench.saes.training
     import workbench.zoo
 
-    for name in experiments.run_all.ANALYSES:
+    for name in experiments.run_all.analyses():
         __import__(f"experiments.{name}")
     calls: list[tuple[str, object]] = []
 
@@ -102,7 +102,7 @@ def test_every_experiment_hands_the_runs_device_to_every_call(spies, store, tmp_
     from experiments import common, run_all
 
     monkeypatch.setattr(common, "write_figure", lambda fig, out, name, png=True: [])  # no figure export: not what is tested
-    for name in run_all.ANALYSES:
+    for name in run_all.analyses():
         mod = sys.modules[f"experiments.{name}"]
         if hasattr(mod, "write_figure"):
             monkeypatch.setattr(mod, "write_figure", lambda fig, out, name, png=True: [])
@@ -128,7 +128,7 @@ def test_the_dry_run_plan_loads_no_weights(monkeypatch, capsys):
     rows = run_all.main(preset="gpu", dry_run=True, device="cuda")
     assert rows == []
     text = capsys.readouterr().out
-    for name in run_all.ANALYSES:
+    for name in run_all.analyses():
         assert f"{name}: settings 'gpu' on cuda" in text
     assert "smollm2-135m (134M parameters): ~" in text and "GiB" in text
     plan = run_all.plan("gpt2-small", device="cuda")

@@ -36,7 +36,7 @@ def test_every_preset_resolves_and_validates_offline():
         assert p.name == name
         # TransformerLens names, SAE Lens release ids, and override keys of each experiment's table
         assert presets.validate(p) == [], name
-        assert set(p.experiments) <= set(presets.EXPERIMENTS)
+        assert set(p.experiments) <= set(presets.experiments())
     assert presets.resolve("gpt2-small").saes[0] == "gpt2-small-res-jb:blocks.2.hook_resid_pre"
     assert all(s.endswith("hook_resid_post") for s in presets.resolve("pythia-70m").saes)
 
@@ -51,31 +51,36 @@ def test_unknown_preset_and_analysis_name_the_known_ones(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing ran
 
 
-def test_install_registers_the_override_and_rejects_stale_keys():
+def test_declare_adds_each_presets_entry_and_rejects_stale_keys():
     p = presets.resolve("gpt2-small")
-    mod = types.SimpleNamespace(PRESETS={"gpu": {"lm": "smollm2-135m", "survey": {"max_tokens": 10}}, "cpu": {}})
-    key = presets.install(p, "attention_sinks", mod)
-    assert key == "gpt2-small"
-    assert mod.PRESETS["gpt2-small"] == {"lm": "gpt2", "survey": {"max_tokens": 10}}
-    assert mod.PRESETS["gpu"]["lm"] == "smollm2-135m"  # the base entry is untouched
-    assert presets.install(p, "attention_sinks", mod, quick=True) == "quick"
-    assert presets.install(presets.resolve("cpu"), "attention_sinks", mod) == "cpu"
-    stale = types.SimpleNamespace(PRESETS={"gpu": {"model": "x"}})
+    base = {"gpu": {"lm": "smollm2-135m", "survey": {"max_tokens": 10}}, "cpu": {}}
+    table = presets.declare("attention_sinks", base)
+    assert table["gpt2-small"] == {"lm": "gpt2", "survey": {"max_tokens": 10}}
+    assert table["gpu"]["lm"] == "smollm2-135m" and base["gpu"]["lm"] == "smollm2-135m"  # the base entry is untouched
+    assert "gpt2-small" not in base  # a new table; nothing is written into the one given
+    assert presets.key_for(p, "attention_sinks") == "gpt2-small"
+    assert presets.key_for(p, "attention_sinks", quick=True) == "quick"
+    assert presets.key_for(presets.resolve("cpu"), "attention_sinks") == "cpu"
     with pytest.raises(SystemExit, match=r"overrides \['lm'\].*has only \['model'\]"):
-        presets.install(p, "attention_sinks", stale)
-    tableless = presets.Preset("x", "x", "m", "cpu", experiments={"key_space": presets.Setting("gpu", table=None)})
-    assert presets.install(tableless, "key_space", types.SimpleNamespace()) == "gpu"  # no table: the base name only
+        presets.declare("attention_sinks", {"gpu": {"model": "x"}, "cpu": {}})
+    with pytest.raises(SystemExit, match=r"'gpu' entry, which its table lacks"):
+        presets.declare("key_space", {"cpu": {}})
+
+
+def test_every_report_declares_an_entry_for_every_preset():
+    from workbench.probe_api import get_report
+
+    for name in presets.PRESETS:
+        p = presets.resolve(name)
+        for exp in presets.experiments():
+            assert presets.key_for(p, exp) in get_report(exp).presets, (name, exp)
+            assert get_report(exp).presets is importlib.import_module(f"experiments.{exp}").PRESETS  # one table: the report's
 
 
 @pytest.fixture
-def own_tables(monkeypatch):
-    """Every experiment module's settings table replaced by a copy for the test (install adds entries)."""
-    mods = {}
-    for exp in presets.EXPERIMENTS:
-        mod = importlib.import_module(f"experiments.{exp}")
-        monkeypatch.setattr(mod, "PRESETS", dict(mod.PRESETS))
-        mods[exp] = mod
-    return mods
+def own_tables():
+    """Every experiment module (its settings table is whole at import: a preset's entry is there)."""
+    return {exp: importlib.import_module(f"experiments.{exp}") for exp in presets.experiments()}
 
 
 @pytest.mark.parametrize("name", HUB_PRESETS)
@@ -83,7 +88,7 @@ def test_hub_presets_give_every_experiment_their_model_and_saes(name, own_tables
     p = presets.resolve(name)
     for exp, key in MODEL_KEY.items():
         mod = own_tables[exp]
-        assert presets.install(p, exp, mod) == name, exp
+        assert presets.key_for(p, exp) == name, exp
         assert mod.PRESETS[name][key] == p.model, exp
     for exp in ("attention_sinks", "function_tokens", "bigram_subnetworks", "linguistic_collapse", "key_space"):
         assert own_tables[exp].PRESETS["cpu"][MODEL_KEY[exp]] in ("smollm2-135m", None), exp  # the cpu entries keep their model
@@ -93,7 +98,7 @@ def test_hub_presets_give_every_experiment_their_model_and_saes(name, own_tables
         assert own_tables["function_tokens"].pretrained_sources(ft) == dict(zip(sorted(ft["layers"]), p.saes))
     else:
         assert name == "pythia-160m" and "trains its own SAEs" in p.setting("function_tokens").note
-    assert not any("always" in p.setting(e).note for e in presets.EXPERIMENTS)  # no experiment left on a fixed model
+    assert not any("always" in p.setting(e).note for e in presets.experiments())  # no experiment left on a fixed model
 
 
 class _Loaded(Exception):
@@ -113,7 +118,7 @@ def test_scripts_load_the_model_their_resolved_setting_names(own_tables, store, 
     grids = []
     monkeypatch.setattr(lc, "run_sweep", lambda grid, store=None, device=None: grids.append(grid) or (None, 1))
     for exp in ("key_space", "bigram_subnetworks", "linguistic_collapse", "function_tokens"):
-        key = presets.install(p, exp, own_tables[exp])
+        key = presets.key_for(p, exp)
         with pytest.raises(_Loaded, match="^pythia-70m-deduped$"):
             own_tables[exp].run(tmp_path / exp, preset=key)
     assert grids == [lc.GRIDS["gpu"]]  # the sweep keeps the gpu grid
@@ -154,7 +159,7 @@ def test_function_tokens_gives_the_release_ids_to_the_probe_instead_of_training(
     """Under gpt2-small the graph probe gets the preset's SAE Lens ids; nothing is trained (stopped at the first probe)."""
     ft = own_tables["function_tokens"]
     p = presets.resolve("gpt2-small")
-    key = presets.install(p, "function_tokens", ft)
+    key = presets.key_for(p, "function_tokens")
     monkeypatch.setattr(ft, "load_model", lambda name, **kw: types.SimpleNamespace(name=name))
     monkeypatch.setattr(ft, "load_corpus", lambda name: name)
     monkeypatch.setattr(ft, "_train_saes", lambda *a, **kw: pytest.fail("release SAEs must not be trained"))
@@ -191,45 +196,63 @@ def test_function_tokens_loads_release_saes_by_id_and_scores_them(tmp_path, monk
     assert "`gpt2-small-res-jb:blocks.1.hook_resid_pre`" in table and table.count("\n") == 3
 
 
-def test_a_fresh_clone_keeps_the_sections_it_has_no_saved_copy_of(tmp_path, monkeypatch):
-    """REPORT.md is tracked, the saved sections are not: assembling after one experiment reran keeps
-    every other section as the report had it, and its summary row counts the PNG figures listed."""
-    out, report = tmp_path / "out", tmp_path / "REPORT.md"
-    old = [common.ReportSection(title="Attention sinks", markdown="*Section written then.*\n\nsink mass 0.73",
-                                figures=["attention_sinks/a.png", "attention_sinks/a.html"], wall_s=600.0),
-           common.ReportSection(title="Key space", markdown="*Section written then.*\n\n## not a heading here\n\nrho 0.4",
-                                figures=["key_space/k.png"], wall_s=90.0)]
-    old[1].markdown = old[1].markdown.replace("## not", "### not")
-    report.write_text(run_all.render(old, 690.0, False, "cpu", assembled=True))
-    carried = run_all.sections_in_report(report)
-    assert set(carried) == {"attention_sinks", "key_space"}
-    assert carried["key_space"].markdown == old[1].markdown and carried["key_space"].figures == ["key_space/k.png"]
-    assert carried["attention_sinks"].wall_s == pytest.approx(600.0) and carried["attention_sinks"].title == "Attention sinks"
+def _fake_sinks_report(monkeypatch, text: str = "**Verdict: inconclusive**: sink mass 0.85 [0.80, 0.90].") -> list[str]:
+    """The attention-sinks report's own run replaced by one that draws one PNG and returns `text`; the presets it ran."""
+    from experiments import attention_sinks as exp
 
-    common.ReportSection(title="Attention sinks", markdown="sink mass 0.85", figures=["b.png"], wall_s=60.0).save(out / "attention_sinks", "cpu")
+    ran = []
+
+    def fake_run(out, quick=False, preset="cpu", device=None):
+        ran.append(preset)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "a.png").write_bytes(b"\x89PNG stand-in")
+        return common.ReportSection(title="Attention sinks", markdown=text, figures=["a.png", "a.html"], wall_s=60.0)
+
+    monkeypatch.setattr(exp, "run", fake_run)
+    return ran
+
+
+def test_a_report_runs_through_the_store_and_is_reused_like_a_probe(tmp_path, store, monkeypatch):
+    ran = _fake_sinks_report(monkeypatch)
+    out = tmp_path / "out"
+    first = run_all.run_one("attention_sinks", out, False, "cpu", "cpu")
+    (out / "attention_sinks" / "a.png").unlink()
+    again = run_all.run_one("attention_sinks", out, False, "cpu", "cpu")
+    assert ran == ["cpu", "cpu"]  # a report's body runs each time (its parts are reused); its result is then looked up
+    rows = store.runs(probe="attention_sinks")
+    assert [r["status"] for r in rows] == ["reused", "done"] and rows[0]["key"] == rows[1]["key"] and rows[0]["model"] == "report"
+    assert first.verdict == again.verdict == "inconclusive" and first.finding == "sink mass 0.85 [0.80, 0.90]."
+    assert (out / "attention_sinks" / "a.png").read_bytes() == b"\x89PNG stand-in"  # restored from the stored result
+    other = run_all.run_one("attention_sinks", out, False, "gpt2-small", "cpu")  # another settings entry: another key
+    assert ran[-1] == "gpt2-small" and store.runs(probe="attention_sinks")[0]["status"] == "done" and other.title
+
+
+def test_assemble_reads_stored_results_then_the_structured_record_never_the_markdown(tmp_path, store, monkeypatch):
+    _fake_sinks_report(monkeypatch)
+    out, report = tmp_path / "out", tmp_path / "REPORT.md"
+    run_all.run_one("attention_sinks", out, False, "cpu", "cpu")
+    (out / "attention_sinks" / "a.png").unlink()
+    run_all.write_record({"key_space": common.ReportSection(title="Key space", markdown="rho 0.4", figures=["key_space/k.png"],
+                                                            wall_s=90.0, verdict="contradicted", finding="rho 0.4")},
+                         tmp_path / "sections.json")
+    report.write_text("## Key space\n\nnothing here is read\n\nFigures: [k](out/key_space/k.png)\n")
     monkeypatch.setattr(run_all, "run_one", lambda *a, **k: pytest.fail("assemble must not run an experiment"))
     run_all.main(only=["attention_sinks", "key_space", "sae_circuits"], out=out, report=report, assemble_only=True)
     text = report.read_text()
-    assert "sink mass 0.85" in text and "sink mass 0.73" not in text  # the saved section wins over the old report
-    assert "rho 0.4" in text and text.count("*Section written then.*") == 1  # carried as it stood, stamp not doubled
-    assert "**Not run yet**" in text and "python -m experiments.sae_circuits" in text
-    assert re.search(r"\| Key space \| (?:[^|]+ \| ){3}1\.5 min \| 1 \|", text)
-    assert re.search(r"\| Attention sinks \| (?:[^|]+ \| ){3}1\.0 min \| 1 \|", text)
-    # reports from before the headline and verdict columns still give their wall times
-    rows = [line for line in report.read_text().splitlines() if line.startswith("| Key space |")]
-    assert len(rows) == 1 and rows[0].count(" | ") == 5  # six cells
-    for legacy_row in ("| Key space | 1.5 min | 1 |", "| Key space | inconclusive | 1.5 min | 1 |"):
-        legacy = tmp_path / "legacy.md"
-        legacy.write_text(report.read_text().replace(rows[0], legacy_row))
-        assert run_all.sections_in_report(legacy)["key_space"].wall_s == pytest.approx(90.0)
-    assert run_all.sections_in_report(tmp_path / "none.md") == {}
+    assert "sink mass 0.85" in text and "nothing here is read" not in text and "rho 0.4" in text
+    assert (out / "attention_sinks" / "a.png").is_file()  # its figure restored from the store
+    assert "**Not run yet**" in text and "workbench run sae_circuits" in text
+    assert re.search(r"\| Key space \| (?:[^|]+ \| ){2}contradicted \| 1\.5 min \| 1 \|", text)
+    assert re.search(r"\| Attention sinks \| (?:[^|]+ \| ){2}inconclusive \| 1\.0 min \| 1 \|", text)
+    record = run_all.recorded_sections(tmp_path / "sections.json")
+    assert set(record) == {"attention_sinks", "key_space", "sae_circuits"} and record["key_space"].verdict == "contradicted"
 
 
-def test_only_rewrites_its_own_sections_and_keeps_the_others(tmp_path, monkeypatch):
+def test_only_rewrites_its_own_sections_and_keeps_the_others(tmp_path, store, monkeypatch):
     out, report = tmp_path / "out", tmp_path / "R.md"
-    before = [common.ReportSection(title="Attention sinks", markdown="old sinks", figures=["attention_sinks/a.png"]),
-              common.ReportSection(title="Key space", markdown="old keys", figures=["key_space/k.png"])]
-    report.write_text(run_all.render(before, 0.0, False, "cpu"))
+    run_all.write_record({"attention_sinks": common.ReportSection(title="Attention sinks", markdown="old sinks", figures=["attention_sinks/a.png"]),
+                          "key_space": common.ReportSection(title="Key space", markdown="old keys", figures=["key_space/k.png"])},
+                         tmp_path / "sections.json")
     fresh = common.ReportSection(title="Key space", markdown="new keys", figures=["key_space/k.png"])
     monkeypatch.setattr(run_all, "run_one", lambda name, *a: fresh if name == "key_space" else pytest.fail(name))
     sections = run_all.main(only=["key_space"], out=out, report=report)
@@ -244,9 +267,7 @@ def test_key_space_under_a_hub_preset_runs_on_the_stand_in(tmp_path, store, monk
     ks = own_tables["key_space"]
     _offline_hub(tmp_path, monkeypatch, n_positions=256)  # byte-level prompts are long
     monkeypatch.setattr(ks, "write_figure", lambda fig, out, name, png=True: common.write_figure(fig, out, name, png=False))
-    real = presets.resolve("gpt2-small")
-    exps = {**real.experiments, "key_space": presets.Setting("quick", {"model": "gpt2"})}
-    monkeypatch.setitem(presets.PRESETS, "gpt2-small", dataclasses.replace(real, experiments=exps))
+    monkeypatch.setitem(ks.PRESETS, "gpt2-small", {**ks.PRESETS["quick"], "model": "gpt2"})  # the preset's entry, at the quick budget
 
     sections = run_all.main(only=["key_space"], out=tmp_path / "out", preset="gpt2-small", report=tmp_path / "R.md")
     md = sections[0].markdown
@@ -257,7 +278,7 @@ def test_key_space_under_a_hub_preset_runs_on_the_stand_in(tmp_path, store, monk
     assert ks.PRESETS["gpt2-small"]["model"] == "gpt2"
     runs = store.runs(limit=10, probe="key-space")
     assert runs and {r["model"].split("|")[0] for r in runs} == {"gpt2"}, runs
-    assert "- key_space: quick with model='gpt2'" in (tmp_path / "R.md").read_text()
+    assert "- key_space: gpu with model='gpt2'" in (tmp_path / "R.md").read_text()
 
 
 def test_hub_weights_are_checked_in_the_local_cache_only(tmp_path, monkeypatch):
@@ -291,25 +312,6 @@ def test_run_all_quick_cross_analysis_writes_the_report(tmp_path, store, html_on
     assert len(heads) == 1 + 2 * 4  # tiny: 2 layers x 4 heads
 
 
-def test_assemble_writes_the_report_from_saved_sections_without_running(tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    saved = common.ReportSection(title="Attention sinks", markdown="sink mass 0.91", figures=["a.png"], wall_s=120.0)
-    saved.save(out / "attention_sinks", "cpu")
-    monkeypatch.setattr(run_all, "run_one", lambda *a, **k: pytest.fail("assemble must not run an experiment"))
-    (out / "function_tokens").mkdir(parents=True)
-    (out / "function_tokens" / "function_tokens.md").write_text("## Function tokens\n\ncoverage 71%\n")
-    (out / "function_tokens" / "graph.png").write_bytes(b"png")
-    sections = run_all.main(only=["attention_sinks", "function_tokens", "key_space"], out=out, assemble_only=True)
-    report = (out / "REPORT.md").read_text()
-    assert [s.title for s in sections] == ["Attention sinks", "Function tokens", "key_space"]
-    assert "coverage 71%" in report and "(out/function_tokens/graph.png)" in report  # a markdown-only section
-    assert "sink mass 0.91" in report and "by the `cpu` preset" in report and "(out/attention_sinks/a.png)" in report
-    assert "**Not run yet**" in report and "python -m experiments.key_space" in report
-    assert "total wall time: 2.0 min (sum of the saved sections' last runs" in report
-    again = common.ReportSection.load(out / "attention_sinks")
-    assert again.markdown == "sink mass 0.91" and again.figures == ["a.png"] and again.finished
-
-
 def test_hub_preset_runs_offline_on_a_stand_in(tmp_path, store, html_only, monkeypatch):
     """`--preset gpt2-small` end to end through run_all, with a tiny GPT-2 in a local HF cache as `gpt2`
     (budgets shrunk, the SAE Lens release left out: it would need the hub)."""
@@ -320,10 +322,12 @@ def test_hub_preset_runs_offline_on_a_stand_in(tmp_path, store, html_only, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(cross_analysis, "PRESETS", {**cross_analysis.PRESETS, "gpu": {**cross_analysis.PRESETS["quick"], "model": "smollm2-135m"}})
-    real = presets.resolve("gpt2-small")
-    exps = {**real.experiments, "cross_analysis": presets.Setting("gpu", {"model": "gpt2", "saes": []})}
-    monkeypatch.setitem(presets.PRESETS, "gpt2-small", dataclasses.replace(real, experiments=exps))
+    monkeypatch.setitem(cross_analysis.PRESETS, "gpt2-small", {**cross_analysis.PRESETS["quick"], "model": "gpt2", "saes": []})
+    from experiments import attention_sinks as exp_sinks
+    from experiments import bigram_subnetworks as exp_bigram
+
+    for other in (exp_sinks, exp_bigram):  # their gpu-budget entries for the preset are not what this quick check runs
+        monkeypatch.delitem(other.PRESETS, "gpt2-small")
 
     sections = run_all.main(only=["cross_analysis"], out=tmp_path / "out", preset="gpt2-small", report=tmp_path / "R.md")
     md = sections[0].markdown
@@ -362,8 +366,8 @@ def test_bigram_subnetworks_masks_a_pretrained_model_when_the_setting_names_one(
     monkeypatch.setattr(workbench.corpora, "load_corpus", lambda name: Corpus(brown.name, brown.version + "-first40x600", docs))
     monkeypatch.setattr(workbench.zoo, "train_lm", lambda *a, **k: pytest.fail("no Brown LM is trained for a pretrained model"))
     monkeypatch.setattr(bs, "write_figure", lambda fig, out, name, png=True: common.write_figure(fig, out, name, png=False))
-    bs.PRESETS["gpt2-stand-in"] = {**bs.PRESETS["quick"], "model": "gpt2", "probe": {
-        **bs.PRESETS["quick"]["probe"], "max_steps": 10, "eval_tokens": 512, "rotation_tokens": 512, "n_random": 1, "overlap_samples": 200}}
+    monkeypatch.setitem(bs.PRESETS, "gpt2-stand-in", {**bs.PRESETS["quick"], "model": "gpt2", "probe": {
+        **bs.PRESETS["quick"]["probe"], "max_steps": 10, "eval_tokens": 512, "rotation_tokens": 512, "n_random": 1, "overlap_samples": 200}})
     section = bs.run(tmp_path / "out", preset="gpt2-stand-in")
     assert "estimated peak" in capsys.readouterr().out  # the memory estimate, printed before any work
     verdict, _, body = section.markdown.partition("\n\n")
@@ -406,7 +410,7 @@ def test_linguistic_collapse_pretrained_part_runs_on_the_settings_model(tmp_path
     lc = own_tables["linguistic_collapse"]
     _offline_hub(tmp_path, monkeypatch, n_positions=256)
     monkeypatch.setattr(lc, "write_figure", lambda fig, out, name, png=True: common.write_figure(fig, out, name, png=False))
-    lc.PRESETS["quick"] = {**lc.PRESETS["quick"], "model": "gpt2"}
+    monkeypatch.setitem(lc.PRESETS, "quick", {**lc.PRESETS["quick"], "model": "gpt2"})
     section = lc.run(tmp_path / "out", quick=True)
     assert "gpt2 (raw numerics) over" in section.markdown and "**gpt2 on Brown, beside the paper's" in section.markdown
     assert "SmolLM2" not in section.markdown
@@ -415,12 +419,14 @@ def test_linguistic_collapse_pretrained_part_runs_on_the_settings_model(tmp_path
     assert models[0] == "gpt2" and models.count("gpt2") == 1, models  # the last run; the sweep's runs are zoo models
 
 
-def test_the_report_table_carries_each_sections_verdict():
-    assert run_all.section_verdict("**Verdict: reproduced at this scale**: on a model ...") == "reproduced at this scale"
-    assert run_all.section_verdict("Model: ... no verdict").startswith("not stated yet")
-    assert run_all.section_finding("*stamp*\n\n**Verdict: inconclusive** (bias): gap +0.009 [-0.05, +0.07].\nMore.") == \
+def test_a_section_carries_its_verdict_and_finding_as_fields():
+    assert common.verdict_of("**Verdict: reproduced at this scale**: on a model ...")[0] == "reproduced at this scale"
+    assert common.verdict_of("Model: ... no verdict") == ("not stated", "")
+    assert common.verdict_of("*stamp*\n\n**Verdict: inconclusive** (bias): gap +0.009 [-0.05, +0.07].\nMore.")[1] == \
         "(bias): gap +0.009 [-0.05, +0.07]."
-    assert run_all.section_finding("no verdict here") == ""
+    sec = common.ReportSection(title="t", markdown="**Verdict: contradicted**: x.")
+    assert (sec.verdict, sec.finding) == ("contradicted", "x.")
+    assert common.ReportSection(title="t", markdown="**Verdict: a**", verdict="b").verdict == "b"  # a given verdict is kept
 
 
 def test_the_summary_table_states_the_papers_headline_and_ours_beside_the_verdict():
@@ -428,8 +434,8 @@ def test_the_summary_table_states_the_papers_headline_and_ours_beside_the_verdic
 
     sec = common.ReportSection(title="Key space", markdown="**Verdict: contradicted**: precision a|b lower elsewhere.",
                                figures=["key_space/k.png"], wall_s=60.0)
-    table_row = next(line for line in run_all.render([sec], 60.0, False, "cpu").splitlines() if line.startswith("| Key space |"))
+    table_row = next(line for line in run_all.render({"key_space": sec}, 60.0, False, "cpu").splitlines() if line.startswith("| Key space |"))
     cells = [c.strip() for c in table_row.strip("|").split(" | ")]
     assert cells[1] == key_space.PAPER_HEADLINE and "11–100" in cells[1]
     assert cells[2] == "precision a/b lower elsewhere." and cells[3] == "contradicted" and cells[4:] == ["1.0 min", "1"]
-    assert all(run_all.paper_headline(name) for name in run_all.ANALYSES)  # every analysis states its paper's headline
+    assert all(run_all.paper_headline(name) for name in run_all.analyses())  # every analysis states its paper's headline

@@ -15,7 +15,11 @@ from experiments import (
     linguistic_collapse,
     sae_circuits,
 )
-from experiments.run_all import section_verdict
+from experiments.common import verdict_of
+
+
+def section_verdict(markdown: str) -> str:
+    return verdict_of(markdown)[0]
 
 
 def _corr(intervals: dict[str, tuple[float, float, float]]) -> pd.DataFrame:

@@ -50,12 +50,14 @@ def source_fingerprint(dirs: list[Path] | None = None) -> str:
 
 def build() -> list[dict[str, Any]]:
     """The listing, from the registry itself (imports every analysis)."""
-    from workbench.probe_api import describe_config, list_probes, list_studies
+    from workbench.probe_api import describe_config, list_probes, list_reports, list_studies
 
     rows = []
-    for spec in [*list_probes(), *list_studies()]:
+    for spec in [*list_probes(), *list_studies(), *list_reports()]:
         fields = [{"name": f["name"], "type": f["type"], "default": repr(f["default"])} for f in describe_config(spec)]
         row = {"name": spec.name, "kind": spec.kind, "description": spec.description, "fields": fields}
+        if spec.kind == "report":
+            row["presets"] = sorted(spec.presets)
         if spec.kind == "probe":
             row |= {"numerics": spec.numerics, "default_model": spec.default_model, "default_corpus": spec.default_corpus}
         rows.append(row)

@@ -78,18 +78,20 @@ def probes_cmd() -> None:
     from workbench.catalogue import catalogue
 
     for row in catalogue():
-        typer.secho(f"{row['name']}" + (" (study)" if row["kind"] == "study" else ""), bold=True)
+        typer.secho(f"{row['name']}" + (f" ({row['kind']})" if row["kind"] != "probe" else ""), bold=True)
         typer.echo(f"  {row['description']}")
         if row["kind"] == "probe":
             typer.echo(f"  numerics: {row['numerics']}; default model: {row['default_model']}; corpus: {row['default_corpus']}")
+        if row["kind"] == "report":
+            typer.echo(f"  settings entries (--set preset=...): {', '.join(row.get('presets', []))}")
         for f in row["fields"]:
             typer.echo(f"    {f['name']:<22} {f['type']:<18} default {f['default']}")
 
 
 @app.command("run")
 def run_cmd(
-    probe: str = typer.Argument(..., help="probe or study name (see `workbench probes`); a study names its own models "
-                                "and corpora in its config, so --model, --corpus and --numerics do not apply to it"),
+    probe: str = typer.Argument(..., help="probe, study or report name (see `workbench probes`); a study or report names "
+                                "its own models and corpora in its config, so --model, --corpus and --numerics do not apply to it"),
     model: Optional[str] = typer.Option(None, help="model name or directory (default: the probe's default, smollm2-135m)"),
     corpus: Optional[str] = typer.Option(None, help="corpus name or path (default: brown)"),
     numerics: Optional[str] = typer.Option(None, help="raw | processed (default: what the probe is defined on)"),
@@ -105,7 +107,7 @@ def run_cmd(
     explicit: bool = typer.Option(False, "--explicit", help="TransformerLens's own forward everywhere instead of the fast "
                                   "path (fused attention); slower, for checking"),
 ) -> None:
-    """Run a probe or a study (or reuse its stored result when every input matches) and print its summary."""
+    """Run a probe, a study or a report (or reuse its stored result when every input matches) and print its summary."""
     from workbench.launch import check_ranks, launch, rank_env, rank_session, ranks_for
 
     args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),
@@ -159,7 +161,7 @@ def _run_here(probe: str, model: Optional[str], corpus: Optional[str], numerics:
     if isinstance(spec, StudySpec):  # a study loads the models its config names, in the run's precision
         given = [flag for flag, v in (("--model", model), ("--corpus", corpus), ("--numerics", numerics)) if v is not None]
         if given:
-            raise WorkbenchError(f"{probe!r} is a study: it names its models and corpora in its config (--set); "
+            raise WorkbenchError(f"{probe!r} is a {spec.kind}: it names its models and corpora in its config (--set); "
                                  f"{', '.join(given)} does not apply")
         with using_dtype(dtype):
             return run_study(spec, cfg, force=force, device=rank_device(device))

@@ -2,6 +2,8 @@
 
 Installed packages declare, in their pyproject.toml,
 - `workbench.analyses`: packages whose sub-packages register probes and studies (this project: `probes`);
+- `workbench.reports`: reports (experiments), one entry point each, naming the object that registers it
+  (this project: `experiments.<name>:REPORT`);
 - `workbench.commands`: functions `register(app)` that add subcommands to the `workbench` CLI (this
   project: the dashboard's `dashboard` and the experiments' `figures`);
 - `workbench.figures`: a Result's main figure in notebooks (`workbench.display`).
@@ -15,11 +17,14 @@ from typing import Any
 
 ANALYSES_GROUP = "workbench.analyses"
 COMMANDS_GROUP = "workbench.commands"
+REPORTS_GROUP = "workbench.reports"
 
 
 def analysis_roots() -> tuple[str, ...]:
-    """The top-level packages that hold analyses, as the `workbench.analyses` entry points declare them."""
-    return tuple(sorted({ep.value.split(":")[0].split(".")[0] for ep in entry_points(group=ANALYSES_GROUP)}))
+    """The top-level packages that hold analyses or reports, as the `workbench.analyses` and
+    `workbench.reports` entry points declare them."""
+    eps = [*entry_points(group=ANALYSES_GROUP), *entry_points(group=REPORTS_GROUP)]
+    return tuple(sorted({ep.value.split(":")[0].split(".")[0] for ep in eps}))
 
 
 def add_commands(app: Any) -> list[str]:

@@ -1,14 +1,16 @@
-"""The analysis registry: probes and studies declare themselves here (modelled on SAE Lens's config
-dataclasses and registry).
+"""The registry of three kinds (modelled on SAE Lens's config dataclasses and registry).
 
 A **probe** is one analysis of one model on one corpus: a config dataclass, a result class and
 `run(model, corpus, config) -> Result`. A **study** composes probe runs (and the kernel's trainers)
 into one stored result: `run(config, ctx) -> Result`, where every probe run goes through
-`ctx.run_probe`, so each part is keyed, reused, registered and shown in the run table.
+`ctx.run_probe`, so each part is keyed, reused, registered and shown in the run table. A **report**
+(an experiment) is a study whose result is a section of the experiment report: its figures, its
+text and its claims with their verdicts; it declares its presets as data.
 
-Both register at import of their analysis package; the registry imports the packages that the
-`workbench.analyses` entry points declare (this project's `probes`) the first time it is asked for
-a name (`discover`), so the kernel never names a package above it. A package that fails to import
+Probes and studies register at import of their analysis package, reports at import of their
+module; the registry imports what the `workbench.analyses` and `workbench.reports` entry points
+declare (this project's `probes` and `experiments.<name>:REPORT`) the first time it is asked for a
+name (`discover`), so the kernel never names a package above it. A package that fails to import
 raises with its traceback. A name can be registered once.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import ConfigError
-from workbench.plugins import ANALYSES_GROUP, analysis_roots
+from workbench.plugins import ANALYSES_GROUP, REPORTS_GROUP, analysis_roots
 from workbench.results import Result
 
 
@@ -70,9 +72,29 @@ class StudySpec:
         return self.run.__module__
 
 
+@dataclass(frozen=True)
+class ReportSpec(StudySpec):
+    """A registered report: a study (keyed by its config, code and the keys of every run it used;
+    stored and reused like any run) whose result is one section of the experiment report.
+
+    `presets` maps each preset name the report accepts to its settings (data the report declares;
+    `None` for a preset it takes as it is); `order` places its section in the report; `source` is
+    the module whose code (and what it imports) the result's code version covers."""
+
+    presets: Any = None
+    order: int = 100
+    source: str = ""
+    kind: str = "report"
+
+    @property
+    def module(self) -> str:
+        return self.source or self.run.__module__
+
+
 Spec = ProbeSpec | StudySpec
 REGISTRY: dict[str, Spec] = {}
 _discovered = False
+_reports_discovered = False
 
 
 def register(spec: Spec) -> Spec:
@@ -104,12 +126,14 @@ def import_analyses(package: str, path: list[str]) -> list[str]:
     return names
 
 
-def discover() -> None:
-    """Import every analysis package under `probes/` once (each registers its probes and studies).
+def discover(reports: bool = False) -> None:
+    """Import every analysis package under `probes/` once (each registers its probes and studies);
+    with `reports`, also every report's module (heavier: figures and their export), which only
+    what asks for a report, or for a name no probe or study has, needs.
 
     An import error propagates with its traceback: a broken analysis must not vanish silently.
     """
-    global _discovered
+    global _discovered, _reports_discovered
     if not _discovered:
         eps = sorted(entry_points(group=ANALYSES_GROUP), key=lambda e: e.name)
         if not eps:
@@ -118,6 +142,18 @@ def discover() -> None:
         for ep in eps:
             ep.load()
         _discovered = True
+    if reports and not _reports_discovered:
+        _reports_discovered = True  # before loading: a report's module may ask the registry for its probes
+        try:
+            for ep in sorted(entry_points(group=REPORTS_GROUP), key=lambda e: e.name):
+                spec = ep.load()
+                if not isinstance(spec, ReportSpec) or spec.name != ep.name:
+                    raise ConfigError(f"entry point {REPORTS_GROUP}:{ep.name} names {ep.value}, which is not the registered "
+                                      f"report {ep.name!r}")
+                register(spec)  # the same spec again is a no-op (a module imported before registers nothing anew)
+        except BaseException:
+            _reports_discovered = False
+            raise
 
 
 def list_probes() -> list[ProbeSpec]:
@@ -127,15 +163,23 @@ def list_probes() -> list[ProbeSpec]:
 
 def list_studies() -> list[StudySpec]:
     discover()
-    return [s for k, s in sorted(REGISTRY.items()) if isinstance(s, StudySpec)]
+    return [s for k, s in sorted(REGISTRY.items()) if isinstance(s, StudySpec) and s.kind == "study"]
+
+
+def list_reports() -> list[ReportSpec]:
+    """The registered reports, in report order."""
+    discover(reports=True)
+    return sorted((s for s in REGISTRY.values() if isinstance(s, ReportSpec)), key=lambda s: (s.order, s.name))
 
 
 def get_spec(name: str) -> Spec:
-    """A probe or a study by name."""
+    """A probe, a study or a report by name."""
     discover()
     if name not in REGISTRY:
+        discover(reports=True)
+    if name not in REGISTRY:
         raise ConfigError(f"Unknown analysis {name!r}; known probes: {[s.name for s in list_probes()]}; "
-                          f"studies: {[s.name for s in list_studies()]}")
+                          f"studies: {[s.name for s in list_studies()]}; reports: {[s.name for s in list_reports()]}")
     return REGISTRY[name]
 
 
@@ -148,10 +192,22 @@ def get_probe(name: str) -> ProbeSpec:
 
 
 def get_study(name: str) -> StudySpec:
+    """A study or a report (a report is a study whose result is a report section)."""
     discover()
+    if name not in REGISTRY:
+        discover(reports=True)
     spec = REGISTRY.get(name)
     if not isinstance(spec, StudySpec):
-        raise ConfigError(f"Unknown study {name!r}; known studies: {[s.name for s in list_studies()]}")
+        raise ConfigError(f"Unknown study {name!r}; known studies: {[s.name for s in list_studies()]}; "
+                          f"reports: {[s.name for s in list_reports()]}")
+    return spec
+
+
+def get_report(name: str) -> ReportSpec:
+    discover(reports=True)
+    spec = REGISTRY.get(name)
+    if not isinstance(spec, ReportSpec):
+        raise ConfigError(f"Unknown report {name!r}; known reports: {[s.name for s in list_reports()]}")
     return spec
 
 

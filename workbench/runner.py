@@ -10,6 +10,7 @@ checkpoints) or cancelled (asked for through the registry; noticed at the next p
 
 from __future__ import annotations
 
+import contextvars
 import time
 import traceback
 import warnings
@@ -109,8 +110,21 @@ def run_probe(
             store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}")
         raise
     meta = {"model": info.to_dict(), "model_key": model_key(model), "numerics": info.numerics, "corpus": corpus_id}
-    return _run_keyed(store, spec, cfg, key, run_id, force, lambda: spec.run(model, corpus, cfg),
-                      row=dict(model=info.id, numerics=info.numerics, corpus=corpus_id), meta=meta)
+    out = _run_keyed(store, spec, cfg, key, run_id, force, lambda: spec.run(model, corpus, cfg),
+                     row=dict(model=info.id, numerics=info.numerics, corpus=corpus_id), meta=meta)
+    _record_part(out.key)
+    return out
+
+
+# The parts of the study (or report) running in this context: every probe run or study made while
+# it runs is one of its parts, whether it goes through `StudyParts.run_probe` or calls `run_probe`.
+_COMPOSING: contextvars.ContextVar["StudyParts | None"] = contextvars.ContextVar("composing", default=None)
+
+
+def _record_part(key: str) -> None:
+    parts = _COMPOSING.get()
+    if parts is not None:
+        parts.parts.append(key)
 
 
 def stored_result(probe: str | ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any = None, *,
@@ -152,9 +166,7 @@ class StudyParts:
     parts: list[str] = field(default_factory=list)
 
     def run_probe(self, probe: str | ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any = None) -> RunOutcome:
-        out = run_probe(probe, model, corpus, config, store=self.store)
-        self.parts.append(f"{out.key}")
-        return out
+        return run_probe(probe, model, corpus, config, store=self.store)  # recorded as a part by run_probe
 
     def stored(self, probe: str | ProbeSpec, model: HookedTransformer, corpus: Corpus | None, config: Any = None) -> RunOutcome | None:
         out = stored_result(probe, model, corpus, config, store=self.store)
@@ -172,25 +184,36 @@ def _spec(probe: str | ProbeSpec) -> ProbeSpec:
 
 def run_study(study: str | StudySpec, config: Any = None, *, store: ResultStore | None = None, force: bool = False,
               device: str | None = None, run_id: int | None = None) -> RunOutcome:
-    """Run a study and store (or reuse) its result.
+    """Run a study (or a report) and store (or reuse) its result.
 
     The parts always run through `run_probe` (so they are reused when stored and cheap then); the
     study's key is its config (with the identities of the models, corpora and SAEs it names), its
-    code and library versions, and the keys of every part it used. A stored result under that key
-    is reused; otherwise the new one is saved.
+    code and library versions, and the keys of every part it used (each probe run and study made
+    while it runs). A stored result under that key is reused; otherwise the new one is saved.
     """
+    out = _run_study(study, config, store=store, force=force, device=device, run_id=run_id)
+    _record_part(f"{out.key}")  # a study inside a report is one of its parts
+    return out
+
+
+def _run_study(study: str | StudySpec, config: Any, *, store: ResultStore | None, force: bool, device: str | None,
+               run_id: int | None) -> RunOutcome:
     spec = study if isinstance(study, StudySpec) else get_study(study)
     cfg = resolve_config(spec, config)
     store = store or ResultStore()
     version = code_version(spec)
-    run_id = _register(store, spec, cfg, "pending", run_id, dict(model="study", numerics="-", corpus=None), version)
+    run_id = _register(store, spec, cfg, "pending", run_id, dict(model=spec.kind, numerics="-", corpus=None), version)
     ctx = StudyParts(store, device or default_device())  # the run's one device decision
     t0 = time.time()
     with _recorded(store, run_id):
-        with reporting_to(_progress_callback(store, run_id)):
-            result = spec.run(cfg, ctx)
+        token = _COMPOSING.set(ctx)
+        try:
+            with reporting_to(_progress_callback(store, run_id)):
+                result = spec.run(cfg, ctx)
+        finally:
+            _COMPOSING.reset(token)
         resources = {**resource_identities(cfg, None, None), "parts": ctx.parts}
-        key = result_key(f"study:{spec.name}", None, spec.name, asdict(cfg), version, resources, runtime_versions())
+        key = result_key(f"{spec.kind}:{spec.name}", None, spec.name, asdict(cfg), version, resources, runtime_versions())
         if world().is_main:
             store.update_run(run_id, key=key)
         path = store.path(spec.name, key)

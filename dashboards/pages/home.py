@@ -17,6 +17,7 @@ from workbench.probe_api import (
     describe_config,
     get_spec,
     list_probes,
+    list_reports,
     list_studies,
 )
 from workbench.store import parse_run_id
@@ -39,9 +40,9 @@ def _field_widget(f: FieldSpec) -> html.Div:
 
 
 def _probe_options() -> list[dict]:
-    """Every probe, then every study (a study names its own models and corpora in its config)."""
+    """Every probe, then every study and report (they name their own models and corpora in their config)."""
     return ([{"label": s.name, "value": s.name} for s in list_probes()]
-            + [{"label": f"{s.name} (study)", "value": s.name} for s in list_studies()])
+            + [{"label": f"{s.name} ({s.kind})", "value": s.name} for s in [*list_studies(), *list_reports()]])
 
 
 def layout() -> html.Div:
