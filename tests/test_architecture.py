@@ -22,6 +22,7 @@ import probes
 from workbench.config import ConfigBase, StreamConfig, setting
 from workbench.errors import ConfigError
 from workbench.probe_api import (
+    StudySpec,
     ProbeSpec,
     import_analyses,
     list_probes,
@@ -343,6 +344,46 @@ def test_a_new_probe_following_the_guide_registers_runs_stores_and_is_reused(tin
     assert torch.equal(first.result.counts, brute) and first.result.table["count"].tolist() == brute.topk(3).values.tolist()
     again = run_probe("token-count", tiny, corpus, {"top": 3}, store=store)
     assert again.reused and again.key == first.key and torch.equal(again.result.counts, brute)
+
+
+@dataclasses.dataclass
+class TokenCountPairConfig(ConfigBase):
+    tops: list = setting(default_factory=lambda: [2, 4], max_items=4, why="one probe run per entry")
+    corpus_text: str = setting("abc abd abe ", text=True, why="the text of the study's small corpus")
+
+
+@dataclasses.dataclass
+class TokenCountPairResult(Result):
+    totals: list = dataclasses.field(default_factory=list)
+
+
+def count_pairs(config: TokenCountPairConfig, ctx) -> TokenCountPairResult:
+    from workbench.corpora import Corpus, Document
+    from workbench.models import load_model
+
+    model = load_model("tiny", device=ctx.device)
+    corpus = Corpus("guide", "1", [Document(f"d{i}", config.corpus_text * 60, genre="g") for i in range(5)])
+    totals = [int(ctx.run_probe("token-count", model, corpus, {"top": k}).result.table["count"].sum()) for k in config.tops]
+    return TokenCountPairResult(totals=totals)
+
+
+TOKEN_COUNT_PAIR = register(StudySpec("token-count-pair", "token counts at two table sizes (a test study)",
+                                      TokenCountPairConfig, TokenCountPairResult, count_pairs))
+
+
+def test_a_new_study_following_the_guide_composes_keyed_parts_and_is_reused(store):
+    from workbench.runner import run_study
+
+    first = run_study("token-count-pair", {"tops": [2, 4]}, store=store, device="cpu")
+    assert not first.reused and len(first.result.totals) == 2 and first.result.totals[0] <= first.result.totals[1]
+    parts = store.runs(probe="token-count")
+    assert len(parts) == 2 and {p["status"] for p in parts} == {"done"}
+    again = run_study("token-count-pair", {"tops": [2, 4]}, store=store, device="cpu")
+    assert again.reused and again.key == first.key
+    assert [p["status"] for p in store.runs(probe="token-count")][:2] == ["reused", "reused"]  # its parts, reused
+    other = run_study("token-count-pair", {"tops": [2, 3]}, store=store, device="cpu")
+    assert not other.reused and other.key != first.key
+    assert first.result.meta["parts"] and len(first.result.meta["parts"]) == 2  # each part's key, recorded once
 
 
 def test_analyses_use_only_the_kernels_public_names():
