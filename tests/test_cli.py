@@ -221,3 +221,63 @@ def test_a_study_runs_from_the_cli_like_a_probe(store, monkeypatch):
     rows = [r for r in store.runs() if r["probe"] == "linguistic-collapse-sweep"]
     assert [r["status"] for r in rows] == ["reused", "done"] and rows[0]["key"] == rows[1]["key"]
     assert "does not apply" in _one_line_error(runner.invoke(app, [*args, "--model", "tiny"]))
+
+
+_EARLY = '''
+import json, sys, time
+from typer.testing import CliRunner
+from workbench.cli import app
+cases = json.loads(sys.argv[1])
+out = []
+for args in cases:
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, args)
+    out.append([r.exit_code, r.output, time.perf_counter() - t0])
+print(json.dumps({"torch": "torch" in sys.modules, "answers": out}))
+'''
+
+
+def test_argument_mistakes_are_answered_before_torch_is_imported(tmp_path):
+    """A wrong name, field, override, config file, option or rank count gets its one-line error
+    from the cached catalogue, in a process that never imports torch."""
+    import subprocess
+    import sys
+
+    from workbench.catalogue import catalogue
+
+    catalogue()  # the listing cached (as after the first `workbench probes`)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    cases = {
+        "Unknown analysis 'nope'; known probes:": ["run", "nope"],
+        "Unknown field(s) ['bogus'] for ResidualNormsConfig": ["run", "residual-norms", "--set", "bogus=1"],
+        "Expected key=value, got 'max_tokens'": ["run", "residual-norms", "--set", "max_tokens"],
+        "must hold a JSON object": ["run", "residual-norms", "--config", str(listed)],
+        "cannot be read": ["run", "residual-norms", "--config", str(tmp_path / "absent.json")],
+        "is a study: it names its models": ["run", "linguistic-collapse-sweep", "--model", "tiny"],
+        "is a report: it names its models": ["run", "key_space", "--corpus", "brown"],
+        "dtype must be one of float32, bfloat16, float16, got 'float8'": ["run", "residual-norms", "--dtype", "float8"],
+        "numerics must be one of raw, processed, got 'cooked'": ["run", "residual-norms", "--numerics", "cooked"],
+        "--nproc takes a positive number of ranks or 'auto', got 'two'": ["run", "residual-norms", "--nproc", "two"],
+        "Unknown analysis 'nope'; known": ["probes", "nope"],
+    }
+    done = subprocess.run([sys.executable, "-c", _EARLY, json.dumps(list(cases.values()))], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["torch"] is False  # nothing above needed torch
+    for (words, args), (code, output, _) in zip(cases.items(), answer["answers"]):
+        lines = [ln for ln in output.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (args, output)
+
+
+def test_probes_explains_each_field_of_one_analysis():
+    out = runner.invoke(app, ["probes", "sae-circuits"])
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert text.startswith("sae-circuits (probe)") and "fields (workbench run sae-circuits --set field=value):" in text
+    assert "positive/negative pairs (the paper: 250 + 250)" in text  # what the field means (its source comment)
+    assert "why bounded: pairs held in memory" in text and "(min 2 max 10000)" in text  # its bound and why
+    report = runner.invoke(app, ["probes", "key_space"]).output
+    assert "key_space (report)" in report and "settings entries (--set preset=...): cpu, cpu-raw" in report
+    assert "--model, --corpus and --numerics do not apply" in report

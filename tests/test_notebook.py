@@ -84,3 +84,25 @@ def test_a_result_shows_its_summary_and_main_figure(tiny, brown, store):
     page = res._repr_html_()
     assert "ResidualNormsResult" in page and "final_top1" in page and "plotly" in page.lower()
     assert main_figure(object()) is None
+
+
+def test_a_result_in_terminal_ipython_prints_its_summary_as_text(store, tmp_path):
+    """A real terminal IPython (its stdin piped): typing a result prints its summary as text; no
+    `<IPython.core.display.HTML object>`, no browser, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from workbench.models import load_model\n"
+              "from workbench.corpora import Corpus, Document\n"
+              "from workbench.runner import run_probe\n"
+              "m = load_model('tiny', device='cpu')\n"
+              "c = Corpus('t', '1', [Document('d', 'the cat sat on the mat ' * 60, genre='g')])\n"
+              "r = run_probe('residual-norms', m, c, {'max_tokens': 128, 'seq_len': 32}).result\n"
+              "r\n")
+    ipython = Path(sys.executable).with_name("ipython")
+    out = subprocess.run([str(ipython), "--simple-prompt", "--no-banner", "--colors=NoColor"], input=script, text=True,
+                         capture_output=True, timeout=120, env={**__import__("os").environ, "BROWSER": "false"})
+    text = out.stdout + out.stderr
+    assert "ResidualNormsResult" in text and "final_top1:" in text, text[-2000:]
+    assert "IPython.core.display.HTML object" not in text and "Traceback" not in text and "browser" not in text.lower(), text[-2000:]

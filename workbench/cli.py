@@ -73,11 +73,19 @@ def corpora_fetch(name: str = typer.Argument("brown", help="corpus to download i
 
 
 @app.command("probes")
-def probes_cmd() -> None:
+def probes_cmd(name: Optional[str] = typer.Argument(None, help="one analysis: each of its fields with what it means")) -> None:
     """List the analyses and their config fields (set them with `run --set field=value`)."""
+    from workbench.arguments import known_analyses
     from workbench.catalogue import catalogue
 
-    for row in catalogue():
+    rows = catalogue()
+    if name is not None:
+        row = next((r for r in rows if r["name"] == name), None)
+        if row is None:
+            _fail(WorkbenchError(f"Unknown analysis {name!r}; known {known_analyses(rows)}"))
+        _explain(row)
+        return
+    for row in rows:
         typer.secho(f"{row['name']}" + (f" ({row['kind']})" if row["kind"] != "probe" else ""), bold=True)
         typer.echo(f"  {row['description']}")
         if row["kind"] == "probe":
@@ -86,6 +94,28 @@ def probes_cmd() -> None:
             typer.echo(f"  settings entries (--set preset=...): {', '.join(row.get('presets', []))}")
         for f in row["fields"]:
             typer.echo(f"    {f['name']:<22} {f['type']:<18} default {f['default']}")
+
+
+def _explain(row: dict) -> None:
+    """One analysis in full: what it computes, how it runs, and each field's type, default, range and meaning."""
+    typer.secho(f"{row['name']} ({row['kind']})", bold=True)
+    typer.echo(f"  {row['description']}")
+    if row["kind"] == "probe":
+        typer.echo(f"  numerics: {row['numerics']}; default model: {row['default_model']}; corpus: {row['default_corpus']}")
+    else:
+        typer.echo(f"  its config names its models and corpora: --model, --corpus and --numerics do not apply")
+    if row.get("presets"):
+        typer.echo(f"  settings entries (--set preset=...): {', '.join(row['presets'])}")
+    typer.echo(f"  fields (workbench run {row['name']} --set field=value):")
+    for f in row["fields"]:
+        bounds = " ".join(x for x in (f"min {f['min']}" if "min" in f else "", f"max {f['max']}" if "max" in f else "",
+                                      f"at most {f['max_items']} items" if "max_items" in f else "",
+                                      f"names a {f['names']}" if "names" in f else "") if x)
+        typer.echo(f"    {f['name']:<22} {f['type']:<18} default {f['default']}" + (f"  ({bounds})" if bounds else ""))
+        if f.get("help"):
+            typer.echo(f"      {f['help']}")
+        if f.get("why"):
+            typer.echo(f"      {'why bounded: ' if bounds else ''}{f['why']}")
 
 
 @app.command("run")
@@ -108,6 +138,12 @@ def run_cmd(
                                   "path (fused attention); slower, for checking"),
 ) -> None:
     """Run a probe, a study or a report (or reuse its stored result when every input matches) and print its summary."""
+    from workbench.arguments import check_run
+
+    try:  # what is certainly wrong is answered from the cached catalogue, before torch is imported
+        check_run(probe, set_, config, model, corpus, numerics, dtype, nproc)
+    except WorkbenchError as e:
+        _fail(e)
     from workbench.launch import check_ranks, launch, rank_env, rank_session, ranks_for
 
     args = ["run", probe, *_opt("--model", model), *_opt("--corpus", corpus), *_opt("--numerics", numerics),

@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from workbench.arguments import parse_overrides, read_config_file  # noqa: F401 - parse_overrides is part of this module's face
 from workbench.corpora.base import SPLITS
 from workbench.corpora.tokenized import ChunkSpec
 from workbench.errors import ConfigError
@@ -128,27 +129,8 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any] | None) -> C:
 
 
 def config_from_file(cls: type[C], path: str | Path, overrides: Mapping[str, Any] | None = None) -> C:
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"Config file {path} is not valid JSON: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Config file {path} must hold a JSON object of field names to values, not a {type(data).__name__}")
-    data = {**data, **(overrides or {})}
+    data = {**read_config_file(path), **(overrides or {})}
     return config_from_dict(cls, data)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
-    """['a=1', 'b=x'] -> {'a': '1', 'b': 'x'} (values are coerced later, by field type)."""
-    out: dict[str, str] = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ConfigError(f"Expected key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        out[k.strip().replace("-", "_")] = v.strip()
-    return out
 
 
 def field_meta(cls: type, name: str) -> Mapping[str, Any]:

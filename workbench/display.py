@@ -70,8 +70,32 @@ def result_html(result: Any) -> str:
     return summary_html(result) + part
 
 
+def summary_text(result: Any) -> str:
+    """The result's type, model, corpus and summary as plain text (a terminal has no HTML or figures)."""
+    meta = result.meta or {}
+    model = meta.get("model", {})
+    where = " · ".join(x for x in (str(model.get("id", "")) if isinstance(model, dict) else str(model), str(meta.get("corpus", "") or "")) if x)
+    rows = [f"  {k}: {json.dumps(v, default=str)[:300] if isinstance(v, (dict, list)) else (f'{v:.4g}' if isinstance(v, float) else v)}"
+            for k, v in (result.summary() or {}).items()]
+    return "\n".join([type(result).__name__ + (f" · {where}" if where else ""), *rows])
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (which draws HTML and figures), not in a terminal IPython or plain Python."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def show(result: Any) -> None:
-    """Display the summary and the main figure (as Plotly's own output, so it stays interactive)."""
+    """Display the summary and the main figure (as Plotly's own output, so it stays interactive); in
+    a terminal, print the summary as text (with a hint for the figure)."""
+    if not in_notebook():
+        print(summary_text(result) + "\n  (figures: in a notebook, or `workbench dashboard`)")
+        return
     from IPython.display import HTML, display
 
     display(HTML(summary_html(result)))

@@ -37,14 +37,11 @@ class RankFailure(WorkbenchError):
 
 def ranks_for(nproc: str | int) -> int:
     """`--nproc`: a positive count, or "auto" (one rank per GPU; one rank without GPUs)."""
-    if str(nproc) == "auto":
+    from workbench.arguments import parse_nproc
+
+    n = parse_nproc(nproc)
+    if n is None:
         return max(torch.cuda.device_count(), 1) if torch.cuda.is_available() else 1
-    try:
-        n = int(nproc)
-    except ValueError:
-        raise WorkbenchError(f"--nproc takes a positive number of ranks or 'auto', got {nproc!r}") from None
-    if n < 1:
-        raise WorkbenchError(f"--nproc takes a positive number of ranks or 'auto', got {nproc!r}")
     return n
 
 

@@ -320,14 +320,43 @@ def data_files(package: str) -> list[Path]:
 
 def describe_config(spec: Spec) -> list[dict[str, Any]]:
     """Fields of a config with defaults and types, for the CLI and dashboard forms."""
-    from workbench.config import config_fields
+    from workbench.config import config_fields, field_meta
 
     types = config_fields(spec.config_cls)
     out = []
     for f in dataclasses.fields(spec.config_cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append({"name": f.name, "type": _type_name(types[f.name]), "default": default})
+        meta = field_meta(spec.config_cls, f.name)
+        out.append({"name": f.name, "type": _type_name(types[f.name]), "default": default,
+                    **{k: meta[k] for k in ("why", "min", "max", "max_items", "names") if meta.get(k) is not None},
+                    **({"help": h} if (h := field_comments(spec.config_cls).get(f.name)) else {})})
+    return out
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """What each field of a config dataclass means, as its source says it in the comment on the
+    field's line (the nearest class in the MRO that defines the field); {} where the source is not
+    available."""
+    import inspect
+    import io
+    import tokenize
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines, start = inspect.getsourcelines(klass)
+        except (OSError, TypeError):
+            continue
+        comments = {t.start[0]: t.string.lstrip("# ").strip() for t in tokenize.generate_tokens(io.StringIO("".join(lines)).readline)
+                    if t.type == tokenize.COMMENT}
+        for node in ast.parse("".join(lines).strip() if lines[0][0] in " \t" else "".join(lines)).body[0].body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                text = " ".join(comments[n] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1) if n in comments)
+                if text:
+                    out[node.target.id] = text
     return out
 
 
