@@ -386,3 +386,27 @@ def test_a_registry_from_an_older_version_gains_the_new_columns(tmp_path):
     assert row["status"] == "interrupted" and "pid" in row  # no process recorded: it cannot still be running
     with sqlite3.connect(root / "registry.sqlite") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_staleness_is_judged_by_host_and_pid(tmp_path):
+    """On a store shared between machines, another host's temporary file is not removed because
+    its pid is not running here; this host's dead writer's is; the names carry both."""
+    from workbench.io import FOREIGN_STALE_S, atomic_path, host_tag, remove_stale
+
+    root = tmp_path / "shared"
+    root.mkdir()
+    pid, other = dead_pid(), "0badf00d" if host_tag() != "0badf00d" else "0badf00e"
+    mine = root / f".k1.tmp-h{host_tag()}-{pid}-a"
+    theirs = root / f".k2.tmp-h{other}-{pid}-b"
+    theirs_old = root / f".k3.old-h{other}-{pid}-c"
+    running_here = root / f".k4.tmp-h{host_tag()}-{os.getpid()}-d"
+    for d in (mine, theirs, theirs_old, running_here):
+        d.mkdir()
+        os.utime(d, (time.time() - 3600,) * 2)
+    os.utime(theirs_old, (time.time() - FOREIGN_STALE_S - 60,) * 2)
+    removed = remove_stale(root)
+    assert set(removed) == {mine, theirs_old}
+    assert theirs.exists() and running_here.exists()
+    with atomic_path(root / "x.json") as tmp:  # what this process writes is tagged with its host and pid
+        assert tmp.name.startswith(f".x.json.tmp-h{host_tag()}-{os.getpid()}-")
+        tmp.write_text("{}")

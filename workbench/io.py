@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import socket
 import shutil
 import tempfile
 import time
@@ -26,7 +28,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{writer_tag()}-", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -43,16 +45,17 @@ def replace_dir(path: str | Path) -> Iterator[Path]:
     of `path` (an old directory there is renamed away first, then removed).
 
     Readers see the old directory, none, or the new one; never a mix. The temporary and old names
-    carry the writer's pid (`.<name>.tmp-<pid>-…`, `.<name>.old-<pid>-…`), so `remove_stale`
-    can clear what a killed writer left, and a leftover never blocks a later save.
+    carry the writer's host and pid (`.<name>.tmp-h<host>-<pid>-…`, `.<name>.old-h<host>-<pid>-…`),
+    so `remove_stale` can clear what a killed writer on this host left (and leaves another host's
+    alone), and a leftover never blocks a later save.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{writer_tag()}-", dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            old = path.with_name(f".{path.name}.old-{writer_tag()}-{uuid.uuid4().hex[:8]}")
             os.rename(path, old)
             _rename_into_place(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -72,12 +75,26 @@ def _rename_into_place(tmp: Path, path: Path) -> None:
         # another writer of the same path finished first; both wrote the same thing, keep theirs
 
 
-_STALE = re.compile(r"^\..+\.(tmp|old)-(\d+)-")
+_STALE = re.compile(r"^\..+\.(tmp|old)-(?:h([0-9a-f]{8})-)?(\d+)-")
+FOREIGN_STALE_S = 7 * 24 * 3600.0  # another host's leftover: its writer's liveness cannot be seen from here
+
+
+def host_tag() -> str:
+    """This machine's short tag in temporary names (a digest of its host name)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def writer_tag() -> str:
+    """`h<host>-<pid>`: who writes a temporary file, so that staleness is judged by host and pid."""
+    return f"h{host_tag()}-{os.getpid()}"
 
 
 def remove_stale(root: str | Path, min_age_s: float = 600.0) -> list[Path]:
     """Remove temporary and replaced directories/files (see `replace_dir`, `atomic_path`) under
-    `root` whose writer process is gone and that are older than `min_age_s`; return them."""
+    `root` older than `min_age_s` whose writer is gone: a process of this host that no longer
+    runs (names without a host tag are from this host), or, on a store shared between machines,
+    another host's leftover only after FOREIGN_STALE_S (its process cannot be seen from here).
+    Returns what was removed."""
     removed: list[Path] = []
     root = Path(root)
     if not root.exists():
@@ -91,7 +108,8 @@ def remove_stale(root: str | Path, min_age_s: float = 600.0) -> list[Path]:
             age = now - p.lstat().st_mtime
         except OSError:
             continue
-        if age < min_age_s or _pid_alive(int(m.group(2))):
+        here = m.group(2) is None or m.group(2) == host_tag()
+        if age < min_age_s or (here and _pid_alive(int(m.group(3)))) or (not here and age < max(min_age_s, FOREIGN_STALE_S)):
             continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
