@@ -273,6 +273,7 @@ def test_cancel_a_running_job_and_retry_it(dash_duo, app):
         time.sleep(0.3)
     assert store.get_run(run_id)["status"] == "cancelled"
     assert dash_duo.driver.execute_script(read, f"#run-row-{run_id}") == "cancelled"
+    dash_duo.wait_for_text_to_equal("#home-row-msg", f"Run #{run_id}: cancelled.", timeout=10)  # not "cancelling…" any more
     shot(dash_duo, "home_cancelled")
     click_fresh(dash_duo, f'#run-row-{run_id} button[id*="home-retry"]')
     dash_duo.wait_for_contains_text("#home-row-msg", "queued again", timeout=10)

@@ -85,6 +85,7 @@ def layout() -> html.Div:
             dcc.Interval(id="home-poll", interval=1000),
             dcc.Store(id="home-sig"),
             dcc.Store(id="home-kick"),
+            dcc.Store(id="home-cancelling"),  # a run whose cancellation was asked while it ran: its message follows its row
         ]
     )
 
@@ -216,7 +217,7 @@ def register(app: Dash, ctx: AppState) -> None:
         return html.Span(f"Run #{run_id} queued.", className="ok", id="home-queued", **{"data-run": str(run_id)}), run_id
 
     @app.callback(
-        Output("home-row-msg", "children"),
+        Output("home-row-msg", "children"), Output("home-cancelling", "data"),
         Input({"type": "home-cancel", "run": ALL}, "n_clicks"), Input({"type": "home-retry", "run": ALL}, "n_clicks"),
         Input({"type": "home-clear", "run": ALL}, "n_clicks"),
         prevent_initial_call=True,
@@ -224,33 +225,42 @@ def register(app: Dash, ctx: AppState) -> None:
     def _row_action(_cancels, _retries, _clears):
         trig = callback_context.triggered_id
         if not isinstance(trig, dict) or not any(t["value"] for t in callback_context.triggered):
-            return no_update  # the buttons were (re)drawn, not clicked
+            return no_update, no_update  # the buttons were (re)drawn, not clicked
         run_id = parse_run_id(trig.get("run"))
         if run_id is None:
-            return f"{str(trig.get('run'))[:40]!r} is not a run id."
+            return f"{str(trig.get('run'))[:40]!r} is not a run id.", None
         if trig["type"] == "home-cancel":
             status = ctx.jobs.cancel(run_id)
-            return f"Run #{run_id}: " + ("cancelled." if status == "cancelled" else "cancelling…" if status == "running" else f"it is {status}.")
+            return (f"Run #{run_id}: " + ("cancelled." if status == "cancelled" else "cancelling…" if status == "running" else f"it is {status}."),
+                    run_id if status == "running" else None)
         if trig["type"] == "home-clear":
-            return f"Run #{run_id} cleared." if ctx.store.forget_run(run_id) else f"Run #{run_id} cannot be cleared (only runs that ended without a result)."
+            return (f"Run #{run_id} cleared." if ctx.store.forget_run(run_id) else
+                    f"Run #{run_id} cannot be cleared (only runs that ended without a result)."), None
         ok = ctx.jobs.retry(run_id)
-        return f"Run #{run_id} queued again." if ok else f"Run #{run_id} cannot be retried now."
+        return (f"Run #{run_id} queued again." if ok else f"Run #{run_id} cannot be retried now."), None
 
     @app.callback(
         Output("home-runs", "children"), Output("home-sig", "data"), Output("home-poll", "interval"),
+        Output("home-row-msg", "children", allow_duplicate=True), Output("home-cancelling", "data", allow_duplicate=True),
         Input("home-poll", "n_intervals"), Input("home-kick", "data"),
-        State("home-sig", "data"),
+        State("home-sig", "data"), State("home-cancelling", "data"),
+        prevent_initial_call="initial_duplicate",
     )
-    def _refresh(_n, _kick, sig):
+    def _refresh(_n, _kick, sig, cancelling):
         ctx.jobs.check()
         ctx.store.mark_interrupted()  # a run whose process was killed from outside stops showing "running"
         rows = ctx.store.runs(limit=MAX_ROWS)
         active = any(r["status"] in ACTIVE for r in rows)
         new_sig = [[r["run_id"], r["status"], round(float(r["progress"] or 0), 3), r["message"]] for r in rows]
         interval = 1000 if active else 3000
+        msg, pending = no_update, no_update
+        if cancelling is not None:  # the "cancelling…" message follows the row once the run has stopped
+            row = ctx.store.get_run(cancelling)
+            if row is None or row["status"] not in ACTIVE:
+                msg, pending = f"Run #{cancelling}: {row['status'] if row else 'gone'}.", None
         if sig == new_sig and callback_context.triggered_id == "home-poll":
-            return no_update, no_update, interval
-        return runs_table(ctx, rows), new_sig, interval
+            return no_update, no_update, interval, msg, pending
+        return runs_table(ctx, rows), new_sig, interval, msg, pending
 
 
 PAGE = DashPage(path="/", name="Home", layout=layout, register=register, order=0)
