@@ -134,3 +134,16 @@ def test_graph_hover_click_and_lookups(dash_duo, app):
     dash_duo.driver.save_screenshot(str(SHOTS / "sae_feature_page.png"))
     assert not dash_duo.find_elements(".error")
     assert not [e for e in dash_duo.get_logs() or [] if e.get("level") == "SEVERE"]
+
+    # a dead feature typed in: said so, with live ones nearby, instead of empty axes
+    res = app.workbench_ctx.result(app.workbench_ctx.finished_runs("sae-features")[0]["run_id"])
+    dead = [i for i, n in enumerate(res.tensors["fired"].tolist()) if n == 0]
+    assert dead, "the stand-in SAE has no dead feature to type in"
+    box = dash_duo.find_element("#feat-index")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(dead[0]) + Keys.TAB)
+    dash_duo.wait_for_contains_text("#feat-summary-text", f"Feature {dead[0]} never fired on this slice", timeout=20)
+    near = res.nearest_live(dead[0])
+    links = [a.text for a in dash_duo.find_elements("#feat-summary-text a")]
+    assert links == [str(i) for i in near]
+    assert not dash_duo.find_elements(".error")

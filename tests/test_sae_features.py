@@ -127,3 +127,17 @@ def test_two_ranks_give_the_single_run(feature_run):
     merged = acc.merge_states(states)
     for k in ("scored", "fired", "hist", "top_vals", "top_ctx"):
         assert torch.equal(merged[k], res.tensors[k]) if k != "top_vals" else torch.allclose(merged[k], res.tensors[k]), k
+
+
+def test_the_feature_browser_offers_live_features_by_density_band_and_points_a_dead_one_to_live_ones():
+    """Bands as a feature browser filters them: 1e-3..1e-2 first, then rarer, then denser, >5% last;
+    a dead feature is never offered, and a dead one typed in is pointed to its nearest live ones."""
+    from probes.sae_features import SAEFeaturesResult
+
+    fired = torch.tensor([0, 50, 500, 3000, 10_000, 5, 300, 0, 0, 0])  # of 100,000 scored tokens
+    res = SAEFeaturesResult(sae={"d_sae": 10}, tensors={"fired": fired, "scored": torch.tensor(100_000)})
+    banded = res.features_by_band()
+    assert [f for f, _ in banded] == [2, 6, 1, 5, 3, 4]
+    assert dict(banded)[2] == "1e-3–1e-2" and dict(banded)[4] == "dense >5%" and dict(banded)[5] == "≤1e-4"
+    assert {0, 7, 8, 9}.isdisjoint(f for f, _ in banded)
+    assert res.nearest_live(8) == [4, 5, 6] and res.nearest_live(0, n=2) == [1, 2]

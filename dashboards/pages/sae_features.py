@@ -50,7 +50,7 @@ def layout() -> html.Div:
                     html.Div([html.Label("Feature", htmlFor="feat-index"),
                               dcc.Input(id="feat-index", type="number", min=0, step=1, value=None, debounce=True)], className="form-field"),
                     html.Div([html.Label("Live features", htmlFor="feat-live"),
-                              dcc.Dropdown(id="feat-live", placeholder="most often firing first", clearable=True)],
+                              dcc.Dropdown(id="feat-live", placeholder="live features by density band", clearable=True)],
                              className="form-field wide"),
                 ],
                 className="controls",
@@ -92,15 +92,6 @@ def _sae_for(ctx: AppState, result, model):
                                       corpus_name=str(result.meta.get("corpus") or "brown").split("@")[0]))
 
 
-def _first_to_show(live: list[int], density) -> int:
-    """The feature a page opens on: the most often firing one that fires on at most 5% of tokens
-    (denser ones tend to be position or frequency features), else the most often firing one."""
-    for f in live:
-        if float(density[f]) <= 0.05:
-            return f
-    return live[0] if live else 0
-
-
 def _query(search: str | None) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs((search or "")[:4096].lstrip("?")).items() if v}
 
@@ -140,13 +131,12 @@ def register(app: Dash, ctx: AppState) -> None:
             return [], no_update
         try:
             res = ctx.result(run_id)
-            every = res.live_features()
-            live = every[:200]
+            banded = res.features_by_band()
             dens = res.density()
         except Exception:
             return [], no_update
-        opts = [{"label": f"feature {f} (density {float(dens[f]):.2%})", "value": f} for f in live]
-        return opts, (feature if feature is not None else _first_to_show(every, dens))
+        opts = [{"label": f"feature {f} (density {float(dens[f]):.2%}, band {band})", "value": f} for f, band in banded[:200]]
+        return opts, (feature if feature is not None else banded[0][0] if banded else 0)
 
     @app.callback(Output("feat-index", "value", allow_duplicate=True), Input("feat-live", "value"), prevent_initial_call=True)
     def _pick(f):
@@ -168,6 +158,13 @@ def register(app: Dash, ctx: AppState) -> None:
         except Exception as e:
             return no_update, no_update, no_update, no_update, no_update, no_update, error_message(e)
         sae = res.sae
+        if f["fired"] == 0:  # a dead feature: say so, and where live ones are, instead of empty axes
+            near = res.nearest_live(f["feature"])
+            msg = f"Feature {f['feature']} never fired on this slice (a dead feature)."
+            summary = [html.H4(f"Feature {f['feature']} of {sae.get('source')}"),
+                       html.P([msg + " Live features nearby: "] + [html.A(str(i), href=f"?run={run_id}&feature={i}", className="link-tok")
+                                                                  for i in near], id="feat-summary-text")]
+            return summary, [], empty_figure(msg), empty_figure(msg), empty_figure(msg), [], ""
         summary = [html.H4(f"Feature {f['feature']} of {sae.get('source')} ({sae.get('hook')}, {sae.get('d_sae')} features)"),
                    html.P(f"Fired on {f['fired']:,} of {int(res.tensors['scored']):,} scored tokens ({f['density']:.3%}); "
                           f"mean activation when firing {f['mean_activation']:.3g}. Run #{run_id}.", id="feat-summary-text")]

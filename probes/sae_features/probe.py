@@ -172,6 +172,11 @@ def logit_effects(model: HookedTransformer, sae: Any, n: int, chunk: int = 256) 
             "logit_bottom": torch.cat(bots), "logit_bottom_ids": torch.cat(bot_ids)}
 
 
+# (lower, upper, label): densities in (lower, upper]; the browser's order of bands
+DENSITY_BANDS = ((1e-3, 1e-2, "1e-3–1e-2"), (1e-4, 1e-3, "1e-4–1e-3"), (0.0, 1e-4, "≤1e-4"), (1e-2, 5e-2, "1e-2–5e-2"),
+                 (5e-2, 1.0, "dense >5%"))
+
+
 @dataclass
 class SAEFeaturesResult(Result):
     sae: dict = field(default_factory=dict)  # source, hook, d_sae
@@ -225,6 +230,25 @@ class SAEFeaturesResult(Result):
         fired = self.tensors["fired"]
         order = torch.argsort(fired, descending=True, stable=True)
         return [int(i) for i in order if fired[i] > 0]
+
+    def features_by_band(self) -> list[tuple[int, str]]:
+        """Live features as a feature browser offers them (as Neuronpedia filters by density):
+        by density band, the band where interpretable features usually sit first (1e-3 to 1e-2
+        of tokens), then the rarer ones, then the denser, and features firing on more than 5% of
+        tokens (often position or frequency features) last; most often firing first within a band.
+        Dead features are left out. Pairs of (feature, band label)."""
+        dens = self.density()
+        out = []
+        for lo, hi, label in DENSITY_BANDS:
+            band = [int(i) for i in torch.nonzero((dens > lo) & (dens <= hi)).flatten()]
+            band.sort(key=lambda i: (-float(dens[i]), i))
+            out += [(i, label) for i in band]
+        return out
+
+    def nearest_live(self, feature: int, n: int = 3) -> list[int]:
+        """The `n` live features with the nearest indices to `feature` (for a dead one typed in)."""
+        live = torch.nonzero(self.tensors["fired"] > 0).flatten().tolist()
+        return sorted(sorted(live, key=lambda i: (abs(i - feature), i))[:n])
 
     def summary(self) -> dict[str, Any]:
         if not self.tensors:
