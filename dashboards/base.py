@@ -154,6 +154,19 @@ def picker_state(ctx: AppState, probes: str | tuple[str, ...], wanted: int | Non
     return opts, (wanted if wanted is not None else opts[0]["value"] if opts else None)
 
 
+def sae_badge(quality: dict | None, badge_id: str | None = None) -> html.Span:
+    """The quality badge beside an SAE (explained variance, dead share, CE increase, L0; see
+    `workbench.saes.quality_badge`), marked weak, with the reasons, where it is."""
+    from workbench.saes.quality import quality_badge
+
+    b = quality_badge(quality)
+    state = "unknown" if b["weak"] is None else "weak" if b["weak"] else "ok"
+    label = {"weak": "weak SAE: ", "ok": "SAE: ", "unknown": "SAE "}[state] + b["text"]
+    extra = {"id": badge_id} if badge_id else {}
+    return html.Span(label, className=f"sae-badge sae-{state}", title="; ".join(b["reasons"]) or label,
+                     **{"data-weak": state}, **extra)
+
+
 def feature_href(sae_source: str, feature: int) -> str:
     """The address of an SAE feature's page, by the SAE's source (what every page naming a feature knows)."""
     from urllib.parse import quote

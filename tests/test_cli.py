@@ -281,3 +281,16 @@ def test_probes_explains_each_field_of_one_analysis():
     report = runner.invoke(app, ["probes", "key_space"]).output
     assert "key_space (report)" in report and "settings entries (--set preset=...): cpu, cpu-raw" in report
     assert "--model, --corpus and --numerics do not apply" in report
+
+
+def test_show_puts_the_sae_quality_badge_beside_a_run_and_warns_when_weak(store):
+    weak = {"text": "explained var. 0.815 · dead 65.3% · CE +0.870 nats · L0 64.0", "weak": True,
+            "reasons": ["explained variance 0.815 < 0.9"]}
+    run_id = store.start_run("k", "sae-features", "smollm2-135m", "raw", "brown", {}, "v")
+    store.finish_run(run_id, "done", summary={"sae": "trained:15", "sae_quality": weak})
+    out = runner.invoke(app, ["show", str(run_id)])
+    assert out.exit_code == 0, out.output
+    assert "SAE : WEAK: explained var. 0.815 · dead 65.3%" in out.output and "(explained variance 0.815 < 0.9)" in out.output
+    ft = store.start_run("k2", "function-tokens", "smollm2-135m", "raw", "brown", {}, "v")
+    store.finish_run(ft, "done", summary={"L15": {"sae_quality": {"text": "quality not measured", "weak": None, "reasons": []}}})
+    assert "SAE L15: quality not measured" in runner.invoke(app, ["show", str(ft)]).output

@@ -118,6 +118,8 @@ def test_graph_hover_click_and_lookups(dash_duo, app):
     dash_duo.find_element("#ft-feature-link").click()
     dash_duo.wait_for_element('#page-root[data-page="/sae-features"]', timeout=15)
     dash_duo.wait_for_contains_text("#feat-summary", f"Feature {feature} of", timeout=20)
+    badge = dash_duo.find_element("#feat-sae-badge")  # the SAE's quality beside it
+    assert badge.get_attribute("data-weak") in ("weak", "ok", "unknown") and "SAE" in badge.text
     rows = dash_duo.find_elements("#feat-contexts .context-row")
     assert rows and all(r.find_elements("css selector", ".ctx-focus") for r in rows)
     hist = dash_duo.driver.execute_script(

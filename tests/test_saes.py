@@ -267,3 +267,16 @@ def test_a_preprocessing_that_cannot_be_bridged_is_refused(tiny):
     assert not needs_centering(plain, tiny)
     with pytest.raises(ConfigError, match="matching numerics"):
         needs_centering(plain, load_model("tiny", numerics="processed", device="cpu"))
+
+
+def test_the_quality_badge_marks_a_weak_sae_and_says_why():
+    from workbench.saes import quality_badge
+
+    first_look = {"explained_variance": 0.815, "dead_share": 1504 / 2304, "ce_increase": 0.87, "l0": 64.0}
+    b = quality_badge(first_look)
+    assert b["weak"] is True and b["text"] == "explained var. 0.815 · dead 65.3% · CE +0.870 nats · L0 64.0"
+    assert len(b["reasons"]) == 3 and "0.815 < 0.9" in b["reasons"][0] and "65% of latents dead" in b["reasons"][1]
+    good = quality_badge({"explained_variance": 0.95, "dead_share": 0.004, "ce_increase": 0.12, "l0": 64.0})
+    assert good["weak"] is False and good["reasons"] == []
+    assert quality_badge({**first_look, "dead_share": 0.0, "ce_increase": 0.1})["reasons"] == ["explained variance 0.815 < 0.9"]
+    assert quality_badge(None) == {"text": "quality not measured", "weak": None, "reasons": []}

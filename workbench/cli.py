@@ -236,8 +236,26 @@ def show_cmd(run_id: int = typer.Argument(..., help="run id from `workbench runs
     typer.echo(f"{'config':>13}: {row['config']}")
     if row["summary"]:
         typer.echo(f"{'summary':>13}: {row['summary']}")
+        for label, badge in _sae_badges(row["summary"]):
+            weak = badge.get("weak")
+            typer.secho(f"{'SAE ' + label:>13}: {'WEAK: ' if weak else ''}{badge.get('text')}"
+                        + (f" ({'; '.join(badge.get('reasons', []))})" if weak else ""),
+                        fg=typer.colors.YELLOW if weak else None)
     if row["error"]:
         typer.secho(row["error"], fg=typer.colors.RED)
+
+
+def _sae_badges(summary_json: str) -> list[tuple[str, dict]]:
+    """The SAE quality badges a run's summary holds (`sae_quality`, at the top or under a label)."""
+    try:
+        summary = json.loads(summary_json)
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(summary, dict):
+        return []
+    found = [("", summary["sae_quality"])] if isinstance(summary.get("sae_quality"), dict) else []
+    found += [(k, v["sae_quality"]) for k, v in summary.items() if isinstance(v, dict) and isinstance(v.get("sae_quality"), dict)]
+    return found
 
 
 add_commands(app)  # `dashboard`, `figures`: the installed plugins' subcommands (workbench.plugins)

@@ -21,7 +21,9 @@ from dashboards.base import (
     run_note,
     run_options,
     run_picker,
+    sae_badge,
 )
+from workbench.saes.quality import quality_badge
 from dashboards.figures import empty_figure
 from dashboards.figures import function_tokens as figs
 from dashboards.graphs import cyto_graph, graph_card, nx_to_elements
@@ -102,8 +104,13 @@ def summary_block(result) -> html.Div:
                                html.Td(f"{q['dead_share']:.3f}" if q else "–"), html.Td(f"{q['ce_increase']:.3f}" if q else "–")]))
     table = html.Table([html.Thead(html.Tr([html.Th(h) for h in ("SAE", "hook", "d_sae", "expl. var.", "L0", "dead", "ΔCE")])),
                         html.Tbody(q_rows)], className="details-table")
+    weak = [label for label, s in result.saes.items() if quality_badge(s.get("quality"))["weak"]]
+    badges = html.Div([html.Div([html.Strong(f"{label}: "), sae_badge(s.get("quality"))]) for label, s in result.saes.items()]
+                      + ([html.P(f"Weak SAE{'s' if len(weak) > 1 else ''} ({', '.join(weak)}): features of a poor reconstruction "
+                                 "describe the SAE as much as the model; read feature-level results with care.", className="warn")]
+                         if weak else []), id="ft-sae-badges")
     toks = ", ".join(repr(t) for t in fs["tokens"][:30]) + (" …" if len(fs["tokens"]) > 30 else "")
-    return html.Div([html.Div(rows, className="stats"), html.P(["Function tokens: ", html.Code(toks)]), table])
+    return html.Div([badges, html.Div(rows, className="stats"), html.P(["Function tokens: ", html.Code(toks)]), table])
 
 
 def contexts_block(result, label: str, feature: int) -> html.Div:

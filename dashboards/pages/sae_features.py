@@ -23,6 +23,7 @@ from dashboards.base import (
     register_run_note,
     run_note,
     run_picker,
+    sae_badge,
 )
 from dashboards.cache import LRU
 from dashboards.figures import empty_figure, show_token
@@ -161,11 +162,12 @@ def register(app: Dash, ctx: AppState) -> None:
         if f["fired"] == 0:  # a dead feature: say so, and where live ones are, instead of empty axes
             near = res.nearest_live(f["feature"])
             msg = f"Feature {f['feature']} never fired on this slice (a dead feature)."
-            summary = [html.H4(f"Feature {f['feature']} of {sae.get('source')}"),
+            summary = [html.H4(f"Feature {f['feature']} of {sae.get('source')}"), sae_badge(sae.get("quality"), "feat-sae-badge"),
                        html.P([msg + " Live features nearby: "] + [html.A(str(i), href=f"?run={run_id}&feature={i}", className="link-tok")
                                                                   for i in near], id="feat-summary-text")]
             return summary, [], empty_figure(msg), empty_figure(msg), empty_figure(msg), [], ""
         summary = [html.H4(f"Feature {f['feature']} of {sae.get('source')} ({sae.get('hook')}, {sae.get('d_sae')} features)"),
+                   sae_badge(sae.get("quality"), "feat-sae-badge"),
                    html.P(f"Fired on {f['fired']:,} of {int(res.tensors['scored']):,} scored tokens ({f['density']:.3%}); "
                           f"mean activation when firing {f['mean_activation']:.3g}. Run #{run_id}.", id="feat-summary-text")]
         contexts = [_context(c) for c in f["contexts"]] or [html.P("It never fired on this slice.", className="empty")]

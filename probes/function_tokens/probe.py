@@ -56,7 +56,8 @@ from workbench.saes import (
     hook_layer,
     hook_name,
     load_sae,
-    read_recipe,
+    quality_badge,
+    recipe_quality,
     source_of,
     special_token_ids,
 )
@@ -503,6 +504,7 @@ class FunctionTokensResult(Result):
                 "top1_cov_active": round(cmp_.get("top1_active", float("nan")), 4),
                 "top10_function_cov_active": round(cmp_.get("function_active", float("nan")), 4),
                 "top10_content_cov_active": round(cmp_.get("content_active", float("nan")), 4),
+                "sae_quality": quality_badge(self.saes.get(label, {}).get("quality")),
             }
         return out
 
@@ -593,9 +595,8 @@ def run(model: HookedTransformer, corpus: Corpus, config: FunctionTokensConfig) 
         tensors[f"{label}/edges"] = pack_bits(edges)
         for name in ("wsum", "wcount", "top_vals", "top_ctx"):
             tensors[f"{label}/{name}"] = state[f"{label}/{name}"]
-        path = getattr(sae, "workbench_path", None)
         sae_info[label] = {"source": source_of(sae), "spec": spec_of[label], "hook": hook_name(sae), "d_sae": d,
-                           "architecture": sae.cfg.architecture(), "quality": read_recipe(path).get("quality") if path else None}
+                           "architecture": sae.cfg.architecture(), "quality": recipe_quality(sae)}
 
     result = FunctionTokensResult(
         meta={"slice": {**batches.describe(), "tokens_per_s": stats_run.tokens_per_s, "stream_seconds": stats_run.seconds},

@@ -31,7 +31,7 @@ from workbench.distributed import merge_states
 from workbench.errors import ConfigError
 from workbench.probe_api import ProbeSpec, register
 from workbench.results import Result
-from workbench.saes import check_fits, encode, hook_name, load_sae, source_of
+from workbench.saes import check_fits, encode, hook_name, load_sae, quality_badge, recipe_quality, source_of
 from workbench.saes.quality import scored_mask, special_token_ids
 from workbench.slices import stream_corpus
 from workbench.top_contexts import (
@@ -256,7 +256,8 @@ class SAEFeaturesResult(Result):
         dens = self.density()
         return {"sae": self.sae.get("source"), "d_sae": self.d_sae, "scored_tokens": int(self.tensors["scored"]),
                 "dead_share": round(float((self.tensors["fired"] == 0).double().mean()), 4),
-                "median_density_live": round(float(dens[dens > 0].median()), 6) if bool((dens > 0).any()) else 0.0}
+                "median_density_live": round(float(dens[dens > 0].median()), 6) if bool((dens > 0).any()) else 0.0,
+                "sae_quality": quality_badge(self.sae.get("quality"))}
 
 
 def run(model: HookedTransformer, corpus: Corpus, config: SAEFeaturesConfig) -> SAEFeaturesResult:
@@ -279,7 +280,7 @@ def run(model: HookedTransformer, corpus: Corpus, config: SAEFeaturesConfig) -> 
     strings = dict(zip(map(str, used), model.tokenizer.batch_decode([[i] for i in used])))
     return SAEFeaturesResult(
         meta={"slice": slice_info, "context_before": config.context_before, "context_after": config.context_after},
-        sae={"source": source_of(sae), "hook": hook_name(sae), "d_sae": d, "asked": config.sae},
+        sae={"source": source_of(sae), "hook": hook_name(sae), "d_sae": d, "asked": config.sae, "quality": recipe_quality(sae)},
         tensors=tensors, token_strings=strings,
     )
 

@@ -21,13 +21,14 @@ from workbench.saes.loading import (
     sae_input,
     source_of,
 )
-from workbench.saes.quality import SAEQuality, evaluate_sae, special_token_ids
+from workbench.saes.quality import SAEQuality, evaluate_sae, quality_badge, special_token_ids
 from workbench.saes.recipes import (
     PRESETS,
     SAETrainSpec,
     find_trained,
     preset_spec,
     read_recipe,
+    recipe_quality,
     trained_dir,
     trained_saes,
 )
@@ -35,6 +36,6 @@ from workbench.saes.training import train_sae, train_saes
 
 __all__ = [
     "PRESETS", "SAEQuality", "encode", "expected_processing", "needs_centering", "prepare", "reconstruct", "sae_input", "SAETrainSpec", "check_fits", "decoder_direction", "evaluate_sae", "find_trained", "hook_layer",
-    "hook_name", "is_sae_dir", "load_local", "load_pretrained", "load_sae", "preset_spec", "read_recipe", "source_of",
+    "hook_name", "is_sae_dir", "load_local", "load_pretrained", "load_sae", "preset_spec", "read_recipe", "recipe_quality", "source_of", "quality_badge",
     "special_token_ids", "train_sae", "train_saes", "trained_dir", "trained_saes",
 ]

@@ -178,3 +178,28 @@ def evaluate_sae(
     acc = SAEQualityAccumulator(model, sae, special_token_ids(model))
     _, slice_info = stream_corpus(model, corpus, cfg, acc, desc=f"sae-quality {hook_name(sae)}", progress=progress)
     return acc.result(slice_info)
+
+
+# What makes an SAE too weak to read features from without a warning: it reconstructs under 90% of
+# the activation's variance, more than a tenth of its latents never fire, or splicing it in costs
+# more than 0.5 nats of next-token loss (its features then describe a different model).
+WEAK_EXPLAINED_VARIANCE = 0.90
+WEAK_DEAD_SHARE = 0.10
+WEAK_CE_INCREASE = 0.5
+
+
+def quality_badge(quality: dict | None) -> dict:
+    """The badge shown beside an SAE wherever it is used: a one-line text (explained variance, dead
+    share, CE increase when spliced in, L0), whether it is weak, and why. Without a measured
+    quality the badge says so (weak is None: unknown)."""
+    if not quality:
+        return {"text": "quality not measured", "weak": None, "reasons": []}
+    ev, dead, ce, l0 = (quality.get(k) for k in ("explained_variance", "dead_share", "ce_increase", "l0"))
+    parts = [f"explained var. {ev:.3f}" if ev is not None else "", f"dead {dead:.1%}" if dead is not None else "",
+             f"CE +{ce:.3f} nats" if ce is not None else "", f"L0 {l0:.1f}" if l0 is not None else ""]
+    reasons = [r for r, bad in ((f"explained variance {ev:.3f} < {WEAK_EXPLAINED_VARIANCE}", ev is not None and ev < WEAK_EXPLAINED_VARIANCE),
+                                (f"{dead:.0%} of latents dead (> {WEAK_DEAD_SHARE:.0%})" if dead is not None else "",
+                                 dead is not None and dead > WEAK_DEAD_SHARE),
+                                (f"splicing it in costs {ce:.2f} nats (> {WEAK_CE_INCREASE})" if ce is not None else "",
+                                 ce is not None and ce > WEAK_CE_INCREASE)) if bad]
+    return {"text": " · ".join(p for p in parts if p), "weak": bool(reasons), "reasons": reasons}

@@ -157,6 +157,13 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     return read_json(p) if p.exists() else {}
 
 
+def recipe_quality(sae: Any) -> dict[str, Any] | None:
+    """The quality measured when the workbench trained this loaded SAE (None for others: an SAE Lens
+    release or a directory without a recipe)."""
+    path = getattr(sae, "workbench_path", None)
+    return read_recipe(path).get("quality") if path else None
+
+
 def trained_saes(model: HookedTransformer, corpus_name: str, layers: list[int] | tuple[int, ...],
                  hook_suffix: str = hooks.RESID_POST) -> dict[int, Path]:
     """Workbench-trained SAEs of this model (same name and weights) on `corpus_name` in the cache,
