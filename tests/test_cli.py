@@ -260,6 +260,7 @@ def test_argument_mistakes_are_answered_before_torch_is_imported(tmp_path):
         "numerics must be one of raw, processed, got 'cooked'": ["run", "residual-norms", "--numerics", "cooked"],
         "--nproc takes a positive number of ranks or 'auto', got 'two'": ["run", "residual-norms", "--nproc", "two"],
         "Unknown analysis 'nope'; known": ["probes", "nope"],
+        "'bigram-backcopy' has no default model: --model must name a Bigram-Backcopy checkpoint": ["run", "bigram-backcopy"],
     }
     done = subprocess.run([sys.executable, "-c", _EARLY, json.dumps(list(cases.values()))], capture_output=True, text=True,
                           timeout=120)

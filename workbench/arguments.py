@@ -73,6 +73,8 @@ def check_run(name: str, set_: list[str], config: str | None = None, model: str 
         if flags:
             raise ConfigError(f"{name!r} is a {row['kind']}: it names its models and corpora in its config (--set); "
                               f"{', '.join(flags)} does not apply")
+    if row["kind"] == "probe" and not row.get("default_model") and model is None:
+        raise ConfigError(f"{name!r} has no default model: --model must name {row.get('model_hint') or 'one'}")
     if numerics is not None and numerics not in NUMERICS:
         raise ConfigError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics[:40]!r}")
     if dtype is not None and str(dtype).lower() not in DTYPE_NAMES and \

@@ -62,7 +62,8 @@ def build() -> list[dict[str, Any]]:
         if spec.kind == "report":
             row["presets"] = sorted(spec.presets)
         if spec.kind == "probe":
-            row |= {"numerics": spec.numerics, "default_model": spec.default_model, "default_corpus": spec.default_corpus}
+            row |= {"numerics": spec.numerics, "default_model": spec.default_model, "default_corpus": spec.default_corpus,
+                    "model_hint": spec.model_hint}
         rows.append(row)
     return rows
 

@@ -89,11 +89,15 @@ def probes_cmd(name: Optional[str] = typer.Argument(None, help="one analysis: ea
         typer.secho(f"{row['name']}" + (f" ({row['kind']})" if row["kind"] != "probe" else ""), bold=True)
         typer.echo(f"  {row['description']}")
         if row["kind"] == "probe":
-            typer.echo(f"  numerics: {row['numerics']}; default model: {row['default_model']}; corpus: {row['default_corpus']}")
+            typer.echo(f"  numerics: {row['numerics']}; default model: {_default_model(row)}; corpus: {row['default_corpus']}")
         if row["kind"] == "report":
             typer.echo(f"  settings entries (--set preset=...): {', '.join(row.get('presets', []))}")
         for f in row["fields"]:
             typer.echo(f"    {f['name']:<22} {f['type']:<18} default {f['default']}")
+
+
+def _default_model(row: dict) -> str:
+    return row["default_model"] or f"none (--model names {row.get('model_hint') or 'the model'})"
 
 
 def _explain(row: dict) -> None:
@@ -101,7 +105,7 @@ def _explain(row: dict) -> None:
     typer.secho(f"{row['name']} ({row['kind']})", bold=True)
     typer.echo(f"  {row['description']}")
     if row["kind"] == "probe":
-        typer.echo(f"  numerics: {row['numerics']}; default model: {row['default_model']}; corpus: {row['default_corpus']}")
+        typer.echo(f"  numerics: {row['numerics']}; default model: {_default_model(row)}; corpus: {row['default_corpus']}")
     else:
         typer.echo(f"  its config names its models and corpora: --model, --corpus and --numerics do not apply")
     if row.get("presets"):
@@ -201,6 +205,8 @@ def _run_here(probe: str, model: Optional[str], corpus: Optional[str], numerics:
                                  f"{', '.join(given)} does not apply")
         with using_dtype(dtype):
             return run_study(spec, cfg, force=force, device=rank_device(device))
+    if not (model or spec.default_model):
+        raise WorkbenchError(f"{probe!r} has no default model: --model must name {spec.model_hint or 'one'}")
     c = load_corpus(corpus or spec.default_corpus) if spec.needs_corpus else None  # a bad corpus fails before the model loads
     m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=rank_device(device), n_devices=n_devices,
                    dtype=dtype, fast=not explicit)

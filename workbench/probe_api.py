@@ -45,9 +45,10 @@ class ProbeSpec:
     run: Callable[..., Result]
     numerics: str = "raw"  # the numerics mode the method is defined on
     needs_corpus: bool = True
-    default_model: str = "smollm2-135m"
+    default_model: str = "smollm2-135m"  # "": none; the model must be named (`model_hint` says what it must be)
     default_corpus: str | None = "brown"
     kind: str = "probe"
+    model_hint: str = ""  # what --model must name when there is no default model
     # the work of a run in forward token-passes, from its config and the model's config (workbench.cost); None: unknown
     cost: Callable[[Any, Any], float | None] | None = None
 

@@ -268,4 +268,6 @@ SPEC = register(ProbeSpec(
     run=run,
     needs_corpus=False,
     default_corpus=None,
+    default_model="",  # it runs on a model trained on the task, never on a language model
+    model_hint="a Bigram-Backcopy checkpoint directory (experiments/attention_sinks.py trains them under <cache>/bb/)",
 ))
