@@ -20,6 +20,7 @@ import pandas as pd
 
 from dashboards.figures import attention_sinks as figs
 from experiments.presets import declare
+from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import (
@@ -706,6 +707,4 @@ if __name__ == "__main__":
     ap.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--out", default=str(DEFAULT_OUT / "attention_sinks"))
     args = ap.parse_args()
-    section = run(Path(args.out), quick=args.quick, preset=args.preset)
-    (Path(args.out) / "section.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
-    section.publish(Path(args.out), "quick" if args.quick else args.preset)
+    publish_report("attention_sinks", Path(args.out), args.quick, args.preset)

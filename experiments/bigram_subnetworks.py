@@ -37,6 +37,7 @@ import torch
 
 from dashboards.figures import bigram_subnetworks as figs
 from experiments.presets import declare
+from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.bigram_subnetworks import PAPER, BigramSubnetworksConfig, announce_memory
@@ -291,8 +292,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     ap.add_argument("--out", default=str(DEFAULT_OUT / "bigram_subnetworks"))
     a = ap.parse_args()
-    sec = run(Path(a.out), quick=a.quick, preset=a.preset)
-    sec.publish(Path(a.out), "quick" if a.quick else a.preset)
+    publish_report("bigram_subnetworks", Path(a.out), a.quick, a.preset)
 
 
 REPORT = register_report("bigram_subnetworks", description="bigram subnetworks: the sparsest mask that keeps the bigram loss, its rotation and overlap", presets=PRESETS, order=3)

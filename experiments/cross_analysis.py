@@ -40,6 +40,7 @@ from plotly.subplots import make_subplots
 from experiments import attention_sinks as exp_sinks
 from experiments import bigram_subnetworks as exp_bigram
 from experiments.presets import declare
+from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.cross_analysis import NAME, CrossAnalysisConfig
@@ -311,5 +312,4 @@ if __name__ == "__main__":
     ap.add_argument("--preset", default="cpu", choices=sorted(k for k in PRESETS if k != "quick"))
     ap.add_argument("--out", default=str(DEFAULT_OUT / "cross_analysis"))
     a = ap.parse_args()
-    sec = run(Path(a.out), quick=a.quick, preset=a.preset)
-    sec.publish(Path(a.out), "quick" if a.quick else a.preset)
+    publish_report("cross_analysis", Path(a.out), a.quick, a.preset)

@@ -34,6 +34,7 @@ import pandas as pd
 from dashboards.figures import function_tokens as figs
 from dashboards.figures.function_tokens import coverage_rows, show_token
 from experiments.presets import declare
+from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from experiments.train_saes import quality_table
@@ -424,9 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--preset", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT / "function_tokens")
     args = ap.parse_args(argv)
-    section = run(args.out, quick=args.quick, preset=args.preset)
-    (args.out / "function_tokens.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
-    section.publish(args.out, "quick" if args.quick else args.preset)
+    publish_report("function_tokens", args.out, args.quick, args.preset)
 
 
 REPORT = register_report("function_tokens", description="function tokens and SAE features: coverage, loss by bigram class, steering", presets=PRESETS, order=2)

@@ -38,6 +38,7 @@ import pandas as pd
 from dashboards.figures import key_space as figs
 from dashboards.figures import key_space as kfigs
 from experiments.presets import declare
+from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.key_space import group_table
@@ -352,5 +353,8 @@ if __name__ == "__main__":
     if a.threads:
         torch.set_num_threads(a.threads)
     with threadpool_limits(a.threads) if a.threads else nullcontext():
-        section = run(Path(a.out), quick=a.quick, preset=a.preset, categories=a.categories)
-    section.publish(Path(a.out), "quick" if a.quick else a.preset)
+        if a.categories is None:
+            publish_report("key_space", Path(a.out), a.quick, a.preset)
+        else:  # a chosen subset of categories: printed and saved beside its figures, not a stored report
+            section = run(Path(a.out), quick=a.quick, preset=a.preset, categories=a.categories)
+            section.publish(Path(a.out), "quick" if a.quick else a.preset)

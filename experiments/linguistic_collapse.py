@@ -24,6 +24,7 @@ from scipy.stats import t as student_t
 
 from dashboards.figures import linguistic_collapse as figs
 from experiments.presets import declare
+from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.linguistic_collapse import (
@@ -344,8 +345,11 @@ def main() -> None:
     p.add_argument("--sweep-run", type=int, help="report this stored sweep run (registry id) instead of running the grid")
     p.add_argument("--smollm2-run", type=int, help="report this stored linguistic-collapse run of the pretrained model (registry id)")
     args = p.parse_args()
-    section = run(Path(args.out), quick=args.quick, preset=args.preset, sweep_run=args.sweep_run, smollm2_run=args.smollm2_run)
-    section.publish(Path(args.out), "quick" if args.quick else args.preset)
+    if args.sweep_run is None and args.smollm2_run is None:
+        publish_report("linguistic_collapse", Path(args.out), args.quick, args.preset)
+    else:  # a section of chosen stored runs: printed and saved beside its figures, not a stored report
+        section = run(Path(args.out), quick=args.quick, preset=args.preset, sweep_run=args.sweep_run, smollm2_run=args.smollm2_run)
+        section.publish(Path(args.out), "quick" if args.quick else args.preset)
 
 
 REPORT = register_report("linguistic_collapse", description="linguistic collapse (NC1-NC4) in a model-size sweep and in the pretrained model", presets=PRESETS, order=4)

@@ -33,6 +33,7 @@ import torch
 
 from dashboards.figures import sae_circuits as figs
 from experiments.presets import declare
+from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import bb_recipe, load_bb
@@ -408,7 +409,8 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.compute_only:
         compute_all(Path(args.out), "quick" if args.quick else args.preset, args.fresh, args.only)
-    else:
+    elif not args.fresh and not args.only:
+        publish_report("sae_circuits", Path(args.out), args.quick, args.preset)
+    else:  # recomputed or a subset of tasks: printed and saved beside its figures, not a stored report
         section = run(Path(args.out), quick=args.quick, preset=args.preset, fresh=args.fresh, only=args.only)
-        (Path(args.out) / "section.md").write_text(f"## {section.title}\n\n{section.markdown}\n")
         section.publish(Path(args.out), "quick" if args.quick else args.preset)

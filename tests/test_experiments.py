@@ -439,3 +439,16 @@ def test_the_summary_table_states_the_papers_headline_and_ours_beside_the_verdic
     assert cells[1] == key_space.PAPER_HEADLINE and "11–100" in cells[1]
     assert cells[2] == "precision a/b lower elsewhere." and cells[3] == "contradicted" and cells[4:] == ["1.0 min", "1"]
     assert all(run_all.paper_headline(name) for name in run_all.analyses())  # every analysis states its paper's headline
+
+
+def test_running_an_experiment_script_stores_its_report(tmp_path, store, monkeypatch, capsys):
+    """`python -m experiments.attention_sinks` (standard arguments) is the registered report: stored,
+    so `run_all --assemble` finds it; a second call reuses it."""
+    from experiments.reporting import publish_report
+
+    ran = _fake_sinks_report(monkeypatch)
+    publish_report("attention_sinks", tmp_path / "out" / "attention_sinks", False, "cpu")
+    publish_report("attention_sinks", tmp_path / "out" / "attention_sinks", False, "cpu")
+    assert ran == ["cpu", "cpu"] and "sink mass 0.85" in capsys.readouterr().out
+    assert [r["status"] for r in store.runs(probe="attention_sinks")] == ["reused", "done"]
+    assert run_all.stored_section("attention_sinks", tmp_path / "out", store).verdict == "inconclusive"
