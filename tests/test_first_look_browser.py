@@ -130,7 +130,7 @@ def test_every_page_has_figures_with_data_after_a_first_look(dash_duo, app, firs
         driver.save_screenshot(str(SHOTS / f"{name}.png"))
         driver.set_window_size(1400, 900)
         if page.path == "/":
-            assert dash_duo.find_elements("tr[id^='run-row-']"), "Home lists no runs"
+            dash_duo.wait_for_element("tr[id^='run-row-']", timeout=20)  # Home lists the first look's runs
             continue
         empty = [f"{f['id']}: {f['title'] or f['notes']}" for f in figures if f["points"] == 0 and f["id"] not in WAITS_FOR_THE_USER]
         assert figures and not empty, f"{page.path}: figures without data: {empty}"

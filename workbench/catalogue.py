@@ -56,7 +56,7 @@ def build() -> list[dict[str, Any]]:
     for spec in [*list_probes(), *list_studies(), *list_reports()]:
         fields = [{"name": f["name"], "type": f["type"], "default": repr(f["default"]),
                    **{k: f[k] for k in ("help", "why", "min", "max", "max_items", "names") if f.get(k) is not None}}
-                  for f in describe_config(spec)]
+                  for f in describe_config(spec, comments=True)]
         row = {"name": spec.name, "kind": spec.kind, "description": spec.description, "fields": fields,
                "config": spec.config_cls.__name__}
         if spec.kind == "report":

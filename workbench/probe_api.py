@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -319,8 +320,10 @@ def data_files(package: str) -> list[Path]:
     return out
 
 
-def describe_config(spec: Spec) -> list[dict[str, Any]]:
-    """Fields of a config with defaults and types, for the CLI and dashboard forms."""
+def describe_config(spec: Spec, comments: bool = False) -> list[dict[str, Any]]:
+    """Fields of a config with defaults, types and bounds, for the CLI and dashboard forms; with
+    `comments`, also what each field means from its source comment (parses the source: for the
+    cached catalogue, not for every table row drawn)."""
     from workbench.config import config_fields, field_meta
 
     types = config_fields(spec.config_cls)
@@ -331,10 +334,11 @@ def describe_config(spec: Spec) -> list[dict[str, Any]]:
         meta = field_meta(spec.config_cls, f.name)
         out.append({"name": f.name, "type": _type_name(types[f.name]), "default": default,
                     **{k: meta[k] for k in ("why", "min", "max", "max_items", "names") if meta.get(k) is not None},
-                    **({"help": h} if (h := field_comments(spec.config_cls).get(f.name)) else {})})
+                    **({"help": h} if comments and (h := field_comments(spec.config_cls).get(f.name)) else {})})
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def field_comments(cls: type) -> dict[str, str]:
     """What each field of a config dataclass means, as its source says it in the comment on the
     field's line (the nearest class in the MRO that defines the field); {} where the source is not
