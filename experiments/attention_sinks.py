@@ -20,8 +20,8 @@ import pandas as pd
 
 from dashboards.figures import attention_sinks as figs
 from experiments.presets import declare
-from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
+from experiments.run_all import publish_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import (
     SEQ_LEN,

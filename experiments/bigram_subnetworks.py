@@ -37,8 +37,8 @@ import torch
 
 from dashboards.figures import bigram_subnetworks as figs
 from experiments.presets import declare
-from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
+from experiments.run_all import publish_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.bigram_subnetworks import PAPER, BigramSubnetworksConfig, announce_memory
 from workbench.corpora import load_corpus

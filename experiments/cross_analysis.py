@@ -40,8 +40,8 @@ from plotly.subplots import make_subplots
 from experiments import attention_sinks as exp_sinks
 from experiments import bigram_subnetworks as exp_bigram
 from experiments.presets import declare
-from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
+from experiments.run_all import publish_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.cross_analysis import NAME, CrossAnalysisConfig
 from workbench.runner import run_study

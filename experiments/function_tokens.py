@@ -34,8 +34,8 @@ import pandas as pd
 from dashboards.figures import function_tokens as figs
 from dashboards.figures.function_tokens import coverage_rows, show_token
 from experiments.presets import declare
-from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
+from experiments.run_all import publish_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from experiments.train_saes import quality_table
 from probes.function_tokens import (

@@ -38,8 +38,8 @@ import pandas as pd
 from dashboards.figures import key_space as figs
 from dashboards.figures import key_space as kfigs
 from experiments.presets import declare
-from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
+from experiments.run_all import publish_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.key_space import group_table
 from workbench.models import load_model

@@ -24,8 +24,8 @@ from scipy.stats import t as student_t
 
 from dashboards.figures import linguistic_collapse as figs
 from experiments.presets import declare
-from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
+from experiments.run_all import publish_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.linguistic_collapse import (
     EXPECTED_SIGN,

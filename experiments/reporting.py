@@ -120,16 +120,3 @@ def report(name: str, *, description: str, presets: dict[str, Any], order: int, 
     return register(ReportSpec(name=name, description=description, config_cls=ReportConfig, result_cls=SectionResult,
                                run=_runner(name, module), presets=presets, order=order, source=module))
 
-
-def publish_report(name: str, out: Path, quick: bool, preset: str) -> ReportSection:
-    """`python -m experiments.<name>` with its standard arguments: the registered report, run (or
-    reused) through the store like `workbench figures --only <name>`, its section printed and its
-    figures under `<out's parent>/<name>` (the default --out is experiments/out/<name>).
-    `run_all --assemble` then finds it in the store."""
-    from experiments.run_all import run_one
-
-    root = Path(out).parent
-    section = run_one(name, root, quick, preset)
-    print(section.markdown)
-    print(f"figures (in {root}):", ", ".join(section.figures))
-    return section

@@ -54,6 +54,18 @@ def run_one(name: str, out: Path, quick: bool, preset: str, device: str | None =
     return result.section(name)
 
 
+def publish_report(name: str, out: Path, quick: bool, preset: str) -> ReportSection:
+    """`python -m experiments.<name>` with its standard arguments: the registered report, run (or
+    reused) through the store like `workbench figures --only <name>`, its section printed and its
+    figures under `<out's parent>/<name>` (the default --out is experiments/out/<name>).
+    `run_all --assemble` then finds it in the store."""
+    root = Path(out).parent
+    section = run_one(name, root, quick, preset)
+    print(section.markdown)
+    print(f"figures (in {root}):", ", ".join(section.figures))
+    return section
+
+
 def stored_section(name: str, out: Path, store=None) -> ReportSection | None:
     """Report `name`'s latest stored section (its figures restored under `out`), or None."""
     from workbench.runner import result_of_run

@@ -33,8 +33,8 @@ import torch
 
 from dashboards.figures import sae_circuits as figs
 from experiments.presets import declare
-from experiments.reporting import publish_report
 from experiments.reporting import report as register_report
+from experiments.run_all import publish_report
 from experiments.common import DEFAULT_OUT, ReportSection, Timer, hardware, write_figure
 from probes.attention_sinks import bb_recipe, load_bb
 from probes.sae_circuits import (

@@ -444,7 +444,7 @@ def test_the_summary_table_states_the_papers_headline_and_ours_beside_the_verdic
 def test_running_an_experiment_script_stores_its_report(tmp_path, store, monkeypatch, capsys):
     """`python -m experiments.attention_sinks` (standard arguments) is the registered report: stored,
     so `run_all --assemble` finds it; a second call reuses it."""
-    from experiments.reporting import publish_report
+    from experiments.run_all import publish_report
 
     ran = _fake_sinks_report(monkeypatch)
     publish_report("attention_sinks", tmp_path / "out" / "attention_sinks", False, "cpu")

@@ -75,7 +75,7 @@ def corpora_fetch(name: str = typer.Argument("brown", help="corpus to download i
 @app.command("probes")
 def probes_cmd(name: Optional[str] = typer.Argument(None, help="one analysis: each of its fields with what it means")) -> None:
     """List the analyses and their config fields (set them with `run --set field=value`)."""
-    from workbench.arguments import known_analyses
+    from workbench.precheck import known_analyses
     from workbench.catalogue import catalogue
 
     rows = catalogue()
@@ -142,7 +142,7 @@ def run_cmd(
                                   "path (fused attention); slower, for checking"),
 ) -> None:
     """Run a probe, a study or a report (or reuse its stored result when every input matches) and print its summary."""
-    from workbench.arguments import check_run
+    from workbench.precheck import check_run
 
     try:  # what is certainly wrong is answered from the cached catalogue, before torch is imported
         check_run(probe, set_, config, model, corpus, numerics, dtype, nproc)
