@@ -30,6 +30,7 @@ _template = go.layout.Template(layout=dict(
     hoverlabel=dict(font_size=12),
     hovermode="closest",
     legend=dict(bgcolor="rgba(255,255,255,0.7)"),
+    modebar=dict(orientation="v"),  # a column at the right edge: never over a (left-anchored) title
     colorscale=dict(sequential="Blues"),
 ))
 pio.templates[TEMPLATE] = _template

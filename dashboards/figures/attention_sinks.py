@@ -101,7 +101,7 @@ def value_norms_figure(heads: pd.DataFrame, domain: str) -> go.Figure:
     z = np.log10(_grid(h, "ratio"))
     fig = go.Figure(go.Heatmap(z=z, customdata=_grid(h, "ratio"), colorscale="RdBu", zmid=0, colorbar=dict(title="log10 ratio"),
                                hovertemplate="L%{y}H%{x}<br>first / rest = %{customdata:.3f}<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=f"Value-state drain: ‖W_O v_first‖ / mean ‖W_O v_other‖ — {domain}", height=560,
+    fig.update_layout(template=TEMPLATE, title=f"Value drain, {domain}: ‖W_O v_first‖ / ‖W_O v_other‖", height=560,
                       xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed", dtick=1))
     return fig
 
@@ -132,7 +132,7 @@ def ablation_scatter(heads: pd.DataFrame, dormant_sink: float, dormant_loss: flo
                                  text=[f"L{l}H{hh}" for l, hh in zip(t["layer"], t["head"])],
                                  hovertemplate="%{text}<br>sink %{x:.3f}<br>|Δloss| %{y:.4f}<extra>" + dom + "</extra>"))
     fig.add_shape(type="rect", x0=dormant_sink, x1=1.0, y0=1e-6, y1=dormant_loss, fillcolor="rgba(0,114,178,0.08)", line=dict(width=0))
-    fig.update_layout(template=TEMPLATE, title="Dormant heads: high sink mass, no loss change when zeroed", height=440,
+    fig.update_layout(template=TEMPLATE, title="Dormant heads: sink mass vs Δloss", height=440,
                       xaxis=dict(title="sink mass", range=[0, 1]), yaxis=dict(title="|Δ loss| (nats)", type="log"),
                       legend=dict(orientation="h", y=-0.3), margin=dict(b=110))
     return fig

@@ -50,7 +50,7 @@ def head_grid_figure(attn: np.ndarray, layer: int, query: int, tokens: list[str]
     z = attn[:, query, : query + 1]
     fig = go.Figure(go.Heatmap(z=z, colorscale="Blues", zmin=0, zmax=1, colorbar=dict(thickness=12),
                                hovertemplate="head %{y}, key %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=f"Layer {layer}: attention of position {query} ({tokens[query]!r}) by head",
+    fig.update_layout(template=TEMPLATE, title=f"L{layer}, query {query}: attention by head",
                       height=140 + 24 * H, xaxis=dict(title="key", **_ticks(tokens[: query + 1])), yaxis=dict(title="head", dtick=1, autorange="reversed"))
     return fig
 
@@ -92,7 +92,7 @@ def logit_lens_figure(next_prob: np.ndarray, top1: list[list[str]], top1_prob: n
         customdata=custom, hoverongaps=True,
         hovertemplate="layer %{y}, position %{x}<br>next token '%{customdata[1]}': p=%{z:.3f}<br>lens top-1 '%{customdata[0]}' (p=%{customdata[2]})<extra></extra>",
     ))
-    fig.update_layout(template=TEMPLATE, title="Logit lens: p(actual next token), text: top-1 (last column: the prediction)",
+    fig.update_layout(template=TEMPLATE, title="Logit lens: p(next token); text: lens top-1",
                       height=min(760, 200 + 22 * L1),
                       xaxis=dict(title="position (predicting the next token)", tickmode="array", tickangle=-60, tickfont=dict(size=10),
                                  tickvals=ticks, ticktext=[shown[t - offset] for t in ticks]),
