@@ -98,6 +98,27 @@ def _patch_ioi(dash_duo, byte_level: bool) -> None:
     card.screenshot(str(SHOTS / "patching.png"))
 
 
+# Each visible figure's title and axis titles inside its figure, and the Plotly toolbar off the title
+BOUNDS = """
+const inside = (a, b) => a.left >= b.left - 1 && a.right <= b.right + 1 && a.top >= b.top - 1 && a.bottom <= b.bottom + 1;
+const meet = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+const bad = [];
+for (const p of document.querySelectorAll('.js-plotly-plot')) {
+  if (p.offsetParent === null) continue;
+  const host = p.closest('[id]'); const id = host ? host.id : '?';
+  const box = p.getBoundingClientRect();
+  const bar = p.querySelector('.modebar');
+  for (const t of p.querySelectorAll('.gtitle, .xtitle, .ytitle, .g-gtitle text, .g-xtitle text, .g-ytitle text')) {
+    const r = t.getBoundingClientRect();
+    if (!r.width || !t.textContent.trim()) continue;
+    if (!inside(r, box)) bad.push(`${id}: '${t.textContent.slice(0, 40)}' leaves its figure`);
+    if (bar && t.classList.contains('gtitle') && meet(r, bar.getBoundingClientRect())) bad.push(`${id}: the toolbar covers '${t.textContent.slice(0, 40)}'`);
+  }
+}
+return bad;
+"""
+
+
 def test_every_page_has_figures_with_data_after_a_first_look(dash_duo, app, first_look_store):
     import socket
 
@@ -128,7 +149,11 @@ def test_every_page_has_figures_with_data_after_a_first_look(dash_duo, app, firs
         driver.set_window_size(1400, min(int(height) + 20, 6000))
         time.sleep(0.5)
         driver.save_screenshot(str(SHOTS / f"{name}.png"))
+        driver.set_window_size(1280, 900)  # a laptop's width: no title or axis title outside its figure, no toolbar over a title
+        time.sleep(1.0)
+        misplaced = driver.execute_script(BOUNDS)
         driver.set_window_size(1400, 900)
+        assert misplaced == [], f"{page.path}: {misplaced}"
         if page.path == "/":
             dash_duo.wait_for_element("tr[id^='run-row-']", timeout=20)  # Home lists the first look's runs
             continue

@@ -36,6 +36,12 @@ _template = go.layout.Template(layout=dict(
 pio.templates[TEMPLATE] = _template
 
 
+def two_line(main: str, detail: str = "") -> str:
+    """A figure title that fits a half-width card at 1,280 px: the main line, and its detail in
+    small type below (the figure needs a top margin of about 80 px for the second line)."""
+    return main + (f"<br><sup>{detail}</sup>" if detail else "")
+
+
 def show_token(s: str) -> str:
     """A token's text for display: leading spaces as ␣, newlines as ⏎, tabs as ⇥, other control
     characters escaped (SVG cannot hold them); the empty string as ∅."""

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from dashboards.figures import COLORS, TEMPLATE
+from dashboards.figures import COLORS, TEMPLATE, two_line
 from probes.attention_sinks import domain_contrast
 
 VARIANT_NAMES = {"adam": "AdamW", "sgd": "SGD (momentum)", "relu": "ReLU attention (AdamW)"}
@@ -41,7 +41,7 @@ def attention_map(pattern: np.ndarray | torch.Tensor, tokens: Sequence[str], tit
                                colorbar=dict(title="weight"),
                                hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"))
     fig.add_shape(type="rect", x0=-0.5, x1=0.5, y0=-0.5, y1=T - 0.5, line=dict(color="#D55E00", width=2))
-    fig.update_layout(template=TEMPLATE, title=f"{title} — sink mass on the first token {sink:.2f}", height=520,
+    fig.update_layout(template=TEMPLATE, title=two_line(title, f"sink mass on the first token {sink:.2f}"), margin=dict(t=80), height=520,
                       xaxis=dict(title="key", tickangle=-60, tickfont=dict(size=9)),
                       yaxis=dict(title="query", autorange="reversed", tickfont=dict(size=9)))
     return fig
@@ -54,7 +54,7 @@ def sink_heatmap(heads: pd.DataFrame, domain: str) -> go.Figure:
     dl = _grid(h, "delta_loss") if "delta_loss" in h else np.full_like(z, np.nan)
     fig = go.Figure(go.Heatmap(z=z, customdata=dl, colorscale="Viridis", zmin=0, zmax=1, colorbar=dict(title="sink mass"),
                                hovertemplate="L%{y}H%{x}<br>sink mass %{z:.3f}<br>Δloss if zeroed %{customdata:.4f}<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=f"Attention on the first token per head — {domain}", height=560,
+    fig.update_layout(template=TEMPLATE, title=two_line("Attention on the first token per head", domain), margin=dict(t=80), height=560,
                       xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", autorange="reversed", dtick=1))
     return fig
 
@@ -88,9 +88,9 @@ def residual_norms_figure(layers: pd.DataFrame) -> go.Figure:
                                  line=dict(color=c, width=3), legendgroup=dom))
         fig.add_trace(go.Scatter(x=t["layer"], y=t["resid_first"], mode="lines+markers", name=f"{dom}: first token",
                                  line=dict(color=c, dash="dash"), marker=dict(symbol="diamond"), legendgroup=dom))
-    fig.update_layout(template=TEMPLATE, title="Residual-state peak: ‖resid‖ of the first token vs the rest", height=420,
+    fig.update_layout(template=TEMPLATE, title=two_line("Residual-state peak", "‖resid‖ of the first token vs the rest"), height=420,
                       xaxis=dict(title="layer (0 = embeddings)"), yaxis=dict(title="‖x‖", type="log"), hovermode="x unified",
-                      legend=dict(orientation="h", y=-0.3), margin=dict(b=110))
+                      legend=dict(orientation="h", y=-0.3), margin=dict(t=80, b=110))
     return fig
 
 
@@ -148,8 +148,8 @@ def token_dormancy_figure(tokens: pd.DataFrame, threshold: float, layer: int | N
                            hovertemplate="%{x}: %{y:.3f}<br>active %{customdata[0]}<br>agrees with rule %{customdata[1]}<extra></extra>"))
     fig.add_hline(y=threshold, line=dict(color="#D55E00", dash="dot"), annotation_text=f"threshold {threshold}")
     agree = float(t["agrees"].mean())
-    fig.update_layout(template=TEMPLATE, title=f"Active (below threshold) vs dormant tokens, layer {layer} — "
-                                               f"agreement with 'active iff trigger': {agree:.0%}", height=400,
+    fig.update_layout(template=TEMPLATE, title=two_line(f"Active vs dormant tokens, layer {layer}",
+                                                             f"agreement with 'active iff trigger': {agree:.0%}"), margin=dict(t=80), height=400,
                       xaxis=dict(title="token (orange = trigger)", tickfont=dict(size=9)), yaxis=dict(title="attention on ⟨s⟩", range=[0, 1]))
     return fig
 
@@ -251,6 +251,6 @@ def delta_logit_bands_figure(runs: Mapping[str, pd.DataFrame], layer: int | None
             fig.add_trace(go.Scatter(x=x, y=mid, name=f"{name} queries", showlegend=c == 1, line=dict(color=col, width=2)), row=1, col=c)
     fig.update_xaxes(type="log", title="training step")
     fig.update_yaxes(title="Δlogit of ⟨s⟩", col=1)
-    fig.update_layout(template=TEMPLATE, title="Δlogit of the sink over training (median, 10–90% band)", height=400,
+    fig.update_layout(template=TEMPLATE, title=two_line("Δlogit of the sink over training", "median, 10–90% band"), margin=dict(t=80), height=400,
                       legend=dict(orientation="h", y=-0.25))
     return fig

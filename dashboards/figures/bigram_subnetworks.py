@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.figures import COLORS, TEMPLATE, empty_figure
+from dashboards.figures import COLORS, TEMPLATE, empty_figure, two_line
 
 MATRIX_ORDER = ["attn q", "attn k", "attn v", "attn o", "mlp in", "mlp gate", "mlp out"]
 
@@ -83,7 +83,7 @@ def compare_blocks(res, a: str | None, b: str | None) -> go.Figure:
                              marker_color=COLORS[[0, 3][i]], customdata=np.c_[g["kept"], g["kept_frac"]],
                              hovertemplate="%{x}: %{y:.1%} of the subnetwork<br>%{customdata[0]:,} kept (%{customdata[1]:.3%} of the block)"
                                            "<extra>" + label + "</extra>"))
-    fig.update_layout(template=TEMPLATE, title="Where the kept weights sit (share of each subnetwork)", barmode="group", height=400,
+    fig.update_layout(template=TEMPLATE, title=two_line("Where the kept weights sit", "share of each subnetwork"), margin=dict(t=80), barmode="group", height=400,
                       yaxis=dict(title="share of kept weights", tickformat=".0%"), legend=dict(orientation="h", y=-0.25))
     return fig
 
@@ -137,7 +137,7 @@ def rotation_angles(res) -> go.Figure:
                           row=1, col=col)
     fig.update_xaxes(title_text="layer (0 = embeddings)", dtick=1)
     fig.update_yaxes(title_text="median |angle| (degrees)", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, title="Rotation of each layer's representation (ridge, alpha 1)", height=400,
+    fig.update_layout(template=TEMPLATE, title=two_line("Rotation of each layer's representation", "ridge, alpha 1"), margin=dict(t=80), height=400,
                       legend=dict(orientation="h", y=-0.25))
     return fig
 

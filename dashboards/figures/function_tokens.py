@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboards.figures import COLORS, TEMPLATE, show_token
+from dashboards.figures import COLORS, TEMPLATE, show_token, two_line
 
 # The paper's Table 1 (coverage %, Gemma-2-9B, Gemma Scope residual SAEs, layers 9 / 20 / 31).
 PAPER_TABLE1 = pd.DataFrame({
@@ -54,7 +54,7 @@ def coverage_figure(result, max_k: int | None = None) -> go.Figure:
         traces.append(go.Scatter(x=cv["k"], y=100 * cv["cov_all"], mode="lines", name=f"{label} (of all)", line=dict(color=c, dash="dot"),
                                  text=tok, hovertemplate="k=%{x} (+%{text}): %{y:.1f}%<extra>" + label + " all</extra>", legendgroup=label))
     return go.Figure(traces, layout=dict(
-        template=TEMPLATE, title="Feature coverage of the top-k most frequent tokens", height=420,
+        template=TEMPLATE, title=two_line("Feature coverage of the top-k tokens", "tokens by frequency"), margin=dict(t=80), height=420,
         xaxis=dict(title="k (tokens, by frequency)", type="log"), yaxis=dict(title="features reached (%)", range=[0, 101]),
         legend=dict(orientation="h", y=-0.2)))
 
@@ -76,8 +76,8 @@ def coverage_table_figure(result, ks: range = range(1, 11)) -> go.Figure:
     fill = ["#ffffff" if not c.startswith("paper") else "#f5f7fa" for c in cols]
     return go.Figure(go.Table(header=dict(values=cols, fill_color="#e4e7eb", align="center"),
                               cells=dict(values=vals, fill_color=[[f] * len(t) for f in fill], align="center")),
-                     layout=dict(template=TEMPLATE, title="Coverage (%) of the top-k tokens, with the paper's Table 1 (Gemma-2-9B)",
-                                 height=90 + 28 * len(t), margin=dict(l=10, r=10, t=50, b=10)))
+                     layout=dict(template=TEMPLATE, title=two_line("Coverage (%) of the top-k tokens", "beside the paper's Table 1 (Gemma-2-9B)"),
+                                 height=110 + 28 * len(t), margin=dict(l=10, r=10, t=80, b=10)))
 
 
 def comparison_figure(result) -> go.Figure:
@@ -93,7 +93,7 @@ def comparison_figure(result) -> go.Figure:
                text=[f"{100 * cmp_[lb]['content_active']:.1f}%" for lb in labels], textposition="outside",
                hovertext=[", ".join(show_token(s) for s in cmp_[lb]["content_tokens"]) for lb in labels]),
     ])
-    fig.update_layout(template=TEMPLATE, barmode="group", height=380, title=f"Active features reached: top-{n} function vs top-{n} content tokens",
+    fig.update_layout(template=TEMPLATE, barmode="group", height=380, title=two_line("Active features reached", f"top-{n} function vs top-{n} content tokens"), margin=dict(t=80),
                       yaxis=dict(title="share of active features (%)", range=[0, 110]), legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -212,7 +212,7 @@ def case_heatmaps_figure(result) -> go.Figure:
                                  xaxis="x" if k == "a" else "x2", yaxis="y" if k == "a" else "y2",
                                  hovertemplate="%{y} · %{x}: %{z:.2f}<extra>prompt " + name + "</extra>"))
     word = f"A: {info.get('word_a', '')!r} / B: {info.get('word_b', '')!r}"
-    fig.update_layout(template=TEMPLATE, title=f"SAE features per token ({word}; final token {show_token(info.get('final_token', ''))!r})",
+    fig.update_layout(template=TEMPLATE, title=two_line(f"SAE features per token ({word})", f"final token {show_token(info.get('final_token', ''))!r}"), margin=dict(t=80),
                       height=max(380, 22 * n_a + 120), coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax, colorbar=dict(title="act.")),
                       xaxis=dict(domain=[0, 0.47], title="feature (prompt A)"), yaxis=dict(autorange="reversed"),
                       xaxis2=dict(domain=[0.53, 1], title="feature (prompt B)"), yaxis2=dict(anchor="x2", autorange="reversed"))

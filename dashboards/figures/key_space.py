@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.figures import COLORS, TEMPLATE, empty_figure, show_token
+from dashboards.figures import COLORS, TEMPLATE, empty_figure, show_token, two_line
 
 GROUP_COLORS = {"top": "#0072B2", "main": "#E69F00", "other": "#9AA5B1"}
 GROUP_LABELS = {"top": "top-K (defines the main clusters)", "main": "middle rank, in a main cluster", "other": "middle rank, other cluster"}
@@ -90,8 +90,8 @@ def key_map_figure(
             marker=dict(size=16, color="#000000", symbol="star"), text=[show_token(vocab[token_id])], textposition="bottom center",
             hovertemplate=f"{show_token(vocab[token_id])} · cluster {cl[token_id]}<extra>chosen</extra>",
         ))
-    ev = f" (PC1 {explained[0]:.1%}, PC2 {explained[1]:.1%} of variance)" if explained else ""
-    fig.update_layout(template=TEMPLATE, title=f"Unembedding keys, PCA{ev}", height=560, xaxis=dict(title="PC1"), yaxis=dict(title="PC2"),
+    ev = f"PC1 {explained[0]:.1%}, PC2 {explained[1]:.1%} of variance" if explained else ""
+    fig.update_layout(template=TEMPLATE, title=two_line("Unembedding keys, PCA", ev), margin=dict(t=80), height=560, xaxis=dict(title="PC1"), yaxis=dict(title="PC2"),
                       legend=dict(orientation="h", y=-0.15))
     return fig
 
@@ -115,8 +115,8 @@ def family_figure(families: pd.DataFrame, summary: pd.DataFrame | None = None) -
             text=[show_token(t) for t in g["token"]], textfont=dict(color="white", size=11),
             customdata=np.c_[g["cluster"], g["token_id"]], hovertemplate="%{text}: cluster %{customdata[0]} (id %{customdata[1]})<extra></extra>",
         ))
-    fig.update_layout(template=TEMPLATE, title="Token families and their k-means clusters (same colour = same cluster)",
-                      height=120 + 70 * len(fams), xaxis=dict(visible=False), yaxis=dict(autorange="reversed"), margin=dict(l=230))
+    fig.update_layout(template=TEMPLATE, title=two_line("Token families and their k-means clusters", "same colour = same cluster"),
+                      height=120 + 70 * len(fams), xaxis=dict(visible=False), yaxis=dict(autorange="reversed"), margin=dict(l=230, t=80))
     return fig
 
 
@@ -168,7 +168,7 @@ def precision_figure(groups: pd.DataFrame) -> go.Figure:
             x=g["category"], y=g["precision"], name=GROUP_LABELS[grp], marker_color=GROUP_COLORS[grp],
             customdata=np.c_[g["n"], g["mean_rank"].round(1)], hovertemplate="%{x}: %{y:.1%} (n=%{customdata[0]}, mean rank %{customdata[1]})<extra></extra>",
         ))
-    fig.update_layout(template=TEMPLATE, title="Answer precision by group (middle ranks split by main-cluster membership)",
+    fig.update_layout(template=TEMPLATE, title=two_line("Answer precision by group", "middle ranks split by main-cluster membership"), margin=dict(t=80),
                       barmode="group", height=430, yaxis=dict(title="precision", tickformat=".0%", range=[0, 1.02]), legend=dict(orientation="h", y=-0.3))
     return fig
 
@@ -192,8 +192,8 @@ def discovery_figure(icn: pd.DataFrame, categories: Sequence[str] | None = None,
                 customdata=np.c_[g["answer"], g["correct"].map(verdict)],
                 hovertemplate="%{x} explored: %{y} correct & distinct<br>last: “%{customdata[0]}” (%{customdata[1]})<extra>" + method + "</extra>",
             ), row=r, col=c)
-    title = "Correct and distinct answers against answers explored" + (f": {cats[0]}" if len(cats) == 1 else "")
-    fig.update_layout(template=TEMPLATE, title=title, height=max(320, 230 * rows),
+    title = two_line("Correct and distinct answers", "against answers explored" + (f": {cats[0]}" if len(cats) == 1 else ""))
+    fig.update_layout(template=TEMPLATE, title=title, margin=dict(t=80), height=max(320, 230 * rows),
                       legend=dict(orientation="h", y=-0.12 if rows > 1 else -0.25))
     fig.update_xaxes(title_text="explored", row=rows)
     fig.update_yaxes(rangemode="tozero")
@@ -224,7 +224,7 @@ def query_key_figure(dots: pd.DataFrame, category: str | None = None, current_ro
         fig.add_vline(x=current_round, line=dict(dash="dot", color="#52606d"))
     fig.update_layout(template=TEMPLATE, title="Query · explored keys<br>over ICN rounds" + (f": {category}" if category else ""), height=440,
                       margin=dict(t=80),
-                      xaxis=dict(title="round (prompt lists the answers of earlier rounds)", dtick=1 if d["round"].max() <= 25 else None),
+                      xaxis=dict(title="round (the prompt lists earlier answers)", dtick=1 if d["round"].max() <= 25 else None),
                       yaxis=dict(title="q · k"),
                       legend=dict(orientation="h", y=-0.2))
     return fig

@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.figures import COLORS, TEMPLATE
+from dashboards.figures import COLORS, TEMPLATE, two_line
 
 METRIC_LABELS = {
     "nc1_cdnv": "NC1 CDNV",
@@ -96,7 +96,7 @@ def scaling_figure(table: pd.DataFrame, metric: str) -> go.Figure:
     fig.update_xaxes(title="parameters", type="log", row=1, col=1)
     fig.update_xaxes(title="validation loss (nats/token)", row=1, col=2)
     fig.update_yaxes(title=metric_label(metric), **_log_axis(metric in LOG_METRICS and bool((table[metric] > 0).all())))
-    fig.update_layout(template=TEMPLATE, height=380, title=f"{metric_label(metric)} across the sweep (size = width, symbol = steps)",
+    fig.update_layout(template=TEMPLATE, height=380, title=two_line(f"{metric_label(metric)} across the sweep", "size = width, symbol = steps"), margin=dict(t=80),
                       legend=dict(orientation="h", y=-0.22))
     return fig
 
@@ -169,7 +169,7 @@ def cosine_heatmap(result) -> go.Figure:
         hovertemplate="%{y} · %{x}<br>cos %{z:.3f}<br>row class " + CLASS_HOVER + "<extra></extra>", colorbar=dict(title="cos"),
     ))
     k = int(result.metrics.get("n_classes", len(labels)))
-    fig.update_layout(template=TEMPLATE, height=620, title=f"Cosines, top {len(labels)} classes (ETF ideal {-1 / max(k - 1, 1):.2g})", yaxis=dict(autorange="reversed", tickfont=dict(size=9)),
+    fig.update_layout(template=TEMPLATE, height=620, title=two_line(f"Cosines, top {len(labels)} classes", f"ETF ideal {-1 / max(k - 1, 1):.2g}"), margin=dict(t=80), yaxis=dict(autorange="reversed", tickfont=dict(size=9)),
                       xaxis=dict(tickfont=dict(size=9)))
     return fig
 
@@ -194,7 +194,7 @@ def projection_figure(result) -> go.Figure:
         marker=dict(size=8 + 14 * np.sqrt(info["count"] / info["count"].max()), color=info["self_duality"], colorscale="Viridis",
                     cmin=-1, cmax=1, colorbar=dict(title="self-duality", x=1.02), line=dict(width=1, color="white")),
     ))
-    fig.update_layout(template=TEMPLATE, height=560, title="Top classes: PCA of normalised centred means",
+    fig.update_layout(template=TEMPLATE, height=560, title=two_line("Top classes: PCA", "of normalised centred means"), margin=dict(t=80),
                       xaxis=dict(title=f"PC1 ({ev[0]:.0%})", zeroline=False), yaxis=dict(title=f"PC2 ({ev[1]:.0%})", zeroline=False,
                       scaleanchor="x"), legend=dict(orientation="h", y=-0.15))
     return fig
@@ -220,7 +220,7 @@ def sensitivity_figure(result) -> go.Figure:
         if main is not None:
             fig.add_vline(x=main, line=dict(color="#9aa5b1", dash="dot"), row=r + 1, col=c + 1)
     fig.update_annotations(font_size=11)
-    fig.update_layout(template=TEMPLATE, height=280 * rows + 60, title="Sensitivity to min_count (dotted: the run's min_count)")
+    fig.update_layout(template=TEMPLATE, height=280 * rows + 60, title=two_line("Sensitivity to min_count", "dotted: the run's min_count"), margin=dict(t=80))
     return fig
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboards.figures import COLORS, TEMPLATE, show_token
+from dashboards.figures import COLORS, TEMPLATE, show_token, two_line
 
 
 def _ticks(tokens: list[str], max_labels: int = 48) -> dict:
@@ -126,7 +126,7 @@ def dla_figure(heads: np.ndarray, mlps: np.ndarray, what: str, logit: float, tot
         z=z, x=x, y=list(range(L)), colorscale="RdBu", reversescale=True, zmin=-lim, zmax=lim, zmid=0,
         colorbar=dict(title="logit", thickness=12), hovertemplate="layer %{y}, %{x}: %{z:+.3f}<extra></extra>",
     ))
-    fig.update_layout(template=TEMPLATE, title=f"Direct logit attribution to {what} (logit {logit:.2f}; the terms sum to {total:.2f})",
+    fig.update_layout(template=TEMPLATE, title=two_line(f"Direct logit attribution to {what}", f"logit {logit:.2f}; the terms sum to {total:.2f}"), margin=dict(t=80),
                       height=min(760, 200 + 20 * L), xaxis=dict(title="component", type="category"),
                       yaxis=dict(title="layer", autorange="reversed", dtick=max(1, L // 15)))
     return fig

@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.figures import COLORS, TEMPLATE, empty_figure
+from dashboards.figures import COLORS, TEMPLATE, empty_figure, two_line
 from probes.sae_circuits import roc_points
 
 KINDS = {
@@ -80,9 +80,9 @@ def score_heatmaps(result: Any) -> go.Figure:
         fig.update_yaxes(autorange="reversed", title_text="layer" if i == 1 else None, row=1, col=i, **_ticks(result.stats["n_layers"]))
         fig.update_xaxes(title_text="head", row=1, col=i, **_ticks(result.stats["heads_per_layer"]))
     s = result.stats
-    fig.update_layout(template=TEMPLATE, height=max(340, 22 * s["n_layers"] + 160), width=1250, margin=dict(t=90),
-                      title=f"{s['task']}: SAE scores (mean of {len(result.trials)} seeds); outlined: ground truth, "
-                            f"{s['circuit_size']} heads ({s['ground_truth_source']})")
+    fig.update_layout(template=TEMPLATE, height=max(340, 22 * s["n_layers"] + 160), width=1250, margin=dict(t=100),
+                      title=two_line(f"{s['task']}: SAE scores (mean of {len(result.trials)} seeds)",
+                                     f"outlined: ground truth, {s['circuit_size']} heads ({s['ground_truth_source']})"))
     return fig
 
 
@@ -138,7 +138,7 @@ def circuit_graph_figure(graph: nx.Graph, n_layers: int | None = None) -> go.Fig
     fig = go.Figure(traces)
     top = n_layers - 1 if n_layers else max(p[1] for p in pos.values())
     n_heads = int(max(p[0] for p in pos.values())) + 1
-    fig.update_layout(template=TEMPLATE, height=max(360, 24 * (top + 1) + 120), title="Circuit graph: head pairs with the most codes unique to positives",
+    fig.update_layout(template=TEMPLATE, height=max(360, 24 * (top + 1) + 120), title=two_line("Circuit graph", "head pairs with the most codes unique to positives"), margin=dict(t=80),
                       xaxis=dict(title="head", **_ticks(n_heads)), yaxis=dict(title="layer", range=[top + 0.5, -0.5], **_ticks(top + 1)))
     return fig
 
@@ -172,8 +172,8 @@ def code_histogram(result: Any, head: int, seed: int = 0) -> go.Figure:
         go.Bar(x=[str(c) for c in used], y=[int((neg == c).sum()) for c in used], name="negatives", marker_color=COLORS[1]),
     ])
     fig.update_layout(template=TEMPLATE, barmode="group", height=320, xaxis=dict(title="code (SAE feature)", type="category"),
-                      yaxis_title="examples", title=f"{label}, seed {seed}: {len(only)} code(s) only on positives "
-                                                    f"({', '.join(map(str, only[:8]))}{'…' if len(only) > 8 else ''})")
+                      yaxis_title="examples", title=two_line(f"{label}, seed {seed}: {len(only)} code(s) only on positives",
+                                                             f"{', '.join(map(str, only[:8]))}{'…' if len(only) > 8 else ''}"), margin=dict(t=80))
     return fig
 
 

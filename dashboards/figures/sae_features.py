@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboards.figures import COLORS, TEMPLATE, show_token
+from dashboards.figures import COLORS, TEMPLATE, show_token, two_line
 
 
 def histogram_figure(counts: list[int], edges: list[float], density: float, mean: float) -> go.Figure:
@@ -51,6 +51,6 @@ def density_figure(density: np.ndarray) -> go.Figure:
     dead = int((density == 0).sum())
     fig = go.Figure(go.Histogram(x=np.log10(live), nbinsx=40, marker_color=COLORS[0],
                                  hovertemplate="log10 density %{x}: %{y} features<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=f"Feature firing density ({len(live):,} live, {dead:,} never fired)", height=320,
+    fig.update_layout(template=TEMPLATE, title=two_line("Feature firing density", f"{len(live):,} live, {dead:,} never fired"), margin=dict(t=80), height=320,
                       xaxis=dict(title="log10(share of tokens where it fires)"), yaxis=dict(title="features"))
     return fig
