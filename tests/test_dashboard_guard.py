@@ -164,7 +164,8 @@ def test_a_row_action_on_a_malformed_run_says_so(app, bad, button):
     groups = {b: ([{"id": ident, "property": "n_clicks", "value": 1}] if b == button else []) for b in ("home-cancel", "home-retry", "home-clear")}
     inputs = [groups["home-cancel"], groups["home-retry"], groups["home-clear"]]
     changed = [json.dumps(ident, sort_keys=True, separators=(",", ":")) + ".n_clicks"]
-    r = _post(client, "home-row-msg.children", {"id": "home-row-msg", "property": "children"}, inputs, changed=changed)
+    outputs = [{"id": "home-row-msg", "property": "children"}, {"id": "home-cancelling", "property": "data"}]
+    r = _post(client, "..home-row-msg.children...home-cancelling.data..", outputs, inputs, changed=changed)
     assert r.status_code == 200
     text = json.dumps(r.get_json())
     assert "not a run id" in text
