@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextvars
 import importlib
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 import torch
 
@@ -25,18 +24,14 @@ from workbench.errors import ConfigError
 from workbench.io import atomic_path
 from workbench.probe_api import ReportSpec, register
 from workbench.results import Result
+from workbench.scoped import scoped
 
 _OUTPUT: contextvars.ContextVar[Path] = contextvars.ContextVar("report_output", default=DEFAULT_OUT)
 
 
-@contextmanager
-def figures_in(out: Path) -> Iterator[None]:
+def figures_in(out: Path) -> ContextManager[None]:
     """Reports run inside this block write their figures under `out`/<name> (default experiments/out)."""
-    token = _OUTPUT.set(Path(out))
-    try:
-        yield
-    finally:
-        _OUTPUT.reset(token)
+    return scoped(_OUTPUT, Path(out))
 
 
 def output_dir(name: str) -> Path:
@@ -79,7 +74,7 @@ class SectionResult(Result):
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in self.pngs.items():
             target = folder / name
-            blob = bytes(data.numpy().tobytes())
+            blob = data.numpy().tobytes()
             if not target.is_file() or target.read_bytes() != blob:
                 with atomic_path(target) as tmp:
                     tmp.write_bytes(blob)

@@ -34,6 +34,11 @@ REPORT = Path(__file__).parent / "REPORT.md"
 SECTIONS = Path(__file__).parent / "sections.json"  # the structured record REPORT.md is rendered from
 
 
+def record_beside(report: Path) -> Path:
+    """The structured record a rendered report keeps beside it (experiments/sections.json for REPORT.md)."""
+    return SECTIONS if report == REPORT else report.with_name("sections.json")
+
+
 def analyses() -> list[str]:
     """The registered reports, in report order."""
     return named_presets.experiments()
@@ -322,7 +327,7 @@ def _main(only: list[str] | None, out: str | Path | None, quick: bool, preset: s
         return []
     if assemble_only:
         target = report or (REPORT if out == DEFAULT_OUT else out / "REPORT.md")
-        record = SECTIONS if target == REPORT else target.with_name("sections.json")
+        record = record_beside(target)
         found = assemble(out, names, record=record)
         with atomic_path(target) as tmp:
             tmp.write_text(render(found, sum(x.wall_s for x in found.values()), quick, preset, assembled=True))
@@ -343,7 +348,7 @@ def _main(only: list[str] | None, out: str | Path | None, quick: bool, preset: s
             ran[name] = ReportSection(title=name, markdown=f"**Failed**: `{type(e).__name__}: {e}`\n\n```\n{traceback.format_exc(limit=8)}\n```")
             print(traceback.format_exc())
     target = report or (REPORT if not quick and out == DEFAULT_OUT else out / "REPORT.md")
-    record = SECTIONS if target == REPORT else target.with_name("sections.json")
+    record = record_beside(target)
     found = assemble(out, known, ran, record=record, placeholders=False)  # --only keeps the other sections
     with atomic_path(target) as tmp:
         tmp.write_text(render(found, time.perf_counter() - t0, quick, preset))

@@ -7,12 +7,12 @@ threaded through every function; outside a stored run it gets None and keeps no 
 from __future__ import annotations
 
 import contextvars
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, ContextManager
 
 from workbench.distributed import world
+from workbench.scoped import scoped
 
 if TYPE_CHECKING:
     from workbench.store import ResultStore
@@ -54,13 +54,8 @@ def scratch_dir(name: str) -> Path | None:
     return p
 
 
-@contextmanager
-def running(ctx: ActiveRun) -> Iterator[None]:
-    token = _context.set(ctx)
-    try:
-        yield
-    finally:
-        _context.reset(token)
+def running(ctx: ActiveRun) -> ContextManager[None]:
+    return scoped(_context, ctx)
 
 
 _label: contextvars.ContextVar[str | None] = contextvars.ContextVar("wb_label", default=None)
@@ -71,11 +66,6 @@ def current_label() -> str | None:
     return _label.get()
 
 
-@contextmanager
-def labelled(label: str) -> Iterator[None]:
+def labelled(label: str) -> ContextManager[None]:
     """Runs registered inside get `label` (the dashboard shows it beside the run)."""
-    token = _label.set(label)
-    try:
-        yield
-    finally:
-        _label.reset(token)
+    return scoped(_label, label)

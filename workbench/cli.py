@@ -205,8 +205,6 @@ def _run_here(probe: str, model: Optional[str], corpus: Optional[str], numerics:
                                  f"{', '.join(given)} does not apply")
         with using_dtype(dtype):
             return run_study(spec, cfg, force=force, device=rank_device(device))
-    if not (model or spec.default_model):
-        raise WorkbenchError(f"{probe!r} has no default model: --model must name {spec.model_hint or 'one'}")
     c = load_corpus(corpus or spec.default_corpus) if spec.needs_corpus else None  # a bad corpus fails before the model loads
     m = load_model(model or spec.default_model, numerics=numerics or spec.numerics, device=rank_device(device), n_devices=n_devices,
                    dtype=dtype, fast=not explicit)

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import contextvars
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, ContextManager
 
 from tqdm.auto import tqdm
+
+from workbench.scoped import scoped
 
 ProgressCallback = Callable[[float, str], None]
 _callback: contextvars.ContextVar[ProgressCallback | None] = contextvars.ContextVar("wb_progress", default=None)
 
 
-@contextmanager
-def reporting_to(callback: ProgressCallback | None) -> Iterator[None]:
-    token = _callback.set(callback)
-    try:
-        yield
-    finally:
-        _callback.reset(token)
+def reporting_to(callback: ProgressCallback | None) -> ContextManager[None]:
+    return scoped(_callback, callback)
 
 
 def report(fraction: float, message: str = "") -> None:

@@ -41,6 +41,7 @@ from workbench.progress import reporting_to
 from workbench.resources import resource_identities
 from workbench.results import Result
 from workbench.store import FINISHED_OK, ResultStore, result_key
+from workbench.scoped import scoped
 
 
 @dataclass
@@ -206,12 +207,8 @@ def _run_study(study: str | StudySpec, config: Any, *, store: ResultStore | None
     ctx = StudyParts(store, device or default_device())  # the run's one device decision
     t0 = time.time()
     with _recorded(store, run_id):
-        token = _COMPOSING.set(ctx)
-        try:
-            with reporting_to(_progress_callback(store, run_id)):
-                result = spec.run(cfg, ctx)
-        finally:
-            _COMPOSING.reset(token)
+        with scoped(_COMPOSING, ctx), reporting_to(_progress_callback(store, run_id)):
+            result = spec.run(cfg, ctx)
         resources = {**resource_identities(cfg, None, None), "parts": ctx.parts}
         key = result_key(f"{spec.kind}:{spec.name}", None, spec.name, asdict(cfg), version, resources, runtime_versions())
         if world().is_main:

@@ -12,6 +12,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from workbench.identity import tensors_digest
+from workbench.scoped import scoped
 
 Numerics = Literal["raw", "processed"]
 NUMERICS: tuple[str, ...] = ("raw", "processed")
@@ -169,8 +170,5 @@ def using_dtype(dtype: "str | torch.dtype | None") -> Iterator[None]:
     if dtype is None:
         yield
         return
-    token = _DTYPE.set(str(parse_dtype(dtype)).removeprefix("torch."))
-    try:
+    with scoped(_DTYPE, str(parse_dtype(dtype)).removeprefix("torch.")):
         yield
-    finally:
-        _DTYPE.reset(token)
